@@ -1,0 +1,1 @@
+"""One module per ``poisonlens`` subcommand (see core/cli.py)."""

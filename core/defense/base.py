@@ -1,0 +1,111 @@
+"""The defense hook: the snapshot a defense sees, what it returns, and the registry.
+
+Scores point one way everywhere in poisonlens: **higher = more suspicious**.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Per-example quantities at one epoch, taken in eval mode without augmentation.
+
+    Attributes
+    ----------
+    epoch : the epoch the snapshot was taken after (0 = before training)
+    labels : int64 (n_samples,), the training labels
+    grads : float32 (n_samples, n_classes), softmax(logits) - onehot(label)
+    embeddings : float32 (n_samples, n_features), penultimate-layer features
+    loss : float32 (n_samples,), cross-entropy
+    confidence : float32 (n_samples,), probability of the label
+    prediction : int64 (n_samples,)
+    target_grad : float32 (n_classes,), the target's softmax - onehot(adv_label), or None
+    """
+
+    epoch: int
+    labels: np.ndarray
+    grads: np.ndarray
+    embeddings: np.ndarray
+    loss: np.ndarray
+    confidence: np.ndarray
+    prediction: np.ndarray
+    target_grad: np.ndarray | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(len(self.labels))
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.grads.shape[1])
+
+
+@dataclass(frozen=True)
+class DefenseResult:
+    """What a defense decided at one snapshot.
+
+    Attributes
+    ----------
+    score : float64 (n_samples,), higher = more suspicious; NaN for inactive examples
+    suspect : bool (n_samples,), the examples this defense would drop now (only active ones)
+    columns : extra per-example arrays written to the snapshot table (e.g. EPIC's ``medoid``)
+    info : small JSON-able facts (per-class k, objective, seconds, ...)
+    """
+
+    score: np.ndarray
+    suspect: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+class Defense(Protocol):
+    """Called at every snapshot with the examples still active (bool mask of shape (n_samples,))."""
+
+    name: str
+
+    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult: ...
+
+
+_REGISTRY: dict[str, Callable[..., Defense]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Defense]], Callable[..., Defense]]:
+    """Class/function decorator: make a defense factory available under ``name``."""
+
+    def wrap(factory: Callable[..., Defense]) -> Callable[..., Defense]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register decorators.
+    import importlib
+    import pkgutil
+
+    import core.defense as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in {"base"}:
+            importlib.import_module(f"core.defense.{mod.name}")
+
+
+def defense_names() -> list[str]:
+    """Names of all registered defenses."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_defense(name: str, **params) -> Defense:
+    """Make the defense registered as ``name`` with keyword ``params``."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown defense {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**params)
