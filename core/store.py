@@ -104,7 +104,10 @@ class RunWriter:
     def __init__(self, run_dir: Path) -> None:
         self.dir = Path(run_dir)
 
-    def create(self, name: str, config: dict, versions: dict) -> None:
+    def create(self, name: str, config: dict, versions: dict, *, class_names: list[str],
+               target: dict | None) -> None:
+        """Start a run: run.json with status ``running``. ``target`` holds the poison set's
+        target_label, adv_label, target_index, attack, eps and n_poisons (None for a clean run)."""
         now = time.time()
         atomic_write_json(
             self.dir / RUN_JSON,
@@ -113,7 +116,10 @@ class RunWriter:
                 "name": name,
                 "config": config,
                 "versions": versions,
+                "class_names": list(class_names),
+                "target": target,
                 "status": "running",
+                "pid": os.getpid(),
                 "error": None,
                 "created": now,
                 "updated": now,
@@ -203,8 +209,21 @@ class Run:
         return self.meta["name"]
 
     @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names", []))
+
+    @property
+    def target(self) -> dict | None:
+        """target_label, adv_label, target_index, attack, eps, n_poisons; None for a clean run."""
+        return self.meta.get("target")
+
+    @property
     def status(self) -> str:
-        return self.meta["status"]
+        """``running``, ``finished``, ``failed``, or ``interrupted`` (running, but its process is gone)."""
+        meta = self.meta
+        if meta["status"] == "running" and not _alive(meta.get("pid")):
+            return "interrupted"
+        return meta["status"]
 
     def progress(self) -> dict:
         try:
@@ -272,7 +291,7 @@ class Run:
         return RunInfo(
             path=self.path,
             name=meta.get("name", self.path.name),
-            status=meta.get("status", "?"),
+            status=self.status,
             created=float(meta.get("created", 0.0)),
             updated=float(meta.get("updated", 0.0)),
             epochs_done=int(last["epoch"]) if last is not None else -1,
@@ -283,6 +302,19 @@ class Run:
             n_dropped=int(last["n_dropped"]) if last is not None else 0,
             error=meta.get("error"),
         )
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still exists on this machine (True when unknown)."""
+    if not pid:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:

@@ -155,7 +155,8 @@ def batches(indices: np.ndarray, batch_size: int, gen: torch.Generator) -> list[
     perm = indices[torch.randperm(len(indices), generator=gen).numpy()]
     out = [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
     if len(out) > 1 and len(out[-1]) == 1:
-        out[-2] = np.concatenate([out[-2], out.pop()])
+        last = out.pop()
+        out[-1] = np.concatenate([out[-1], last])
     return out
 
 
@@ -243,7 +244,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         targets = [r for r in run.targets().to_dict("records") if r["epoch"] < start]
         writer.set_status("running")
     else:
-        writer.create(run_dir.name, config.to_json(), versions())
+        target = None
+        if poisons is not None:
+            target = {"target_label": poisons.target_label, "adv_label": poisons.adv_label,
+                      "target_index": poisons.target_index, "attack": poisons.attack,
+                      "eps": poisons.eps, "n_poisons": poisons.n_poisons}
+        writer.create(run_dir.name, config.to_json(), versions(),
+                      class_names=list(data.dataset.class_names), target=target)
         writer.write_examples(pd.DataFrame({
             "index": np.arange(n, dtype=np.int64), "label": data.y_train,
             "is_poison": data.is_poison, "base_index": data.base_index}))

@@ -1,0 +1,30 @@
+"""``poisonlens export``: the suspects of a run (dropped or flagged up to an epoch) as CSV."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from core.export import suspects_table, to_safe_csv
+from core.store import atomic_write_bytes, open_run
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write the examples dropped or flagged up to an epoch as CSV",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--epoch", type=int, default=None, help="last epoch to include (default: the run's last snapshot)")
+    p.add_argument("--dropped-only", action="store_true", help="leave out examples flagged but not dropped")
+    p.add_argument("--out", required=True, help="CSV file to write ('-' for standard output)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    table = suspects_table(open_run(args.run), args.epoch, include_flagged=not args.dropped_only)
+    text = to_safe_csv(table)
+    if args.out == "-":
+        print(text, end="")
+    else:
+        atomic_write_bytes(Path(args.out), text.encode())
+        print(f"{len(table)} rows -> {args.out}")
+    return 0

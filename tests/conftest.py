@@ -1,0 +1,37 @@
+"""Shared fixtures: small real inputs (digits, tiny CNNs) so the suite stays fast on 2 cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def tiny_config(**overrides):
+    """A digits run that trains in a second or two."""
+    from core.train import TrainConfig
+
+    base = dict(epochs=4, width=4, snapshot_every=2, drop_after=0, stop_after=100, batch_size=256)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def cifar_subset() -> Path:
+    if not (CIFAR_SUBSET / "train").is_dir():
+        pytest.skip(f"CIFAR-10 subset not found at {CIFAR_SUBSET}")
+    return CIFAR_SUBSET

@@ -1,0 +1,127 @@
+"""Training: reproducibility, resume after a kill, drops leave the loader, scenarios."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.defense.base import DefenseResult, register
+from core.errors import InputError
+from core.store import CHECKPOINTS, open_run
+from core.train import TrainConfig, augment_batch, batches, epoch_generator, lr_at, train
+from tests.conftest import tiny_config
+
+
+@register("test-first-active")
+class FirstActive:
+    """Suspects the `k` active examples with the lowest indices: a predictable defense for tests."""
+
+    name = "test-first-active"
+
+    def __init__(self, k: int = 5):
+        self.k = k
+
+    def __call__(self, snapshot, active):
+        suspect = np.zeros(snapshot.n_samples, dtype=bool)
+        suspect[np.flatnonzero(active)[: self.k]] = True
+        score = np.where(active, -np.arange(snapshot.n_samples, dtype=float), np.nan)
+        return DefenseResult(score=score, suspect=suspect, info={"k": self.k})
+
+
+def weights(run_dir):
+    return torch.load(run_dir / CHECKPOINTS / "model.pt", weights_only=True)
+
+
+def test_same_seed_gives_identical_runs(tmp_path):
+    a = train(tiny_config(), tmp_path / "a", show_progress=False)
+    b = train(tiny_config(), tmp_path / "b", show_progress=False)
+    for k, v in weights(a).items():
+        torch.testing.assert_close(v, weights(b)[k], rtol=0, atol=0)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    config = tiny_config(epochs=5, defense="test-first-active", defense_params={"k": 3})
+    whole = train(config, tmp_path / "whole", show_progress=False)
+    part = train(config, tmp_path / "part", show_progress=False, stop_at_epoch=2)
+    assert open_run(part).metrics()["epoch"].max() == 2
+    train(TrainConfig(), part, resume=True, show_progress=False)
+    for k, v in weights(whole).items():
+        torch.testing.assert_close(v, weights(part)[k], rtol=0, atol=0)
+    cols = ["epoch", "train_loss", "test_acc", "n_active", "n_dropped"]
+    pd.testing.assert_frame_equal(open_run(whole).metrics()[cols], open_run(part).metrics()[cols])
+    pd.testing.assert_frame_equal(open_run(whole).snapshot(4), open_run(part).snapshot(4))
+    assert open_run(part).status == "finished"
+
+
+def test_dropped_examples_are_final_and_counted(tmp_path):
+    run = open_run(train(tiny_config(epochs=4, defense="test-first-active", defense_params={"k": 5}),
+                         tmp_path / "r", show_progress=False))
+    m = run.metrics().set_index("epoch")
+    # snapshots at 0, 2, 4 each drop 5 more; the drops of epoch 4 (the last) still count
+    assert list(m.loc[[0, 2, 4], "n_new_drops"]) == [5, 5, 5]
+    assert m.loc[4, "n_dropped"] == 15 and m.loc[4, "n_active"] == run.examples().shape[0] - 15
+    last = run.snapshot(4)
+    assert set(last.loc[last.dropped_epoch == 0, "index"]) == set(range(5))
+    assert set(last.loc[last.dropped_epoch == 2, "index"]) == set(range(5, 10))
+    assert not last.loc[last.dropped_epoch.between(0, 2), "active"].any()
+
+
+def test_snapshots_outside_the_drop_window_drop_nothing(tmp_path):
+    run = open_run(train(tiny_config(epochs=4, drop_after=2, stop_after=4, defense="test-first-active"),
+                         tmp_path / "r", show_progress=False))
+    m = run.metrics().set_index("epoch")
+    assert list(m.loc[[0, 2, 4], "n_new_drops"]) == [0, 5, 0]
+    assert run.snapshot(0)["suspect"].sum() == 5  # still recorded, for the dashboard
+
+
+def test_snapshot_epochs_are_zero_every_t_and_the_last():
+    assert TrainConfig(epochs=7, snapshot_every=3).snapshot_epochs() == [0, 3, 6, 7]
+
+
+def test_lr_decays_at_milestones():
+    config = TrainConfig(epochs=8, lr=0.1)
+    assert [round(lr_at(config, e), 6) for e in (1, 3, 4, 5, 6, 7, 8)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.0001]
+
+
+def test_batches_cover_active_indices_once_and_never_leave_a_single_example():
+    indices = np.arange(0, 301, 2)  # 151 active examples
+    got = batches(indices, 50, epoch_generator(0, 1))
+    assert sorted(np.concatenate(got).tolist()) == indices.tolist()
+    assert min(len(b) for b in got) > 1
+
+
+def test_augmentation_crops_are_shifted_windows_of_the_zero_padded_image():
+    x = torch.arange(1, 65, dtype=torch.float32).view(1, 1, 8, 8).repeat(32, 1, 1, 1)
+    out = augment_batch(x, "crop", epoch_generator(0, 1))
+    padded = torch.nn.functional.pad(x[0, 0], (1, 1, 1, 1))
+    windows = [padded[i:i + 8, j:j + 8] for i in range(3) for j in range(3)]
+    assert out.shape == x.shape
+    assert all(any(torch.equal(o[0], w) for w in windows) for o in out)
+    assert len({tuple(o[0].flatten().tolist()) for o in out}) > 1  # not always the same shift
+
+
+def test_transfer_scenario_keeps_the_feature_extractor_frozen(tmp_path):
+    base = train(tiny_config(epochs=1), tmp_path / "base", show_progress=False)
+    pretrained = base / CHECKPOINTS / "model.pt"
+    run = train(tiny_config(epochs=2, scenario="transfer", pretrained=str(pretrained)), tmp_path / "t", show_progress=False)
+    before, after = weights(base), weights(run)
+    for k in before:
+        if k.startswith("body.") and "num_batches" not in k:
+            torch.testing.assert_close(before[k], after[k], rtol=0, atol=0)
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_bad_parameters_are_refused_before_anything_starts(tmp_path):
+    with pytest.raises(InputError, match="drop-after"):
+        train(tiny_config(drop_after=5, stop_after=2), tmp_path / "r", show_progress=False)
+    with pytest.raises(InputError, match="needs --pretrained"):
+        train(tiny_config(scenario="finetune"), tmp_path / "r", show_progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    train(tiny_config(epochs=1), tmp_path / "r", show_progress=False)
+    with pytest.raises(InputError, match="already exists"):
+        train(tiny_config(epochs=1), tmp_path / "r", show_progress=False)
