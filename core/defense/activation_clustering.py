@@ -1,0 +1,153 @@
+"""Activation clustering (Chen et al., 2018): per class, split the features in two; flag a small half.
+
+Within each class the active penultimate features are reduced to ``n_dims`` components
+and split by 2-means; when the smaller cluster holds at most ``size_thresh`` of the class
+it is suspect (the paper's relative-size analysis). An example's score is one minus the
+share of its class in its own cluster, so members of small clusters score high.
+``is_clean = ~result.suspect`` is the list a user of ART's poison filters expects.
+
+Cost: per class one PCA (or FastICA) and ``n_init`` k-means runs on n_c × n_dims rows,
+O(n_c · n_features · n_dims) time and O(n_c · n_features) memory.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA, FastICA
+from sklearn.exceptions import ConvergenceWarning
+
+from core.defense.base import DefenseResult, Snapshot, register
+from core.errors import InputError
+
+
+@register("activation-clustering")
+@dataclass(frozen=True, kw_only=True)
+class ActivationClustering:
+    """Activation-clustering poison filter; defaults from Chen et al. (2018).
+
+    Score: ``1 - (size of own cluster) / (size of class)``, in [0, 1); the larger cluster
+    scores at most 0.5 and the suspects are exactly the scores >= ``1 - size_thresh``.
+
+    Extra column: ``cluster`` (int, 0 = larger cluster of its class, 1 = smaller, -1 inactive).
+    """
+
+    name: ClassVar[str] = "activation-clustering"
+
+    n_dims: int = 10  # components kept per class, as in the paper
+    reduce: Literal["pca", "fastica"] = "pca"  # the paper uses ICA; PCA is ART's default
+    size_thresh: float = 0.35  # largest share of a class a poisoned cluster may hold
+    n_init: int = 10  # k-means restarts
+    random_state: int = 0  # seeds the reduction (FastICA) and k-means
+
+    def __post_init__(self) -> None:
+        if self.n_dims < 1:
+            raise InputError("activation-clustering", f"n_dims must be >= 1, got {self.n_dims}")
+        if self.reduce not in ("pca", "fastica"):
+            raise InputError(
+                "activation-clustering", f"reduce must be 'pca' or 'fastica', got {self.reduce!r}"
+            )
+        if not 0.0 <= self.size_thresh <= 0.5:
+            raise InputError(
+                "activation-clustering", f"size_thresh must be in [0, 0.5], got {self.size_thresh}"
+            )
+        if self.n_init < 1:
+            raise InputError("activation-clustering", f"n_init must be >= 1, got {self.n_init}")
+
+    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """Score the active examples of ``snapshot``.
+
+        Parameters
+        ----------
+        snapshot : Snapshot
+            Uses ``embeddings`` (n_samples, n_features) and ``labels`` (n_samples,).
+        active : bool ndarray of shape (n_samples,)
+            The examples still in training; only they are clustered, class by class.
+        """
+        start = time.perf_counter()
+        n_samples = snapshot.n_samples
+        active = np.asarray(active, dtype=bool)
+        if active.shape != (n_samples,):
+            raise ValueError(f"active has shape {active.shape}, expected ({n_samples},)")
+        labels = np.asarray(snapshot.labels)
+        embeddings = np.asarray(snapshot.embeddings)
+
+        score = np.full(n_samples, np.nan)
+        suspect = np.zeros(n_samples, dtype=bool)
+        cluster = np.full(n_samples, -1, dtype=np.int64)
+        per_class: dict[str, dict] = {}
+        for c in np.unique(labels[active]):
+            rows = np.flatnonzero(active & (labels == c))
+            assigned, converged = self._two_means(embeddings[rows])
+            sizes = np.bincount(assigned, minlength=2)
+            share = sizes / len(rows)
+            score[rows] = 1.0 - share[assigned]
+            cluster[rows] = assigned
+            flagged = 0 < share[1] <= self.size_thresh
+            suspect[rows] = flagged & (assigned == 1)
+            per_class[str(c)] = {
+                "n": int(len(rows)),
+                "cluster_sizes": [int(s) for s in sizes],
+                "smaller_share": float(share[1]),
+                "suspicious_cluster": bool(flagged),
+                "converged": converged,
+            }
+
+        return DefenseResult(
+            score=score,
+            suspect=suspect,
+            columns={"cluster": cluster},
+            info={
+                "n_dims": self.n_dims,
+                "reduce": self.reduce,
+                "size_thresh": self.size_thresh,
+                "n_active": int(active.sum()),
+                "n_suspect": int(suspect.sum()),
+                "per_class": per_class,
+                "seconds": round(time.perf_counter() - start, 4),
+            },
+        )
+
+    def _two_means(self, features: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Cluster of each row and whether the reduction and k-means converged.
+
+        Returns
+        -------
+        assigned : int64 ndarray of shape (n_rows,), 0 = the larger cluster, 1 = the smaller
+        converged : bool, False when scikit-learn raised a ConvergenceWarning
+        """
+        n_rows = len(features)
+        features = features.astype(np.float64)
+        if n_rows < 2 or not np.ptp(features, axis=0).any():
+            # One row, or identical rows: a single cluster.
+            return np.zeros(n_rows, dtype=np.int64), True
+        n_components = min(self.n_dims, n_rows, features.shape[1])
+        if self.reduce == "pca":
+            reducer = PCA(n_components=n_components, random_state=self.random_state)
+        else:
+            reducer = FastICA(n_components=n_components, random_state=self.random_state)
+        # FastICA often fails to converge on near-Gaussian features; say so in the report
+        # once per class rather than warning at every snapshot.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            reduced = reducer.fit_transform(features)
+            assigned = (
+                KMeans(n_clusters=2, n_init=self.n_init, random_state=self.random_state)
+                .fit_predict(reduced)
+                .astype(np.int64)
+            )
+        converged = True
+        for caught_warning in caught:
+            if issubclass(caught_warning.category, ConvergenceWarning):
+                converged = False
+            else:
+                warnings.warn(caught_warning.message, caught_warning.category, stacklevel=2)
+        # Number the clusters by size so that 1 is always the smaller one.
+        if (assigned == 1).sum() > (assigned == 0).sum():
+            assigned = 1 - assigned
+        return assigned, converged

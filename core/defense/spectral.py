@@ -1,0 +1,111 @@
+"""Spectral signatures (Tran et al., 2018): per class, flag the largest projections on the top direction.
+
+Within each class the active penultimate features are centred; an example's score is its
+squared projection on the top right singular vector. The ``floor(1.5 · eps · n_c)`` highest
+scores of each class are suspect, where ``eps`` bounds the expected poison fraction.
+``is_clean = ~result.suspect`` is the list a user of ART's poison filters expects.
+
+Cost: one thin SVD per class, O(n_c · n_features²) time and O(n_c · n_features) memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from core.defense.base import DefenseResult, Snapshot, register
+from core.errors import InputError
+
+
+@register("spectral")
+@dataclass(frozen=True, kw_only=True)
+class SpectralSignatures:
+    """Spectral-signature poison filter; defaults from Tran et al. (2018).
+
+    Score: the raw squared projection, so it is comparable across classes only as far as
+    their feature scales are. Ties at a class's cut-off go to the lower index.
+    """
+
+    name: ClassVar[str] = "spectral"
+
+    eps: float = 0.05  # assumed upper bound on the poison fraction per class
+    multiplier: float = 1.5  # the paper removes 1.5 · eps of each class
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eps <= 1.0:
+            raise InputError("spectral", f"eps must be in [0, 1], got {self.eps}")
+        if self.multiplier < 0:
+            raise InputError("spectral", f"multiplier must be >= 0, got {self.multiplier}")
+
+    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """Score the active examples of ``snapshot``.
+
+        Parameters
+        ----------
+        snapshot : Snapshot
+            Uses ``embeddings`` (n_samples, n_features) and ``labels`` (n_samples,).
+        active : bool ndarray of shape (n_samples,)
+            The examples still in training; only they are scored, class by class.
+        """
+        start = time.perf_counter()
+        n_samples = snapshot.n_samples
+        active = np.asarray(active, dtype=bool)
+        if active.shape != (n_samples,):
+            raise ValueError(f"active has shape {active.shape}, expected ({n_samples},)")
+        labels = np.asarray(snapshot.labels)
+        embeddings = np.asarray(snapshot.embeddings)
+
+        score = np.full(n_samples, np.nan)
+        suspect = np.zeros(n_samples, dtype=bool)
+        per_class: dict[str, dict] = {}
+        for c in np.unique(labels[active]):
+            rows = np.flatnonzero(active & (labels == c))
+            class_score, top_singular = _signature(embeddings[rows])
+            score[rows] = class_score
+            # A tiny slack so 1.5 · 0.05 · 200 counts as 15, not 14.999...
+            n_drop = min(int(np.floor(self.multiplier * self.eps * len(rows) + 1e-9)), len(rows))
+            # Stable sort on -score: highest first, ties to the lower index.
+            dropped = rows[np.argsort(-class_score, kind="stable")[:n_drop]]
+            suspect[dropped] = True
+            per_class[str(c)] = {
+                "n": int(len(rows)),
+                "n_suspect": int(n_drop),
+                "threshold": float(score[dropped].min()) if n_drop else None,
+                "top_singular_value": top_singular,
+            }
+
+        return DefenseResult(
+            score=score,
+            suspect=suspect,
+            info={
+                "eps": self.eps,
+                "multiplier": self.multiplier,
+                "n_active": int(active.sum()),
+                "n_suspect": int(suspect.sum()),
+                "per_class": per_class,
+                "seconds": round(time.perf_counter() - start, 4),
+            },
+        )
+
+
+def _signature(features: np.ndarray) -> tuple[np.ndarray, float]:
+    """Squared projections on the top singular vector of the centred rows.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_rows, n_features)
+
+    Returns
+    -------
+    score : float64 ndarray of shape (n_rows,)
+    top_singular_value : float
+    """
+    centred = features.astype(np.float64) - features.mean(axis=0, dtype=np.float64)
+    if len(centred) < 2 or not centred.any():
+        # One row, or identical rows: no direction stands out.
+        return np.zeros(len(centred)), 0.0
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    return (centred @ vt[0]) ** 2, float(singular[0])
