@@ -38,6 +38,7 @@ class TrainConfig:
 
     dataset: str = "digits"  # data set spec, see core.data.load_dataset
     poisons: str | None = None  # poison set (.npz or benchmark folder); None = clean run
+    clean_control: bool = False  # keep the poison set's target but train on the base images
     model: str = "smallcnn"  # {'smallcnn', 'resnet18'}
     width: int = 32  # channels of the small CNN's first block
     scenario: str = "scratch"  # {'scratch', 'transfer', 'finetune'}
@@ -81,6 +82,7 @@ class TrainConfig:
             (self.resolved_lr > 0, "lr must be positive"),
             (0 <= self.drop_after <= self.stop_after, "need 0 <= drop-after <= stop-after"),
             (self.scenario == "scratch" or self.pretrained, f"scenario {self.scenario} needs --pretrained"),
+            (not self.clean_control or self.poisons, "the clean control needs a poison set (for its target)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -170,9 +172,14 @@ def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray, batch_si
 
 
 def load_training_data(config: TrainConfig) -> PoisonedDataset:
+    """The training set as the victim sees it; for the clean control, the poison rows are
+    restored to their base images and only the target is kept."""
     dataset = load_dataset(config.dataset)
     poisons = load_poisons(config.poisons) if config.poisons else None
-    return apply_poisons(dataset, poisons, source=config.poisons or "")
+    data = apply_poisons(dataset, poisons, source=config.poisons or "")
+    if config.clean_control and poisons is not None:
+        data = replace(apply_poisons(dataset, None), poisons=poisons)
+    return data
 
 
 def make_model(config: TrainConfig, data: PoisonedDataset) -> Classifier:
@@ -248,7 +255,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         if poisons is not None:
             target = {"target_label": poisons.target_label, "adv_label": poisons.adv_label,
                       "target_index": poisons.target_index, "attack": poisons.attack,
-                      "eps": poisons.eps, "n_poisons": poisons.n_poisons}
+                      "eps": poisons.eps, "n_poisons": int(data.is_poison.sum()),
+                      "clean_control": config.clean_control}
         writer.create(run_dir.name, config.to_json(), versions(),
                       class_names=list(data.dataset.class_names), target=target)
         writer.write_examples(pd.DataFrame({
