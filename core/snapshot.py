@@ -6,8 +6,11 @@ exactly d(cross-entropy)/d(logits) for each example.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from core.defense.base import Snapshot
@@ -16,18 +19,42 @@ from core.models import Classifier, to_tensor
 MAX_STORED_FEATURES = 64  # wider embeddings are stored through a fixed random projection
 
 
+def fold_batchnorm(body: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``body`` in which every Conv2d directly followed by a BatchNorm2d in a
+    Sequential is merged into one convolution (same outputs up to float rounding, fewer passes)."""
+    body = copy.deepcopy(body).eval()
+    for module in body.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        layers = list(module)
+        for i in range(len(layers) - 1):
+            conv, bn = layers[i], layers[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                  conv.padding, conv.dilation, conv.groups, bias=True)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                fused.weight.data = (conv.weight * scale[:, None, None, None]).detach()
+                fused.bias.data = ((bias - bn.running_mean) * scale + bn.bias).detach()
+                module[i], module[i + 1] = fused, nn.Identity()
+    return body
+
+
 @torch.inference_mode()
-def forward_batched(model: Classifier, images: np.ndarray, *, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode logits (n, n_classes) and penultimate features (n, n_features), float32."""
-    was_training = model.training
-    model.eval()
+def forward_batched(model: Classifier, images: np.ndarray, *, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode logits (n, n_classes) and penultimate features (n, n_features), float32.
+
+    Runs a batch-norm-folded, channels-last copy of the model: on a CPU this pass costs about a
+    fifth of a training step per example, which keeps snapshots cheap. Moderate batches are
+    faster than huge ones here (they stay in cache).
+    """
+    body = fold_batchnorm(model.body).to(memory_format=torch.channels_last)
     logits, feats = [], []
     for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start : start + batch_size])
-        f = model.features(x)
+        x = to_tensor(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
+        f = body((x - model.mean) / model.std)
         logits.append(model.head(f).numpy())
         feats.append(f.numpy())
-    model.train(was_training)
     n_classes = model.head.out_features
     if not logits:
         return np.zeros((0, n_classes), np.float32), np.zeros((0, model.n_features), np.float32)
@@ -52,7 +79,7 @@ def last_layer_stats(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.nda
 
 def take_snapshot(model: Classifier, images: np.ndarray, labels: np.ndarray, *, epoch: int,
                   target_image: np.ndarray | None = None, adv_label: int | None = None,
-                  batch_size: int = 1024) -> tuple[Snapshot, dict | None]:
+                  batch_size: int = 128) -> tuple[Snapshot, dict | None]:
     """Snapshot of every training example, plus the target's row for ``adv_label``.
 
     Returns the :class:`Snapshot` and, when a target is given, a dict with the target's

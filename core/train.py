@@ -58,7 +58,7 @@ class TrainConfig:
     drop_after: int = 4  # first epoch whose snapshot may drop examples
     stop_after: int = 30  # snapshots at this epoch or later drop nothing
     seed: int = 0
-    snapshot_batch_size: int = 1024
+    snapshot_batch_size: int = 128  # moderate batches stay in cache: faster than large ones on a CPU
 
     @property
     def resolved_lr(self) -> float:
@@ -228,7 +228,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         raise InputError(run_dir, "run already exists; pass --resume to continue it or choose another --name")
     config.validate()
     data = load_training_data(config)
-    model = make_model(config, data)
+    model = make_model(config, data).to(memory_format=torch.channels_last)  # faster convolutions on CPU
     optimizer = make_optimizer(config, model)
     defense = build_defense(config.defense, **config.defense_params)
     poisons = data.poisons
@@ -340,7 +340,7 @@ def train_one_epoch(model: Classifier, optimizer: torch.optim.Optimizer, x_all: 
     total, count = 0.0, 0
     for batch in batches(indices, config.batch_size, gen):
         idx = torch.from_numpy(batch)
-        x = augment_batch(x_all[idx], augment, gen)
+        x = augment_batch(x_all[idx], augment, gen).contiguous(memory_format=torch.channels_last)
         loss = F.cross_entropy(model(x), y_all[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
