@@ -22,8 +22,18 @@ from core.metrics import detection_metrics
 from core.store import RUN_JSON, atomic_write_bytes, open_run
 from core.train import TrainConfig, train
 
-DEFAULT_DEFENSES = ("clean", "none", "epic-0.1", "epic-0.2", "epic-0.3", "random-0.2",
-                    "deepknn", "spectral", "activation-clustering", "loss")
+DEFAULT_DEFENSES = (
+    "clean",
+    "none",
+    "epic-0.1",
+    "epic-0.2",
+    "epic-0.3",
+    "random-0.2",
+    "deepknn",
+    "spectral",
+    "activation-clustering",
+    "loss",
+)
 SUMMARY_COLUMNS = ("test_acc", "attack_success", "recall", "precision", "n_dropped", "seconds")
 
 
@@ -46,12 +56,17 @@ def parse_defense(spec: str) -> dict:
         try:
             size = float(arg)
         except ValueError:
-            raise InputError("--defenses", f"{spec!r}: expected a subset size such as {name}-0.1") from None
+            raise InputError(
+                "--defenses", f"{spec!r}: expected a subset size such as {name}-0.1"
+            ) from None
         key = "subset_size" if name == "epic" else "match_subset"
         return {"defense": name, "defense_params": {key: size}, "clean_control": False}
     if spec in defense_names():
         return {"defense": spec, "defense_params": {}, "clean_control": False}
-    raise InputError("--defenses", f"unknown defense {spec!r}; use clean, none, epic-<s>, random-<s> or one of {', '.join(defense_names())}")
+    raise InputError(
+        "--defenses",
+        f"unknown defense {spec!r}; use clean, none, epic-<s>, random-<s> or one of {', '.join(defense_names())}",
+    )
 
 
 def find_poison_sets(path: str | Path) -> list[Path]:
@@ -61,15 +76,23 @@ def find_poison_sets(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise InputError(path, "no such poison set or folder")
-    sets = sorted(p for p in path.iterdir() if p.suffix == ".npz" or (p / "poisons.pickle").is_file())
+    sets = sorted(
+        p for p in path.iterdir() if p.suffix == ".npz" or (p / "poisons.pickle").is_file()
+    )
     if not sets:
         raise InputError(path, "folder holds no poison set (*.npz or a folder with poisons.pickle)")
     return sets
 
 
-def plan_grid(poison_sets: list[Path], defenses: list[str], seeds: list[int], out: Path) -> list[GridRun]:
-    return [GridRun(p, d, s, out / "runs" / f"{p.stem}__{d}__seed{s}")
-            for p in poison_sets for d in defenses for s in seeds]
+def plan_grid(
+    poison_sets: list[Path], defenses: list[str], seeds: list[int], out: Path
+) -> list[GridRun]:
+    return [
+        GridRun(p, d, s, out / "runs" / f"{p.stem}__{d}__seed{s}")
+        for p in poison_sets
+        for d in defenses
+        for s in seeds
+    ]
 
 
 def run_grid(base: TrainConfig, grid: list[GridRun], *, show_progress: bool = True) -> None:
@@ -85,7 +108,9 @@ def run_grid(base: TrainConfig, grid: list[GridRun], *, show_progress: bool = Tr
                 train(base, cell.run_dir, resume=True, show_progress=False)
                 continue
             shutil.rmtree(cell.run_dir)
-        config = replace(base, poisons=str(cell.poisons), seed=cell.seed, **parse_defense(cell.defense))
+        config = replace(
+            base, poisons=str(cell.poisons), seed=cell.seed, **parse_defense(cell.defense)
+        )
         train(config, cell.run_dir, show_progress=False)
 
 
@@ -99,12 +124,17 @@ def run_row(cell: GridRun) -> dict:
     n_dropped = int(last["n_dropped"])
     n_poison_dropped = int(last["n_poison_dropped"])
     return {
-        "poison_set": cell.poisons.stem, "defense": cell.defense, "seed": cell.seed,
-        "test_acc": float(last["test_acc"]), "attack_success": float(last["attack_success"]),
+        "poison_set": cell.poisons.stem,
+        "defense": cell.defense,
+        "seed": cell.seed,
+        "test_acc": float(last["test_acc"]),
+        "attack_success": float(last["attack_success"]),
         "recall": n_poison_dropped / n_poisons if n_poisons else np.nan,
         "precision": n_poison_dropped / n_dropped if n_dropped else np.nan,
         "n_dropped": n_dropped,
-        "seconds": float(m[["epoch_seconds", "eval_seconds", "snapshot_seconds", "defense_seconds"]].sum().sum()),
+        "seconds": float(
+            m[["epoch_seconds", "eval_seconds", "snapshot_seconds", "defense_seconds"]].sum().sum()
+        ),
         "target_prob_adv": float(last["target_prob_adv"]),
     }
 
@@ -117,9 +147,21 @@ def detection_rows(cell: GridRun) -> list[dict]:
     for epoch in run.snapshot_epochs():
         snap = run.snapshot(epoch, columns=["active", "score", "suspect"])
         active = snap["active"].to_numpy(bool)
-        d = detection_metrics(is_poison, snap["suspect"].to_numpy(bool), snap["score"].to_numpy(float), active=active)
-        rows.append({"poison_set": cell.poisons.stem, "defense": cell.defense, "seed": cell.seed, "epoch": epoch,
-                     "n_suspect": d.n_suspect, "precision": d.precision, "recall": d.recall, "roc_auc": d.roc_auc})
+        d = detection_metrics(
+            is_poison, snap["suspect"].to_numpy(bool), snap["score"].to_numpy(float), active=active
+        )
+        rows.append(
+            {
+                "poison_set": cell.poisons.stem,
+                "defense": cell.defense,
+                "seed": cell.seed,
+                "epoch": epoch,
+                "n_suspect": d.n_suspect,
+                "precision": d.precision,
+                "recall": d.recall,
+                "roc_auc": d.roc_auc,
+            }
+        )
     return rows
 
 
@@ -133,16 +175,32 @@ def summarise(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
 
 def to_markdown(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table of mean ± std."""
-    header = ["defense", "runs", "clean acc", "attack success", "poisons dropped (recall)",
-              "precision of drops", "examples dropped", "wall time (s)"]
+    header = [
+        "defense",
+        "runs",
+        "clean acc",
+        "attack success",
+        "poisons dropped (recall)",
+        "precision of drops",
+        "examples dropped",
+        "wall time (s)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    fmt = {"test_acc": "{:.3f}", "attack_success": "{:.2f}", "recall": "{:.2f}", "precision": "{:.3f}",
-           "n_dropped": "{:.0f}", "seconds": "{:.1f}"}
+    fmt = {
+        "test_acc": "{:.3f}",
+        "attack_success": "{:.2f}",
+        "recall": "{:.2f}",
+        "precision": "{:.3f}",
+        "n_dropped": "{:.0f}",
+        "seconds": "{:.1f}",
+    }
     for _, r in summary.iterrows():
         cells = [r["defense"], str(int(r["n_runs"]))]
         for col in SUMMARY_COLUMNS:
             mean, std = r[f"{col}_mean"], r[f"{col}_std"]
-            cells.append("–" if pd.isna(mean) else f"{fmt[col].format(mean)} ± {fmt[col].format(std)}")
+            cells.append(
+                "–" if pd.isna(mean) else f"{fmt[col].format(mean)} ± {fmt[col].format(std)}"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

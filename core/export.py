@@ -26,7 +26,9 @@ def snapshot_at(run: Run, epoch: int | None) -> int | None:
     return epochs[-1] if epochs else None
 
 
-def suspects_table(run: Run, epoch: int | None = None, *, include_flagged: bool = True) -> pd.DataFrame:
+def suspects_table(
+    run: Run, epoch: int | None = None, *, include_flagged: bool = True
+) -> pd.DataFrame:
     """Examples dropped up to ``epoch`` and (optionally) flagged by the defense at that snapshot.
 
     Ranked most suspicious first: dropped before flagged, then by ``score`` (higher = more
@@ -43,7 +45,9 @@ def suspects_table(run: Run, epoch: int | None = None, *, include_flagged: bool 
     table = pd.concat([examples.reset_index(drop=True), snap.reset_index(drop=True)], axis=1)
     class_names = run.class_names
     if class_names:
-        table.insert(2, "class_name", np.asarray(class_names, dtype=object)[table["label"].to_numpy()])
+        table.insert(
+            2, "class_name", np.asarray(class_names, dtype=object)[table["label"].to_numpy()]
+        )
     flagged = table["suspect"].to_numpy(bool) if "suspect" in table else np.zeros(len(table), bool)
     table["flagged"] = flagged
     keep = (table["dropped_epoch"] >= 0) | (flagged if include_flagged else False)

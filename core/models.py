@@ -17,7 +17,9 @@ MODEL_NAMES = ("smallcnn", "resnet18")
 class Classifier(nn.Module):
     """A feature extractor followed by a linear head; inputs in [0, 1], shape (B, C, H, W)."""
 
-    def __init__(self, body: nn.Module, n_features: int, n_classes: int, mean: float = 0.5, std: float = 0.25):
+    def __init__(
+        self, body: nn.Module, n_features: int, n_classes: int, mean: float = 0.5, std: float = 0.25
+    ):
         super().__init__()
         self.body = body
         self.head = nn.Linear(n_features, n_classes)
@@ -48,7 +50,11 @@ def _small_cnn_body(in_channels: int, width: int) -> nn.Module:
     # Three conv blocks; pooling early on large inputs keeps a 32x32 epoch cheap on a CPU, and
     # adaptive pooling makes the same weights work from 8x8 to 32x32.
     def block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        ]
         if pool:
             layers.append(nn.MaxPool2d(2))
         return layers

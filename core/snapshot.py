@@ -31,8 +31,16 @@ def fold_batchnorm(body: nn.Module) -> nn.Module:
             conv, bn = layers[i], layers[i + 1]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                  conv.padding, conv.dilation, conv.groups, bias=True)
+                fused = nn.Conv2d(
+                    conv.in_channels,
+                    conv.out_channels,
+                    conv.kernel_size,
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                    conv.groups,
+                    bias=True,
+                )
                 bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
                 fused.weight.data = (conv.weight * scale[:, None, None, None]).detach()
                 fused.bias.data = ((bias - bn.running_mean) * scale + bn.bias).detach()
@@ -41,7 +49,9 @@ def fold_batchnorm(body: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def forward_batched(model: Classifier, images: np.ndarray, *, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def forward_batched(
+    model: Classifier, images: np.ndarray, *, batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
     """Eval-mode logits (n, n_classes) and penultimate features (n, n_features), float32.
 
     Runs a batch-norm-folded, channels-last copy of the model: on a CPU this pass costs about a
@@ -51,7 +61,9 @@ def forward_batched(model: Classifier, images: np.ndarray, *, batch_size: int = 
     body = fold_batchnorm(model.body).to(memory_format=torch.channels_last)
     logits, feats = [], []
     for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
+        x = to_tensor(images[start : start + batch_size]).contiguous(
+            memory_format=torch.channels_last
+        )
         f = body((x - model.mean) / model.std)
         logits.append(model.head(f).numpy())
         feats.append(f.numpy())
@@ -77,9 +89,16 @@ def last_layer_stats(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.nda
     }
 
 
-def take_snapshot(model: Classifier, images: np.ndarray, labels: np.ndarray, *, epoch: int,
-                  target_image: np.ndarray | None = None, adv_label: int | None = None,
-                  batch_size: int = 128) -> tuple[Snapshot, dict | None]:
+def take_snapshot(
+    model: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epoch: int,
+    target_image: np.ndarray | None = None,
+    adv_label: int | None = None,
+    batch_size: int = 128,
+) -> tuple[Snapshot, dict | None]:
     """Snapshot of every training example, plus the target's row for ``adv_label``.
 
     Returns the :class:`Snapshot` and, when a target is given, a dict with the target's
@@ -111,4 +130,6 @@ def storage_projection(n_features: int, *, random_state: int = 0) -> np.ndarray 
     if n_features <= MAX_STORED_FEATURES:
         return None
     rng = np.random.default_rng(random_state)
-    return (rng.standard_normal((n_features, MAX_STORED_FEATURES)) / np.sqrt(MAX_STORED_FEATURES)).astype(np.float32)
+    return (
+        rng.standard_normal((n_features, MAX_STORED_FEATURES)) / np.sqrt(MAX_STORED_FEATURES)
+    ).astype(np.float32)

@@ -60,7 +60,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
+    atomic_write_bytes(
+        path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
+    )
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
@@ -104,8 +106,15 @@ class RunWriter:
     def __init__(self, run_dir: Path) -> None:
         self.dir = Path(run_dir)
 
-    def create(self, name: str, config: dict, versions: dict, *, class_names: list[str],
-               target: dict | None) -> None:
+    def create(
+        self,
+        name: str,
+        config: dict,
+        versions: dict,
+        *,
+        class_names: list[str],
+        target: dict | None,
+    ) -> None:
         """Start a run: run.json with status ``running``. ``target`` holds the poison set's
         target_label, adv_label, target_index, attack, eps and n_poisons (None for a clean run)."""
         now = time.time()
@@ -338,11 +347,14 @@ def list_runs(*roots: str | Path) -> list[RunInfo]:
         root = Path(root)
         if not root.is_dir():
             continue
-        candidates = [root] if (root / RUN_JSON).is_file() else sorted(p for p in root.iterdir() if (p / RUN_JSON).is_file())
+        candidates = (
+            [root]
+            if (root / RUN_JSON).is_file()
+            else sorted(p for p in root.iterdir() if (p / RUN_JSON).is_file())
+        )
         for path in candidates:
             try:
                 infos.append(Run(path).info())
             except (InputError, KeyError, ValueError):
                 continue
     return sorted(infos, key=lambda i: i.created, reverse=True)
-

@@ -58,7 +58,9 @@ class TrainConfig:
     drop_after: int = 4  # first epoch whose snapshot may drop examples
     stop_after: int = 30  # snapshots at this epoch or later drop nothing
     seed: int = 0
-    snapshot_batch_size: int = 128  # moderate batches stay in cache: faster than large ones on a CPU
+    snapshot_batch_size: int = (
+        128  # moderate batches stay in cache: faster than large ones on a CPU
+    )
 
     @property
     def resolved_lr(self) -> float:
@@ -68,7 +70,9 @@ class TrainConfig:
 
     def snapshot_epochs(self) -> list[int]:
         """Epochs at which a snapshot is taken: 0, every ``snapshot_every``, and the last."""
-        return sorted({0, self.epochs, *range(self.snapshot_every, self.epochs + 1, self.snapshot_every)})
+        return sorted(
+            {0, self.epochs, *range(self.snapshot_every, self.epochs + 1, self.snapshot_every)}
+        )
 
     def validate(self) -> None:
         """Raise :class:`InputError` for a bad parameter, before anything starts."""
@@ -81,8 +85,14 @@ class TrainConfig:
             (self.snapshot_every >= 1, "snapshot-every must be at least 1"),
             (self.resolved_lr > 0, "lr must be positive"),
             (0 <= self.drop_after <= self.stop_after, "need 0 <= drop-after <= stop-after"),
-            (self.scenario == "scratch" or self.pretrained, f"scenario {self.scenario} needs --pretrained"),
-            (not self.clean_control or self.poisons, "the clean control needs a poison set (for its target)"),
+            (
+                self.scenario == "scratch" or self.pretrained,
+                f"scenario {self.scenario} needs --pretrained",
+            ),
+            (
+                not self.clean_control or self.poisons,
+                "the clean control needs a poison set (for its target)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -137,7 +147,9 @@ def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Ten
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-    out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    out = padded[
+        torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
+    ]
     if mode == "crop-flip":
         flip = torch.rand(b, generator=gen) < 0.5
         out[flip] = out[flip].flip(3)
@@ -184,19 +196,29 @@ def load_training_data(config: TrainConfig) -> PoisonedDataset:
 
 def make_model(config: TrainConfig, data: PoisonedDataset) -> Classifier:
     torch.manual_seed(config.seed)
-    model = build_model(config.model, n_classes=data.dataset.n_classes,
-                        in_channels=data.x_train.shape[-1], width=config.width)
+    model = build_model(
+        config.model,
+        n_classes=data.dataset.n_classes,
+        in_channels=data.x_train.shape[-1],
+        width=config.width,
+    )
     if config.scenario == "scratch":
         return model
     state = torch.load(config.pretrained, map_location="cpu", weights_only=True)
     head_shape = (model.head.out_features, model.head.in_features)
-    if config.scenario == "transfer" or tuple(state.get("head.weight", torch.empty(0)).shape) != head_shape:
+    if (
+        config.scenario == "transfer"
+        or tuple(state.get("head.weight", torch.empty(0)).shape) != head_shape
+    ):
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     body_missing = [k for k in missing if not k.startswith("head.")]
     if body_missing or unexpected:
-        raise InputError(config.pretrained, f"checkpoint does not fit model {config.model!r} "
-                         f"(missing {body_missing[:3]}, unexpected {list(unexpected)[:3]})")
+        raise InputError(
+            config.pretrained,
+            f"checkpoint does not fit model {config.model!r} "
+            f"(missing {body_missing[:3]}, unexpected {list(unexpected)[:3]})",
+        )
     if config.scenario == "transfer":
         for p in model.body.parameters():
             p.requires_grad_(False)
@@ -205,15 +227,26 @@ def make_model(config: TrainConfig, data: PoisonedDataset) -> Classifier:
 
 def make_optimizer(config: TrainConfig, model: Classifier) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=config.resolved_lr, momentum=config.momentum,
-                           nesterov=config.nesterov, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=config.resolved_lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
 
 
 # --- the loop ------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
-          show_progress: bool = True, stop_at_epoch: int | None = None) -> Path:
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    stop_at_epoch: int | None = None,
+) -> Path:
     """Train under ``config.defense``, writing everything to ``run_dir``; returns ``run_dir``.
 
     With ``resume=True`` the run continues from its last checkpoint and ends identical to an
@@ -225,10 +258,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     if resume:
         config = TrainConfig.from_json(open_run(run_dir).config)
     elif (run_dir / "run.json").exists():
-        raise InputError(run_dir, "run already exists; pass --resume to continue it or choose another --name")
+        raise InputError(
+            run_dir, "run already exists; pass --resume to continue it or choose another --name"
+        )
     config.validate()
     data = load_training_data(config)
-    model = make_model(config, data).to(memory_format=torch.channels_last)  # faster convolutions on CPU
+    model = make_model(config, data).to(
+        memory_format=torch.channels_last
+    )  # faster convolutions on CPU
     optimizer = make_optimizer(config, model)
     defense = build_defense(config.defense, **config.defense_params)
     poisons = data.poisons
@@ -253,15 +290,32 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     else:
         target = None
         if poisons is not None:
-            target = {"target_label": poisons.target_label, "adv_label": poisons.adv_label,
-                      "target_index": poisons.target_index, "attack": poisons.attack,
-                      "eps": poisons.eps, "n_poisons": int(data.is_poison.sum()),
-                      "clean_control": config.clean_control}
-        writer.create(run_dir.name, config.to_json(), versions(),
-                      class_names=list(data.dataset.class_names), target=target)
-        writer.write_examples(pd.DataFrame({
-            "index": np.arange(n, dtype=np.int64), "label": data.y_train,
-            "is_poison": data.is_poison, "base_index": data.base_index}))
+            target = {
+                "target_label": poisons.target_label,
+                "adv_label": poisons.adv_label,
+                "target_index": poisons.target_index,
+                "attack": poisons.attack,
+                "eps": poisons.eps,
+                "n_poisons": int(data.is_poison.sum()),
+                "clean_control": config.clean_control,
+            }
+        writer.create(
+            run_dir.name,
+            config.to_json(),
+            versions(),
+            class_names=list(data.dataset.class_names),
+            target=target,
+        )
+        writer.write_examples(
+            pd.DataFrame(
+                {
+                    "index": np.arange(n, dtype=np.int64),
+                    "label": data.y_train,
+                    "is_poison": data.is_poison,
+                    "base_index": data.base_index,
+                }
+            )
+        )
         writer.write_images(data.x_train, poisons.target_x if poisons else None)
 
     augment = resolve_augment(config.augment, data.x_train.shape[-1])
@@ -269,7 +323,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     snapshot_epochs = set(config.snapshot_epochs())
     x_all = to_tensor(data.x_train)
     y_all = torch.as_tensor(data.y_train)
-    bar = tqdm(total=config.epochs + 1, initial=start, desc=run_dir.name, unit="epoch", disable=not show_progress)
+    bar = tqdm(
+        total=config.epochs + 1,
+        initial=start,
+        desc=run_dir.name,
+        unit="epoch",
+        disable=not show_progress,
+    )
     try:
         for epoch in range(start, config.epochs + 1):
             row = {"epoch": epoch, "lr": lr_at(config, max(epoch, 1))}
@@ -280,13 +340,23 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
             if epoch > 0:
                 for group in optimizer.param_groups:
                     group["lr"] = row["lr"]
-                row["train_loss"] = train_one_epoch(model, optimizer, x_all, y_all, np.flatnonzero(active),
-                                                    config, augment, epoch_generator(config.seed, epoch))
+                row["train_loss"] = train_one_epoch(
+                    model,
+                    optimizer,
+                    x_all,
+                    y_all,
+                    np.flatnonzero(active),
+                    config,
+                    augment,
+                    epoch_generator(config.seed, epoch),
+                )
             row["epoch_seconds"] = time.perf_counter() - t0
             # 2. evaluate
             writer.write_progress(epoch=epoch, epochs=config.epochs, phase="evaluate")
             t0 = time.perf_counter()
-            row["test_acc"] = accuracy(model, data.dataset.x_test, data.dataset.y_test, config.snapshot_batch_size)
+            row["test_acc"] = accuracy(
+                model, data.dataset.x_test, data.dataset.y_test, config.snapshot_batch_size
+            )
             row.update(target_metrics(model, poisons))
             row["eval_seconds"] = time.perf_counter() - t0
             # 3. snapshot and defense
@@ -295,8 +365,19 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
             row["defense_info"] = ""
             if epoch in snapshot_epochs:
                 writer.write_progress(epoch=epoch, epochs=config.epochs, phase="snapshot")
-                new = snapshot_and_defend(model, data, config, defense, epoch, active, dropped_epoch,
-                                          projection, writer, row, targets)
+                new = snapshot_and_defend(
+                    model,
+                    data,
+                    config,
+                    defense,
+                    epoch,
+                    active,
+                    dropped_epoch,
+                    projection,
+                    writer,
+                    row,
+                    targets,
+                )
                 active &= ~new
                 dropped_epoch[new] = epoch
                 row["n_new_drops"] = int(new.sum())
@@ -330,9 +411,16 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     return run_dir
 
 
-def train_one_epoch(model: Classifier, optimizer: torch.optim.Optimizer, x_all: torch.Tensor,
-                    y_all: torch.Tensor, indices: np.ndarray, config: TrainConfig, augment: str,
-                    gen: torch.Generator) -> float:
+def train_one_epoch(
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    indices: np.ndarray,
+    config: TrainConfig,
+    augment: str,
+    gen: torch.Generator,
+) -> float:
     """One pass over ``indices`` (the active examples); returns the mean training loss."""
     model.train()
     if config.scenario == "transfer":
@@ -357,20 +445,38 @@ def target_metrics(model: Classifier, poisons) -> dict:
     logits, _ = forward_batched(model, poisons.target_x[None])
     p = torch.softmax(torch.from_numpy(logits), 1)[0]
     pred = int(p.argmax())
-    return {"target_pred": pred, "target_prob_adv": float(p[poisons.adv_label]),
-            "attack_success": float(pred == poisons.adv_label)}
+    return {
+        "target_pred": pred,
+        "target_prob_adv": float(p[poisons.adv_label]),
+        "attack_success": float(pred == poisons.adv_label),
+    }
 
 
-def snapshot_and_defend(model, data: PoisonedDataset, config: TrainConfig, defense, epoch: int,
-                        active: np.ndarray, dropped_epoch: np.ndarray, projection, writer: RunWriter,
-                        row: dict, targets: list[dict]) -> np.ndarray:
+def snapshot_and_defend(
+    model,
+    data: PoisonedDataset,
+    config: TrainConfig,
+    defense,
+    epoch: int,
+    active: np.ndarray,
+    dropped_epoch: np.ndarray,
+    projection,
+    writer: RunWriter,
+    row: dict,
+    targets: list[dict],
+) -> np.ndarray:
     """Take the snapshot, run the defense, write the snapshot table; returns the new drops."""
     poisons = data.poisons
     t0 = time.perf_counter()
-    snap, target = take_snapshot(model, data.x_train, data.y_train, epoch=epoch,
-                                 target_image=poisons.target_x if poisons else None,
-                                 adv_label=poisons.adv_label if poisons else None,
-                                 batch_size=config.snapshot_batch_size)
+    snap, target = take_snapshot(
+        model,
+        data.x_train,
+        data.y_train,
+        epoch=epoch,
+        target_image=poisons.target_x if poisons else None,
+        adv_label=poisons.adv_label if poisons else None,
+        batch_size=config.snapshot_batch_size,
+    )
     row["snapshot_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = defense(snap, active.copy())
@@ -383,25 +489,52 @@ def snapshot_and_defend(model, data: PoisonedDataset, config: TrainConfig, defen
     frame.update({f"g_{c}": snap.grads[:, c] for c in range(snap.n_classes)})
     frame.update({f"emb_{j}": emb[:, j] for j in range(emb.shape[1])})
     after = np.where(new, epoch, dropped_epoch)
-    frame.update(loss=snap.loss, confidence=snap.confidence, prediction=snap.prediction,
-                 active=active.copy(), score=result.score.astype(np.float64), suspect=result.suspect,
-                 drop=new, dropped_epoch=after)
+    frame.update(
+        loss=snap.loss,
+        confidence=snap.confidence,
+        prediction=snap.prediction,
+        active=active.copy(),
+        score=result.score.astype(np.float64),
+        suspect=result.suspect,
+        drop=new,
+        dropped_epoch=after,
+    )
     frame.update(result.columns)
     writer.write_snapshot(epoch, pd.DataFrame(frame))
     if target is not None:
         t_emb = target["embedding"] if projection is None else target["embedding"] @ projection
-        targets.append({"epoch": epoch, "prediction": target["prediction"], "prob_adv": target["prob_adv"],
-                        **{f"g_{c}": float(v) for c, v in enumerate(target["grads"])},
-                        **{f"emb_{j}": float(v) for j, v in enumerate(t_emb)}})
+        targets.append(
+            {
+                "epoch": epoch,
+                "prediction": target["prediction"],
+                "prob_adv": target["prob_adv"],
+                **{f"g_{c}": float(v) for c, v in enumerate(target["grads"])},
+                **{f"emb_{j}": float(v) for j, v in enumerate(t_emb)},
+            }
+        )
     return new
 
 
-def save_checkpoint(run_dir: Path, epoch: int, model: Classifier, optimizer: torch.optim.Optimizer,
-                    active: np.ndarray, dropped_epoch: np.ndarray) -> None:
+def save_checkpoint(
+    run_dir: Path,
+    epoch: int,
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    active: np.ndarray,
+    dropped_epoch: np.ndarray,
+) -> None:
     """Atomically replace checkpoints/last.pt (tensors only, so it loads with weights_only=True)."""
     buf = io.BytesIO()
-    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "active": torch.from_numpy(active.copy()), "dropped_epoch": torch.from_numpy(dropped_epoch.copy())}, buf)
+    torch.save(
+        {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "active": torch.from_numpy(active.copy()),
+            "dropped_epoch": torch.from_numpy(dropped_epoch.copy()),
+        },
+        buf,
+    )
     atomic_write_bytes(run_dir / CHECKPOINTS / "last.pt", buf.getvalue())
 
 

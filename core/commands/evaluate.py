@@ -23,21 +23,38 @@ D = TrainConfig()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="train every defense on every poison set and seed; write a results table",
-                       description="Train each defense on each poison set and seed (finished runs are skipped, "
-                       "interrupted ones resumed), then write runs.csv, detection.csv, summary.csv and summary.md.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="train every defense on every poison set and seed; write a results table",
+        description="Train each defense on each poison set and seed (finished runs are skipped, "
+        "interrupted ones resumed), then write runs.csv, detection.csv, summary.csv and summary.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--dataset", default=D.dataset, help="data set the poison sets were made for")
     p.add_argument("--poisons", required=True, help="a poison set, or a folder of them")
-    p.add_argument("--defenses", default=",".join(DEFAULT_DEFENSES),
-                   help="comma-separated: clean (the control), none, epic-<subset>, random-<subset>, deepknn, spectral, activation-clustering, loss")
+    p.add_argument(
+        "--defenses",
+        default=",".join(DEFAULT_DEFENSES),
+        help="comma-separated: clean (the control), none, epic-<subset>, random-<subset>, deepknn, spectral, activation-clustering, loss",
+    )
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--epochs", type=int, default=D.epochs, help="training epochs per run")
-    p.add_argument("--snapshot-every", type=int, default=D.snapshot_every, help="epochs between snapshots")
-    p.add_argument("--drop-after", type=int, default=D.drop_after, help="first epoch whose snapshot may drop")
-    p.add_argument("--stop-after", type=int, default=D.stop_after, help="snapshots from this epoch on drop nothing")
+    p.add_argument(
+        "--snapshot-every", type=int, default=D.snapshot_every, help="epochs between snapshots"
+    )
+    p.add_argument(
+        "--drop-after", type=int, default=D.drop_after, help="first epoch whose snapshot may drop"
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=D.stop_after,
+        help="snapshots from this epoch on drop nothing",
+    )
     p.add_argument("--model", choices=MODEL_NAMES, default=D.model, help="network")
-    p.add_argument("--width", type=int, default=D.width, help="channels of the small CNN's first block")
+    p.add_argument(
+        "--width", type=int, default=D.width, help="channels of the small CNN's first block"
+    )
     p.add_argument("--out", required=True, help="results folder (runs go to <out>/runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -50,9 +67,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
-        raise InputError("--seeds", f"expected comma-separated integers, got {args.seeds!r}") from None
-    base = TrainConfig(dataset=args.dataset, epochs=args.epochs, snapshot_every=args.snapshot_every,
-                       drop_after=args.drop_after, stop_after=args.stop_after, model=args.model, width=args.width)
+        raise InputError(
+            "--seeds", f"expected comma-separated integers, got {args.seeds!r}"
+        ) from None
+    base = TrainConfig(
+        dataset=args.dataset,
+        epochs=args.epochs,
+        snapshot_every=args.snapshot_every,
+        drop_after=args.drop_after,
+        stop_after=args.stop_after,
+        model=args.model,
+        width=args.width,
+    )
     out = Path(args.out)
     grid = plan_grid(find_poison_sets(args.poisons), defenses, seeds, out)
     t0 = time.perf_counter()

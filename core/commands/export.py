@@ -10,11 +10,21 @@ from core.store import atomic_write_bytes, open_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write the examples dropped or flagged up to an epoch as CSV",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "export",
+        help="write the examples dropped or flagged up to an epoch as CSV",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--epoch", type=int, default=None, help="last epoch to include (default: the run's last snapshot)")
-    p.add_argument("--dropped-only", action="store_true", help="leave out examples flagged but not dropped")
+    p.add_argument(
+        "--epoch",
+        type=int,
+        default=None,
+        help="last epoch to include (default: the run's last snapshot)",
+    )
+    p.add_argument(
+        "--dropped-only", action="store_true", help="leave out examples flagged but not dropped"
+    )
     p.add_argument("--out", required=True, help="CSV file to write ('-' for standard output)")
     p.set_defaults(func=run)
 
