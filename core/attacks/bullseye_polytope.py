@@ -1,0 +1,147 @@
+"""Bullseye Polytope (Aghakhani et al., EuroS&P 2021): clean-label feature collision for victims
+that reuse the attacker's feature extractor (the ``transfer`` and ``finetune`` scenarios).
+
+The poisons are train images of the adversarial class, perturbed within an l-inf ball so that the
+*mean* of their penultimate features sits on the target's feature ("bullseye": equal convex
+weights). A head retrained on them learns the target's spot in feature space as the adversarial
+class. Objective, averaged over the surrogate ensemble::
+
+    || mean_j phi(x_j + delta_j) - phi(x_t) ||^2 / || phi(x_t) ||^2
+
+minimised over ``delta`` by Adam with projection onto the ball after every step; labels unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from core.attacks.base import (
+    AttackGoal,
+    check_params,
+    choose_bases,
+    n_poisons_for,
+    project_linf,
+    register,
+    seeded_generator,
+    to_uint8_within,
+    validate_goal,
+)
+from core.attacks.surrogate import SurrogateOptions, feature_distances, train_surrogates
+from core.data.datasets import ImageDataset
+from core.data.poisons import PoisonSet
+from core.errors import InputError
+from core.models import Classifier, to_tensor
+
+BASE_CHOICES = ("random", "closest")
+
+
+def bullseye_loss(models: list[Classifier], x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Relative squared distance between the poisons' mean feature and the target's, ensemble mean.
+
+    ``x`` is (P, C, H, W), ``target`` (1, C, H, W); both float in [0, 1].
+    """
+    losses = []
+    for model in models:
+        ft = model.features(target)[0].detach()
+        losses.append(
+            ((model.features(x).mean(0) - ft) ** 2).sum() / (ft**2).sum().clamp_min(1e-12)
+        )
+    return torch.stack(losses).mean()
+
+
+@register("bullseye-polytope")
+@dataclass(frozen=True, kw_only=True)
+class BullseyePolytope(SurrogateOptions):
+    """Bullseye Polytope with the paper's transfer-learning defaults (Adam, lr 0.04, 4000 steps)."""
+
+    name: ClassVar[str] = "bullseye-polytope"
+    needs_surrogate: ClassVar[bool] = True
+
+    eps: float = 8.0  # l-inf radius in 0-255 pixel units (the paper's 8/255)
+    steps: int = 4000  # Adam steps
+    lr: float = 0.04  # Adam step size in [0, 1] pixel units
+    bases: str = "closest"  # {'random', 'closest'}: adv-class train images nearest the target in feature space, or drawn
+
+    def __post_init__(self) -> None:
+        check_params(self.name, eps=self.eps, steps=self.steps, lr=self.lr)
+        if self.bases not in BASE_CHOICES:
+            raise InputError(
+                self.name, f"bases must be one of {', '.join(BASE_CHOICES)}, got {self.bases!r}"
+            )
+
+    def __call__(
+        self,
+        dataset: ImageDataset,
+        goal: AttackGoal,
+        *,
+        surrogates: list[Classifier] | None = None,
+        show_progress: bool = False,
+    ) -> PoisonSet:
+        """Craft ``goal.budget`` x n_train poisons; the feature distance reached is in ``extra``."""
+        validate_goal(dataset, goal)
+        start = time.perf_counter()
+        models = surrogates or train_surrogates(
+            dataset, self, random_state=goal.random_state, show_progress=show_progress
+        )
+        for m in models:
+            m.eval()
+        target_x = dataset.x_test[goal.target_index]
+        n_poisons = n_poisons_for(goal.budget, len(dataset.y_train))
+        distances = (
+            feature_distances(models, dataset.x_train, target_x)
+            if self.bases == "closest"
+            else None
+        )
+        base_indices = choose_bases(
+            dataset.y_train,
+            goal.adv_label,
+            n_poisons,
+            random_state=goal.random_state,
+            distances=distances,
+        )
+        base_u8 = dataset.x_train[base_indices]
+        base, target = to_tensor(base_u8), to_tensor(target_x[None])
+        with torch.no_grad():
+            loss_start = float(bullseye_loss(models, base, target))
+
+        gen = seeded_generator(goal.random_state, 1)
+        radius = self.eps / 255.0
+        delta = (
+            project_linf(
+                base + (torch.rand(base.shape, generator=gen) * 2 - 1) * radius, base, self.eps
+            )
+            - base
+        ).requires_grad_(True)
+        optimizer = torch.optim.Adam([delta], lr=self.lr)
+        for _ in tqdm(range(self.steps), desc=self.name, unit="step", disable=not show_progress):
+            loss = bullseye_loss(models, base + delta, target)
+            # autograd.grad, not backward: the surrogates' parameter gradients are not needed
+            (delta.grad,) = torch.autograd.grad(loss, delta)
+            optimizer.step()
+            with torch.no_grad():
+                delta.copy_(project_linf(base + delta, base, self.eps) - base)
+        poisons_u8 = to_uint8_within(base + delta, base_u8, self.eps)
+        with torch.no_grad():
+            loss_end = float(bullseye_loss(models, to_tensor(poisons_u8), target))
+        return PoisonSet(
+            x=poisons_u8,
+            y=dataset.y_train[base_indices].copy(),
+            base_indices=base_indices,
+            target_x=target_x.copy(),
+            target_label=int(dataset.y_test[goal.target_index]),
+            adv_label=goal.adv_label,
+            attack=self.name,
+            eps=self.eps,
+            target_index=goal.target_index,
+            extra={
+                "feature_distance_start": loss_start,
+                "feature_distance": loss_end,
+                "n_surrogates": len(models),
+                "seconds": time.perf_counter() - start,
+            },
+        )

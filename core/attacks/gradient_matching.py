@@ -1,0 +1,238 @@
+"""Gradient Matching ("Witches' Brew", Geiping et al., ICLR 2021): clean-label poisons for a victim
+trained from scratch.
+
+The poisons are train images of the adversarial class, perturbed within an l-inf ball, whose
+training gradient (over all surrogate parameters) points the same way as the gradient of the
+target image labelled ``adv_label``. Training on them then moves the model as training on the
+mislabelled target would. Objective, per surrogate and averaged over the ensemble::
+
+    1 - cos( grad_theta CE(f(aug(x_b + delta)), y_b),  grad_theta CE(f(x_t), adv_label) )
+
+minimised over ``delta`` by signed Adam with restarts; labels are never changed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from core.attacks.base import (
+    AttackGoal,
+    check_params,
+    choose_bases,
+    n_poisons_for,
+    project_linf,
+    register,
+    seeded_generator,
+    to_uint8_within,
+    validate_goal,
+)
+from core.attacks.surrogate import SurrogateOptions, feature_distances, train_surrogates
+from core.data.datasets import ImageDataset
+from core.data.poisons import PoisonSet
+from core.errors import InputError
+from core.models import Classifier, to_tensor
+from core.train import augment_batch, resolve_augment
+
+BASE_CHOICES = ("random", "closest")
+
+
+def parameter_gradient(
+    model: Classifier, x: torch.Tensor, labels: torch.Tensor, *, create_graph: bool
+) -> list[torch.Tensor]:
+    """Gradient of the summed cross-entropy of batch ``x`` (B, C, H, W) w.r.t. every parameter."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = F.cross_entropy(model(x), labels, reduction="sum")
+    return list(torch.autograd.grad(loss, params, create_graph=create_graph))
+
+
+def cosine(
+    grads: list[torch.Tensor], target: list[torch.Tensor], target_norm: torch.Tensor
+) -> torch.Tensor:
+    """Cosine between two gradients given as lists of per-parameter tensors (one flat vector each)."""
+    dot = sum((g * t).sum() for g, t in zip(grads, target, strict=True))
+    norm = torch.sqrt(sum((g * g).sum() for g in grads)).clamp_min(1e-12)
+    return dot / (norm * target_norm)
+
+
+def alignment(
+    models: list[Classifier],
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    targets: list[tuple[list[torch.Tensor], torch.Tensor]],
+    *,
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """Mean cosine (over the ensemble) between the poison batch's gradient and the target's."""
+    cosines = [
+        cosine(parameter_gradient(m, x, labels, create_graph=create_graph), g, n)
+        for m, (g, n) in zip(models, targets, strict=True)
+    ]
+    return torch.stack(cosines).mean()
+
+
+def target_gradients(
+    models: list[Classifier], target: torch.Tensor, adv_label: int
+) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    """Per surrogate: the gradient of the target (1, C, H, W) labelled ``adv_label``, and its norm."""
+    out = []
+    label = torch.tensor([adv_label])
+    for model in models:
+        grads = [g.detach() for g in parameter_gradient(model, target, label, create_graph=False)]
+        out.append((grads, torch.sqrt(sum((g * g).sum() for g in grads))))
+    return out
+
+
+@register("gradient-matching")
+@dataclass(frozen=True, kw_only=True)
+class GradientMatching(SurrogateOptions):
+    """Witches' Brew with its paper defaults (eps 16, 250 steps, 8 restarts, tau 0.1, augmentation)."""
+
+    name: ClassVar[str] = "gradient-matching"
+    needs_surrogate: ClassVar[bool] = True
+
+    eps: float = 16.0  # l-inf radius in 0-255 pixel units
+    steps: int = 250  # signed-Adam steps per restart
+    restarts: int = 8  # random starts inside the ball; the best final alignment is kept
+    tau: float = 0.1  # Adam step size as a fraction of eps (decays x0.1 at 3/8, 5/8, 7/8 of steps)
+    augment: bool = (
+        True  # differentiable crops (flips too for colour) while crafting, as the victim trains
+    )
+    bases: str = "random"  # {'random', 'closest'}: adv-class train images, drawn or nearest the target in feature space
+
+    def __post_init__(self) -> None:
+        check_params(
+            self.name, eps=self.eps, steps=self.steps, restarts=self.restarts, tau=self.tau
+        )
+        if self.bases not in BASE_CHOICES:
+            raise InputError(
+                self.name, f"bases must be one of {', '.join(BASE_CHOICES)}, got {self.bases!r}"
+            )
+
+    def __call__(
+        self,
+        dataset: ImageDataset,
+        goal: AttackGoal,
+        *,
+        surrogates: list[Classifier] | None = None,
+        show_progress: bool = False,
+    ) -> PoisonSet:
+        """Craft ``goal.budget`` x n_train poisons; the alignments reached are in ``extra``.
+
+        ``surrogates`` (eval mode) replace the ones this attack would train on ``dataset``'s train split.
+        """
+        validate_goal(dataset, goal)
+        start = time.perf_counter()
+        models = surrogates or train_surrogates(
+            dataset, self, random_state=goal.random_state, show_progress=show_progress
+        )
+        for m in models:
+            m.eval()
+        target_x = dataset.x_test[goal.target_index]
+        n_poisons = n_poisons_for(goal.budget, len(dataset.y_train))
+        distances = None
+        if self.bases == "closest":
+            distances = feature_distances(models, dataset.x_train, target_x)
+        base_indices = choose_bases(
+            dataset.y_train,
+            goal.adv_label,
+            n_poisons,
+            random_state=goal.random_state,
+            distances=distances,
+        )
+        base_u8 = dataset.x_train[base_indices]
+        base = to_tensor(base_u8)
+        labels = torch.as_tensor(dataset.y_train[base_indices])
+        targets = target_gradients(models, to_tensor(target_x[None]), goal.adv_label)
+        alignment_start = float(alignment(models, base, labels, targets))
+
+        mode = resolve_augment("auto", base.shape[1]) if self.augment else "none"
+        bar = tqdm(
+            total=self.restarts * self.steps, desc=self.name, unit="step", disable=not show_progress
+        )
+        best, per_restart = base_u8, []
+        for restart in range(self.restarts):
+            delta = self._brew(
+                models,
+                base,
+                labels,
+                targets,
+                mode,
+                seeded_generator(goal.random_state, restart + 1),
+                bar,
+            )
+            poisons_u8 = to_uint8_within(base + delta, base_u8, self.eps)
+            reached = float(alignment(models, to_tensor(poisons_u8), labels, targets))
+            if reached > max(per_restart, default=-np.inf):
+                best = poisons_u8
+            per_restart.append(reached)
+            bar.set_postfix(alignment=f"{max(per_restart):.3f}")
+        bar.close()
+        return PoisonSet(
+            x=best,
+            y=dataset.y_train[base_indices].copy(),
+            base_indices=base_indices,
+            target_x=target_x.copy(),
+            target_label=int(dataset.y_test[goal.target_index]),
+            adv_label=goal.adv_label,
+            attack=self.name,
+            eps=self.eps,
+            target_index=goal.target_index,
+            extra={
+                "alignment_start": alignment_start,
+                "alignment": max(per_restart),
+                "restart_alignments": per_restart,
+                "n_surrogates": len(models),
+                "seconds": time.perf_counter() - start,
+            },
+        )
+
+    def _brew(
+        self,
+        models: list[Classifier],
+        base: torch.Tensor,
+        labels: torch.Tensor,
+        targets,
+        mode: str,
+        gen: torch.Generator,
+        bar,
+    ) -> torch.Tensor:
+        """One restart: signed Adam on delta from a uniform start in the ball; returns delta (P, C, H, W)."""
+        radius = self.eps / 255.0
+        delta = (
+            project_linf(
+                base + (torch.rand(base.shape, generator=gen) * 2 - 1) * radius, base, self.eps
+            )
+            - base
+        )
+        delta.requires_grad_(True)
+        optimizer = torch.optim.Adam([delta], lr=self.tau * radius)
+        milestones = [int(self.steps * f) for f in (0.375, 0.625, 0.875)]
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+        for _ in range(self.steps):
+            x = augment_batch(base + delta, mode, gen)
+            loss = 1.0 - alignment(models, x, labels, targets, create_graph=True)
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta.grad = (
+                grad.sign()
+            )  # signed Adam: the sign of the gradient, as in the paper's code
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                delta.copy_(project_linf(base + delta, base, self.eps) - base)
+            bar.update(1)
+        return delta.detach()
+
+
+def gradient_alignment(models: list[Classifier], poisons: PoisonSet) -> float:
+    """Alignment (mean cosine) of a poison set's gradient with its target's, on ``models``."""
+    targets = target_gradients(models, to_tensor(poisons.target_x[None]), poisons.adv_label)
+    return float(
+        alignment(models, to_tensor(poisons.x), torch.as_tensor(np.asarray(poisons.y)), targets)
+    )

@@ -1,0 +1,99 @@
+"""Patch backdoor (BadNets, Gu et al. 2017): a fast, *not* clean-label contrast to the clean-label attacks.
+
+A small checkerboard trigger is stamped on the poisons; the target carries the same trigger at
+test time, so the model learns "trigger -> adv_label". Two label rules:
+
+- ``relabel=True`` (default, BadNets): the bases are train images of *other* classes and their
+  label is changed to ``adv_label``. This is the variant measured in FINDINGS (2%, 3x3 patch).
+- ``relabel=False`` (clean-label variant): the bases are images of ``adv_label`` itself, labels
+  unchanged; only the trigger is added.
+
+The poisons are unbounded (``eps`` None): the trigger replaces pixels outright.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from core.attacks.base import AttackGoal, choose_bases, n_poisons_for, register, validate_goal
+from core.data.datasets import ImageDataset
+from core.data.poisons import PoisonSet
+from core.errors import InputError
+
+
+def checkerboard(size: int, channels: int) -> np.ndarray:
+    """A uint8 (size, size, channels) black-and-white checkerboard, white in the top-left corner."""
+    cells = (np.add.outer(np.arange(size), np.arange(size)) % 2 == 0).astype(np.uint8) * 255
+    return np.repeat(cells[:, :, None], channels, axis=2)
+
+
+def stamp(images: np.ndarray, trigger: np.ndarray, xy: tuple[int, int]) -> np.ndarray:
+    """Copy of uint8 ``images`` (n, h, w, c) with ``trigger`` (th, tw, c) pasted at column x, row y."""
+    x, y = xy
+    th, tw = trigger.shape[:2]
+    out = images.copy()
+    out[:, y : y + th, x : x + tw, :] = trigger
+    return out
+
+
+@register("patch-backdoor")
+@dataclass(frozen=True, kw_only=True)
+class PatchBackdoor:
+    """BadNets-style trigger poisons; the target is the test image with the trigger stamped on."""
+
+    name: ClassVar[str] = "patch-backdoor"
+    needs_surrogate: ClassVar[bool] = False
+
+    patch_size: int = 3  # side of the square checkerboard trigger, pixels
+    margin: int = 0  # gap between the trigger and the bottom-right corner, pixels
+    relabel: bool = (
+        True  # True: other classes relabelled adv (BadNets); False: adv-class bases, labels kept
+    )
+
+    def __call__(
+        self,
+        dataset: ImageDataset,
+        goal: AttackGoal,
+        *,
+        surrogates: list | None = None,
+        show_progress: bool = False,
+    ) -> PoisonSet:
+        """Stamp the trigger on ``goal.budget`` x n_train train images (no surrogate, no progress to show)."""
+        validate_goal(dataset, goal)
+        h, w, c = dataset.image_shape
+        if self.patch_size < 1 or self.margin < 0 or self.patch_size + self.margin > min(h, w):
+            raise InputError(
+                self.name,
+                f"patch size {self.patch_size} with margin {self.margin} "
+                f"does not fit {h}x{w} images",
+            )
+        trigger = checkerboard(self.patch_size, c)
+        xy = (w - self.margin - self.patch_size, h - self.margin - self.patch_size)
+        if self.relabel:
+            classes = [k for k in range(dataset.n_classes) if k != goal.adv_label]
+        else:
+            classes = [goal.adv_label]
+        n_poisons = n_poisons_for(goal.budget, len(dataset.y_train))
+        base_indices = choose_bases(
+            dataset.y_train, classes, n_poisons, random_state=goal.random_state
+        )
+        return PoisonSet(
+            x=stamp(dataset.x_train[base_indices], trigger, xy),
+            y=np.full(n_poisons, goal.adv_label, dtype=np.int64),
+            base_indices=base_indices,
+            target_x=stamp(dataset.x_test[goal.target_index][None], trigger, xy)[0],
+            target_label=int(dataset.y_test[goal.target_index]),
+            adv_label=goal.adv_label,
+            attack=self.name,
+            eps=None,
+            trigger=trigger,
+            trigger_xy=xy,
+            target_index=goal.target_index,
+            extra={
+                "relabel": self.relabel,
+                "label_rule": "relabelled to adv" if self.relabel else "clean-label",
+            },
+        )

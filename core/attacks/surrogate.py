@@ -1,0 +1,151 @@
+"""Surrogate models: what the attacker trains on the clean training split to craft against.
+
+Training reuses the victim's loop pieces from :mod:`core.train` (same optimiser, schedule and
+augmentation) but writes no run store; it never sees the test split.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from core.data.datasets import ImageDataset
+from core.errors import InputError
+from core.models import Classifier, build_model, to_tensor
+from core.train import (
+    TrainConfig,
+    epoch_generator,
+    lr_at,
+    make_optimizer,
+    resolve_augment,
+    train_one_epoch,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SurrogateOptions:
+    """How the attacker's surrogates are made; attacks that need them inherit these fields."""
+
+    model: str = "smallcnn"  # surrogate architecture, {'smallcnn', 'resnet18'}
+    width: int = 32  # channels of the small CNN's first block
+    surrogate_epochs: tuple[int, ...] = (40,)  # each surrogate joins the ensemble at these epochs
+    ensemble: int = 1  # independently seeded surrogates (x len(surrogate_epochs) members)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(
+            model=self.model, width=self.width, epochs=max(self.surrogate_epochs), seed=seed
+        )
+
+
+def build_surrogate(dataset: ImageDataset, options: SurrogateOptions) -> Classifier:
+    """A fresh, untrained model of the surrogate architecture for ``dataset``."""
+    return build_model(
+        options.model,
+        n_classes=dataset.n_classes,
+        in_channels=dataset.x_train.shape[-1],
+        width=options.width,
+    )
+
+
+def train_surrogates(
+    dataset: ImageDataset,
+    options: SurrogateOptions,
+    *,
+    random_state: int,
+    show_progress: bool = False,
+) -> list[Classifier]:
+    """Train ``options.ensemble`` surrogates on the clean train split; returns the ensemble in eval mode.
+
+    Surrogate ``i`` uses seed ``random_state + i`` and contributes a copy of itself at every
+    epoch in ``options.surrogate_epochs`` (snapshots of one run make a cheap ensemble).
+    """
+    if options.ensemble < 1 or not options.surrogate_epochs or min(options.surrogate_epochs) < 1:
+        raise InputError("surrogate", "need ensemble >= 1 and surrogate epochs >= 1")
+    x_all = to_tensor(dataset.x_train)
+    y_all = torch.as_tensor(dataset.y_train)
+    indices = np.arange(len(dataset.y_train))
+    augment = resolve_augment("auto", dataset.x_train.shape[-1])
+    keep = set(options.surrogate_epochs)
+    members: list[Classifier] = []
+    for i in range(options.ensemble):
+        config = options.train_config(random_state + i)
+        torch.manual_seed(config.seed)
+        model = build_surrogate(dataset, options)
+        optimizer = make_optimizer(config, model)
+        for epoch in tqdm(
+            range(1, config.epochs + 1),
+            desc=f"surrogate {i}",
+            unit="epoch",
+            disable=not show_progress,
+            leave=False,
+        ):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(config, epoch)
+            train_one_epoch(
+                model,
+                optimizer,
+                x_all,
+                y_all,
+                indices,
+                config,
+                augment,
+                epoch_generator(config.seed, epoch),
+            )
+            if epoch in keep:
+                members.append(_frozen_copy(dataset, options, model))
+    return members
+
+
+def _frozen_copy(dataset: ImageDataset, options: SurrogateOptions, model: Classifier) -> Classifier:
+    copy = build_surrogate(dataset, options)
+    copy.load_state_dict(model.state_dict())
+    # Eval mode: batch norm uses its running statistics, so a poison's gradient does not
+    # depend on which other images share its batch. Parameters keep requires_grad because
+    # gradient matching differentiates through the parameter gradient.
+    return copy.eval()
+
+
+def load_surrogate(
+    path: str | Path, dataset: ImageDataset, options: SurrogateOptions
+) -> Classifier:
+    """Load a ``model.pt`` state dict (e.g. a clean run's checkpoint) as a frozen surrogate."""
+    model = build_surrogate(dataset, options)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except FileNotFoundError as err:
+        raise InputError(path, "surrogate checkpoint not found") from err
+    except (RuntimeError, KeyError) as err:
+        raise InputError(
+            path,
+            f"does not fit a {options.model} of width {options.width}: {str(err).splitlines()[0]}",
+        ) from err
+    return _frozen_copy(dataset, options, model)
+
+
+def save_surrogate(model: Classifier, path: str | Path) -> None:
+    """Write ``model``'s state dict so a victim can start from it (``TrainConfig(pretrained=path)``)."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    Path(path).write_bytes(buf.getvalue())
+
+
+@torch.no_grad()
+def feature_distances(
+    models: list[Classifier], images: np.ndarray, target: np.ndarray
+) -> np.ndarray:
+    """Squared distance of each image's penultimate feature to the target's, summed over the ensemble.
+
+    ``images`` is uint8 (n, h, w, c), ``target`` uint8 (h, w, c); returns float64 (n,).
+    """
+    x, t = to_tensor(images), to_tensor(target[None])
+    total = torch.zeros(len(images), dtype=torch.float64)
+    for model in models:
+        f, ft = model.features(x), model.features(t)
+        total += ((f - ft) ** 2).sum(1).double() / (ft**2).sum().clamp_min(1e-12).double()
+    return total.numpy()
