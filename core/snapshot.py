@@ -16,8 +16,6 @@ import torch.nn.functional as F
 from core.defense.base import Snapshot
 from core.models import Classifier, to_tensor
 
-MAX_STORED_FEATURES = 64  # wider embeddings are stored through a fixed random projection
-
 
 def fold_batchnorm(body: nn.Module) -> nn.Module:
     """An eval-mode copy of ``body`` in which every Conv2d directly followed by a BatchNorm2d in a
@@ -121,15 +119,16 @@ def take_snapshot(
     return snap, target
 
 
-def storage_projection(n_features: int, *, random_state: int = 0) -> np.ndarray | None:
-    """A fixed (n_features, 64) Gaussian projection for wide embeddings, or None when narrow.
+def storage_projection(
+    n_features: int, n_stored: int = 64, *, random_state: int = 0
+) -> np.ndarray | None:
+    """A fixed (n_features, n_stored) Gaussian projection for wide embeddings, or None when
+    ``n_features <= n_stored``.
 
     The same matrix is used at every epoch of a run, so stored embeddings stay comparable;
     distances are kept approximately (Johnson-Lindenstrauss).
     """
-    if n_features <= MAX_STORED_FEATURES:
+    if n_features <= n_stored:
         return None
     rng = np.random.default_rng(random_state)
-    return (
-        rng.standard_normal((n_features, MAX_STORED_FEATURES)) / np.sqrt(MAX_STORED_FEATURES)
-    ).astype(np.float32)
+    return (rng.standard_normal((n_features, n_stored)) / np.sqrt(n_stored)).astype(np.float32)

@@ -58,6 +58,7 @@ class TrainConfig:
     drop_after: int = 4  # first epoch whose snapshot may drop examples
     stop_after: int = 30  # snapshots at this epoch or later drop nothing
     seed: int = 0
+    embedding_dims: int = 64  # penultimate features stored per snapshot (wider: random projection)
     snapshot_batch_size: int = (
         128  # moderate batches stay in cache: faster than large ones on a CPU
     )
@@ -82,6 +83,7 @@ class TrainConfig:
             (self.augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 2, "batch size must be at least 2"),
+            (self.embedding_dims >= 1, "embedding-dims must be at least 1"),
             (self.snapshot_every >= 1, "snapshot-every must be at least 1"),
             (self.resolved_lr > 0, "lr must be positive"),
             (0 <= self.drop_after <= self.stop_after, "need 0 <= drop-after <= stop-after"),
@@ -319,7 +321,9 @@ def train(
         writer.write_images(data.x_train, poisons.target_x if poisons else None)
 
     augment = resolve_augment(config.augment, data.x_train.shape[-1])
-    projection = storage_projection(model.n_features, random_state=config.seed)
+    projection = storage_projection(
+        model.n_features, config.embedding_dims, random_state=config.seed
+    )
     snapshot_epochs = set(config.snapshot_epochs())
     x_all = to_tensor(data.x_train)
     y_all = torch.as_tensor(data.y_train)

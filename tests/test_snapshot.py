@@ -40,8 +40,9 @@ def test_snapshot_is_taken_in_eval_mode_and_leaves_training_mode_alone(rng):
 def test_snapshot_includes_target_gradient_for_adv_label(rng):
     model = build_model("smallcnn", n_classes=3, in_channels=1, width=4)
     images = rng.integers(0, 256, size=(5, 8, 8, 1), dtype=np.uint8)
-    snap, target = take_snapshot(model, images, np.zeros(5, dtype=np.int64), epoch=2,
-                                 target_image=images[0], adv_label=2)
+    snap, target = take_snapshot(
+        model, images, np.zeros(5, dtype=np.int64), epoch=2, target_image=images[0], adv_label=2
+    )
     assert target["grads"][2] < 0 and np.isclose(target["grads"].sum(), 0, atol=1e-6)
     np.testing.assert_array_equal(snap.target_grad, target["grads"])
     assert np.isclose(target["prob_adv"], target["grads"][2] + 1, atol=1e-6)
@@ -50,5 +51,5 @@ def test_snapshot_includes_target_gradient_for_adv_label(rng):
 def test_wide_embeddings_get_a_fixed_projection_and_narrow_ones_none():
     assert storage_projection(64) is None
     a, b = storage_projection(512, random_state=3), storage_projection(512, random_state=3)
-    assert a.shape == (512, 64)
+    assert a.shape == (512, 64) and storage_projection(128, 16).shape == (128, 16)
     np.testing.assert_array_equal(a, b)
