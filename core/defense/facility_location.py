@@ -1,0 +1,497 @@
+"""Facility location on one class: similarity kernels, exact and stochastic greedy, assignment.
+
+Pure array code, no training. The objective is submodlib's dense facility location, which
+EPIC's reference code maximises::
+
+    F(S) = sum_i max(0, max_{j in S} s_ij)
+
+with, for rows ``x_i`` of the (n_samples, n_features) input:
+
+- ``euclidean``: ``s_ij = exp(-||x_i - x_j||_2 / n_features)``, so ``s_ii = 1`` and s is in (0, 1];
+- ``cosine``: ``s_ij = x_i . x_j / (||x_i|| ||x_j||)``, ``s_ii = 1``, and 0 where a norm is 0
+  (clipped to [-1, 1] against rounding).
+
+The kernel is float32, as submodlib's. Distances are summed from the raw differences, not
+through ``|a|^2 + |b|^2 - 2ab`` (whose cancellation errs by ~1e-4 for near-duplicate rows), so
+the kernel is exactly symmetric, exactly 1 between duplicates, and within ~1e-7 of the exact
+value.
+
+Every greedy variant scores a candidate ``j`` with the same arithmetic, :func:`gains`
+(``sum_i max(0, s_ji - cur_i)`` accumulated in float64 in a fixed order), so "exact" has one
+meaning here: :func:`lazy_greedy` returns the same sequence as plain greedy evaluated with
+:func:`gains`, ties going to the lowest index. That holds bit for bit because each computed
+gain can only shrink as ``cur`` grows (every rounding step is monotone), which is what lets
+lazy greedy trust stale bounds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+METRICS = ("euclidean", "cosine")
+GREEDY = ("lazy", "stochastic")
+
+# Rows of the kernel computed per block: 128 rows of a 5,000-example class is 2.5 MB, which
+# stays in cache between the distance pass and the exp pass.
+_BLOCK_ROWS = 128
+# Candidates re-scored at once by the chunked (row-on-demand) lazy greedy.
+_CHUNK_EVAL = 64
+
+# Reassociation lets LLVM vectorise the gain sums. The order it picks is fixed at compile time
+# and independent of the row, which is all the exactness argument needs. The kernel is
+# compiled without fast math, so s_ij and s_ji go through the same operations in the same
+# order whatever the vectoriser does, and agree bit for bit.
+_jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
+_jit_exact = numba.njit(cache=True, nogil=True)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@_jit_exact
+def _fill_rows(Z, Zt, rows, euclidean, out):  # pragma: no cover - compiled
+    # Euclidean rows get -||z_i - z_j|| / d (exp is applied by numpy, which is vectorised);
+    # cosine rows get z_i . z_j of the unit rows. Both are symmetric bit for bit.
+    d, n = Zt.shape
+    acc = np.empty(n, np.float32)
+    scale = np.float32(-1.0 / d)
+    for r in range(rows.shape[0]):
+        i = rows[r]
+        acc[:] = 0.0
+        for f in range(d):
+            zi = Z[i, f]
+            if euclidean:
+                for j in range(n):
+                    diff = Zt[f, j] - zi
+                    acc[j] += diff * diff
+            else:
+                for j in range(n):
+                    acc[j] += Zt[f, j] * zi
+        if euclidean:
+            for j in range(n):
+                out[r, j] = math.sqrt(acc[j]) * scale
+        else:
+            out[r] = acc
+
+
+class Kernel:
+    """One class's similarity kernel, computed by rows on demand.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features), read as float32 (as submodlib does)
+    metric : {'euclidean', 'cosine'}
+    """
+
+    def __init__(self, X: np.ndarray, *, metric: str) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        Z = np.asarray(X, dtype=np.float32).astype(np.float64)
+        norm = np.sqrt(np.einsum("ij,ij->i", Z, Z))
+        if metric == "cosine":
+            Z = np.divide(Z, norm[:, None], out=np.zeros_like(Z), where=norm[:, None] > 0)
+            self_similarity = (norm > 0).astype(np.float32)
+        else:
+            self_similarity = np.ones(len(Z), dtype=np.float32)
+        self.metric = metric
+        self.Z = Z.astype(np.float32)  # unit rows for cosine
+        self.self_similarity = self_similarity  # s_ii: 1, or 0 for a zero row under cosine
+        self._Zt = np.ascontiguousarray(self.Z.T)
+
+    def __len__(self) -> int:
+        return len(self.Z)
+
+    def rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Kernel rows: float32 array of shape (len(rows), n_samples), written to ``out`` if given."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(rows), len(self)), dtype=np.float32)
+        _fill_rows(self.Z, self._Zt, rows, self.metric == "euclidean", out)
+        if self.metric == "euclidean":
+            np.exp(out, out=out)
+        else:
+            # In [-1, 1] and exactly s_ii on the diagonal, despite rounding.
+            np.clip(out, -1.0, 1.0, out=out)
+            out[np.arange(len(rows)), rows] = self.self_similarity[rows]
+        return out
+
+    def matrix(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The dense kernel: float32 array of shape (n_samples, n_samples), exactly symmetric.
+
+        Computed in cache-sized row blocks into ``out`` if given (reused across classes).
+        """
+        n = len(self)
+        if out is None:
+            out = np.empty((n, n), dtype=np.float32)
+        for start in range(0, n, _BLOCK_ROWS):
+            stop = min(n, start + _BLOCK_ROWS)
+            self.rows(np.arange(start, stop), out=out[start:stop])
+        return out
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The metric's distance between rows ``a[i]`` and ``b[i]``: float64 of shape (len(a),).
+
+        ``euclidean``: ``||x_a - x_b||_2``; ``cosine``: ``1 - s_ab`` (0 from a row to itself).
+        """
+        za, zb = self.Z[a].astype(np.float64), self.Z[b].astype(np.float64)
+        if self.metric == "euclidean":
+            return np.sqrt(np.sum((za - zb) ** 2, axis=1))
+        cos = np.einsum("ij,ij->i", za, zb)
+        return np.where(np.asarray(a) == np.asarray(b), 0.0, 1.0 - cos)
+
+
+# --------------------------------------------------------------------------- gains
+
+
+@_jit
+def _gain(row, cur):  # pragma: no cover - compiled
+    acc = 0.0
+    for i in range(row.shape[0]):
+        # Rounding is monotone, so each term, and the sum in its fixed order, can only shrink
+        # as cur grows: the property lazy greedy relies on.
+        v = np.float64(row[i]) - np.float64(cur[i])
+        if v > 0.0:
+            acc += v
+    return acc
+
+
+@_jit
+def _gains(S, cur, candidates, out):  # pragma: no cover - compiled
+    for r in range(candidates.shape[0]):
+        out[r] = _gain(S[candidates[r]], cur)
+
+
+def gains(S: np.ndarray, cur: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Marginal gains ``sum_i max(0, S[j, i] - cur[i])`` of the candidate rows ``j``.
+
+    The one arithmetic every greedy here uses (see the module docstring).
+
+    Parameters
+    ----------
+    S : float32 array of shape (n_rows, n_samples), kernel rows
+    cur : float32 array of shape (n_samples,), each example's similarity to the chosen set
+        (0 for the empty set)
+    candidates : int array of shape (n_candidates,), indices into the rows of ``S``
+
+    Returns
+    -------
+    gains : float64 array of shape (n_candidates,)
+    """
+    candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+    out = np.empty(len(candidates), dtype=np.float64)
+    _gains(S, np.ascontiguousarray(cur, dtype=np.float32), candidates, out)
+    return out
+
+
+# --------------------------------------------------------------------------- greedy
+
+
+@dataclass(frozen=True, eq=False)
+class Greedy:
+    """A greedy run on one class.
+
+    Attributes
+    ----------
+    order : int64 (k,), chosen examples (class-local indices) in the order chosen
+    gains : float64 (k,), the marginal gain of each when chosen
+    cover : float32 (n_samples,), ``max(0, max_{j in order} s_ij)`` per example
+    """
+
+    order: np.ndarray
+    gains: np.ndarray
+    cover: np.ndarray
+
+    @property
+    def objective(self) -> float:
+        """F(order), summed in float64."""
+        return float(self.cover.sum(dtype=np.float64))
+
+
+@_jit
+def _better(key_a, idx_a, key_b, idx_b):  # pragma: no cover - compiled
+    return key_a > key_b or (key_a == key_b and idx_a < idx_b)
+
+
+@_jit
+def _sift_down(keys, idx, pos, size):  # pragma: no cover - compiled
+    key, ix = keys[pos], idx[pos]
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and _better(keys[child + 1], idx[child + 1], keys[child], idx[child]):
+            child += 1
+        if not _better(keys[child], idx[child], key, ix):
+            break
+        keys[pos], idx[pos] = keys[child], idx[child]
+        pos = child
+    keys[pos], idx[pos] = key, ix
+
+
+@_jit
+def _lazy_greedy(S, k):  # pragma: no cover - compiled
+    # A binary max-heap of (upper bound, -index). The top is taken only once its bound was
+    # computed against the current cover; otherwise it is re-scored and sifted down.
+    n = S.shape[0]
+    cur = np.zeros(n, np.float32)
+    keys = np.empty(n, np.float64)
+    idx = np.arange(n)
+    fresh_at = np.zeros(n, np.int64)  # the step a bound was computed at
+    for j in range(n):
+        keys[j] = _gain(S[j], cur)
+    size = n
+    for pos in range(n // 2 - 1, -1, -1):
+        _sift_down(keys, idx, pos, size)
+    order = np.empty(k, np.int64)
+    chosen_gains = np.empty(k, np.float64)
+    for t in range(k):
+        while fresh_at[idx[0]] != t:
+            keys[0] = _gain(S[idx[0]], cur)
+            fresh_at[idx[0]] = t
+            _sift_down(keys, idx, 0, size)
+        j = idx[0]
+        order[t], chosen_gains[t] = j, keys[0]
+        size -= 1
+        if size > 0:
+            keys[0], idx[0] = keys[size], idx[size]
+            _sift_down(keys, idx, 0, size)
+        row = S[j]
+        for i in range(n):
+            if row[i] > cur[i]:
+                cur[i] = row[i]
+    return order, chosen_gains, cur
+
+
+def lazy_greedy(S: np.ndarray, k: int) -> Greedy:
+    """Exact greedy maximisation of F with lazy (stale upper bound) evaluations.
+
+    Parameters
+    ----------
+    S : float32 array of shape (n_samples, n_samples), a symmetric kernel
+    k : number to choose, 0 <= k <= n_samples
+
+    Returns
+    -------
+    Greedy; ``order`` equals plain greedy under :func:`gains`, ties to the lowest index.
+    """
+    _check_budget(k, len(S))
+    order, chosen_gains, cur = _lazy_greedy(np.ascontiguousarray(S, dtype=np.float32), int(k))
+    return Greedy(order, chosen_gains, cur)
+
+
+def _sample_size(n: int, k: int, epsilon: float) -> int:
+    # Mirzasoleiman et al. (2015): (n / k) log(1 / epsilon) random candidates per step.
+    return max(1, math.ceil(n / k * math.log(1.0 / epsilon)))
+
+
+@_jit_exact
+def _shuffle_front(left, m, u):  # pragma: no cover - compiled
+    # Fisher-Yates on the first len(u) of left[:m]: afterwards they are a uniform sample.
+    for q in range(u.shape[0]):
+        p = min(q + int(u[q] * (m - q)), m - 1)
+        left[q], left[p] = left[p], left[q]
+
+
+def _stochastic(
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    row: Callable[[int], np.ndarray],
+    n: int,
+    k: int,
+    epsilon: float,
+    rng: np.random.Generator,
+) -> Greedy:
+    # Partial Fisher-Yates over the candidates left: each step scores a uniform sample of
+    # them without replacement and takes the best (ties to the lowest index).
+    left = np.arange(n)
+    cur = np.zeros(n, dtype=np.float32)
+    order = np.empty(k, dtype=np.int64)
+    chosen_gains = np.empty(k, dtype=np.float64)
+    size = _sample_size(n, k, epsilon) if k else 0
+    for t in range(k):
+        m = n - t
+        s = min(size, m)
+        _shuffle_front(left, m, rng.random(s))
+        sample = left[:s]
+        g = score(sample, cur)
+        best = np.flatnonzero(g == g.max())
+        q = best[np.argmin(sample[best])]
+        j = int(sample[q])
+        order[t], chosen_gains[t] = j, g[q]
+        left[q], left[m - 1] = left[m - 1], left[q]
+        np.maximum(cur, row(j), out=cur)
+    return Greedy(order, chosen_gains, cur)
+
+
+def stochastic_greedy(
+    S: np.ndarray, k: int, *, epsilon: float = 0.01, random_state: int | np.random.Generator = 0
+) -> Greedy:
+    """Stochastic greedy (Mirzasoleiman et al., 2015) on a dense kernel.
+
+    Each step scores ``ceil(n / k * log(1 / epsilon))`` candidates drawn without replacement
+    from those not yet chosen; F reaches (1 - 1/e - epsilon) OPT in expectation.
+
+    Parameters
+    ----------
+    S : float32 array of shape (n_samples, n_samples)
+    k : number to choose, 0 <= k <= n_samples
+    epsilon : float in (0, 1)
+    random_state : seed or Generator
+    """
+    _check_budget(k, len(S))
+    S = np.ascontiguousarray(S, dtype=np.float32)
+    return _stochastic(
+        lambda cand, cur: gains(S, cur, cand),
+        lambda j: S[j],
+        len(S),
+        int(k),
+        epsilon,
+        np.random.default_rng(random_state),
+    )
+
+
+def _lazy_greedy_chunked(kernel: Kernel, k: int) -> Greedy:
+    # The same exact lazy greedy, with kernel rows computed when they are scored instead of
+    # read from an n x n matrix: memory O(block * n), time ~ (number of re-scorings) * n * d.
+    n = len(kernel)
+    cur = np.zeros(n, dtype=np.float32)
+    keys = np.empty(n, dtype=np.float64)
+    for start in range(0, n, _BLOCK_ROWS):
+        rows = np.arange(start, min(n, start + _BLOCK_ROWS))
+        keys[rows] = gains(kernel.rows(rows), cur, np.arange(len(rows)))
+    heap = [(-keys[j], j) for j in range(n)]  # tuples order ties by the lower index
+    heapq.heapify(heap)
+    fresh_at = np.zeros(n, dtype=np.int64)
+    order = np.empty(k, dtype=np.int64)
+    chosen_gains = np.empty(k, dtype=np.float64)
+    for t in range(k):
+        while fresh_at[heap[0][1]] != t:
+            stale = []
+            while heap and fresh_at[heap[0][1]] != t and len(stale) < _CHUNK_EVAL:
+                stale.append(heapq.heappop(heap)[1])
+            stale = np.asarray(stale)
+            fresh_at[stale] = t
+            fresh = gains(kernel.rows(stale), cur, np.arange(len(stale)))
+            for j, g in zip(stale.tolist(), fresh.tolist(), strict=True):
+                heapq.heappush(heap, (-g, j))
+        neg_gain, j = heapq.heappop(heap)
+        order[t], chosen_gains[t] = j, -neg_gain
+        np.maximum(cur, kernel.rows(np.array([j]))[0], out=cur)
+    return Greedy(order, chosen_gains, cur)
+
+
+def _check_budget(k: int, n: int) -> None:
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, {n}], got {k}")
+
+
+# --------------------------------------------------------------------------- assignment
+
+
+@_jit
+def _assign_rows(S, rows, first, best, position):  # pragma: no cover - compiled
+    # Strictly greater: on ties an example stays with the medoid chosen earliest.
+    for r in range(rows.shape[0]):
+        row = S[rows[r]]
+        for i in range(row.shape[0]):
+            if row[i] > best[i]:
+                best[i] = row[i]
+                position[i] = first + r
+
+
+@dataclass(frozen=True, eq=False)
+class Clustering:
+    """Facility location on one class: medoids and the cluster of every example.
+
+    Attributes
+    ----------
+    order : int64 (k,), medoids (class-local indices) in the order greedy chose them
+    gains : float64 (k,), each medoid's marginal gain when chosen
+    objective : F(order) in float64
+    assignment : int64 (n_samples,), position in ``order`` of each example's medoid
+    similarity : float32 (n_samples,), each example's similarity to its medoid
+    distance : float64 (n_samples,), the metric's distance to its medoid (see Kernel.distance)
+    dense : whether the n x n kernel was held in memory (else rows were computed on demand)
+    """
+
+    order: np.ndarray
+    gains: np.ndarray
+    objective: float
+    assignment: np.ndarray
+    similarity: np.ndarray
+    distance: np.ndarray
+    dense: bool
+
+
+def cluster(
+    X: np.ndarray,
+    k: int,
+    *,
+    metric: str = "euclidean",
+    greedy: str = "lazy",
+    epsilon: float = 0.01,
+    random_state: int | np.random.Generator = 0,
+    max_dense: int = 20_000,
+    buffer: np.ndarray | None = None,
+) -> Clustering:
+    """Choose ``k`` medoids of one class by greedy facility location and assign every example.
+
+    Every example, medoids included, joins its most similar medoid, ties going to the medoid
+    chosen first (as EPIC's reference code does). A medoid is most similar to itself, so it
+    stays in its own cluster unless an earlier medoid equals it to float32 precision; such a
+    redundant medoid (chosen only once gains are ~0) has an empty cluster.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features), one class's gradients
+    k : number of medoids, 0 <= k <= n_samples
+    metric : {'euclidean', 'cosine'}
+    greedy : {'lazy', 'stochastic'}; 'lazy' is exact greedy
+    epsilon : stochastic greedy's epsilon, in (0, 1)
+    random_state : seed or Generator (stochastic greedy only)
+    max_dense : largest n_samples whose n x n float32 kernel is held in memory; larger classes
+        compute kernel rows on demand (same decisions, slower)
+    buffer : float32 array with at least n_samples**2 elements to hold the kernel, optional
+    """
+    if greedy not in GREEDY:
+        raise ValueError(f"greedy must be one of {GREEDY}, got {greedy!r}")
+    kernel = Kernel(X, metric=metric)
+    n = len(kernel)
+    _check_budget(k, n)
+    S = None
+    if n <= max_dense:
+        out = buffer[: n * n].reshape(n, n) if buffer is not None and buffer.size >= n * n else None
+        S = kernel.matrix(out=out)
+        if greedy == "lazy":
+            run = lazy_greedy(S, k)
+        else:
+            run = stochastic_greedy(S, k, epsilon=epsilon, random_state=random_state)
+    elif greedy == "lazy":
+        run = _lazy_greedy_chunked(kernel, k)
+    else:
+        run = _stochastic(
+            lambda cand, cur: gains(kernel.rows(cand), cur, np.arange(len(cand))),
+            lambda j: kernel.rows(np.array([j]))[0],
+            n,
+            k,
+            epsilon,
+            np.random.default_rng(random_state),
+        )
+
+    best = np.full(n, -np.inf, dtype=np.float32)
+    assignment = np.full(n, -1, dtype=np.int64)
+    for start in range(0, k, _BLOCK_ROWS):
+        medoids = run.order[start : start + _BLOCK_ROWS]
+        if S is not None:
+            _assign_rows(S, medoids, start, best, assignment)
+        else:
+            _assign_rows(kernel.rows(medoids), np.arange(len(medoids)), start, best, assignment)
+    distance = kernel.distance(np.arange(n), run.order[assignment]) if k else np.full(n, np.nan)
+    return Clustering(
+        run.order, run.gains, run.objective, assignment, best, distance, S is not None
+    )

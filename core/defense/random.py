@@ -1,0 +1,72 @@
+"""The ``random`` defense: drops active examples at random, the control for EPIC.
+
+Either a fixed ``fraction`` of the active examples, or ``match_subset``: exactly as many as
+EPIC at that subset size would drop on the same snapshot. Each active example gets a uniform
+random score; the suspects are the highest-scored ones, so "higher = more suspicious" holds
+here too. Draws depend only on (``random_state``, the snapshot's epoch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.defense.base import DefenseResult, Snapshot, register
+from core.defense.epic import select
+
+
+@register("random")
+class RandomDrop:
+    """Drop ``fraction`` of the active examples, or as many as EPIC at ``match_subset`` would.
+
+    Parameters
+    ----------
+    fraction : float in [0, 1], share of active examples dropped at each snapshot
+    match_subset : float in (0, 1], EPIC's subset_size whose drop count to match
+    random_state : non-negative int
+    """
+
+    name = "random"
+
+    def __init__(
+        self,
+        *,
+        fraction: float | None = None,
+        match_subset: float | None = None,
+        random_state: int = 0,
+    ) -> None:
+        if (fraction is None) == (match_subset is None):
+            raise ValueError("give exactly one of fraction or match_subset")
+        if fraction is not None and not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+        if match_subset is not None and not 0 < match_subset <= 1:
+            raise ValueError(f"match_subset must be in (0, 1], got {match_subset!r}")
+        if random_state < 0:
+            raise ValueError(f"random_state must be a non-negative int, got {random_state!r}")
+        self.fraction = fraction
+        self.match_subset = match_subset
+        self.random_state = random_state
+
+    def n_drop(self, snapshot: Snapshot, active: np.ndarray) -> int:
+        """How many active examples to drop at this snapshot."""
+        if self.fraction is not None:
+            return round(self.fraction * int(active.sum()))
+        epic = select(
+            snapshot.grads,
+            snapshot.labels,
+            active=active,
+            subset_size=self.match_subset,
+            random_state=self.random_state,
+        )
+        return int(epic.drop.sum())
+
+    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        active = np.asarray(active, dtype=bool)
+        rng = np.random.default_rng([self.random_state, snapshot.epoch])
+        members = np.flatnonzero(active)
+        score = np.full(snapshot.n_samples, np.nan)
+        score[members] = rng.random(len(members))
+        n_drop = self.n_drop(snapshot, active)
+        suspect = np.zeros(snapshot.n_samples, dtype=bool)
+        # Stable sort on -score: the n_drop highest scores, ties (never in practice) by index.
+        suspect[members[np.argsort(-score[members], kind="stable")[:n_drop]]] = True
+        return DefenseResult(score=score, suspect=suspect, info={"n_drop": n_drop})
