@@ -1,0 +1,47 @@
+"""``poisonlens project``: precompute a run's 2-D gradient map, as the dashboard would on first open."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.projection import METHODS, compute_projection
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "project",
+        help="precompute the 2-D gradient map the dashboard shows",
+        description="Fit one 2-D layout on the gradients of every snapshot of a run and "
+        "store it in <run>/projections/<method>.parquet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--method", choices=METHODS, default="umap", help="layout method")
+    p.add_argument(
+        "--max-fit",
+        type=int,
+        default=5000,
+        help="most gradient rows the layout is fitted on (the rest are placed by nearest neighbours)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsample and of UMAP")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    def progress(fraction: float, message: str) -> None:
+        if not args.quiet:
+            print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+    frame = compute_projection(
+        args.run,
+        method=args.method,
+        max_fit=args.max_fit,
+        random_state=args.seed,
+        progress=progress,
+    )
+    print(
+        f"{frame['epoch'].nunique()} snapshots, {len(frame):,} points -> {args.run}/projections/{args.method}.parquet"
+    )
+    return 0

@@ -1,0 +1,348 @@
+"""2-D maps of a run's gradient snapshots, one layout per run so that epochs stay comparable.
+
+A layout is fitted **once** on gradient rows pooled over every snapshot (subsampled to
+``max_fit`` rows when the run is large), and every snapshot is then placed in that same
+layout. An example therefore moves across epochs while the map itself holds still.
+
+Rows that were in the fit sample keep their fitted position. Every other row is placed at the
+distance-weighted mean of the positions of its ``k`` nearest fitted rows in gradient space,
+which is how UMAP's own ``transform`` initialises new points (without its slow refinement
+step); PCA is linear and places every row exactly.
+
+The result is a table with columns ``epoch, index, x, y`` (the target's row has index -1),
+stored in the run as ``projections/<method>.parquet`` and read back by the dashboard.
+``umap`` is imported lazily: importing it takes seconds (numba).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.errors import InputError
+from core.store import Run, RunWriter, open_run
+
+METHODS = ("umap", "pca")
+TARGET_INDEX = -1  # the `index` of the target's rows in a projection table
+COLUMNS = ("epoch", "index", "x", "y")
+
+#: progress(fraction in [0, 1], message)
+Progress = Callable[[float, str], None]
+
+
+# --- pure helpers --------------------------------------------------------------------------
+
+
+def fit_sample(
+    n_rows: np.ndarray,
+    *,
+    max_fit: int,
+    always: list[np.ndarray] | None = None,
+    random_state: int = 0,
+) -> list[np.ndarray]:
+    """Which rows of each snapshot go into the fit: about ``max_fit`` rows, spread evenly.
+
+    Parameters
+    ----------
+    n_rows : int ndarray of shape (n_snapshots,), rows per snapshot
+    max_fit : the most rows to fit on in all (every row when the run has fewer)
+    always : per snapshot, row numbers to include first (e.g. the poisons); they take at most a
+        quarter of ``max_fit`` (a random share of them when there are more)
+    random_state : seed of the draw
+
+    Returns
+    -------
+    list of sorted int64 ndarrays, one per snapshot: the chosen row numbers
+    """
+    n_rows = np.asarray(n_rows, dtype=np.int64)
+    rng = np.random.default_rng(random_state)
+    total = int(n_rows.sum())
+    if total <= max_fit:
+        return [np.arange(n, dtype=np.int64) for n in n_rows]
+    forced = [np.unique(np.asarray(always[s] if always else [], dtype=np.int64)) for s in range(len(n_rows))]
+    n_forced = sum(len(f) for f in forced)
+    keep = min(1.0, (max_fit // 4) / n_forced) if n_forced else 0.0
+    forced = [f if keep == 1.0 else rng.choice(f, size=int(round(keep * len(f))), replace=False) for f in forced]
+    per = max(0, max_fit - sum(len(f) for f in forced)) / total
+    chosen = []
+    for s, n in enumerate(n_rows):
+        rows = rng.choice(n, size=min(int(n), int(round(per * n))), replace=False)
+        chosen.append(np.unique(np.concatenate([rows, forced[s]])).astype(np.int64))
+    return chosen
+
+
+def fit_layout(
+    points: np.ndarray,
+    *,
+    method: str = "umap",
+    random_state: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    n_epochs: int | None = None,
+) -> np.ndarray:
+    """Fit a 2-D layout of ``points`` (n_fit, n_features); returns float32 (n_fit, 2).
+
+    Parameters
+    ----------
+    method : {'umap', 'pca'}
+    n_neighbors, min_dist, n_epochs : UMAP's parameters (ignored by PCA)
+    """
+    points = np.asarray(points, dtype=np.float32)
+    if method not in METHODS:
+        raise InputError(
+            "projection", f"method must be one of {', '.join(METHODS)}, got {method!r}"
+        )
+    n = len(points)
+    if n == 0:
+        return np.zeros((0, 2), np.float32)
+    if method == "pca" or n <= max(n_neighbors, 4):
+        return _pca_fit(points)[0]
+    try:
+        import umap  # lazily: numba compiles on import
+    except ImportError as err:  # pragma: no cover - umap-learn is a dependency
+        raise InputError(
+            "projection", "umap-learn is not installed: pip install umap-learn"
+        ) from err
+    import warnings
+
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=min(n_neighbors, n - 1),
+        min_dist=min_dist,
+        n_epochs=n_epochs,
+        random_state=random_state,
+        init="spectral",
+    )
+    with warnings.catch_warnings():
+        # "n_jobs overridden by random_state" and duplicate-row notices are expected here.
+        warnings.simplefilter("ignore")
+        xy = reducer.fit_transform(points)
+    return np.asarray(xy, dtype=np.float32)
+
+
+def _pca_fit(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA to 2-D by SVD: (fitted positions, mean, components of shape (2, n_features))."""
+    mean = points.mean(0)
+    centred = points - mean
+    _, _, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    comps = np.zeros((2, points.shape[1]))
+    comps[: min(2, len(vt))] = vt[:2]
+    # Fix the sign so the layout does not flip between identical fits.
+    signs = np.sign(comps[np.arange(2), np.abs(comps).argmax(1)])
+    comps *= np.where(signs == 0, 1, signs)[:, None]
+    return (centred @ comps.T).astype(np.float32), mean, comps
+
+
+def place(
+    fit_points: np.ndarray, fit_xy: np.ndarray, query: np.ndarray, *, k: int = 10
+) -> np.ndarray:
+    """Place ``query`` rows (n, n_features) in a fitted layout; returns float32 (n, 2).
+
+    Each row goes to the mean of the positions of its ``k`` nearest fitted rows, weighted by
+    1 / distance (a row equal to a fitted row lands exactly on it).
+    """
+    query = np.asarray(query, dtype=np.float32)
+    if len(query) == 0:
+        return np.zeros((0, 2), np.float32)
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(fit_points))
+    nn = NearestNeighbors(n_neighbors=k).fit(np.asarray(fit_points, dtype=np.float32))
+    dist, idx = nn.kneighbors(query)
+    exact = dist[:, 0] <= 1e-12
+    weights = 1.0 / np.maximum(dist, 1e-12)
+    weights[exact] = 0.0
+    weights[exact, 0] = 1.0
+    weights /= weights.sum(1, keepdims=True)
+    return np.einsum("nk,nkd->nd", weights, np.asarray(fit_xy)[idx]).astype(np.float32)
+
+
+def project_snapshots(
+    grads: list[np.ndarray],
+    epochs: list[int],
+    *,
+    targets: list[np.ndarray | None] | None = None,
+    always: np.ndarray | None = None,
+    method: str = "umap",
+    max_fit: int = 5000,
+    random_state: int = 0,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """One layout for all snapshots: fit on a pooled sample, place every row.
+
+    Parameters
+    ----------
+    grads : per snapshot, float32 ndarray of shape (n_samples, n_classes)
+    epochs : the snapshots' epochs, same length as ``grads``
+    targets : per snapshot, the target's gradient (n_classes,) or None
+    always : int ndarray of example indices always fitted exactly (e.g. the poisons)
+    method : {'umap', 'pca'}
+    max_fit : most rows the layout is fitted on
+
+    Returns
+    -------
+    DataFrame with columns epoch (int32), index (int64; -1 for the target), x, y (float32)
+    """
+    report = progress or (lambda fraction, message: None)
+    targets = targets if targets is not None else [None] * len(grads)
+    if len(grads) != len(epochs) or len(targets) != len(epochs):
+        raise ValueError("grads, epochs and targets must have the same length")
+    if not grads:
+        return _empty()
+    n_rows = np.array([len(g) for g in grads])
+    forced = [np.asarray(always if always is not None else [], dtype=np.int64)] * len(grads)
+    chosen = fit_sample(n_rows, max_fit=max_fit, always=forced, random_state=random_state)
+    target_rows = [np.asarray(t, np.float32)[None] for t in targets if t is not None]
+    pooled = np.concatenate([g[rows] for g, rows in zip(grads, chosen, strict=True)] + target_rows)
+    report(0.05, f"fitting a {method.upper()} layout on {len(pooled):,} gradient rows")
+    t0 = time.perf_counter()
+    if method == "pca":
+        fit_xy, mean, comps = _pca_fit(pooled)
+    else:
+        # fit each distinct gradient once, so identical rows (e.g. an example that did not move
+        # between snapshots) land on exactly the same spot
+        unique, inverse = np.unique(pooled, axis=0, return_inverse=True)
+        fit_xy = fit_layout(unique, method=method, random_state=random_state)[inverse.reshape(-1)]
+    report(0.7, f"layout fitted in {time.perf_counter() - t0:.0f} s; placing every snapshot")
+
+    frames = []
+    offset = 0
+    n_target = 0
+    for s, (g, epoch) in enumerate(zip(grads, epochs, strict=True)):
+        rows = chosen[s]
+        xy = np.empty((len(g), 2), np.float32)
+        if method == "pca":
+            xy[:] = (np.asarray(g, np.float64) - mean) @ comps.T
+        else:
+            xy[rows] = fit_xy[offset : offset + len(rows)]
+            rest = np.setdiff1d(np.arange(len(g)), rows, assume_unique=True)
+            xy[rest] = place(pooled, fit_xy, g[rest])
+        offset += len(rows)
+        frames.append(_frame(epoch, np.arange(len(g)), xy))
+        report(0.7 + 0.3 * (s + 1) / len(grads), f"placed epoch {epoch}")
+    # the target rows were appended after all snapshot rows
+    for epoch, t in zip(epochs, targets, strict=True):
+        if t is None:
+            continue
+        if method == "pca":
+            txy = ((np.asarray(t, np.float64) - mean) @ comps.T)[None].astype(np.float32)
+        else:
+            txy = fit_xy[offset + n_target][None]
+        n_target += 1
+        frames.append(_frame(epoch, np.array([TARGET_INDEX]), txy))
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["epoch", "index"], kind="stable").reset_index(drop=True)
+
+
+def _frame(epoch: int, index: np.ndarray, xy: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "epoch": np.full(len(index), epoch, np.int32),
+            "index": index.astype(np.int64),
+            "x": xy[:, 0].astype(np.float32),
+            "y": xy[:, 1].astype(np.float32),
+        }
+    )
+
+
+def _empty() -> pd.DataFrame:
+    return _frame(0, np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
+
+
+# --- run store side ------------------------------------------------------------------------
+
+
+def _target_grads(run: Run, epochs: list[int]) -> list[np.ndarray | None]:
+    targets = run.targets()
+    if targets.empty:
+        return [None] * len(epochs)
+    cols = [c for c in targets.columns if c.startswith("g_")]
+    by_epoch = {
+        int(e): row
+        for e, row in zip(targets["epoch"], targets[cols].to_numpy(np.float32), strict=True)
+    }
+    return [by_epoch.get(e) for e in epochs]
+
+
+def compute_projection(
+    run_dir: str | Path,
+    *,
+    method: str = "umap",
+    max_fit: int = 5000,
+    random_state: int = 0,
+    progress: Progress | None = None,
+    write: bool = True,
+) -> pd.DataFrame:
+    """Fit one layout for every snapshot of a run and store it as ``projections/<method>.parquet``.
+
+    Parameters
+    ----------
+    run_dir : a run directory
+    method : {'umap', 'pca'}
+    max_fit : most gradient rows the layout is fitted on (pooled over snapshots, poisons and
+        the target always included); the rest are placed by their nearest fitted neighbours
+    random_state : seed of the subsample and of UMAP
+    progress : called as progress(fraction, message) while it works
+    write : store the result in the run (False: only return it)
+
+    Returns
+    -------
+    DataFrame with columns epoch, index, x, y (the target's rows have index -1)
+    """
+    if method not in METHODS:
+        raise InputError(
+            "projection", f"method must be one of {', '.join(METHODS)}, got {method!r}"
+        )
+    run = open_run(run_dir)
+    epochs = run.snapshot_epochs()
+    if not epochs:
+        raise InputError(run.path, "no gradient snapshots yet; nothing to project")
+    report = progress or (lambda fraction, message: None)
+    grads = []
+    for i, epoch in enumerate(epochs):
+        grads.append(run.gradients(epoch))
+        report(0.05 * (i + 1) / len(epochs), f"read snapshot of epoch {epoch}")
+    examples = run.examples()
+    poisons = examples["index"].to_numpy()[examples["is_poison"].to_numpy(bool)]
+    frame = project_snapshots(
+        grads,
+        epochs,
+        targets=_target_grads(run, epochs),
+        always=poisons,
+        method=method,
+        max_fit=max_fit,
+        random_state=random_state,
+        progress=progress,
+    )
+    if write:
+        RunWriter(run.path).write_projection(method, frame)
+    report(1.0, "done")
+    return frame
+
+
+def projection_is_current(run: Run, frame: pd.DataFrame | None) -> bool:
+    """Whether a stored projection covers exactly the run's snapshot epochs (and its target)."""
+    if frame is None or frame.empty:
+        return False
+    epochs = run.snapshot_epochs()
+    have = sorted(int(e) for e in frame["epoch"].unique())
+    if have != epochs:
+        return False
+    if run.target is not None and not run.targets().empty:
+        if (frame["index"] == TARGET_INDEX).sum() != len(run.targets()):
+            return False
+    return True
+
+
+def ensure_projection(
+    run: Run, *, method: str = "umap", progress: Progress | None = None, **kwargs
+) -> pd.DataFrame:
+    """The run's stored projection, computed (and stored) first when missing or out of date."""
+    frame = run.projection(method)
+    if projection_is_current(run, frame):
+        return frame
+    return compute_projection(run.path, method=method, progress=progress, **kwargs)

@@ -1,0 +1,199 @@
+"""Overview: a run's configuration and status, and what its defense did, epoch by epoch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.metrics import detection_metrics
+from core.store import open_run
+from dashboard import plots
+from dashboard.common import (
+    STATUS_ICONS,
+    glossary_ui,
+    load_examples,
+    load_metrics,
+    load_snapshot,
+    load_snapshot_epochs,
+    page_header,
+    run_picker_ui,
+    run_stamp,
+    target_thumbnail,
+)
+
+# --- cached computations -------------------------------------------------------------------
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def detection_by_snapshot(path: str, stamp: float) -> pd.DataFrame:
+    """Per snapshot: how the defense's score and flags separate poisons from clean examples."""
+    is_poison = load_examples(path)["is_poison"].to_numpy(bool)
+    rows = []
+    for epoch in load_snapshot_epochs(path, stamp):
+        snap = load_snapshot(path, epoch, ("active", "score", "suspect"))
+        if "score" not in snap:
+            continue
+        m = detection_metrics(is_poison, snap["suspect"].to_numpy(bool), snap["score"].to_numpy(float),
+                              active=snap["active"].to_numpy(bool))
+        rows.append({"epoch": epoch, "roc_auc": m.roc_auc, "n_suspect": m.n_suspect,
+                     "true_positives": m.true_positives, "precision": m.precision, "recall": m.recall})
+    return pd.DataFrame(rows, columns=["epoch", "roc_auc", "n_suspect", "true_positives", "precision", "recall"])
+
+
+# --- drawing -------------------------------------------------------------------------------
+
+
+def config_ui(run) -> None:
+    cfg = run.config
+    params = ", ".join(f"{k}={v}" for k, v in cfg.get("defense_params", {}).items()) or "defaults"
+    target = run.target
+    rows = {
+        "data set": cfg.get("dataset"),
+        "model": f"{cfg.get('model')} (width {cfg.get('width')}), {cfg.get('scenario')}",
+        "epochs": f"{cfg.get('epochs')}, snapshot every {cfg.get('snapshot_every')} (T)",
+        "defense": f"{cfg.get('defense')} ({params})",
+        "drop window": f"snapshots at epochs {cfg.get('drop_after')} ≤ epoch < {cfg.get('stop_after')} may drop examples",
+        "poison set": cfg.get("poisons") or "none (clean run)",
+        "seed": cfg.get("seed"),
+    }
+    if target:
+        names = run.class_names
+        eps = "unbounded" if target.get("eps") is None else f"eps {target['eps']:g}/255"
+        rows["attack"] = (f"{target.get('attack')}: {target.get('n_poisons')} poisons, {eps}; "
+                          f"target = test image {target.get('target_index')} (class {names[target['target_label']]}), "
+                          f"wanted as class {names[target['adv_label']]}")
+    st.dataframe(pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]}),
+                 hide_index=True, width="stretch")
+    with st.expander("Full configuration (run.json)"):
+        st.json(cfg, expanded=False)
+
+
+def headline_ui(run, metrics: pd.DataFrame, examples: pd.DataFrame, detection: pd.DataFrame) -> None:
+    last = metrics.iloc[-1]
+    n = len(examples)
+    n_poisons = int(examples["is_poison"].sum())
+    cols = st.columns(5)
+    cols[0].metric("Clean test accuracy", f"{last['test_acc']:.1%}", help="On the untouched test split, at the last finished epoch.")
+    target = run.target
+    if target and not pd.isna(last["target_prob_adv"]):
+        adv = run.class_names[target["adv_label"]]
+        cols[1].metric(f"Attack: target → class {adv}", "succeeds" if last["attack_success"] == 1 else "fails",
+                       f"p(class {adv}) = {last['target_prob_adv']:.2f}", delta_color="off", delta_arrow="off",
+                       help="Whether the model now predicts the attacker's class for the target test image.")
+    else:
+        cols[1].metric("Attack", "none", help="A clean run: no poison set, no target.")
+    share = last["n_dropped"] / max(n, 1)
+    cols[2].metric("Examples dropped", f"{int(last['n_dropped']):,}", f"{share:.1%} of the training set", delta_color="off", delta_arrow="off")
+    if n_poisons:
+        recall = last["n_poison_dropped"] / n_poisons
+        cols[3].metric("Poisons dropped (recall)", f"{int(last['n_poison_dropped'])} of {n_poisons}",
+                       f"{recall - share:+.1%} vs. a random drop", delta_color="normal",
+                       help="A defense that dropped the same number of examples at random would drop, on average, "
+                            "the same share of the poisons as of all examples.")
+        precision = last["n_poison_dropped"] / last["n_dropped"] if last["n_dropped"] else float("nan")
+        base = n_poisons / n
+        cols[4].metric("Precision of the drops", "–" if np.isnan(precision) else f"{precision:.1%}",
+                       f"base rate {base:.1%}", delta_color="off", delta_arrow="off",
+                       help="Share of the dropped examples that are poisons. A random drop gets the base rate.")
+        verdict_ui(run, last, n, n_poisons, detection)
+    else:
+        cols[3].metric("Poisons", "unknown", help="No ground truth: this run trained without a poison set.")
+
+
+def verdict_ui(run, last, n: int, n_poisons: int, detection: pd.DataFrame) -> None:
+    """One plain sentence on whether the defense found the poisons better than chance."""
+    share = last["n_dropped"] / max(n, 1)
+    recall = last["n_poison_dropped"] / n_poisons
+    defense = run.config.get("defense", "the defense")
+    sentence = (f"**{defense}** dropped **{share:.1%}** of all training examples and **{recall:.1%}** of the poisons "
+                f"({int(last['n_poison_dropped'])} of {n_poisons}). Dropping the same number of examples at random "
+                f"would catch {share:.1%} of the poisons on average.")
+    auc = detection["roc_auc"].dropna()
+    if len(auc):
+        sentence += (f" At the last snapshot the defense's score ranks a random poison above a random clean example "
+                     f"with probability **{auc.iloc[-1]:.2f}** (AUROC; 0.5 = chance).")
+    if recall > share * 1.5 and recall > 0:
+        st.success(sentence + " The poisons were dropped more often than clean examples.")
+    else:
+        st.warning(sentence + " **The poisons were not dropped more often than clean examples**: on this run, the "
+                   "defense's drops are no better than random at finding them.")
+
+
+def live_ui(path: str, stamp: float) -> None:
+    """Progress of a running run, re-read from the run store every 2 s; the whole page is redrawn
+    when an epoch finishes or the status changes."""
+
+    @st.fragment(run_every=2)
+    def progress() -> None:
+        run = open_run(path)
+        status = run.status
+        prog = run.progress()
+        epoch, epochs = prog.get("epoch", 0), prog.get("epochs", run.config.get("epochs", 1))
+        st.progress(min(1.0, (epoch or 0) / max(epochs or 1, 1)),
+                    text=f"{STATUS_ICONS.get(status, '')} {status}: epoch {epoch} of {epochs}, {prog.get('phase', 'starting')}")
+        if status != "running" or run_stamp(path) != stamp:
+            st.rerun()
+
+    progress()
+
+
+def main() -> None:
+    page_header("Overview", "What the defense did to one training run: accuracy, the attack, and how many examples "
+                "(and poisons) it dropped at each gradient snapshot.")
+    glossary_ui()
+    run = run_picker_ui()
+    if run is None:
+        return
+    path = str(run.path)
+    stamp = run_stamp(path)
+    status = run.status
+    st.subheader(f"{STATUS_ICONS.get(status, '')} {run.name}")
+    if status == "running":
+        live_ui(path, stamp)
+    elif status == "failed":
+        st.error(f"This run failed: {run.meta.get('error') or 'no message recorded'}")
+    elif status == "interrupted":
+        st.warning("This run stopped without finishing (its process is gone). Continue it with "
+                   f"`poisonlens train --resume {path}`.")
+    metrics = load_metrics(path, stamp)
+    examples = load_examples(path)
+    if metrics.empty:
+        st.info("No epoch has finished yet; this page fills in as the run trains.")
+        config_ui(run)
+        return
+    detection = detection_by_snapshot(path, stamp) if examples["is_poison"].any() else pd.DataFrame()
+    headline_ui(run, metrics, examples, detection)
+
+    target = run.target
+    adv_name = run.class_names[target["adv_label"]] if target else None
+    left, right = st.columns(2)
+    left.plotly_chart(plots.accuracy_figure(metrics, adv_name=adv_name), width="stretch", key="ov_acc")
+    right.plotly_chart(plots.drops_figure(metrics, n_samples=len(examples)), width="stretch", key="ov_drops")
+    n_poisons = int(examples["is_poison"].sum())
+    if n_poisons:
+        st.markdown("##### Did the defense find the poisons?")
+        st.caption("Left: if the red line (poisons dropped) stays on or below the dotted grey line (share of all examples "
+                   "dropped), the defense caught no more poisons than dropping examples at random would. Right: the same "
+                   "question as precision, against the share of poisons in the training set.")
+        st.plotly_chart(plots.detection_figure(metrics, n_samples=len(examples), n_poisons=n_poisons),
+                        width="stretch", key="ov_detect")
+    left, right = st.columns(2)
+    if len(detection) and detection["roc_auc"].notna().any():
+        left.plotly_chart(plots.auroc_figure(detection), width="stretch", key="ov_auroc")
+        left.caption("AUROC of the defense's per-example score (higher = more suspicious): the chance that a random poison "
+                     "scores above a random clean example. Below 0.5: poisons look *less* suspicious than clean data.")
+    (right if len(detection) else left).plotly_chart(plots.timing_figure(metrics), width="stretch", key="ov_time")
+
+    st.markdown("##### Configuration")
+    c1, c2 = st.columns([4, 1])
+    with c1:
+        config_ui(run)
+    thumb = target_thumbnail(path)
+    if thumb:
+        c2.image(thumb, caption="the target test image", width=120)
+    with st.expander("Per-epoch table (metrics.parquet)"):
+        st.dataframe(metrics.drop(columns=["defense_info"], errors="ignore"), hide_index=True, width="stretch")
+
+
+main()

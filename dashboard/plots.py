@@ -1,0 +1,306 @@
+"""Figure builders: each takes DataFrames and returns a plotly figure, testable without a server.
+
+Every map trace carries the example index as the first value of ``customdata`` (see
+:mod:`core.selection`), and uses WebGL (``Scattergl``) so that 50,000 points stay interactive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.colors as pc
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# distinct groups drawn over the class colours, in drawing order
+STYLE = {
+    "dropped earlier": dict(symbol="x", size=5, color="#9e9e9e", opacity=0.55),
+    "medoid": dict(symbol="circle-open", size=8, color="#222222", line_width=1, opacity=0.8),
+    "dropped now": dict(symbol="circle-open", size=15, color="#d62728", line_width=2.5),
+    "isolated, kept": dict(symbol="circle-open", size=15, color="#ff7f0e", line_width=2.5),
+    "poison": dict(symbol="diamond", size=10, color="#111111", line_color="#ffffff", line_width=1),
+    "selected": dict(symbol="square-open", size=13, color="#111111", line_width=2),
+    "target": dict(symbol="star", size=24, color="#ffd700", line_color="#111111", line_width=1.5),
+}
+LABELS = {
+    "dropped earlier": "dropped at an earlier snapshot",
+    "medoid": "medoid (stands for a cluster)",
+    "dropped now": "isolated medoid: dropped now",
+    "isolated, kept": "isolated, kept (outside the drop window)",
+    "poison": "poison (ground truth)",
+    "selected": "selected by you",
+    "target": "target (its gradient for the attacker's class)",
+}
+HOVER = ("<b>example %{customdata[0]}</b><br>label %{customdata[1]} · predicted %{customdata[2]}<br>"
+         "cluster size %{customdata[3]} · loss %{customdata[4]:.3f}<br>%{customdata[5]}<extra>%{fullData.name}</extra>")
+PLOT_FONT = dict(size=13)
+
+
+# ten class colours without red (isolated rings) or grey (dropped examples)
+CLASS10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939"]
+
+
+def class_colors(n_classes: int) -> list[str]:
+    palette = CLASS10 if n_classes <= 10 else pc.qualitative.Light24 if n_classes <= 24 else pc.qualitative.Alphabet
+    return [palette[c % len(palette)] for c in range(n_classes)]
+
+
+def _customdata(points: pd.DataFrame, class_names: list[str]) -> np.ndarray:
+    names = np.asarray(class_names, dtype=object)
+    cluster = points["cluster_size"] if "cluster_size" in points else pd.Series(-1, index=points.index)
+    cluster_text = np.where(cluster.to_numpy() > 0, cluster.astype("Int64").astype(str), "–")
+    loss = points["loss"] if "loss" in points else pd.Series(np.nan, index=points.index)
+    thumb = points["thumb"] if "thumb" in points else pd.Series("", index=points.index)
+    return np.stack([
+        points["index"].to_numpy(), names[points["label"].to_numpy()],
+        names[points["prediction"].to_numpy()] if "prediction" in points else np.full(len(points), "?"),
+        cluster_text, loss.to_numpy(), thumb.fillna("").to_numpy(),
+    ], axis=1) if len(points) else np.zeros((0, 6), dtype=object)
+
+
+def _scatter(points: pd.DataFrame, class_names: list[str], *, name: str, marker: dict,
+             legendgroup: str | None = None, visible: bool | str = True, showlegend: bool = True) -> go.Scattergl:
+    marker = dict(marker)
+    opacity = marker.pop("opacity", 1.0)
+    line = {k[5:]: marker.pop(k) for k in list(marker) if k.startswith("line_")}
+    if line:
+        marker["line"] = line
+    return go.Scattergl(
+        x=points["x"], y=points["y"], mode="markers", name=name, marker=marker, opacity=opacity,
+        customdata=_customdata(points, class_names), hovertemplate=HOVER,
+        legendgroup=legendgroup or name, visible=visible, showlegend=showlegend,
+    )
+
+
+def gradient_map_figure(points: pd.DataFrame, *, class_names: list[str], x_range: list[float],
+                        y_range: list[float], target: pd.DataFrame | None = None,
+                        selected: list[int] | tuple[int, ...] = (), method: str = "UMAP",
+                        by_cluster: bool = False, show_medoids: bool | str = "legendonly",
+                        height: int = 620) -> go.Figure:
+    """The gradient map of one snapshot.
+
+    Parameters
+    ----------
+    points : DataFrame, a row per example: index, x, y, label, prediction, loss, is_poison,
+        dropped_before (dropped at an earlier snapshot), drop (dropped at this one), and, for
+        EPIC, cluster_size, is_medoid, isolated, medoid; an optional ``thumb`` hover string
+    class_names : the name of each class
+    x_range, y_range : fixed axis ranges (the same for every epoch of a run)
+    target : one row with x, y (the target's gradient for ``adv_label``), or None
+    selected : example indices to ring
+    by_cluster : colour by EPIC cluster (one class's view) instead of by class
+    show_medoids : True, False or 'legendonly'
+    """
+    fig = go.Figure()
+    dropped_before = points["dropped_before"].to_numpy(bool) if "dropped_before" in points else np.zeros(len(points), bool)
+    kept = points[~dropped_before]
+    if by_cluster and "medoid" in points:
+        medoids = kept["medoid"].to_numpy()
+        order = {m: i for i, m in enumerate(pd.unique(medoids[medoids >= 0]))}
+        palette = pc.qualitative.Dark24
+        colors = [palette[order[m] % len(palette)] if m in order else "#bbbbbb" for m in medoids]
+        fig.add_trace(_scatter(kept, class_names, name="examples (colour = cluster)",
+                               marker=dict(size=7, color=colors, opacity=0.85)))
+    else:
+        colors = class_colors(len(class_names))
+        for c in sorted(kept["label"].unique()):
+            rows = kept[kept["label"] == c]
+            fig.add_trace(_scatter(rows, class_names, name=f"class {class_names[c]}",
+                                   marker=dict(size=5, color=colors[c], opacity=0.75)))
+    overlays = {
+        "dropped earlier": points[dropped_before],
+        "medoid": points[points["is_medoid"].fillna(False).astype(bool) & ~dropped_before] if "is_medoid" in points else None,
+        "dropped now": points[points["drop"].astype(bool)] if "drop" in points else None,
+        "isolated, kept": (points[points["isolated"].fillna(False).astype(bool) & ~points["drop"].astype(bool)]
+                           if {"isolated", "drop"} <= set(points) else None),
+        "poison": points[points["is_poison"].astype(bool)] if "is_poison" in points else None,
+        "selected": points[points["index"].isin(list(selected))] if len(selected) else None,
+    }
+    for key, rows in overlays.items():
+        if rows is None or (len(rows) == 0 and key not in ("dropped now", "poison")):
+            continue
+        if len(rows) == 0 and key == "poison":
+            continue
+        marker = dict(STYLE[key])
+        if key == "medoid" and by_cluster and "cluster_size" in rows:
+            marker = dict(symbol="star", size=(6 + 3 * np.sqrt(rows["cluster_size"].clip(lower=1))).tolist(),
+                          color="#222222", line_color="#ffffff", line_width=0.5)
+        visible = show_medoids if key == "medoid" and not by_cluster else True
+        fig.add_trace(_scatter(rows, class_names, name=f"{LABELS[key]} ({len(rows):,})", marker=marker,
+                               legendgroup=key, visible=visible))
+    if target is not None and len(target):
+        fig.add_trace(go.Scattergl(
+            x=target["x"], y=target["y"], mode="markers", name=LABELS["target"],
+            marker=dict(symbol="star", size=24, color="#ffd700", line=dict(color="#111111", width=1.5)),
+            customdata=np.array([[-1]]), hovertemplate="<b>target</b> (test image)<br>gradient for the attacker's class<extra></extra>",
+        ))
+    fig.update_layout(
+        height=height, margin=dict(l=10, r=10, t=30, b=10), font=PLOT_FONT,
+        legend=dict(title=dict(text="click an entry to hide / show it:"), itemsizing="constant", orientation="h",
+                    yanchor="top", y=-0.04, xanchor="left", x=0),
+        uirevision=f"map-{by_cluster}-{x_range}", plot_bgcolor="#fafafa", dragmode="lasso",
+        hoverlabel=dict(font=dict(family="DejaVu Sans Mono, Menlo, monospace", size=12)),
+    )
+    fig.update_xaxes(range=x_range, title_text=f"{method} 1", showticklabels=False, zeroline=False, showgrid=False)
+    fig.update_yaxes(range=y_range, title_text=f"{method} 2", showticklabels=False, zeroline=False, showgrid=False)
+    return fig
+
+
+def cluster_sizes_figure(clusters: pd.DataFrame, *, height: int = 260) -> go.Figure:
+    """Bars of one class's cluster sizes at one snapshot, largest first, isolated ones in red.
+
+    ``clusters``: a row per medoid with ``medoid``, ``cluster_size``, ``isolated``.
+    """
+    clusters = clusters.sort_values("cluster_size", ascending=False).reset_index(drop=True)
+    colors = np.where(clusters["isolated"].astype(bool), "#d62728", "#7f7f7f")
+    fig = go.Figure(go.Bar(x=np.arange(1, len(clusters) + 1), y=clusters["cluster_size"], marker_color=colors,
+                           customdata=clusters[["medoid"]].to_numpy(),
+                           hovertemplate="medoid example %{customdata[0]}<br>cluster size %{y}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), font=PLOT_FONT,
+                      title=dict(text="Cluster sizes of this class (red: isolated, size 1)", font=dict(size=14)))
+    fig.update_xaxes(title_text="medoids, largest cluster first")
+    fig.update_yaxes(title_text="examples in cluster")
+    return fig
+
+
+# --- overview ------------------------------------------------------------------------------
+
+
+def _layout(fig: go.Figure, title: str, height: int = 330) -> go.Figure:
+    fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height, font=PLOT_FONT,
+                      margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.25),
+                      hovermode="x unified")
+    fig.update_xaxes(title_text="epoch")
+    return fig
+
+
+def accuracy_figure(metrics: pd.DataFrame, *, adv_name: str | None = None) -> go.Figure:
+    """Clean test accuracy and, with an attack, the target's probability of the attacker's class."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=metrics["epoch"], y=metrics["test_acc"], name="clean test accuracy",
+                             mode="lines+markers", line=dict(color="#1f77b4")))
+    if adv_name is not None and metrics["target_prob_adv"].notna().any():
+        fig.add_trace(go.Scatter(x=metrics["epoch"], y=metrics["target_prob_adv"], mode="lines+markers",
+                                 name=f"target's probability of class {adv_name}", line=dict(color="#d62728", dash="dash")))
+        hit = metrics[metrics["attack_success"] == 1]
+        fig.add_trace(go.Scatter(x=hit["epoch"], y=np.ones(len(hit)) * 1.04, mode="markers", name="attack succeeds (target → " + adv_name + ")",
+                                 marker=dict(symbol="x", color="#d62728", size=9)))
+    fig.update_yaxes(range=[0, 1.08], title_text="fraction", tickformat=".0%")
+    return _layout(fig, "Accuracy and the attack")
+
+
+def drops_figure(metrics: pd.DataFrame, *, n_samples: int) -> go.Figure:
+    """Examples dropped at each snapshot (bars) and in total (line), as counts."""
+    snaps = metrics[metrics["n_new_drops"] > 0]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=snaps["epoch"], y=snaps["n_new_drops"], name="dropped at this snapshot", marker_color="#ff7f0e"))
+    fig.add_trace(go.Scatter(x=metrics["epoch"], y=metrics["n_dropped"], name="dropped in total",
+                             mode="lines+markers", line=dict(color="#555555")))
+    fig.update_yaxes(title_text=f"examples (of {n_samples:,})", rangemode="tozero")
+    return _layout(fig, "Examples dropped by the defense")
+
+
+def detection_figure(metrics: pd.DataFrame, *, n_samples: int, n_poisons: int) -> go.Figure:
+    """Left: share of poisons dropped vs share of all rows dropped (what a random drop of the same
+    size catches on average). Right: precision of the drops vs the poison base rate."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Share of poisons dropped (recall)", "Poisons among the dropped (precision)"),
+                        horizontal_spacing=0.12)
+    recall = metrics["n_poison_dropped"] / max(n_poisons, 1)
+    share = metrics["n_dropped"] / max(n_samples, 1)
+    precision = (metrics["n_poison_dropped"] / metrics["n_dropped"].where(metrics["n_dropped"] > 0)).astype(float)
+    base = n_poisons / max(n_samples, 1)
+    fig.add_trace(go.Scatter(x=metrics["epoch"], y=recall, name="poisons dropped", mode="lines+markers",
+                             line=dict(color="#d62728")), row=1, col=1)
+    fig.add_trace(go.Scatter(x=metrics["epoch"], y=share, name="all rows dropped = a random drop's recall",
+                             mode="lines", line=dict(color="#7f7f7f", dash="dot")), row=1, col=1)
+    fig.add_trace(go.Scatter(x=metrics["epoch"], y=precision, name="precision of the drops", mode="lines+markers",
+                             line=dict(color="#9467bd")), row=1, col=2)
+    fig.add_trace(go.Scatter(x=metrics["epoch"], y=np.full(len(metrics), base), name=f"poison base rate ({base:.1%}) = a random drop's precision",
+                             mode="lines", line=dict(color="#7f7f7f", dash="dash")), row=1, col=2)
+    fig.update_yaxes(tickformat=".0%", rangemode="tozero")
+    fig.update_yaxes(range=[0, 1.02], row=1, col=1)
+    top = max(2 * base, float(np.nanmax(precision.to_numpy())) if precision.notna().any() else 0.0) * 1.15
+    fig.update_yaxes(range=[0, max(top, 0.01)], tickformat=".1%", row=1, col=2)
+    fig = _layout(fig, "", height=380)
+    fig.update_layout(margin=dict(t=60), legend=dict(y=-0.3))
+    return fig
+
+
+def auroc_figure(frame: pd.DataFrame) -> go.Figure:
+    """ROC-AUC of the defense's score for poison vs clean at each snapshot, against chance (0.5)."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=frame["epoch"], y=frame["roc_auc"], mode="lines+markers", name="AUROC of the defense's score",
+                             line=dict(color="#2ca02c")))
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#7f7f7f", annotation_text="chance (0.5)", annotation_position="bottom right")
+    fig.update_yaxes(range=[0, 1], title_text="AUROC")
+    return _layout(fig, "Are poisons scored as more suspicious?")
+
+
+def timing_figure(metrics: pd.DataFrame) -> go.Figure:
+    """Seconds per epoch: training vs evaluation, snapshot and defense (stacked)."""
+    fig = go.Figure()
+    parts = [("epoch_seconds", "training", "#1f77b4"), ("eval_seconds", "evaluation", "#aec7e8"),
+             ("snapshot_seconds", "gradient snapshot", "#ff7f0e"), ("defense_seconds", "defense (selection)", "#d62728")]
+    for col, name, color in parts:
+        if col in metrics:
+            fig.add_trace(go.Bar(x=metrics["epoch"], y=metrics[col], name=name, marker_color=color))
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title_text="seconds")
+    return _layout(fig, "Where the time goes, per epoch")
+
+
+# --- drift ---------------------------------------------------------------------------------
+
+
+def tracks_figure(tracks: pd.DataFrame, band: pd.DataFrame | None, *, value: str, title: str,
+                  y_title: str, log_y: bool = False) -> go.Figure:
+    """Per-example lines of ``value`` across epochs, over the clean examples' middle half.
+
+    tracks : epoch, index, group ('poison' / 'selected'), ``value``
+    band : epoch, q25, q50, q75 of clean examples (or None)
+    """
+    fig = go.Figure()
+    if band is not None and len(band):
+        fig.add_trace(go.Scatter(x=band["epoch"], y=band["q75"], mode="lines", line=dict(width=0),
+                                 showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=band["epoch"], y=band["q25"], mode="lines", line=dict(width=0), fill="tonexty",
+                                 fillcolor="rgba(127,127,127,0.25)", name="clean examples: middle half", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=band["epoch"], y=band["q50"], mode="lines", line=dict(color="#555555", dash="dot"),
+                                 name="clean examples: median"))
+    colors = {"poison": "#d62728", "selected": "#1f77b4"}
+    shown = set()
+    for (group, index), rows in tracks.groupby(["group", "index"], sort=True):
+        fig.add_trace(go.Scatter(
+            x=rows["epoch"], y=rows[value], mode="lines+markers", line=dict(color=colors.get(group, "#333"), width=1.3),
+            marker=dict(size=5), opacity=0.8, name=f"{group}s" if group not in shown else str(index),
+            legendgroup=group, showlegend=group not in shown,
+            hovertemplate=f"{group} example {index}<br>epoch %{{x}}: %{{y:.3g}}<extra></extra>"))
+        shown.add(group)
+    if log_y:
+        fig.update_yaxes(type="log", dtick=1)
+    fig.update_yaxes(title_text=y_title)
+    fig = _layout(fig, title, height=360)
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+def distribution_figure(quantiles: pd.DataFrame, *, title: str, y_title: str, log_y: bool = False) -> go.Figure:
+    """Box plots per epoch, poison against clean, from precomputed quantiles (whiskers: 5%-95%).
+
+    quantiles : epoch, group, q05, q25, q50, q75, q95, n
+    """
+    fig = go.Figure()
+    colors = {"clean": "#7f7f7f", "poison": "#d62728"}
+    for group, rows in quantiles.groupby("group", sort=False):
+        fig.add_trace(go.Box(
+            x=rows["epoch"].astype(str), q1=rows["q25"], median=rows["q50"], q3=rows["q75"],
+            lowerfence=rows["q05"], upperfence=rows["q95"], name=f"{group} (n={int(rows['n'].iloc[-1]):,})",
+            marker_color=colors.get(str(group), "#1f77b4"), offsetgroup=str(group), boxpoints=False))
+    fig.update_layout(boxmode="group")
+    fig.update_xaxes(type="category")
+    if log_y:
+        fig.update_yaxes(type="log", dtick=1)
+    fig.update_yaxes(title_text=y_title)
+    fig = _layout(fig, title, height=360)
+    fig.update_layout(hovermode="closest")
+    return fig

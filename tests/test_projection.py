@@ -1,0 +1,256 @@
+"""Projections (one layout per run), drift scores and chart selections: core's pure helpers.
+
+Inputs are tiny planted gradients (per-class blobs) or the session's small digits runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.cli import main as cli_main
+from core.drift import MIN_SCALE, cosine_to, drift_scores, group_quantiles
+from core.errors import InputError
+from core.projection import (
+    TARGET_INDEX,
+    compute_projection,
+    ensure_projection,
+    fit_sample,
+    place,
+    project_snapshots,
+    projection_is_current,
+)
+from core.selection import parse_indices, selection_to_indices, update_selection
+from core.store import open_run
+from tests.dashboard_runs import CLEAN_RUN, POISON_RUN, runs_folder
+
+
+@pytest.fixture(scope="session")
+def dashboard_runs(tmp_path_factory) -> Path:
+    """Small digits runs, made once per session (tests/dashboard_runs.py)."""
+    return runs_folder(tmp_path_factory)
+
+
+def blobs(n_per_class: int = 40, n_classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """softmax - onehot-like rows: class c near -e_c, small noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    grads = -np.eye(n_classes)[labels] * 0.5 + rng.normal(scale=0.02, size=(len(labels), n_classes))
+    return grads.astype(np.float32), labels
+
+
+# --- fit_sample ----------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_rows=st.lists(st.integers(0, 300), min_size=1, max_size=6), max_fit=st.integers(1, 500),
+       seed=st.integers(0, 10))
+def test_fit_sample_stays_near_budget_and_within_rows(n_rows, max_fit, seed):
+    chosen = fit_sample(np.array(n_rows), max_fit=max_fit, random_state=seed)
+    assert len(chosen) == len(n_rows)
+    for rows, n in zip(chosen, n_rows, strict=True):
+        assert np.all((rows >= 0) & (rows < max(n, 1))) and len(np.unique(rows)) == len(rows)
+    total = sum(len(r) for r in chosen)
+    if sum(n_rows) <= max_fit:
+        assert total == sum(n_rows)
+    else:
+        assert total <= max_fit + len(n_rows)  # rounding, at most one per snapshot
+
+
+def test_forced_rows_take_at_most_a_quarter_of_the_budget():
+    forced = [np.arange(500)] * 10
+    chosen = fit_sample(np.full(10, 50_000), max_fit=4000, always=forced, random_state=0)
+    assert sum(len(r) for r in chosen) <= 4000 + 10
+    assert sum(np.isin(r, np.arange(500)).sum() for r in chosen) < 1000 + 100  # + the random draw's share
+
+
+def test_fit_sample_always_keeps_forced_rows_and_is_seeded():
+    forced = [np.array([3, 7]), np.array([3, 7])]
+    a = fit_sample(np.array([1000, 1000]), max_fit=50, always=forced, random_state=1)
+    b = fit_sample(np.array([1000, 1000]), max_fit=50, always=forced, random_state=1)
+    assert all({3, 7} <= set(rows.tolist()) for rows in a)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+# --- placing and projecting ----------------------------------------------------------------
+
+
+def test_place_puts_a_fitted_row_exactly_on_its_position():
+    fit = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
+    xy = np.array([[10, 10], [20, 10], [10, 20]], np.float32)
+    out = place(fit, xy, fit[[1]], k=3)
+    np.testing.assert_allclose(out, xy[[1]])
+
+
+def test_place_interpolates_between_neighbours():
+    fit = np.array([[0.0], [1.0]], np.float32)
+    xy = np.array([[0, 0], [10, 0]], np.float32)
+    out = place(fit, xy, np.array([[0.5]], np.float32), k=2)
+    np.testing.assert_allclose(out, [[5, 0]], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["pca", "umap"])
+def test_same_gradient_lands_on_the_same_spot_at_every_epoch(method):
+    """One layout per run: the map holds still, so an unchanged example does not move."""
+    grads, _ = blobs(n_per_class=30)
+    later = grads.copy()
+    later[:10] += 0.3  # ten examples move, the rest stay
+    target = np.array([0.2, -0.4, 0.2], np.float32)
+    frame = project_snapshots([grads, later], [0, 2], targets=[target, target], method=method, max_fit=1000)
+    assert list(frame.columns) == ["epoch", "index", "x", "y"]
+    assert len(frame) == 2 * len(grads) + 2
+    assert np.isfinite(frame[["x", "y"]].to_numpy()).all()
+    a = frame[(frame["epoch"] == 0) & (frame["index"] >= 10)][["x", "y"]].to_numpy()
+    b = frame[(frame["epoch"] == 2) & (frame["index"] >= 10)][["x", "y"]].to_numpy()
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    targets = frame[frame["index"] == TARGET_INDEX]
+    np.testing.assert_allclose(targets[["x", "y"]].to_numpy()[0], targets[["x", "y"]].to_numpy()[1], atol=1e-4)
+
+
+def test_subsampled_fit_places_every_row():
+    grads, _ = blobs(n_per_class=100)
+    frame = project_snapshots([grads, grads], [0, 1], method="pca", max_fit=50)
+    assert frame.groupby("epoch").size().tolist() == [len(grads), len(grads)]
+
+
+def test_project_rejects_an_unknown_method(tmp_path):
+    with pytest.raises(InputError, match="method"):
+        project_snapshots([np.zeros((5, 3), np.float32)], [0], method="tsne")
+
+
+# --- on a real run -------------------------------------------------------------------------
+
+
+def test_compute_projection_stores_one_row_per_example_and_snapshot(dashboard_runs, tmp_path):
+    shutil.copytree(dashboard_runs / CLEAN_RUN, tmp_path / "run", ignore=shutil.ignore_patterns("projections"))
+    run = open_run(tmp_path / "run")
+    frame = compute_projection(run.path, method="pca", write=False)
+    n = len(run.examples())
+    assert len(frame) == n * len(run.snapshot_epochs())
+    assert sorted(frame["epoch"].unique()) == run.snapshot_epochs()
+    assert run.projection("pca") is None  # write=False
+    pd.testing.assert_frame_equal(compute_projection(run.path, method="pca"), frame)
+    pd.testing.assert_frame_equal(run.projection("pca"), frame)
+
+
+def test_stored_projection_covers_the_target_and_is_read_back(dashboard_runs):
+    run = open_run(dashboard_runs / POISON_RUN)
+    stored = run.projection("umap")
+    assert projection_is_current(run, stored)
+    assert (stored["index"] == TARGET_INDEX).sum() == len(run.snapshot_epochs())
+    path = run.path / "projections" / "umap.parquet"
+    before = os.stat(path).st_mtime_ns
+    again = ensure_projection(run, method="umap")
+    assert os.stat(path).st_mtime_ns == before  # read, not recomputed
+    pd.testing.assert_frame_equal(again, stored)
+
+
+def test_a_projection_missing_an_epoch_is_out_of_date(dashboard_runs):
+    run = open_run(dashboard_runs / POISON_RUN)
+    stored = run.projection("umap")
+    assert not projection_is_current(run, stored[stored["epoch"] != stored["epoch"].max()])
+    assert not projection_is_current(run, None)
+
+
+def test_project_command_writes_the_map(dashboard_runs, capsys):
+    run_dir = dashboard_runs / CLEAN_RUN
+    assert cli_main(["project", "--run", str(run_dir), "--method", "pca", "--quiet"]) == 0
+    assert "pca.parquet" in capsys.readouterr().out
+    assert projection_is_current(open_run(run_dir), open_run(run_dir).projection("pca"))
+
+
+# --- drift ---------------------------------------------------------------------------------
+
+
+def test_the_planted_outlier_has_the_highest_drift():
+    grads, labels = blobs()
+    grads[5] = [0.3, -0.1, -0.2]  # class 0, far from its blob
+    medoids = np.zeros(len(labels), bool)
+    medoids[[0, 1, 40, 41, 80, 81]] = True
+    scores = drift_scores(grads, labels, medoids=medoids)
+    assert scores["drift"].idxmax() == 5
+    assert np.median(scores.loc[labels == 0, "drift"]) == pytest.approx(1.0, rel=0.1)
+
+
+def test_a_medoid_is_measured_to_the_nearest_other_medoid():
+    grads = np.array([[0.0, 0.0], [1.0, 0.0], [0.1, 0.0]], np.float32)
+    labels = np.zeros(3, int)
+    medoids = np.array([True, True, False])
+    d = drift_scores(grads, labels, medoids=medoids)["distance"].to_numpy()
+    np.testing.assert_allclose(d, [1.0, 1.0, 0.1], atol=1e-6)
+
+
+def test_without_medoids_the_class_median_is_the_reference():
+    grads = np.array([[0.0], [1.0], [2.0], [10.0]], np.float32)
+    d = drift_scores(grads, np.zeros(4, int))["distance"].to_numpy()
+    np.testing.assert_allclose(d, [1.5, 0.5, 0.5, 8.5])
+
+
+def test_drift_floors_a_collapsed_class_scale():
+    grads = np.zeros((5, 2), np.float32)
+    grads[4] = [0.01, 0]
+    drift = drift_scores(grads, np.zeros(5, int))["drift"].to_numpy()
+    assert drift[4] == pytest.approx(0.01 / MIN_SCALE)
+
+
+def test_target_similarity_is_cosine_and_nan_without_a_target():
+    grads = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(cosine_to(grads, np.array([2.0, 0.0])), [1, 0, -1, 0])
+    assert drift_scores(grads, np.zeros(4, int))["target_cos"].isna().all()
+
+
+def test_dropped_examples_are_scored_against_the_active_ones():
+    grads = np.array([[0.0], [0.1], [0.2], [5.0]], np.float32)
+    active = np.array([True, True, True, False])
+    scores = drift_scores(grads, np.zeros(4, int), active=active)
+    assert scores["distance"].iloc[3] == pytest.approx(4.9)
+
+
+def test_group_quantiles_gives_one_row_per_group():
+    frame = pd.DataFrame({"epoch": [0] * 4 + [2] * 4, "group": ["a", "a", "b", "b"] * 2, "v": np.arange(8.0)})
+    q = group_quantiles(frame, value="v", by=["epoch", "group"])
+    assert len(q) == 4 and {"q05", "q50", "q95", "n", "mean"} <= set(q.columns)
+    assert q["n"].tolist() == [2, 2, 2, 2]
+
+
+# --- selections ----------------------------------------------------------------------------
+
+
+def event(*points):
+    return {"selection": {"points": list(points), "point_indices": [], "box": [], "lasso": []}}
+
+
+def test_selection_reads_the_index_from_customdata_not_point_index():
+    sel = event({"curve_number": 3, "point_index": 0, "customdata": [812, "7", "7", "–", 0.1, ""]},
+                {"curve_number": 1, "point_index": 0, "customdata": [5]})
+    assert selection_to_indices(sel) == [5, 812]
+
+
+def test_selection_skips_the_target_and_points_without_customdata():
+    sel = event({"customdata": [-1]}, {"point_index": 4}, {"customdata": 9}, {"customdata": [9]})
+    assert selection_to_indices(sel) == [9]
+    assert selection_to_indices(None) == [] and selection_to_indices({}) == []
+    assert selection_to_indices(sel["selection"]) == [9]
+
+
+def test_update_selection_modes():
+    assert update_selection([1, 2], [2, 3]) == [2, 3]
+    assert update_selection([1, 2], [2, 3], mode="add") == [1, 2, 3]
+    assert update_selection([1, 2], [2, 3], mode="remove") == [1]
+    with pytest.raises(ValueError):
+        update_selection([], [], mode="xor")
+
+
+def test_parse_indices_accepts_lists_and_ranges_and_names_a_bad_piece():
+    assert parse_indices("3, 17 40-42") == [3, 17, 40, 41, 42]
+    with pytest.raises(ValueError, match="'x'"):
+        parse_indices("1, x")
+    with pytest.raises(ValueError, match="out of range"):
+        parse_indices("99", n_samples=10)
