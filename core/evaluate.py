@@ -1,8 +1,9 @@
 """Evaluation grids: every defense on every poison set and seed, and the results table.
 
 A defense spec is a short name: ``clean`` (the control: poison rows restored to their base
-images, target kept), ``none``, ``epic-<subset>``, ``random-<subset>`` (as many drops as EPIC
-at that subset size, chosen at random), or any registered defense name (``deepknn``, ...).
+images, target kept), ``none``, ``epic-<subset>``, ``random-<subset>`` (at every snapshot as many
+drops, chosen at random, as the ``epic-<subset>`` run of the same poison set and seed made;
+without such a run, as many as EPIC would drop on the random run's own snapshots), or any registered defense name (``deepknn``, ...).
 Runs are ordinary run directories under ``<out>/runs``; finished ones are never redone.
 """
 
@@ -87,12 +88,32 @@ def find_poison_sets(path: str | Path) -> list[Path]:
 def plan_grid(
     poison_sets: list[Path], defenses: list[str], seeds: list[int], out: Path
 ) -> list[GridRun]:
+    """Every (poison set, defense, seed), random drops after the EPIC runs they copy."""
+    ordered = sorted(defenses, key=lambda d: d.startswith("random-"))
     return [
         GridRun(p, d, s, out / "runs" / f"{p.stem}__{d}__seed{s}")
         for p in poison_sets
-        for d in defenses
+        for d in ordered
         for s in seeds
     ]
+
+
+def drop_schedule(run_dir: Path) -> dict[int, int]:
+    """{epoch: examples dropped at that snapshot} of a finished run."""
+    m = open_run(run_dir).metrics()
+    return {int(e): int(n) for e, n in zip(m["epoch"], m["n_new_drops"], strict=True) if n > 0}
+
+
+def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
+    """The training config of one cell; a ``random-<s>`` cell copies its EPIC twin's drop counts."""
+    fields = parse_defense(cell.defense)
+    if fields["defense"] == "random":
+        twin = cell.run_dir.with_name(
+            cell.run_dir.name.replace(f"__{cell.defense}__", f"__epic-{cell.defense[7:]}__")
+        )
+        if (twin / RUN_JSON).is_file() and open_run(twin).status == "finished":
+            fields["defense_params"] = {"counts": drop_schedule(twin)}
+    return replace(base, poisons=str(cell.poisons), seed=cell.seed, **fields)
 
 
 def run_grid(base: TrainConfig, grid: list[GridRun], *, show_progress: bool = True) -> None:
@@ -108,25 +129,25 @@ def run_grid(base: TrainConfig, grid: list[GridRun], *, show_progress: bool = Tr
                 train(base, cell.run_dir, resume=True, show_progress=False)
                 continue
             shutil.rmtree(cell.run_dir)
-        config = replace(
-            base, poisons=str(cell.poisons), seed=cell.seed, **parse_defense(cell.defense)
-        )
-        train(config, cell.run_dir, show_progress=False)
+        train(cell_config(base, cell), cell.run_dir, show_progress=False)
 
 
-def run_row(cell: GridRun) -> dict:
-    """The final numbers of one finished run, recomputed from its run store."""
-    run = open_run(cell.run_dir)
+def run_summary(run_dir: str | Path) -> dict:
+    """The final numbers of one run, recomputed from its run store (its last finished epoch).
+
+    test_acc, attack_success, recall and precision of the drops (NaN without poisons / without
+    drops), n_dropped, seconds (training, evaluation, snapshots and defense), target_prob_adv.
+    """
+    run = open_run(run_dir)
     m = run.metrics()
+    if m.empty:
+        raise InputError(run_dir, "no finished epoch yet")
     last = m.iloc[-1]
     examples = run.examples()
     n_poisons = int(examples["is_poison"].sum())
     n_dropped = int(last["n_dropped"])
     n_poison_dropped = int(last["n_poison_dropped"])
     return {
-        "poison_set": cell.poisons.stem,
-        "defense": cell.defense,
-        "seed": cell.seed,
         "test_acc": float(last["test_acc"]),
         "attack_success": float(last["attack_success"]),
         "recall": n_poison_dropped / n_poisons if n_poisons else np.nan,
@@ -136,6 +157,16 @@ def run_row(cell: GridRun) -> dict:
             m[["epoch_seconds", "eval_seconds", "snapshot_seconds", "defense_seconds"]].sum().sum()
         ),
         "target_prob_adv": float(last["target_prob_adv"]),
+    }
+
+
+def run_row(cell: GridRun) -> dict:
+    """One line of runs.csv: the cell's poison set, defense and seed, then :func:`run_summary`."""
+    return {
+        "poison_set": cell.poisons.stem,
+        "defense": cell.defense,
+        "seed": cell.seed,
+        **run_summary(cell.run_dir),
     }
 
 

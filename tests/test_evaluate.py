@@ -98,3 +98,12 @@ def test_the_table_is_recomputed_from_the_run_stores(poison_dir, tmp_path):
     assert "| loss | 4 |" in (out / "summary.md").read_text()
     detection = pd.read_csv(out / "detection.csv")
     assert set(detection.epoch) == {0, 2} and detection[detection.defense == "loss"].roc_auc.notna().all()
+
+
+def test_random_drops_copy_the_epic_twins_schedule(poison_dir, tmp_path):
+    grid = plan_grid([poison_dir / "a.npz"], ["random-0.3", "epic-0.3"], [0], tmp_path / "out")
+    assert [c.defense for c in grid] == ["epic-0.3", "random-0.3"]
+    run_grid(tiny_config(epochs=4), grid, show_progress=False)
+    epic, rand = (open_run(c.run_dir).metrics() for c in grid)
+    assert epic["n_new_drops"].sum() > 0
+    assert epic["n_new_drops"].tolist() == rand["n_new_drops"].tolist()

@@ -54,6 +54,14 @@ def test_match_subset_drops_as_many_as_epic_would():
     assert result.suspect.sum() == epic.drop.sum() == result.info["n_drop"]
 
 
+def test_counts_drop_the_scheduled_number_at_each_epoch_even_with_string_keys():
+    active = np.ones(200, dtype=bool)
+    drop = RandomDrop(counts={"2": 7, "4": 3})
+    assert drop(snapshot(epoch=2), active).suspect.sum() == 7
+    assert drop(snapshot(epoch=4), active).suspect.sum() == 3
+    assert drop(snapshot(epoch=6), active).suspect.sum() == 0
+
+
 def test_scores_are_uniform_for_active_and_nan_for_inactive_examples():
     active = np.arange(200) % 3 != 0
     score = RandomDrop(fraction=0.2)(snapshot(), active).score
@@ -84,8 +92,9 @@ def test_another_seed_or_epoch_gives_other_draws(seed, epoch):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({}, "exactly one of fraction or match_subset"),
-        ({"fraction": 0.1, "match_subset": 0.1}, "exactly one of fraction or match_subset"),
+        ({}, "exactly one of fraction, match_subset or counts"),
+        ({"fraction": 0.1, "match_subset": 0.1}, "exactly one of fraction, match_subset or counts"),
+        ({"counts": {"2": -1}}, "counts must be non-negative"),
         ({"fraction": 1.5}, r"fraction must be in \[0, 1\]"),
         ({"match_subset": 0}, r"match_subset must be in \(0, 1\]"),
         ({"fraction": 0.1, "random_state": -1}, "random_state must be a non-negative int"),

@@ -1,7 +1,10 @@
 """The ``random`` defense: drops active examples at random, the control for EPIC.
 
-Either a fixed ``fraction`` of the active examples, or ``match_subset``: exactly as many as
-EPIC at that subset size would drop on the same snapshot. Each active example gets a uniform
+Either a fixed ``fraction`` of the active examples; ``counts``: exactly as many at each snapshot
+epoch as another run dropped (``poisonlens evaluate`` passes an EPIC run's schedule, so the two
+runs drop the same number of examples); or ``match_subset``: as many as EPIC at that subset size
+would drop on this run's own snapshot (which keeps finding isolated points that a random drop
+leaves in, so it drops more over a run than EPIC itself does). Each active example gets a uniform
 random score; the suspects are the highest-scored ones, so "higher = more suspicious" holds
 here too. Draws depend only on (``random_state``, the snapshot's epoch).
 """
@@ -22,6 +25,7 @@ class RandomDrop:
     ----------
     fraction : float in [0, 1], share of active examples dropped at each snapshot
     match_subset : float in (0, 1], EPIC's subset_size whose drop count to match
+    counts : {epoch: number of drops}, e.g. an EPIC run's ``n_new_drops`` per snapshot
     random_state : non-negative int
     """
 
@@ -32,10 +36,13 @@ class RandomDrop:
         *,
         fraction: float | None = None,
         match_subset: float | None = None,
+        counts: dict | None = None,
         random_state: int = 0,
     ) -> None:
-        if (fraction is None) == (match_subset is None):
-            raise ValueError("give exactly one of fraction or match_subset")
+        if sum(x is not None for x in (fraction, match_subset, counts)) != 1:
+            raise ValueError("give exactly one of fraction, match_subset or counts")
+        if counts is not None and any(int(n) < 0 for n in counts.values()):
+            raise ValueError("counts must be non-negative")
         if fraction is not None and not 0 <= fraction <= 1:
             raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
         if match_subset is not None and not 0 < match_subset <= 1:
@@ -44,12 +51,16 @@ class RandomDrop:
             raise ValueError(f"random_state must be a non-negative int, got {random_state!r}")
         self.fraction = fraction
         self.match_subset = match_subset
+        # JSON (run.json) turns integer keys into strings
+        self.counts = None if counts is None else {int(e): int(n) for e, n in counts.items()}
         self.random_state = random_state
 
     def n_drop(self, snapshot: Snapshot, active: np.ndarray) -> int:
         """How many active examples to drop at this snapshot."""
         if self.fraction is not None:
             return round(self.fraction * int(active.sum()))
+        if self.counts is not None:
+            return min(self.counts.get(snapshot.epoch, 0), int(active.sum()))
         epic = select(
             snapshot.grads,
             snapshot.labels,
