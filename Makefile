@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: run test test-fast lint bench sample clean
+.PHONY: run test test-fast lint bench sample screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+PORT ?= 8501
+
+# Headless: no first-run e-mail prompt; open the printed URL (http://localhost:$(PORT)).
 run: $(STAMP)
-	POISONLENS_RUNS=$(RUNS) $(BIN)/streamlit run dashboard/app.py
+	POISONLENS_RUNS=$(RUNS) $(BIN)/streamlit run dashboard/app.py --server.headless true \
+		--server.port $(PORT) --browser.gatherUsageStats false
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -29,8 +33,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python bench/epoch.py
-	$(BIN)/python bench/select.py
+	$(BIN)/python -m bench.epoch
+	$(BIN)/python -m bench.select --epoch-share
+
+screenshots: $(STAMP)
+	POISONLENS_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_dashboard_browser.py
 
 sample: $(STAMP)
 	$(BIN)/python -m sample_data.make_sample

@@ -1,6 +1,6 @@
 """Time a training epoch with and without gradient snapshots (digits and the CIFAR-10 subset).
 
-    .venv/bin/python bench/epoch.py [--cifar ../shared/data/cifar10-subset] [--epochs 6]
+    .venv/bin/python -m bench.epoch [--cifar ../shared/data/cifar10-subset] [--epochs 6]
 
 Trains the same run twice per data set: snapshots only at epoch 0 and the last (the floor)
 and every 2 epochs; reports the mean epoch time (train + evaluation), the mean snapshot

@@ -304,3 +304,180 @@ def distribution_figure(quantiles: pd.DataFrame, *, title: str, y_title: str, lo
     fig = _layout(fig, title, height=360)
     fig.update_layout(hovermode="closest")
     return fig
+
+
+# --- compare -------------------------------------------------------------------------------
+
+# the two baselines in greys, every defense in one colour
+DEFENSE_COLORS = {"clean": "#b0b0b0", "none": "#6f6f6f"}
+DEFENSE_COLOR = "#1f77b4"
+COMPARE_PANELS = (
+    ("attack_success", "Attack success rate (target flipped)", "no target"),
+    ("test_acc", "Clean test accuracy", "–"),
+    ("recall", "Poisons dropped (recall)", "no poisons"),
+    ("precision", "Precision of the drops", "nothing dropped"),
+)
+CHANCE_MARKER = dict(symbol="line-ew-open", size=30, color="#d62728", line=dict(width=3))
+
+
+def defense_label_text(defense: str) -> str:
+    return "clean (control)" if defense == "clean" else defense
+
+
+def defense_bars_figure(summary: pd.DataFrame, *, height: int = 640) -> go.Figure:
+    """Mean ± std per defense of attack success, clean accuracy, recall and precision (error bars
+    cut at 0 and 1; the hover gives the full std).
+
+    ``summary``: core.compare.per_defense_summary (defense, n_runs, ``<x>_mean``, ``<x>_std``,
+    random_recall_mean, base_rate_mean), a row per defense in drawing order. A missing mean is
+    written on the axis (e.g. "nothing dropped") instead of an empty slot.
+    """
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=[title for _, title, _ in COMPARE_PANELS],
+        vertical_spacing=0.2,
+        horizontal_spacing=0.08,
+    )
+    x = [defense_label_text(d) for d in summary["defense"]]
+    colors = [DEFENSE_COLORS.get(d, DEFENSE_COLOR) for d in summary["defense"]]
+    n_runs = summary["n_runs"].to_numpy()
+    for i, (col, _, missing) in enumerate(COMPARE_PANELS):
+        row, c = divmod(i, 2)
+        mean = summary[f"{col}_mean"].astype(float)
+        std = summary[f"{col}_std"].astype(float).fillna(0.0)
+        fig.add_trace(
+            go.Bar(
+                x=x,
+                y=mean,
+                marker_color=colors,
+                error_y=dict(  # ± std, cut at 0 and 1: every panel is a fraction
+                    type="data",
+                    array=np.minimum(std, 1 - mean),
+                    arrayminus=np.minimum(std, mean),
+                    visible=True,
+                    color="#222222",
+                    thickness=1.5,
+                ),
+                customdata=np.stack([std, n_runs], axis=1),
+                hovertemplate="<b>%{x}</b><br>%{y:.1%} ± %{customdata[0]:.1%}"
+                " over %{customdata[1]} runs<extra></extra>",
+                showlegend=False,
+            ),
+            row=row + 1,
+            col=c + 1,
+        )
+        for name in np.asarray(x, dtype=object)[mean.isna().to_numpy()]:
+            fig.add_annotation(
+                x=name,
+                y=0,
+                text=missing,
+                textangle=-90,
+                yanchor="bottom",
+                showarrow=False,
+                font=dict(color="#777777", size=11),
+                row=row + 1,
+                col=c + 1,
+            )
+        if col == "attack_success":  # "k/n" over every bar: a zero-height bar is invisible
+            flipped = (mean * n_runs).round()
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=np.full(len(x), 1.12),
+                    mode="text",
+                    text=[
+                        "" if np.isnan(k) else f"{k:.0f}/{n}"
+                        for k, n in zip(flipped, n_runs, strict=True)
+                    ],
+                    textfont=dict(color="#333333", size=11),
+                    hovertemplate="<b>%{x}</b>: the target flipped in %{text} runs<extra></extra>",
+                    showlegend=False,
+                ),
+                row=1,
+                col=1,
+            )
+    chance = [
+        ("random_recall_mean", "recall", 2, 1, "a random drop of the same size (its recall)"),
+        ("base_rate_mean", "precision", 2, 2, "share of poisons (a random drop's precision)"),
+    ]
+    for col, of, row, c, name in chance:
+        y = summary[col].where(summary[f"{of}_mean"].notna()) if col in summary else None
+        if y is not None and y.notna().any():
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="markers",
+                    marker=CHANCE_MARKER,
+                    name=name,
+                    hovertemplate="<b>%{x}</b><br>" + name + ": %{y:.1%}<extra></extra>",
+                ),
+                row=row,
+                col=c,
+            )
+    fig.update_yaxes(tickformat=".0%", rangemode="tozero")
+    fig.update_yaxes(range=[0, 1.19], tickvals=[0, 0.25, 0.5, 0.75, 1], row=1, col=1)
+    for row, c in ((1, 2), (2, 1)):
+        fig.update_yaxes(range=[0, 1.08], row=row, col=c)
+    fig.update_xaxes(type="category", tickangle=-30)
+    fig.update_layout(
+        height=height,
+        font=PLOT_FONT,
+        margin=dict(l=10, r=10, t=70, b=10),
+        bargap=0.35,
+        legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0),
+        plot_bgcolor="#fafafa",
+    )
+    return fig
+
+
+def overlap_figure(overlap: pd.DataFrame, *, max_tick_labels: int = 80) -> go.Figure:
+    """Which poisons each run caught: a column per poison, a row per run (core.compare.poison_overlap,
+    transposed); green = dropped by the run's last snapshot, grey = kept (missed)."""
+    z = overlap.T.to_numpy(dtype=int)
+    x = [str(i) for i in overlap.index]
+    counts = overlap.sum(axis=0).astype(int)
+    y = [f"{name}  ({n} of {len(overlap)})" for name, n in counts.items()]
+    caught, missed = "#2ca02c", "#e6e6e6"
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=x,
+            y=y,
+            zmin=0,
+            zmax=1,
+            colorscale=[[0, missed], [0.5, missed], [0.5, caught], [1, caught]],
+            showscale=False,
+            xgap=1,
+            ygap=2,
+            customdata=np.where(z == 1, "caught (dropped)", "missed (kept)"),
+            hovertemplate="poison %{x}<br>%{y}<br><b>%{customdata}</b><extra></extra>",
+        )
+    )
+    for name, color in (("caught: dropped by this run", caught), ("missed: kept", missed)):
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=name,
+                marker=dict(symbol="square", size=14, color=color, line_color="#999999"),
+            )
+        )
+    fig.update_xaxes(
+        type="category",
+        title_text="poisons (training index), those caught by the most runs on the left",
+        showticklabels=len(x) <= max_tick_labels,
+        tickangle=-90,
+        showgrid=False,
+    )
+    fig.update_yaxes(type="category", autorange="reversed", showgrid=False)
+    fig.update_layout(
+        height=150 + 30 * len(y),
+        font=PLOT_FONT,
+        margin=dict(l=10, r=10, t=10, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
+        plot_bgcolor="#ffffff",
+    )
+    return fig

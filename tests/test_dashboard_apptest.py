@@ -25,8 +25,8 @@ from tests.conftest import tiny_config
 from tests.dashboard_runs import CLEAN_RUN, N_POISONS, POISON_RUN, runs_folder
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-PAGES = ["pages/overview.py", "pages/gradient_space.py", "pages/drift.py", "pages/suspects.py",
-         "pages/new_run.py", "pages/about.py"]
+PAGES = ["views/overview.py", "views/gradient_space.py", "views/drift.py", "views/suspects.py",
+         "views/new_run.py", "views/about.py"]
 
 
 @pytest.fixture(scope="session")
@@ -79,12 +79,12 @@ def test_every_page_renders_with_no_runs(tmp_path, monkeypatch, page):
     monkeypatch.setenv("POISONLENS_SAMPLES", "")
     at = app(page)
     assert not at.exception, at.exception
-    if page not in ("pages/new_run.py", "pages/about.py"):
+    if page not in ("views/new_run.py", "views/about.py"):
         assert any("No runs found" in i.value for i in at.info)
 
 
 def test_the_run_picker_follows_the_link_and_keeps_it(runs_env):
-    at = app("pages/overview.py", CLEAN_RUN)
+    at = app("views/overview.py", CLEAN_RUN)
     assert at.selectbox(key="run_picker").value.endswith(CLEAN_RUN)
     at.selectbox(key="run_picker").set_value(str(runs_env / POISON_RUN)).run()
     assert at.query_params["run"] == [POISON_RUN] or at.query_params["run"] == POISON_RUN
@@ -95,7 +95,7 @@ def test_the_run_picker_follows_the_link_and_keeps_it(runs_env):
 
 
 def test_overview_compares_poison_recall_with_a_random_drop(runs_env):
-    at = app("pages/overview.py", POISON_RUN)
+    at = app("views/overview.py", POISON_RUN)
     labels = [m.label for m in at.metric]
     assert "Poisons dropped (recall)" in labels and "Precision of the drops" in labels
     verdict = [w.value for w in at.warning] + [s.value for s in at.success]
@@ -105,7 +105,7 @@ def test_overview_compares_poison_recall_with_a_random_drop(runs_env):
 
 
 def test_overview_of_a_clean_run_says_there_is_no_ground_truth(runs_env):
-    at = app("pages/overview.py", CLEAN_RUN)
+    at = app("views/overview.py", CLEAN_RUN)
     assert "Poisons" in [m.label for m in at.metric]
     assert not at.warning and not at.success
 
@@ -114,7 +114,7 @@ def test_overview_of_a_clean_run_says_there_is_no_ground_truth(runs_env):
 
 
 def test_moving_the_epoch_slider_moves_the_examples_not_the_map(runs_env):
-    at = app("pages/gradient_space.py", POISON_RUN)
+    at = app("views/gradient_space.py", POISON_RUN)
     epochs = open_run(runs_env / POISON_RUN).snapshot_epochs()
     last = figure(at)
     assert f"**Epoch {epochs[-1]}**" in markdown(at)
@@ -128,7 +128,7 @@ def test_moving_the_epoch_slider_moves_the_examples_not_the_map(runs_env):
 
 
 def test_the_map_draws_each_group_as_its_own_trace(runs_env):
-    at = app("pages/gradient_space.py", POISON_RUN)
+    at = app("views/gradient_space.py", POISON_RUN)
     names = [t["name"] for t in figure(at)["data"]]
     assert any(n.startswith("class ") for n in names)
     assert any(n.startswith("poison") for n in names)
@@ -139,7 +139,7 @@ def test_the_map_draws_each_group_as_its_own_trace(runs_env):
 
 def test_a_kept_selection_fills_the_table(runs_env):
     poisons = open_run(runs_env / POISON_RUN).examples().query("is_poison")["index"].tolist()
-    at = app("pages/gradient_space.py", POISON_RUN, _selected=[0, 1, poisons[0]])
+    at = app("views/gradient_space.py", POISON_RUN, _selected=[0, 1, poisons[0]])
     table = at.dataframe[0].value
     assert table["index"].tolist() == [0, 1, poisons[0]]
     assert table["image"].str.startswith("data:image/png;base64,").all()
@@ -149,13 +149,13 @@ def test_a_kept_selection_fills_the_table(runs_env):
 
 
 def test_typed_indices_are_added_to_the_selection(runs_env):
-    at = app("pages/gradient_space.py", POISON_RUN)
+    at = app("views/gradient_space.py", POISON_RUN)
     at.text_input(key="gs_typed").input("3, 5-6").run()
     assert at.session_state["_selected"] == [3, 5, 6]
 
 
 def test_the_per_class_view_shows_cluster_sizes(runs_env):
-    at = app("pages/gradient_space.py", POISON_RUN)
+    at = app("views/gradient_space.py", POISON_RUN)
     at.radio(key="gs_view").set_value("one class").run()
     at.selectbox(key="gs_class").set_value(3).run()
     assert not at.exception
@@ -165,14 +165,14 @@ def test_the_per_class_view_shows_cluster_sizes(runs_env):
 
 def test_play_advances_the_epoch(runs_env):
     epochs = open_run(runs_env / POISON_RUN).snapshot_epochs()
-    at = app("pages/gradient_space.py", POISON_RUN, _epoch=epochs[0])
+    at = app("views/gradient_space.py", POISON_RUN, _epoch=epochs[0])
     at.button(key="gs_play").click().run()
     assert at.session_state["gs_playing"]
     assert at.session_state["_epoch"] == epochs[1]
 
 
 def test_hover_carries_a_picture_of_small_runs(runs_env):
-    at = app("pages/gradient_space.py", POISON_RUN)
+    at = app("views/gradient_space.py", POISON_RUN)
     hover = figure(at)["data"][0]["customdata"][0][5]
     assert "<br>" in hover and any(ch in hover for ch in "░▒▓█")
 
@@ -180,7 +180,7 @@ def test_hover_carries_a_picture_of_small_runs(runs_env):
 def test_a_running_run_offers_the_map_instead_of_computing_it(runs_env, tmp_path, monkeypatch):
     running = copy_as_running(runs_env / CLEAN_RUN, tmp_path / "runs" / "still-training")
     monkeypatch.setenv("POISONLENS_RUNS", str(running.parent))
-    at = app("pages/gradient_space.py", running.name, gs_method="umap")
+    at = app("views/gradient_space.py", running.name, gs_method="umap")
     assert not at.exception
     assert any("once training has finished" in i.value for i in at.info)
     assert at.button(key="gs_compute")
@@ -190,7 +190,7 @@ def test_a_running_run_offers_the_map_instead_of_computing_it(runs_env, tmp_path
 def test_the_overview_of_a_running_run_shows_live_progress(runs_env, tmp_path, monkeypatch):
     running = copy_as_running(runs_env / CLEAN_RUN, tmp_path / "runs" / "still-training")
     monkeypatch.setenv("POISONLENS_RUNS", str(running.parent))
-    at = app("pages/overview.py", running.name)
+    at = app("views/overview.py", running.name)
     assert not at.exception
     assert any("running: epoch" in (p.proto.text or "") for p in at.get("progress"))
 
@@ -206,7 +206,7 @@ def copy_as_running(source: Path, dest: Path) -> Path:
 
 
 def test_drift_follows_every_poison_and_the_slider_changes_the_table(runs_env):
-    at = app("pages/drift.py", POISON_RUN)
+    at = app("views/drift.py", POISON_RUN)
     epochs = open_run(runs_env / POISON_RUN).snapshot_epochs()
     table = at.dataframe[0].value
     assert len(table) == N_POISONS and set(table["group"]) == {"poison"}
@@ -241,7 +241,7 @@ def media(monkeypatch):
 def test_the_csv_download_is_the_export_file(runs_env, media, tmp_path):
     run = open_run(runs_env / POISON_RUN)
     epochs = run.snapshot_epochs()
-    at = app("pages/suspects.py", POISON_RUN)
+    at = app("views/suspects.py", POISON_RUN)
     data = media(at.download_button[0].proto.url)
     assert data == to_safe_csv(suspects_table(run, epochs[-1])).encode()
     out = tmp_path / "export.csv"
@@ -265,7 +265,7 @@ def is_number(text: str) -> bool:
 def test_an_earlier_epoch_downloads_fewer_rows(runs_env, media):
     run = open_run(runs_env / POISON_RUN)
     epochs = run.snapshot_epochs()
-    at = app("pages/suspects.py", POISON_RUN)
+    at = app("views/suspects.py", POISON_RUN)
     at.select_slider(key="su_epoch").set_value(epochs[1]).run()
     data = media(at.download_button[0].proto.url)
     assert data == to_safe_csv(suspects_table(run, epochs[1])).encode()
@@ -273,7 +273,7 @@ def test_an_earlier_epoch_downloads_fewer_rows(runs_env, media):
 
 
 def test_suspect_filters_narrow_the_table(runs_env):
-    at = app("pages/suspects.py", POISON_RUN)
+    at = app("views/suspects.py", POISON_RUN)
     everything = at.dataframe[0].value
     at.radio(key="su_status").set_value("dropped").run()
     dropped = at.dataframe[0].value
@@ -289,7 +289,7 @@ def test_suspect_filters_narrow_the_table(runs_env):
 def test_a_bad_parameter_is_refused_with_a_message(tmp_path, monkeypatch):
     monkeypatch.setenv("POISONLENS_RUNS", str(tmp_path))
     monkeypatch.setenv("POISONLENS_SAMPLES", "")
-    at = app("pages/new_run.py")
+    at = app("views/new_run.py")
     at.text_input(key="nr_dataset").input("mnist")
     at.text_input(key="nr_name").input("bad-run")
     at.button[0].click().run()  # the form's submit button
@@ -300,7 +300,7 @@ def test_a_bad_parameter_is_refused_with_a_message(tmp_path, monkeypatch):
 def test_the_form_starts_a_background_run_that_finishes(tmp_path, monkeypatch):
     monkeypatch.setenv("POISONLENS_RUNS", str(tmp_path))
     monkeypatch.setenv("POISONLENS_SAMPLES", "")
-    at = app("pages/new_run.py")
+    at = app("views/new_run.py")
     at.number_input(key="nr_epochs").set_value(1)
     at.number_input(key="nr_width").set_value(4)
     at.selectbox(key="nr_defense").set_value("random")
@@ -330,6 +330,6 @@ def test_a_failed_launch_shows_its_error(tmp_path, monkeypatch):
     deadline = time.time() + 240
     while not launch_status(run_dir).done and time.time() < deadline:
         time.sleep(0.5)
-    at = app("pages/new_run.py")
+    at = app("views/new_run.py")
     assert "dies" in markdown(at) and "failed" in markdown(at)
     assert any("garbage.npz" in e.value for e in at.error)

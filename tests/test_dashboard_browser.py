@@ -34,7 +34,8 @@ CHROMEDRIVER = shutil.which("chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--window-size=1600,1500"]
 PAGES = [("Overview", "overview"), ("Gradient space", "gradient-space"), ("Drift", "drift"),
-         ("Suspects", "suspects"), ("New run", "new-run"), ("How to read this", "about")]
+         ("Suspects", "suspects"), ("Compare", "compare"), ("New run", "new-run"),
+         ("How to read this", "about")]
 
 if not (CHROMIUM and CHROMEDRIVER):
     pytest.skip("headless Chromium not found: apt-get install -y chromium chromium-driver (.ci/run does this)",

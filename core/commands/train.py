@@ -95,6 +95,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=D.augment,
         help="training augmentation (auto: crop-flip for colour, crop for grey)",
     )
+    p.add_argument(
+        "--clean-control",
+        action="store_true",
+        help="the control run: keep the poison set's target but train on the base images",
+    )
+    p.add_argument(
+        "--embedding-dims",
+        type=int,
+        default=D.embedding_dims,
+        help="penultimate features stored per snapshot (wider ones are randomly projected)",
+    )
     p.add_argument("--runs-dir", default="runs", help="folder that holds run directories")
     p.add_argument("--name", default=None, help="run name (default: <dataset>-<defense>-<time>)")
     p.add_argument(
@@ -146,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         weight_decay=args.weight_decay,
         augment=args.augment,
+        clean_control=args.clean_control,
+        embedding_dims=args.embedding_dims,
         snapshot_every=args.snapshot_every,
         defense=args.defense,
         defense_params=parse_defense_params(args.defense_param, args.subset_size),

@@ -117,7 +117,7 @@ def launches_ui(runs_dir: Path) -> None:
                 if s.error:
                     c1.error(s.error)
                 if s.state in ("finished", "mapping", "running", "interrupted"):
-                    c2.page_link("pages/overview.py", label="Open in Overview", icon=":material/monitoring:", query_params={"run": s.name})
+                    c2.page_link("views/overview.py", label="Open in Overview", icon=":material/monitoring:", query_params={"run": s.name})
                 with c1.expander("command and log"):
                     st.code(s.command or "", language="bash")
                     st.code(s.log_tail or "(empty log)", language="text")

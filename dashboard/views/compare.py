@@ -1,0 +1,311 @@
+"""Compare: runs side by side, per defense, and which poisons each defense catches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.compare import (
+    comparison_table,
+    find_runs,
+    overlap_summary,
+    per_defense_summary,
+    poison_overlap,
+)
+from core.errors import InputError
+from core.evaluate import to_markdown
+from dashboard import plots
+from dashboard.common import (
+    REPO,
+    STATUS_ICONS,
+    cached_run_list,
+    glossary_ui,
+    page_header,
+    run_stamp,
+    runs_dirs,
+)
+
+RESULTS_ENV = "POISONLENS_RESULTS"  # where evaluate output folders are looked for
+FOLDER, PICKED = "an evaluate output folder", "runs I pick"
+
+
+# --- where the runs are --------------------------------------------------------------------
+
+
+def results_root() -> Path:
+    return Path(os.environ.get(RESULTS_ENV) or REPO / "results").expanduser()
+
+
+def evaluate_folders(root: Path) -> list[Path]:
+    """Folders directly under ``root`` holding an evaluate output (runs.csv or runs/), newest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        marks = [folder / "runs.csv", folder / "runs"]
+        stamps = [m.stat().st_mtime for m in marks if m.exists()]
+        if folder.is_dir() and stamps:
+            found.append((max(stamps), folder))
+    return [f for _, f in sorted(found, reverse=True)]
+
+
+# --- cached computations (core.compare) ----------------------------------------------------
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the runs…")
+def table_of(paths: tuple[str, ...], stamps: tuple[float, ...]) -> pd.DataFrame:
+    return comparison_table(paths)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def overlap_of(paths: tuple[str, ...], stamps: tuple[float, ...]) -> pd.DataFrame:
+    return poison_overlap(paths)
+
+
+# --- choosing the runs ---------------------------------------------------------------------
+
+
+def _sync_folder() -> None:
+    st.query_params["folder"] = st.session_state["cmp_folder"]
+
+
+def folder_ui() -> list[str]:
+    """An evaluate output folder (or any folder of runs), kept in ``?folder=``."""
+    found = evaluate_folders(results_root())
+    if "cmp_folder" not in st.session_state:
+        asked = st.query_params.get("folder")
+        st.session_state["cmp_folder"] = asked or (str(found[0]) if found else "")
+    folder = st.text_input(
+        "Evaluate output folder (the `--out` of `poisonlens evaluate`), or any folder of runs",
+        key="cmp_folder",
+        on_change=_sync_folder,
+        placeholder="results/my-evaluation",
+    ).strip()
+    if len(found) > 1:
+        st.caption(
+            "Also under `"
+            + str(results_root())
+            + "`: "
+            + ", ".join(f"`{f.name}`" for f in found[1:6])
+        )
+    if not folder:
+        st.info(
+            f"No evaluate output found under `{results_root()}`. Make one with  \n"
+            "`poisonlens evaluate --poisons poisons/ --defenses clean,none,epic-0.2,random-0.2 "
+            "--seeds 0,1 --out results/my-evaluation`  \nor type a folder above, or pick runs instead."
+        )
+        return []
+    st.query_params["folder"] = folder
+    try:
+        return [str(p) for p in find_runs(folder)]
+    except InputError as err:
+        st.error(str(err))
+        return []
+
+
+def picked_ui() -> list[str]:
+    """Runs chosen from the run picker's folders."""
+    roots = runs_dirs()
+    infos = cached_run_list(tuple(str(r) for r in roots))
+    if not infos:
+        where = ", ".join(f"`{r}`" for r in roots)
+        st.info(f"No runs found in {where}.")
+        return []
+    labels = {
+        str(i["path"]): f"{STATUS_ICONS.get(i['status'], '')} {i['name']} · {i['defense']}"
+        for i in infos
+    }
+    st.session_state["cmp_runs"] = [p for p in st.session_state.get("cmp_runs", []) if p in labels]
+    picked = st.multiselect(
+        "Runs",
+        list(labels),
+        format_func=labels.get,
+        key="cmp_runs",
+        placeholder="pick two or more runs",
+        help="Runs in " + ", ".join(str(r) for r in roots) + ", newest first.",
+    )
+    if not picked:
+        st.info("Pick the runs to compare: for example the same poison set under several defenses.")
+    return picked
+
+
+def source_ui() -> list[str]:
+    if "cmp_source" not in st.session_state:
+        folders = st.query_params.get("folder") or evaluate_folders(results_root())
+        st.session_state["cmp_source"] = FOLDER if folders else PICKED
+    source = st.radio("Compare", [FOLDER, PICKED], key="cmp_source", horizontal=True)
+    return folder_ui() if source == FOLDER else picked_ui()
+
+
+# --- drawing -------------------------------------------------------------------------------
+
+
+def headline_ui(table: pd.DataFrame, n_listed: int) -> pd.DataFrame:
+    """One line on what is compared; returns the finished runs."""
+    done = table[table["status"] == "finished"]
+    seeds = sorted(done["seed"].unique().tolist())
+    st.markdown(
+        f"**{len(done)} finished runs** of {done['defense'].nunique()} defense(s) on "
+        f"{done['poison_set'].nunique()} poison set(s), seed(s) {', '.join(map(str, seeds))}."
+    )
+    waiting = n_listed - len(done)
+    if waiting:
+        st.warning(
+            f"{waiting} run(s) have not finished (still training, failed, interrupted or not started): "
+            "the charts and the overlap use finished runs only; the table lists the others with "
+            "their status."
+        )
+    return done
+
+
+def bars_ui(done: pd.DataFrame) -> None:
+    st.markdown("##### Per defense")
+    summary = per_defense_summary(done)
+    st.plotly_chart(plots.defense_bars_figure(summary), width="stretch", key="cmp_bars")
+    st.caption(
+        "Bars: mean over poison sets and seeds; black error bars: ± one standard deviation (hover for "
+        "the number of runs). **Attack success**: share of runs whose target test image ends up "
+        "predicted as the attacker's class; a defense works when its bar is below `none` (no "
+        "defense) and close to `clean` (the poisons restored to their original images: any flip "
+        "there happens without an attack). Red dashes: what dropping as many examples **at random** "
+        "would give; a defense whose recall or precision bar does not rise above its red dash found "
+        "the poisons no better than chance."
+    )
+    with st.expander("The same as a table (mean ± std, as in summary.md)"):
+        st.markdown(to_markdown(summary))
+
+
+def table_ui(table: pd.DataFrame) -> None:
+    st.markdown("##### Every run")
+    order = ["run", "poison_set", "defense", "seed", "status", "test_acc", "attack_success"]
+    order += ["target_prob_adv", "recall", "precision", "n_dropped", "n_poisons", "seconds"]
+    if (table["status"] == "finished").all():
+        order.remove("status")
+    shown = table[order].copy()
+    shown["attack_success"] = shown["attack_success"].map({1.0: True, 0.0: False}).astype("boolean")
+    pct = "percent"
+    st.dataframe(
+        shown,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "poison_set": "poison set",
+            "test_acc": st.column_config.NumberColumn("clean acc", format=pct),
+            "attack_success": st.column_config.CheckboxColumn(
+                "target flipped", help="The target is predicted as the attacker's class."
+            ),
+            "target_prob_adv": st.column_config.NumberColumn(
+                "p(attacker's class)",
+                format="%.2f",
+                help="The target's probability of the attacker's class.",
+            ),
+            "recall": st.column_config.NumberColumn(
+                "recall", format=pct, help="Share of the poisons dropped."
+            ),
+            "precision": st.column_config.NumberColumn(
+                "precision", format=pct, help="Share of the dropped examples that are poisons."
+            ),
+            "n_dropped": st.column_config.NumberColumn("dropped", help="Examples dropped in all."),
+            "n_poisons": st.column_config.NumberColumn(
+                "poisons", help="Poisons in the training set (0 under the clean control)."
+            ),
+            "seconds": st.column_config.NumberColumn("seconds", format="%.1f"),
+        },
+    )
+    st.caption(
+        "The numbers at each run's last finished epoch, recomputed from the run stores: the same as "
+        "the `runs.csv` that `poisonlens evaluate` writes. *None*: undefined (recall without poisons, "
+        "precision without drops)."
+    )
+
+
+def overlap_ui(done: pd.DataFrame) -> None:
+    st.markdown("##### Which poisons each defense catches")
+    sets = sorted(done.loc[done["n_poisons"] > 0, "poison_set"].unique().tolist())
+    if not sets:
+        st.info("None of these runs trained on a poison set, so there are no poisons to catch.")
+        return
+    if st.session_state.get("cmp_set") not in sets:  # another folder: its own sets
+        st.session_state.pop("cmp_set", None)
+    c1, c2 = st.columns(2)
+    chosen = c1.selectbox(
+        "Poison set",
+        sets,
+        key="cmp_set",
+        help="Poisons are compared within one poison set: each set has its own poisons.",
+    )
+    rows = done[done["poison_set"] == chosen]
+    seeds = sorted(rows["seed"].unique().tolist())
+    if len(seeds) > 1:
+        if st.session_state.get("cmp_seed") not in ["all seeds", *seeds]:
+            st.session_state.pop("cmp_seed", None)
+        seed = c2.selectbox("Seed", ["all seeds", *seeds], key="cmp_seed")
+        if seed != "all seeds":
+            rows = rows[rows["seed"] == seed]
+    paths = tuple(rows["path"])
+    try:
+        overlap = overlap_of(paths, tuple(run_stamp(p) for p in paths))
+    except InputError as err:
+        st.warning(str(err))
+        return
+    if overlap.shape[1] == 0:
+        st.info(
+            "No run of this poison set has a defense that drops examples (only `none` or `clean`), "
+            "so none could catch a poison."
+        )
+        return
+    counts = overlap_summary(overlap)
+    n = counts["n_poisons"]
+    cols = st.columns(4)
+    cols[0].metric("Poisons", f"{n}")
+    cols[1].metric(
+        "Caught by all", f"{counts['caught_by_all']}", help="Dropped by every run shown."
+    )
+    cols[2].metric("Caught by some", f"{counts['caught_by_some']}")
+    cols[3].metric(
+        "Caught by none",
+        f"{counts['caught_by_none']}",
+        help="Still trained on at the end of every run shown.",
+    )
+    st.plotly_chart(plots.overlap_figure(overlap), width="stretch", key="cmp_overlap")
+    st.caption(
+        f"A column per poison of `{chosen}`, a row per run (with how many of the {n} poisons it "
+        "caught): green = the defense had dropped that poison by its last snapshot, grey = the poison "
+        "was still trained on. Columns that are green in every row are poisons every defense finds; "
+        "all-grey columns are poisons that slipped past all of them. `none` and `clean` are left out: "
+        "they drop nothing."
+    )
+
+
+def main() -> None:
+    page_header(
+        "Compare",
+        "Several training runs side by side: per defense, how often the attack still succeeded, how "
+        "accurate the model stayed, and which poisons the defense caught. `clean` is the control: the "
+        "same training with the poison rows restored to their original images, so a target flipped "
+        "under `clean` happens without any attack and is no evidence of one.",
+    )
+    glossary_ui()
+    paths = source_ui()
+    if not paths:
+        return
+    try:
+        table = table_of(tuple(paths), tuple(run_stamp(p) for p in paths))
+    except InputError as err:
+        st.error(f"Cannot read these runs: {err}")
+        return
+    if table.empty:
+        st.info("None of these runs has finished an epoch yet.")
+        return
+    done = headline_ui(table, len(paths))
+    if not done.empty:
+        bars_ui(done)
+    table_ui(table)
+    if not done.empty:
+        overlap_ui(done)
+
+
+main()
