@@ -79,9 +79,27 @@ def shown_run(dashboard_runs) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(dashboard_runs, shown_run, tmp_path_factory):
+def results_root(tmp_path_factory) -> Path:
+    """A small evaluate output folder for the Compare page (two label-flip sets, four defenses)."""
+    from core.evaluate import plan_grid, run_grid, write_results
+    from tests.conftest import tiny_config
+    from tests.test_evaluate import label_flip_set
+
+    root = tmp_path_factory.mktemp("results")
+    label_flip_set(root / "a.npz", 20, 0)
+    label_flip_set(root / "b.npz", 10, 1)
+    defenses = ["clean", "none", "epic-0.2", "random-0.2"]
+    grid = plan_grid([root / "a.npz", root / "b.npz"], defenses, [0], root / "results" / "flips")
+    run_grid(tiny_config(epochs=4, width=8), grid, show_progress=False)
+    write_results(grid, defenses, root / "results" / "flips")
+    return root / "results"
+
+
+@pytest.fixture(scope="module")
+def server(dashboard_runs, shown_run, results_root, tmp_path_factory):
     port = free_port()
     env = {**os.environ, "POISONLENS_RUNS": str(tmp_path_factory.mktemp("new-runs")),
+           "POISONLENS_RESULTS": str(results_root),
            "POISONLENS_SAMPLES": os.pathsep.join(str(p) for p in {shown_run.parent, dashboard_runs})}
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "streamlit-server.log", "wb")  # noqa: SIM115

@@ -22,7 +22,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 
-from core.defense.base import DefenseResult, Snapshot, register
+from core.defense.base import DefenseResult, Snapshot, active_mask, register
 from core.errors import InputError
 
 
@@ -71,9 +71,7 @@ class ActivationClustering:
         """
         start = time.perf_counter()
         n_samples = snapshot.n_samples
-        active = np.asarray(active, dtype=bool)
-        if active.shape != (n_samples,):
-            raise ValueError(f"active has shape {active.shape}, expected ({n_samples},)")
+        active = active_mask(active, n_samples)
         labels = np.asarray(snapshot.labels)
         embeddings = np.asarray(snapshot.embeddings)
 

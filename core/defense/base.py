@@ -64,6 +64,14 @@ class DefenseResult:
     info: dict = field(default_factory=dict)
 
 
+def active_mask(active: np.ndarray, n_samples: int) -> np.ndarray:
+    """``active`` as a bool array of shape (n_samples,); a ValueError for any other shape."""
+    active = np.asarray(active, dtype=bool)
+    if active.shape != (n_samples,):
+        raise ValueError(f"active has shape {active.shape}, expected ({n_samples},)")
+    return active
+
+
 class Defense(Protocol):
     """Called at every snapshot with the examples still active (bool mask of shape (n_samples,))."""
 

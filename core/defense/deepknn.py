@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from core.defense.base import DefenseResult, Snapshot, register
+from core.defense.base import DefenseResult, Snapshot, active_mask, register
 from core.errors import InputError
 
 
@@ -57,9 +57,7 @@ class DeepKNN:
         """
         start = time.perf_counter()
         n_samples = snapshot.n_samples
-        active = np.asarray(active, dtype=bool)
-        if active.shape != (n_samples,):
-            raise ValueError(f"active has shape {active.shape}, expected ({n_samples},)")
+        active = active_mask(active, n_samples)
         rows = np.flatnonzero(active)
         labels = np.asarray(snapshot.labels)[rows]
         k = min(self.k, len(rows) - 1)

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from core.defense.base import DefenseResult, Snapshot, register
+from core.defense.base import DefenseResult, Snapshot, active_mask, register
 from core.errors import InputError
 
 
@@ -45,9 +45,7 @@ class LossFilter:
         """
         start = time.perf_counter()
         n_samples = snapshot.n_samples
-        active = np.asarray(active, dtype=bool)
-        if active.shape != (n_samples,):
-            raise ValueError(f"active has shape {active.shape}, expected ({n_samples},)")
+        active = active_mask(active, n_samples)
         rows = np.flatnonzero(active)
 
         score = np.full(n_samples, np.nan)

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from core.defense.base import DefenseResult, Snapshot, register
+from core.defense.base import DefenseResult, Snapshot, active_mask, register
 from core.errors import InputError
 
 
@@ -52,9 +52,7 @@ class SpectralSignatures:
         """
         start = time.perf_counter()
         n_samples = snapshot.n_samples
-        active = np.asarray(active, dtype=bool)
-        if active.shape != (n_samples,):
-            raise ValueError(f"active has shape {active.shape}, expected ({n_samples},)")
+        active = active_mask(active, n_samples)
         labels = np.asarray(snapshot.labels)
         embeddings = np.asarray(snapshot.embeddings)
 
