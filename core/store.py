@@ -67,7 +67,15 @@ def atomic_write_json(path: Path, obj: dict) -> None:
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    _atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
+    floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
+    others = [f.name for f in table.schema if f.name not in floats]
+    # Byte-stream-split floats compress about a quarter smaller than dictionary-encoded ones.
+    _atomic(
+        path,
+        lambda f: pq.write_table(
+            table, f, compression="zstd", use_dictionary=others, use_byte_stream_split=floats
+        ),
+    )
 
 
 def atomic_write_npy(path: Path, array: np.ndarray) -> None:
