@@ -55,12 +55,18 @@ def make(out: Path) -> None:
     poisons = out / "poisons" / "demo"
     poisonlens("craft", "--quiet", *CRAFT, "--overwrite", "--out", str(poisons))
     (poisons / "surrogate.pt").unlink(missing_ok=True)
-    for name, options in RUNS.items():
+    # demo-random copies the drops of an EPIC run, and the dashboard opens on the newest run:
+    # EPIC is trained once into a scratch folder for its schedule, then again (identically) last.
+    scratch = out / "runs" / ".epic-schedule"
+    poisonlens("train", "--quiet", *VICTIM, *RUNS["demo-epic"], "--poisons", str(poisons.relative_to(REPO)),
+               "--runs-dir", str(scratch.parent), "--name", scratch.name)  # fmt: skip
+    counts = drop_schedule(scratch)
+    shutil.rmtree(scratch)
+    for name in ["demo-clean-control", "demo-none", "demo-random", "demo-epic"]:
         extra = []
         if name == "demo-random":
-            counts = drop_schedule(out / "runs" / "demo-epic")
             extra = ["--defense-param", "counts=" + json.dumps(counts, sort_keys=True)]
-        poisonlens("train", "--quiet", *VICTIM, *options, *extra, "--poisons",
+        poisonlens("train", "--quiet", *VICTIM, *RUNS[name], *extra, "--poisons",
                    str(poisons.relative_to(REPO)), "--runs-dir", str(out / "runs"), "--name", name)  # fmt: skip
         poisonlens("project", "--quiet", "--run", str(out / "runs" / name))
         shutil.rmtree(out / "runs" / name / "checkpoints")

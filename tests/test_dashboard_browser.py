@@ -65,10 +65,11 @@ def free_port() -> int:
 
 
 def sample_run() -> Path | None:
-    """The newest bundled sample run that has a poison set and a stored UMAP map."""
+    """The newest bundled sample run trained on poisons, with a stored UMAP map."""
     for info in list_runs(SAMPLE_RUNS):
         run = open_run(info.path)
-        if info.status == "finished" and run.target and run.projection("umap") is not None:
+        if (info.status == "finished" and run.examples()["is_poison"].any()
+                and run.projection("umap") is not None):
             return info.path
     return None
 
