@@ -117,9 +117,9 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tm
     assert open_run(run_dir).status == "interrupted"
     subprocess.run([sys.executable, "-m", "core.cli", "train", "--quiet", "--resume", str(run_dir)],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    whole = train(tiny_config(epochs=8, width=8, snapshot_every=1, drop_after=TrainConfig.drop_after,
-                              stop_after=TrainConfig.stop_after, batch_size=TrainConfig.batch_size),
-                  tmp_path / "whole", show_progress=False)
+    # the uninterrupted twin also runs as its own process, as a user would run it
+    whole = tmp_path / "whole"
+    assert start_training(whole, epochs=8).wait(timeout=300) == 0
     a = torch.load(run_dir / CHECKPOINTS / "model.pt", weights_only=True)
     b = torch.load(whole / CHECKPOINTS / "model.pt", weights_only=True)
     for k in a:
