@@ -485,7 +485,8 @@ def snapshot_and_defend(
     t0 = time.perf_counter()
     result = defense(snap, active.copy())
     row["defense_seconds"] = time.perf_counter() - t0
-    in_window = config.drop_after <= epoch < config.stop_after
+    # The last snapshot drops nothing: no training is left for a drop to change.
+    in_window = config.drop_after <= epoch < min(config.stop_after, config.epochs)
     new = result.suspect & active if in_window else np.zeros_like(active)
     row["defense_info"] = json.dumps(result.info, default=_jsonable)
     emb = snap.embeddings if projection is None else snap.embeddings @ projection

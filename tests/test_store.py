@@ -46,6 +46,14 @@ def test_atomic_write_leaves_no_partial_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
 
 
+def test_run_files_get_the_usual_permissions(tmp_path):
+    run_dir = train(tiny_config(epochs=1), tmp_path / "r", show_progress=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (run_dir / RUN_JSON, run_dir / "metrics.parquet", run_dir / "images.npy"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_a_finished_run_reads_back_everything(tmp_path):
     run = open_run(train(tiny_config(epochs=2), tmp_path / "r", show_progress=False))
     assert run.status == "finished"

@@ -56,16 +56,19 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 
 def test_dropped_examples_are_final_and_counted(tmp_path):
-    run = open_run(train(tiny_config(epochs=4, defense="test-first-active", defense_params={"k": 5}),
-                         tmp_path / "r", show_progress=False))
+    run = open_run(
+        train(tiny_config(epochs=4, defense="test-first-active", defense_params={"k": 5}),
+              tmp_path / "r", show_progress=False)
+    )  # fmt: skip
     m = run.metrics().set_index("epoch")
-    # snapshots at 0, 2, 4 each drop 5 more; the drops of epoch 4 (the last) still count
-    assert list(m.loc[[0, 2, 4], "n_new_drops"]) == [5, 5, 5]
-    assert m.loc[4, "n_dropped"] == 15 and m.loc[4, "n_active"] == run.examples().shape[0] - 15
+    # snapshots at 0 and 2 each drop 5 more; the last one (4) drops nothing: no training is left
+    assert list(m.loc[[0, 2, 4], "n_new_drops"]) == [5, 5, 0]
+    assert m.loc[4, "n_dropped"] == 10 and m.loc[4, "n_active"] == run.examples().shape[0] - 10
     last = run.snapshot(4)
     assert set(last.loc[last.dropped_epoch == 0, "index"]) == set(range(5))
     assert set(last.loc[last.dropped_epoch == 2, "index"]) == set(range(5, 10))
     assert not last.loc[last.dropped_epoch.between(0, 2), "active"].any()
+    assert last["suspect"].sum() == 5  # still recorded, for the dashboard
 
 
 def test_snapshots_outside_the_drop_window_drop_nothing(tmp_path):
