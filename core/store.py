@@ -259,7 +259,7 @@ class Run:
     def metrics(self) -> pd.DataFrame:
         """A row per finished epoch (columns in docs/run-format.md); empty before epoch 0 is done."""
         path = self.path / METRICS
-        return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        return read_parquet(path) if path.is_file() else pd.DataFrame()
 
     def examples(self) -> pd.DataFrame:
         """A row per training example: index, label, is_poison, base_index."""
@@ -268,7 +268,7 @@ class Run:
     def targets(self) -> pd.DataFrame:
         """A row per snapshot epoch: the target's gradient for ``adv_label``, embedding, prediction."""
         path = self.path / TARGETS
-        return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        return read_parquet(path) if path.is_file() else pd.DataFrame()
 
     def snapshot_epochs(self) -> list[int]:
         folder = self.path / SNAPSHOTS
@@ -290,7 +290,7 @@ class Run:
 
     def projection(self, name: str = "umap") -> pd.DataFrame | None:
         path = self.path / PROJECTIONS / f"{name}.parquet"
-        return pd.read_parquet(path) if path.is_file() else None
+        return read_parquet(path) if path.is_file() else None
 
     # images, memory-mapped so a page can take a few thumbnails of a large run cheaply
     def images(self) -> np.ndarray:
@@ -328,6 +328,16 @@ class Run:
         )
 
 
+def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a Parquet file through one open handle.
+
+    A path-based read may open the file more than once (footer, then pages); if the writer
+    replaces the file in between, the reader mixes two versions. One handle pins one version.
+    """
+    with open(path, "rb") as f:
+        return pq.read_table(f, columns=columns).to_pandas()
+
+
 def _alive(pid: int | None) -> bool:
     """Whether process ``pid`` still exists on this machine (True when unknown)."""
     if not pid:
@@ -343,7 +353,7 @@ def _alive(pid: int | None) -> bool:
 
 def _read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     try:
-        return pd.read_parquet(path, columns=columns)
+        return read_parquet(path, columns=columns)
     except FileNotFoundError as err:
         raise InputError(path, "missing file") from err
     except (OSError, pa.ArrowException) as err:
