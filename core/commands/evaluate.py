@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from core.commands.train import add_schedule_arguments
 from core.errors import InputError
 from core.evaluate import (
     DEFAULT_DEFENSES,
@@ -16,7 +17,6 @@ from core.evaluate import (
     to_markdown,
     write_results,
 )
-from core.models import MODEL_NAMES
 from core.train import TrainConfig
 
 D = TrainConfig()
@@ -38,23 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="comma-separated: clean (the control), none, epic-<subset>, random-<subset>, deepknn, spectral, activation-clustering, loss",
     )
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
-    p.add_argument("--epochs", type=int, default=D.epochs, help="training epochs per run")
-    p.add_argument(
-        "--snapshot-every", type=int, default=D.snapshot_every, help="epochs between snapshots"
-    )
-    p.add_argument(
-        "--drop-after", type=int, default=D.drop_after, help="first epoch whose snapshot may drop"
-    )
-    p.add_argument(
-        "--stop-after",
-        type=int,
-        default=D.stop_after,
-        help="snapshots from this epoch on drop nothing",
-    )
-    p.add_argument("--model", choices=MODEL_NAMES, default=D.model, help="network")
-    p.add_argument(
-        "--width", type=int, default=D.width, help="channels of the small CNN's first block"
-    )
+    add_schedule_arguments(p)
     p.add_argument("--out", required=True, help="results folder (runs go to <out>/runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

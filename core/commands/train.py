@@ -14,6 +14,33 @@ from core.train import AUGMENTS, SCENARIOS, TrainConfig, train
 D = TrainConfig()
 
 
+def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
+    """Epochs, the snapshot/drop schedule and the network: shared by ``train`` and ``evaluate``."""
+    p.add_argument("--epochs", type=int, default=D.epochs, help="training epochs")
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=D.snapshot_every,
+        help="epochs between gradient snapshots (EPIC's T)",
+    )
+    p.add_argument(
+        "--drop-after",
+        type=int,
+        default=D.drop_after,
+        help="first epoch whose snapshot may drop examples",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=D.stop_after,
+        help="snapshots from this epoch on drop nothing",
+    )
+    p.add_argument("--model", choices=MODEL_NAMES, default=D.model, help="network")
+    p.add_argument(
+        "--width", type=int, default=D.width, help="channels of the small CNN's first block"
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -50,29 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="a defense parameter, repeatable (e.g. fraction=0.05); VALUE is read as JSON when it can be",
     )
-    p.add_argument("--epochs", type=int, default=D.epochs, help="training epochs")
-    p.add_argument(
-        "--snapshot-every",
-        type=int,
-        default=D.snapshot_every,
-        help="epochs between gradient snapshots (EPIC's T)",
-    )
-    p.add_argument(
-        "--drop-after",
-        type=int,
-        default=D.drop_after,
-        help="first epoch whose snapshot may drop examples",
-    )
-    p.add_argument(
-        "--stop-after",
-        type=int,
-        default=D.stop_after,
-        help="snapshots from this epoch on drop nothing",
-    )
-    p.add_argument("--model", choices=MODEL_NAMES, default=D.model, help="network")
-    p.add_argument(
-        "--width", type=int, default=D.width, help="channels of the small CNN's first block"
-    )
+    add_schedule_arguments(p)
     p.add_argument(
         "--scenario",
         choices=SCENARIOS,
