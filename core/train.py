@@ -11,7 +11,7 @@ import io
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,95 +21,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import core
+from core.config import AUGMENTS, SCENARIOS, TrainConfig  # noqa: F401  (re-exported)
 from core.data import PoisonedDataset, apply_poisons, load_dataset, load_poisons
 from core.defense import build_defense
 from core.errors import InputError
-from core.models import MODEL_NAMES, Classifier, build_model, to_tensor
+from core.models import Classifier, build_model, to_tensor
 from core.snapshot import forward_batched, storage_projection, take_snapshot
 from core.store import CHECKPOINTS, RunWriter, atomic_write_bytes, open_run
-
-SCENARIOS = ("scratch", "transfer", "finetune")
-AUGMENTS = ("auto", "none", "crop", "crop-flip")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run needs; saved in run.json. Optimiser defaults are EPIC's (ICML 2022)."""
-
-    dataset: str = "digits"  # data set spec, see core.data.load_dataset
-    poisons: str | None = None  # poison set (.npz or benchmark folder); None = clean run
-    clean_control: bool = False  # keep the poison set's target but train on the base images
-    model: str = "smallcnn"  # {'smallcnn', 'resnet18'}
-    width: int = 32  # channels of the small CNN's first block
-    scenario: str = "scratch"  # {'scratch', 'transfer', 'finetune'}
-    pretrained: str | None = None  # model.pt of another run, for transfer / finetune
-    epochs: int = 40
-    batch_size: int = 128
-    lr: float | None = None  # None: 0.1 (scratch, transfer), 0.01 (finetune)
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    lr_milestones: tuple[float, ...] = (0.375, 0.625, 0.875)  # fractions of `epochs`
-    lr_gamma: float = 0.1  # lr multiplier at each milestone
-    augment: str = "auto"  # 'auto': crop-flip for colour, crop for grey images
-    snapshot_every: int = 2  # T: epochs between snapshots (also at epoch 0 and the last)
-    defense: str = "none"  # a registered defense, see core.defense.defense_names()
-    defense_params: dict = field(default_factory=dict)
-    drop_after: int = 4  # first epoch whose snapshot may drop examples
-    stop_after: int = 30  # snapshots at this epoch or later drop nothing
-    seed: int = 0
-    embedding_dims: int = 64  # penultimate features stored per snapshot (wider: random projection)
-    snapshot_batch_size: int = (
-        128  # moderate batches stay in cache: faster than large ones on a CPU
-    )
-
-    @property
-    def resolved_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 0.01 if self.scenario == "finetune" else 0.1
-
-    def snapshot_epochs(self) -> list[int]:
-        """Epochs at which a snapshot is taken: 0, every ``snapshot_every``, and the last."""
-        return sorted(
-            {0, self.epochs, *range(self.snapshot_every, self.epochs + 1, self.snapshot_every)}
-        )
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` for a bad parameter, before anything starts."""
-        checks = [
-            (self.model in MODEL_NAMES, f"model must be one of {', '.join(MODEL_NAMES)}"),
-            (self.scenario in SCENARIOS, f"scenario must be one of {', '.join(SCENARIOS)}"),
-            (self.augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 2, "batch size must be at least 2"),
-            (self.embedding_dims >= 1, "embedding-dims must be at least 1"),
-            (self.snapshot_every >= 1, "snapshot-every must be at least 1"),
-            (self.resolved_lr > 0, "lr must be positive"),
-            (0 <= self.drop_after <= self.stop_after, "need 0 <= drop-after <= stop-after"),
-            (
-                self.scenario == "scratch" or self.pretrained,
-                f"scenario {self.scenario} needs --pretrained",
-            ),
-            (
-                not self.clean_control or self.poisons,
-                "the clean control needs a poison set (for its target)",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError("train config", message)
-        if self.pretrained and not Path(self.pretrained).is_file():
-            raise InputError(self.pretrained, "pretrained checkpoint not found")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        data = dict(data)
-        data["lr_milestones"] = tuple(data.get("lr_milestones", cls.lr_milestones))
-        return cls(**data)
 
 
 def versions() -> dict:
