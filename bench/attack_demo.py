@@ -38,6 +38,7 @@ from core.train import (  # noqa: E402
     TrainConfig,
     accuracy,
     epoch_generator,
+    iter_batches,
     lr_at,
     make_model,
     make_optimizer,
@@ -52,13 +53,14 @@ def train_victim(dataset, poisons, config: TrainConfig, *, clean: bool) -> dict:
     data = apply_poisons(dataset, None if clean else poisons)
     model = make_model(config, data)
     optimizer = make_optimizer(config, model)
-    x_all, y_all = to_tensor(data.x_train), torch.as_tensor(data.y_train)
+    x_all, y_all = torch.from_numpy(data.x_train), torch.as_tensor(data.y_train)
     augment = resolve_augment(config.augment, data.x_train.shape[-1])
     for epoch in range(1, config.epochs + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(config, epoch)
-        train_one_epoch(model, optimizer, x_all, y_all, np.arange(data.n_samples), config, augment,
-                        epoch_generator(config.seed, epoch))
+        feed = iter_batches(x_all, y_all, np.arange(data.n_samples), batch_size=config.batch_size,
+                            augment=augment, gen=epoch_generator(config.seed, epoch))
+        train_one_epoch(model, optimizer, feed)
     row = target_metrics(model, poisons)
     row["test_acc"] = accuracy(model, dataset.x_test, dataset.y_test, 1024)
     return row

@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def measure(config: TrainConfig) -> dict:
+    """Train ``config`` into a temporary run; mean and total phase seconds from its metrics."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         run = open_run(train(config, Path(tmp) / "run", show_progress=False))
@@ -40,6 +41,7 @@ def measure(config: TrainConfig) -> dict:
 
 
 def main() -> None:
+    """Measure digits and the CIFAR-10 subset; write bench/results/epoch.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cifar", default=str(HERE.parent.parent / "shared/data/cifar10-subset"))
     parser.add_argument("--epochs", type=int, default=6)

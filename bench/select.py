@@ -18,6 +18,12 @@ OpenMP and numba), on the same seeded input: N softmax - onehot rows of 10 balan
 ``--epoch-share`` also trains digits and the CIFAR-10 subset under EPIC and reports the
 selection's share of an epoch. Writes bench/results/select.md. Timings on a shared 2-core
 machine are noisy.
+
+``--greedi`` instead compares GreeDi with exact greedy on the same inputs (subset 0.1), each
+run a fresh process, and rewrites only the '## GreeDi' section of the results file::
+
+    .venv/bin/python bench/select.py --greedi --sizes 50000 200000 1000000 \
+        --partition-sizes 1000 2500 10000 --jobs 2
 """
 
 from __future__ import annotations
@@ -185,6 +191,7 @@ def _poisonlens(name: str):
             labels,
             subset_size=subset,
             greedy="stochastic" if "stochastic" in name else "lazy",
+            method="exact",  # these rows compare the exact path with its peers; GreeDi is below
             max_dense=0 if "on demand" in name else 20_000,
         )
 
@@ -388,6 +395,100 @@ def epoch_share(cifar: Path, epochs: int) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- GreeDi
+
+
+def greedi_worker(spec: str, n: int, subset: float, out: str) -> None:
+    """One EPIC selection in this fresh process: ``spec`` is 'exact' or 'greedi:P:JOBS'."""
+    from core.defense.epic import select
+
+    grads, labels = softmax_minus_onehot(n)
+    if spec == "exact":
+        options = {"method": "exact"}
+    else:
+        _, size, jobs = spec.split(":")
+        options = {"method": "greedi", "partition_size": int(size), "n_jobs": int(jobs)}
+    select(grads[:200], labels[:200], subset_size=0.1, **{**options, "partition_size": 10})
+    rss_start = _memory_mb("VmRSS")
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    chosen = select(grads, labels, subset_size=subset, **options)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    costs = np.array([seconds, _memory_mb("VmHWM"), rss_start, chosen.objective.sum(), cpu])
+    np.savez(out, isolated=np.flatnonzero(chosen.isolated), costs=costs)
+
+
+def run_greedi_worker(spec: str, n: int, subset: float, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.npz"
+        cmd = [sys.executable, __file__, "--greedi-worker", spec, "--n", str(n)]
+        cmd += ["--subset", str(subset), "--out", str(out)]
+        try:
+            done = subprocess.run(
+                cmd,
+                env={**os.environ, **ONE_THREAD},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"did not finish in {timeout:.0f} s"}
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            return {"error": lines[-1] if lines else f"exit {done.returncode}"}
+        with np.load(out) as saved:
+            seconds, peak, start, objective, cpu = saved["costs"]
+            return {
+                "seconds": seconds,
+                "cpu": cpu,
+                "peak_mb": peak,
+                "start_mb": start,
+                "objective": objective,
+                "isolated": saved["isolated"],
+            }
+
+
+def greedi_bench(
+    sizes: list[int], partitions: list[int], jobs: int, exact_max: int, timeout: float
+) -> list[str]:
+    """GreeDi against exact greedy on the same inputs (subset 0.1), each run a fresh process."""
+    lines = [
+        "| N | method | partition size | threads | time (s) | CPU (s) | peak RSS (MB) "
+        "| objective | vs exact | isolated | Jaccard vs exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        exact = run_greedi_worker("exact", n, 0.1, timeout) if n <= exact_max else None
+        runs = [("exact", "", 1, exact)] if exact is not None else []
+        for size in partitions:
+            if size >= n // N_CLASSES:
+                continue  # one partition per class: GreeDi runs exact greedy
+            spec = f"greedi:{size}:{jobs}"
+            runs.append(("greedi", f"{size:,}", jobs, run_greedi_worker(spec, n, 0.1, timeout)))
+        for method, size, threads, res in runs:
+            print(n, method, size, {k: v for k, v in res.items() if np.isscalar(v)}, flush=True)
+            if "error" in res:
+                lines.append(f"| {n:,} | {method} | {size} | {threads} | {res['error']} |||||||")
+                continue
+            ok = exact is not None and "error" not in exact
+            gap = (
+                f"{(res['objective'] - exact['objective']) / exact['objective']:+.4%}" if ok else ""
+            )
+            jac = f"{jaccard(res['isolated'], exact['isolated']):.3f}" if ok else "(no exact run)"
+            lines.append(
+                f"| {n:,} | {method} | {size} | {threads} | {res['seconds']:.1f} | "
+                f"{res['cpu']:.1f} | {res['peak_mb']:,.0f} | {res['objective']:,.1f} | {gap} | "
+                f"{len(res['isolated']):,} | {jac} |"
+            )
+    return lines
+
+
+def write_greedi_section(out: Path, lines: list[str]) -> None:
+    """Replace the '## GreeDi' section of ``out`` (everything after it) with ``lines``."""
+    text = out.read_text() if out.exists() else ""
+    head = text.split("\n## GreeDi")[0].rstrip("\n")
+    out.write_text(head + "\n\n" + "\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -401,12 +502,45 @@ def main() -> None:
     parser.add_argument("--cifar", type=Path, default=ROOT.parent / "shared/data/cifar10-subset")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "select.md")
+    parser.add_argument(
+        "--greedi",
+        action="store_true",
+        help="only GreeDi against exact (--sizes, --partition-sizes, --jobs); rewrites the "
+        "'## GreeDi' section of --out",
+    )
+    parser.add_argument("--partition-sizes", type=int, nargs="+", default=[1000, 2500, 10_000])
+    parser.add_argument("--jobs", type=int, default=2, help="GreeDi threads")
+    parser.add_argument("--exact-max", type=int, default=200_000, help="largest N run exactly")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--greedi-worker", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--subset", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.n, args.subset, args.out)
+        return
+    if args.greedi_worker:
+        greedi_worker(args.greedi_worker, args.n, args.subset, args.out)
+        return
+    if args.greedi:
+        command = "python bench/select.py " + shlex.join(sys.argv[1:])
+        lines = [
+            "## GreeDi against exact greedy",
+            "",
+            f"`{command.strip()}`: each run a fresh process (BLAS/numba one thread; GreeDi's "
+            f"own threads as listed), on {os.cpu_count()} cores shared with other work. Input "
+            "`softmax_minus_onehot(N)`, 10 balanced classes, subset 0.1, the same seeded input "
+            "for both methods. Peak RSS is the worker process's VmHWM; CPU is the worker's user + "
+            "system time during the selection (on a loaded machine wall time overstates the "
+            "work; CPU / threads is the wall time on idle cores).",
+            "",
+            *greedi_bench(
+                args.sizes, args.partition_sizes, args.jobs, args.exact_max, args.timeout
+            ),
+        ]
+        write_greedi_section(args.out, lines)
+        print("\n".join(lines))
         return
 
     names = [name for name in (args.only or PEERS) if available(name)]

@@ -1,46 +1,236 @@
 """The ``poisonlens`` command line. Each subcommand is one module in ``core/commands``.
 
 A command module defines ``add_parser(subparsers)``, which registers its parser and sets
-``func`` to a ``run(args) -> int``. Errors in user input (:class:`core.errors.InputError`)
-are printed as one line and exit with status 2.
+``func`` to a ``run(args) -> int``. Commands are listed in :data:`COMMANDS` with their one-line
+help, so ``poisonlens --help`` imports no command module, and ``poisonlens CMD`` imports only
+``CMD``'s module: a command that needs no torch starts without it. Command modules keep heavy
+imports (torch, the trainer) inside ``run``.
+
+Every failure ends as one line on standard error, never a traceback (``--debug`` shows one):
+
+- bad input (argparse's own errors, :class:`core.errors.InputError`, and an ``OSError`` naming
+  a file): ``poisonlens: <file or option>: <problem>``, exit status 2;
+- anything else, a bug rather than bad input: ``poisonlens: error: <Type>: <first line>``,
+  exit status 1.
+
+Messages are made printable and bounded (:func:`core.errors.one_line`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
+import re
 import sys
+import traceback
+from collections.abc import Callable
 
-import core.commands
-from core.errors import InputError
+from core.errors import InputError, one_line
 
-# The order `poisonlens --help` lists them in; a module not named here is listed after.
-ORDER = ["train", "runs", "export", "select", "craft", "evaluate", "project"]
+# name -> (module, one-line help), in the order `poisonlens --help` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "core.commands.train",
+        "train a model under a defense, recording snapshots in a run directory",
+    ),
+    "runs": ("core.commands.runs", "list runs with status and headline metrics"),
+    "export": ("core.commands.export", "write the examples dropped or flagged up to an epoch as CSV"),
+    "select": (
+        "core.commands.select",
+        "run EPIC's selection on saved gradients and write its decisions to a CSV",
+    ),
+    "craft": (
+        "core.commands.craft",
+        "craft a poison set (gradient matching, bullseye polytope, feature collision, patch backdoor, "
+        "label flip)",
+    ),
+    "evaluate": (
+        "core.commands.evaluate",
+        "train every defense on every poison set, seed and scenario; write results tables",
+    ),
+    "project": ("core.commands.project", "precompute the 2-D gradient map the dashboard shows"),
+}
+PROG = "poisonlens"
+# core.limits.Limits fields as flags (--max-images ...): read by main() wherever they appear.
+LIMIT_FLAGS = (
+    "--max-file-bytes",
+    "--max-array-bytes",
+    "--max-total-bytes",
+    "--max-images",
+    "--max-pixels-per-image",
+    "--max-classes",
+    "--max-depth",
+    "--max-items",
+    "--max-int-digits",
+    "--max-members",
+    "--max-compression-ratio",
+    "--max-json-bytes",
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="poisonlens",
-        description="Train image classifiers under the EPIC poisoning defense and inspect what it drops.",
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default once: appended only when the help does not already say it,
+    and never for ``None``, ``False``, required options or positionals."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or action.required
+            or not action.option_strings
+            or default in (None, False, argparse.SUPPRESS, [])
+            or isinstance(action, argparse._HelpAction | argparse._VersionAction)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line ``poisonlens: <option>: <problem>``, exit 2.
+
+    Subcommand parsers are made with the same class (argparse's default), so every command
+    gets this behaviour and :class:`HelpFormatter`, whatever formatter it asks for.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
+
+    command: str | None = None  # set on the top-level parser: whose --help to point at
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print the problem as one line and exit with status 2 (no usage block)."""
+        prog = f"{PROG} {self.command}" if self.command else self.prog
+        see = f"see `{prog} --help`"
+        if found := re.match(r"argument ([^:]+): (.*)", message, re.S):
+            source, problem = found[1].split("/")[0], found[2]
+            if problem.startswith("invalid choice"):
+                problem = problem.replace("invalid choice", "unknown value")
+        elif found := re.match(r"the following arguments are required: (.*)", message):
+            source, problem = found[1].split(",")[0].split("/")[0], f"required ({see})"
+        elif found := re.match(r"unrecognized arguments: (\S+)", message):
+            source, problem = found[1], f"unknown option ({see})"
+        else:
+            source, problem = self.prog, f"{message} ({see})"
+        self.exit(2, f"{PROG}: {one_line(source, 80)}: {one_line(problem, 220)}\n")
+
+
+def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.ArgumentParser:
+    """The ``poisonlens`` parser.
+
+    Parameters
+    ----------
+    command : with ``lazy``, the one command whose module is imported and whose full parser
+        is built (None: none); the others are listed with their help only
+    lazy : False builds every command's full parser (for tests and docs)
+    """
+    parser = Parser(
+        prog=PROG,
+        description="Train image classifiers under the EPIC poisoning defense and inspect "
+        "what it drops.",
+        epilog="`poisonlens COMMAND --help` lists a command's options; --debug shows the "
+        "traceback of an error.",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the traceback (any position)"
+    )
+    limits = parser.add_argument_group(
+        "limits on untrusted files (any position; see docs/security.md)"
+    )
+    from core.limits import Limits  # light: no numpy, no torch
+
+    for name in LIMIT_FLAGS:
+        default = getattr(Limits(), name[2:].replace("-", "_"))
+        limits.add_argument(name, metavar="N", help=f"default {default:,} (suffixes K, M, G)")
+    parser.command = command
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    names = [m.name for m in pkgutil.iter_modules(core.commands.__path__)]
-    for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
-        importlib.import_module(f"core.commands.{name}").add_parser(sub)
+    for name, (module, helptext) in COMMANDS.items():
+        if not lazy or name == command:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=helptext, add_help=False)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except InputError as err:
-        print(f"poisonlens {args.command}: error: {err}", file=sys.stderr)
+def report(err: BaseException, *, debug: bool = False) -> int:
+    """Print ``err`` as one line on standard error; return the exit status (2 input, 1 other)."""
+    if debug:
+        traceback.print_exception(err)
+    if isinstance(err, InputError):
+        print(f"{PROG}: {err}", file=sys.stderr)
         return 2
+    if isinstance(err, OSError) and err.filename is not None:
+        problem = err.strerror or type(err).__name__
+        print(f"{PROG}: {one_line(err.filename, 160)}: {one_line(problem)}", file=sys.stderr)
+        return 2
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    hint = "" if debug else " (run with --debug for the traceback)"
+    line = one_line(f"{type(err).__name__}: {first}", 220)
+    print(f"{PROG}: error: {line}{hint}", file=sys.stderr)
+    return 1
+
+
+def guarded(func: Callable[[], int | None], *, debug: bool = False) -> int:
+    """Run ``func`` and turn any exception into :func:`report`'s one line and exit status."""
+    try:
+        return int(func() or 0)
     except KeyboardInterrupt:
-        print(f"poisonlens {args.command}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # the last resort: no traceback reaches the user
+        return report(err, debug=debug)
+
+
+def _command_of(argv: list[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def apply_limit_flags(argv: list[str]) -> None:
+    """Take the ``--max-*`` limit flags out of ``argv`` (in place) and make them the limits.
+
+    They may appear anywhere, so that ``poisonlens train --max-images 3000000 ...`` works
+    for every command that reads a file. A bad value is an :class:`InputError` naming the flag.
+    """
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        if flag not in LIMIT_FLAGS:
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                raise InputError(flag, "expected a value such as 1000 or 2G")
+            value = argv.pop(i + 1)
+        argv.pop(i)
+        overrides[flag[2:].replace("-", "_")] = value
+    if overrides:
+        from core.limits import set_limits
+
+        set_limits(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``poisonlens`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    ``--help`` and a parse error raise ``SystemExit`` (0 and 2), as argparse does.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+
+    def parse_and_run() -> int:
+        apply_limit_flags(argv)
+        # --help and parse errors (already printed as one line) exit through SystemExit, as
+        # argparse does: status 0 and 2
+        args = build_parser(_command_of(argv), lazy=True).parse_args(argv)
+        return args.func(args)
+
+    return guarded(parse_and_run, debug=debug)
 
 
 if __name__ == "__main__":

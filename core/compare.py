@@ -1,9 +1,11 @@
 """Comparing runs: a table of final numbers, a per-defense summary, and which poisons each catches.
 
-The runs come from an evaluate output folder (``<out>/runs/<set>__<defense>__seed<N>``), a folder
-of runs, or any list of run directories. Every number is recomputed from the run stores with
-:func:`core.evaluate.run_summary`, the function behind ``runs.csv``, so a folder's table here is
-its ``runs.csv``. Pure functions of run directories, no Streamlit.
+The runs come from an evaluate output folder (``<out>/runs/<scenario>/<set>__<defense>__seed<N>``),
+a folder of runs, or any list of run directories. A run's identity (scenario, poison set,
+defense, seed) is read from the ``tags`` evaluate stores in its run.json; the directory name is
+only a label. Every number is recomputed from the run stores with
+:func:`core.evaluate.run_summary`, the function behind ``runs.csv``. Pure functions of run
+directories, no Streamlit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from core.errors import InputError
 from core.evaluate import (
     DEFAULT_DEFENSES,
     SUMMARY_COLUMNS,
+    control_readout,
+    controlled,
     parse_defense,
     run_summary,
     summarise,
@@ -29,11 +33,15 @@ NO_POISONS = "(no poisons)"
 GRID_NAME = re.compile(r"^(?P<set>.+)__(?P<defense>.+)__seed(?P<seed>-?\d+)$")  # plan_grid's names
 TABLE_COLUMNS = (
     "run",
+    "scenario",
     "poison_set",
     "defense",
     "seed",
     "status",
     *SUMMARY_COLUMNS,
+    "attack_success",
+    "control_flip",
+    "controlled_success",
     "target_prob_adv",
     "n_poisons",
     "n_samples",
@@ -54,6 +62,11 @@ def find_runs(folder: str | Path) -> list[Path]:
         raise InputError(folder, "no such folder")
     inside = folder / "runs" if (folder / "runs").is_dir() else folder
     runs = sorted(p for p in inside.iterdir() if (p / RUN_JSON).is_file())
+    # an evaluate output keeps one folder per scenario: runs/<scenario>/<run>
+    runs += sorted(
+        p for sub in sorted(inside.iterdir()) if sub.is_dir() and not (sub / RUN_JSON).is_file()
+        for p in sub.iterdir() if (p / RUN_JSON).is_file()
+    )
     if not runs:
         raise InputError(folder, "holds no runs (neither an evaluate output nor a folder of runs)")
     return runs
@@ -93,10 +106,14 @@ def defense_label(config: dict) -> str:
 
 
 def run_defense(run: Run) -> str:
-    """The defense label of a run: the grid's own name for an evaluate cell (its directory
+    """The defense label of a run: the ``defense`` tag of an evaluate cell; for runs without tags,
+    the grid's own name (its directory
     ``<set>__<defense>__seed<N>``, when that agrees with its configuration; a ``random-<s>``
     cell records only the drop counts it copied), else :func:`defense_label`."""
     config = run.config
+    tags = config.get("tags") or {}
+    if tags.get("defense"):
+        return str(tags["defense"])
     match = GRID_NAME.match(run.path.name)
     if match:
         try:
@@ -114,7 +131,10 @@ def run_defense(run: Run) -> str:
 
 
 def poison_set_name(config: dict) -> str:
-    """The poison set's file or folder name without suffix, as in an evaluate grid's run names."""
+    """The poison set's file or folder name without suffix (an evaluate cell's ``poison_set`` tag)."""
+    tagged = (config.get("tags") or {}).get("poison_set")
+    if tagged:
+        return str(tagged)
     poisons = config.get("poisons")
     return Path(poisons).stem if poisons else NO_POISONS
 
@@ -129,12 +149,20 @@ def defense_order(labels: Iterable[str]) -> list[str]:
 # --- the table -----------------------------------------------------------------------------
 
 
+def scenario_of(config: dict) -> str:
+    """A run's scenario: its ``scenario`` tag, else its config's scenario (scratch by default)."""
+    return str((config.get("tags") or {}).get("scenario") or config.get("scenario") or "scratch")
+
+
 def comparison_table(runs: Iterable[Run | str | Path] | str | Path) -> pd.DataFrame:
     """A row per run with at least one finished epoch (columns :data:`TABLE_COLUMNS`).
 
     ``runs``: runs or run directories, or a folder (see :func:`find_runs`). The numbers are
     those of ``runs.csv`` (:func:`core.evaluate.run_summary`, at the run's last finished epoch);
-    ``status`` says whether the run finished. Sorted by poison set, defense (grid order), seed.
+    ``status`` says whether the run finished. Where an evaluate clean control of the same
+    scenario and seed is among the runs, ``control_flip`` is whether it predicts a poisoned
+    run's target as the attacker's class and ``controlled_success`` counts only flips it does
+    not show (NaN otherwise). Sorted by scenario, poison set, defense (grid order), seed.
     """
     rows = []
     for run in _as_runs(runs):
@@ -145,6 +173,7 @@ def comparison_table(runs: Iterable[Run | str | Path] | str | Path) -> pd.DataFr
         rows.append(
             {
                 "run": run.name,
+                "scenario": scenario_of(config),
                 "poison_set": poison_set_name(config),
                 "defense": run_defense(run),
                 "seed": int(config.get("seed", 0)),
@@ -153,42 +182,66 @@ def comparison_table(runs: Iterable[Run | str | Path] | str | Path) -> pd.DataFr
                 "n_poisons": int(examples["is_poison"].sum()),
                 "n_samples": len(examples),
                 "path": str(run.path),
+                "_poisons": config.get("poisons"),
             }
         )
-    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "_poisons"])
     if table.empty:
-        return table
+        return table.drop(columns="_poisons")
+    table["control_flip"] = [_control_flip(table, r) for _, r in table.iterrows()]
+    table["controlled_success"] = [
+        controlled(a, c) for a, c in zip(table["attack_success"], table["control_flip"], strict=True)
+    ]
     rank = {d: i for i, d in enumerate(defense_order(table["defense"]))}
     table = table.sort_values(
-        ["poison_set", "defense", "seed", "run"],
+        ["scenario", "poison_set", "defense", "seed", "run"],
         key=lambda c: c.map(rank) if c.name == "defense" else c,
     )
-    return table.reset_index(drop=True)
+    return table.drop(columns="_poisons").reset_index(drop=True)
+
+
+def _control_flip(table: pd.DataFrame, row: pd.Series) -> float:
+    """The clean control (an evaluate ``clean`` run without poisons, same scenario and seed)
+    read out on ``row``'s target; NaN when there is none."""
+    if not row["_poisons"] or row["defense"] == "clean":
+        return np.nan
+    ctrl = table[(table["defense"] == "clean") & (table["scenario"] == row["scenario"])
+                 & (table["seed"] == row["seed"]) & (table["n_poisons"] == 0)
+                 & (table["status"] == "finished")]
+    if ctrl.empty:
+        return np.nan
+    try:
+        return control_readout(Path(ctrl["path"].iloc[0]), Path(row["_poisons"]))["flip"]
+    except (InputError, OSError):
+        return np.nan
 
 
 def per_defense_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std (over poison sets and seeds) per defense of the finished runs of ``table``.
+    """Per (scenario, defense), over poison sets and seeds, of the finished runs of ``table``.
 
-    The columns of ``summary.csv`` (:func:`core.evaluate.summarise`: n_runs, ``<x>_mean``,
-    ``<x>_std`` for x in test_acc, attack_success, recall, precision, n_dropped, seconds), plus
-    what dropping the same number of examples at random would give, on average, on the runs
-    with poisons: ``random_recall_mean`` (share of all examples dropped) and
-    ``base_rate_mean`` (share of poisons in the training set, a random drop's precision).
+    The columns of ``summary.csv`` (:func:`core.evaluate.summarise`: n_runs, success counts with
+    Wilson intervals, ``<x>_mean``, ``<x>_std``), plus what dropping the same number of
+    examples at random would give, on average, on the runs with poisons: ``random_recall_mean``
+    (share of all examples dropped) and ``base_rate_mean`` (share of poisons in the training
+    set, a random drop's precision).
     """
     done = table[table["status"] == "finished"]
     if done.empty:
-        return pd.DataFrame(columns=["defense", "n_runs", "random_recall_mean", "base_rate_mean"])
+        return pd.DataFrame(
+            columns=["scenario", "defense", "n_runs", "random_recall_mean", "base_rate_mean"]
+        )
     summary = summarise(done, defense_order(done["defense"]))
     poisoned = done[done["n_poisons"] > 0]
     chance = pd.DataFrame(
         {
+            "scenario": poisoned["scenario"],
             "defense": poisoned["defense"],
             "random_recall_mean": poisoned["n_dropped"] / poisoned["n_samples"],
             "base_rate_mean": poisoned["n_poisons"] / poisoned["n_samples"],
         }
     )
-    chance = chance.groupby("defense").mean()
-    return summary.join(chance, on="defense")
+    chance = chance.groupby(["scenario", "defense"]).mean()
+    return summary.join(chance, on=["scenario", "defense"])
 
 
 # --- which poisons each run catches --------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 
 from core.errors import InputError
@@ -21,19 +22,79 @@ AUGMENTS = ("auto", "none", "crop", "crop-flip")
 AMP_MODES = ("off", "bf16", "fp16")
 
 
-def _opt(default, help: str, *, choices: tuple | None = None, cli: bool = True, **kw) -> Field:
-    """A config field with its CLI help and choices (``cli=False``: not a command-line option)."""
-    meta = {"help": help, "choices": choices, "cli": cli}
+def _opt(
+    default,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    cli: bool = True,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+    **kw,
+) -> Field:
+    """A config field with its CLI help, choices and range.
+
+    ``cli=False``: not a command-line option. ``low``/``high`` bound a number (or every number
+    of a tuple), inclusive unless ``open_low``/``open_high``; the CLI's types, the form's
+    widgets and :meth:`TrainConfig.validate` all read this one range.
+    """
+    rng = None if low is None and high is None else Range(low, high, open_low, open_high)
+    meta = {"help": help, "choices": choices, "cli": cli, "range": rng}
     if isinstance(default, dict | list):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
 
 
 @dataclass(frozen=True)
+class Range:
+    """An interval of allowed numbers; ``None`` ends are unbounded, open ends are excluded."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, x: object) -> bool:
+        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+            return False
+        if self.low is not None and (x <= self.low if self.open_low else x < self.low):
+            return False
+        return self.high is None or (x < self.high if self.open_high else x <= self.high)
+
+    def describe(self) -> str:
+        """The rule in words, e.g. 'must be at least 1' or 'must be in (0, 1]'."""
+        low, high = _num(self.low), _num(self.high)
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+            return f"must be in {left}{low}, {high}{right}"
+        if self.low is not None:
+            return f"must be {'greater than' if self.open_low else 'at least'} {low}"
+        return f"must be {'less than' if self.open_high else 'at most'} {high}"
+
+    def problem(self, x: object) -> str | None:
+        """Why ``x`` is refused (one phrase), or None when it is allowed."""
+        if x in self:
+            return None
+        if isinstance(x, float) and not math.isfinite(x):
+            return f"must be a finite number, got {x}"
+        return f"{self.describe()}, got {x!r}"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; saved in run.json. Optimiser defaults are EPIC's (ICML 2022)."""
 
-    dataset: str = _opt("digits", "data set: digits, imagefolder:<dir>, cifar10:<dir> or npz:<file>")
+    dataset: str = _opt(
+        "digits", "data set: digits, imagefolder:<dir>, cifar10:<dir> or npz:<file>"
+    )
     poisons: str | None = _opt(
         None, "poison set: a poisonlens .npz or a benchmark pickle folder (none: clean run)"
     )
@@ -41,37 +102,54 @@ class TrainConfig:
         False, "clean control: keep the poison set's target but train on the base images"
     )
     model: str = _opt("smallcnn", "network", choices=MODEL_NAMES)
-    width: int = _opt(32, "channels of the small CNN's first block")
+    width: int = _opt(32, "channels of the small CNN's first block", low=1, high=1024)
     scenario: str = _opt(
         "scratch",
         "scratch, transfer (frozen pretrained body, new head) or finetune (whole network)",
         choices=SCENARIOS,
     )
     pretrained: str | None = _opt(None, "model.pt of another run, for transfer / finetune")
-    epochs: int = _opt(40, "training epochs")
-    batch_size: int = _opt(128, "global batch size (all processes together under torchrun)")
-    lr: float | None = _opt(None, "learning rate (default: 0.1 scratch/transfer, 0.01 finetune)")
-    momentum: float = _opt(0.9, "SGD momentum")
-    nesterov: bool = _opt(True, "Nesterov momentum")
-    weight_decay: float = _opt(5e-4, "L2 weight decay")
-    lr_milestones: tuple[float, ...] = _opt(
-        (0.375, 0.625, 0.875), "fractions of --epochs where the lr is multiplied by --lr-gamma"
+    epochs: int = _opt(40, "training epochs", low=1, high=100_000)
+    batch_size: int = _opt(
+        128, "global batch size (all processes together under torchrun)", low=2, high=1_000_000
     )
-    lr_gamma: float = _opt(0.1, "lr multiplier at each milestone")
+    lr: float | None = _opt(
+        None, "learning rate (default: 0.1 scratch/transfer, 0.01 finetune)", low=0, open_low=True
+    )
+    momentum: float = _opt(0.9, "SGD momentum", low=0, high=1, open_high=True)
+    nesterov: bool = _opt(True, "Nesterov momentum")
+    weight_decay: float = _opt(5e-4, "L2 weight decay", low=0)
+    lr_milestones: tuple[float, ...] = _opt(
+        (0.375, 0.625, 0.875),
+        "fractions of --epochs where the lr is multiplied by --lr-gamma",
+        low=0,
+        high=1,
+    )
+    lr_gamma: float = _opt(0.1, "lr multiplier at each milestone", low=0, open_low=True)
     augment: str = _opt(
         "auto", "augmentation ('auto': crop-flip for colour, crop for grey)", choices=AUGMENTS
     )
-    snapshot_every: int = _opt(2, "epochs between gradient snapshots (EPIC's T)")
+    snapshot_every: int = _opt(
+        2, "epochs between gradient snapshots (EPIC's T)", low=1, high=100_000
+    )
     defense: str = _opt("none", "a registered defense (see `poisonlens select --help` for EPIC)")
     defense_params: dict = _opt({}, "defense parameters, as KEY=VALUE (VALUE read as JSON)")
-    drop_after: int = _opt(4, "first epoch whose snapshot may drop examples")
-    stop_after: int = _opt(30, "snapshots at this epoch or later drop nothing")
-    seed: int = _opt(0, "random seed (model init, shuffling, augmentation)")
+    drop_after: int = _opt(4, "first epoch whose snapshot may drop examples", low=0, high=1_000_000)
+    stop_after: int = _opt(
+        30, "snapshots at this epoch or later drop nothing", low=0, high=1_000_000
+    )
+    seed: int = _opt(0, "random seed (model init, shuffling, augmentation)", low=0, high=2**32 - 1)
     embedding_dims: int = _opt(
-        64, "penultimate features stored per snapshot (wider models: random projection)"
+        64,
+        "penultimate features stored per snapshot (wider models: random projection)",
+        low=1,
+        high=4096,
     )
     snapshot_batch_size: int = _opt(
-        128, "batch size of the snapshot pass (moderate batches stay in a CPU's cache)"
+        128,
+        "batch size of the snapshot pass (moderate batches stay in a CPU's cache)",
+        low=1,
+        high=1_000_000,
     )
     device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     amp: str = _opt("off", "mixed precision on CUDA (snapshots stay float32)", choices=AMP_MODES)
@@ -93,37 +171,33 @@ class TrainConfig:
         )
 
     def validate(self) -> None:
-        """Raise :class:`InputError` for a bad parameter, before anything starts."""
+        """Raise :class:`InputError` naming the option (``--kebab-case``) for a bad value.
 
-        def finite(x) -> bool:
-            return isinstance(x, int | float) and math.isfinite(x)
-
+        Checks each field's type, choices and range (the same metadata the CLI's types read),
+        then the rules between fields. Nothing is loaded: data sets, poison sets and the
+        defense's parameters are checked where they are read (see :meth:`check_defense`).
+        """
+        for f in fields(self):
+            value, option = getattr(self, f.name), option_name(f.name)
+            if not _type_ok(value, f):
+                raise InputError(option, f"has the wrong type ({type(value).__name__})")
+            choices, rng = f.metadata.get("choices"), f.metadata.get("range")
+            if choices and value not in choices:
+                raise InputError(option, f"must be one of {', '.join(choices)}, got {value!r}")
+            values = value if isinstance(value, tuple) else () if value is None else (value,)
+            for v in values if rng is not None else ():
+                if (problem := rng.problem(v)) is not None:
+                    raise InputError(option, problem)
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise InputError(
+                "--device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            )
         checks = [
-            (self.model in MODEL_NAMES, "model", f"must be one of {', '.join(MODEL_NAMES)}"),
-            (self.scenario in SCENARIOS, "scenario", f"must be one of {', '.join(SCENARIOS)}"),
-            (self.augment in AUGMENTS, "augment", f"must be one of {', '.join(AUGMENTS)}"),
-            (self.amp in AMP_MODES, "amp", f"must be one of {', '.join(AMP_MODES)}"),
-            (self.epochs >= 1, "epochs", "must be at least 1"),
-            (self.width >= 1, "width", "must be at least 1"),
-            (self.batch_size >= 2, "batch-size", "must be at least 2"),
-            (self.snapshot_batch_size >= 1, "snapshot-batch-size", "must be at least 1"),
-            (self.embedding_dims >= 1, "embedding-dims", "must be at least 1"),
-            (self.snapshot_every >= 1, "snapshot-every", "must be at least 1"),
-            (self.seed >= 0, "seed", "must be 0 or more"),
-            (finite(self.resolved_lr) and self.resolved_lr > 0, "lr", "must be a positive number"),
-            (finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
             (
-                finite(self.weight_decay) and self.weight_decay >= 0,
-                "weight-decay",
-                "must be a number >= 0",
+                self.drop_after <= self.stop_after,
+                "drop-after",
+                f"must be at most --stop-after ({self.stop_after}), got {self.drop_after}",
             ),
-            (finite(self.lr_gamma) and self.lr_gamma > 0, "lr-gamma", "must be a positive number"),
-            (
-                all(finite(m) and 0 <= m <= 1 for m in self.lr_milestones),
-                "lr-milestones",
-                "must be fractions in [0, 1]",
-            ),
-            (0 <= self.drop_after <= self.stop_after, "drop-after", "need 0 <= drop-after <= stop-after"),
             (
                 self.scenario == "scratch" or bool(self.pretrained),
                 "scenario",
@@ -138,6 +212,29 @@ class TrainConfig:
         for ok, option, message in checks:
             if not ok:
                 raise InputError(f"--{option}", message)
+        for key in self.defense_params:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise InputError("--defense-param", f"{key!r} is not a parameter name")
+
+    def check_defense(self) -> None:
+        """Raise :class:`InputError` when ``defense`` is not registered or refuses its params.
+
+        Imports the defense registry (numpy and scikit-learn, no torch), so it is called where
+        a run is about to start, not at import time.
+        """
+        from core.defense import build_defense, defense_names
+
+        names = defense_names()
+        if self.defense not in names:
+            raise InputError(
+                "--defense", f"unknown defense {self.defense!r}; choose from {', '.join(names)}"
+            )
+        try:
+            build_defense(self.defense, **self.defense_params)
+        except TypeError as err:  # an unknown keyword
+            raise InputError("--defense-param", f"{self.defense}: {err}") from None
+        except ValueError as err:  # InputError is a ValueError
+            raise InputError("--defense-param", f"{self.defense}: {err}") from None
 
     def to_json(self) -> dict:
         """The config as plain JSON types (what run.json and the launcher carry)."""
@@ -159,17 +256,29 @@ class TrainConfig:
             data["lr_milestones"] = tuple(data["lr_milestones"])
         for f in fields(cls):
             if f.name in data and not _type_ok(data[f.name], f):
-                raise InputError("config", f"{f.name} has the wrong type ({type(data[f.name]).__name__})")
+                raise InputError(
+                    "config", f"{f.name} has the wrong type ({type(data[f.name]).__name__})"
+                )
         return cls(**data)
 
     @classmethod
     def from_json_text(cls, text: str) -> TrainConfig:
         """Parse a JSON config (e.g. a ``--config`` file); any problem is an :class:`InputError`."""
-        try:
-            data = json.loads(text, parse_int=_bounded_int)
-        except (ValueError, RecursionError) as err:
-            raise InputError("config", f"not valid JSON ({str(err).splitlines()[0][:80]})") from None
-        return cls.from_json(data)
+        return cls.from_json(parse_json_text(text))
+
+
+def parse_json_text(text: str) -> object:
+    """JSON with bounded integers (20 digits) and nesting (Python's recursion limit, caught).
+
+    Raises
+    ------
+    InputError
+        Naming ``config``, for text that is not such JSON.
+    """
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except (ValueError, RecursionError) as err:
+        raise InputError("config", f"not valid JSON ({str(err).splitlines()[0][:80]})") from None
 
 
 def _bounded_int(text: str) -> int:
@@ -201,3 +310,65 @@ def _type_ok(value, f: Field) -> bool:
 def option_fields(*, cli_only: bool = True) -> list[Field]:
     """The config fields in declaration order, each with ``metadata['help']`` and ``['choices']``."""
     return [f for f in fields(TrainConfig) if f.metadata.get("cli", True) or not cli_only]
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,2})?")
+MAX_PARAM_TEXT = 1000  # characters of one --defense-param
+
+
+def option_name(field_name: str) -> str:
+    """The command-line option of a config field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def parse_defense_param(text: str) -> tuple[str, object]:
+    """One ``KEY=VALUE`` defense parameter; VALUE is read as JSON when it can be, else a string.
+
+    Parameters
+    ----------
+    text : e.g. ``'subset_size=0.2'``, ``'metric=cosine'`` or ``'k=[1, 2]'``
+
+    Returns
+    -------
+    (key, value)
+
+    Raises
+    ------
+    InputError
+        Naming ``--defense-param`` when there is no ``=``, the key is not a name, the text is
+        longer than ``MAX_PARAM_TEXT`` or the value is not finite (``NaN``, ``Infinity``).
+    """
+    if len(text) > MAX_PARAM_TEXT:
+        raise InputError("--defense-param", f"longer than {MAX_PARAM_TEXT} characters")
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise InputError("--defense-param", f"expected KEY=VALUE, got {text!r}")
+    if not key.isidentifier():
+        raise InputError("--defense-param", f"{key!r} is not a parameter name")
+    try:
+        parsed = json.loads(value, parse_int=_bounded_int, parse_constant=_no_constant)
+    except _NotFinite:
+        raise InputError(
+            "--defense-param", f"{key}: must be a finite number, got {value}"
+        ) from None
+    except (ValueError, RecursionError):
+        parsed = value.strip()
+    return key, parsed
+
+
+def parse_defense_params(pairs: list[str], subset_size: float | None = None) -> dict:
+    """``KEY=VALUE`` texts as a dict (see :func:`parse_defense_param`); ``subset_size``, when
+    given, sets ``subset_size`` (the CLI's ``--subset-size`` and the form's EPIC field)."""
+    params = dict(parse_defense_param(pair) for pair in pairs)
+    if subset_size is not None:
+        params["subset_size"] = subset_size
+    return params
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> float:
+    raise _NotFinite(name)

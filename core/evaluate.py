@@ -1,27 +1,51 @@
-"""Evaluation grids: every defense on every poison set and seed, and the results table.
+"""Evaluation grids: every defense on every poison set, seed and scenario, and the results tables.
 
-A defense spec is a short name: ``clean`` (the control: poison rows restored to their base
-images, target kept), ``none``, ``epic-<subset>``, ``random-<subset>`` (at every snapshot as many
-drops, chosen at random, as the ``epic-<subset>`` run of the same poison set and seed made;
-without such a run, as many as EPIC would drop on the random run's own snapshots), or any registered defense name (``deepknn``, ...).
-Runs are ordinary run directories under ``<out>/runs``; finished ones are never redone.
+A defense spec is a short name: ``none``, ``epic-<subset>``, ``random-<subset>`` (at every
+snapshot as many drops, chosen at random, as the ``epic-<subset>`` run of the same poison set,
+scenario and seed made), or any registered defense name (``deepknn``, ...). ``clean`` is the
+control: one run per (data set, scenario, seed) on the clean training set, whatever the poison
+set (restoring the poisons to their bases gives exactly that set); each poison set's target is
+read out of its final model.
+
+Scenarios (the paper's three settings):
+
+- ``scratch``: the victim is trained from random weights.
+- ``transfer``: the victim starts from a clean pretrained model, keeps its body frozen and trains
+  a new linear head.
+- ``finetune``: the victim starts from the pretrained model and trains the whole network at a
+  small learning rate (0.01 unless ``lr`` is set).
+
+The pretrained model is trained by poisonlens itself, once per data set and pretraining seed,
+and cached in ``<out>/pretrained``: on the **pretraining split**, the first half (in index
+order) of every class of the clean training set, as the poisoning benchmark (Schwarzschild et
+al., 2021) pretrains on data of the task's own domain that the attacker does not touch. The
+victim then trains on the whole (poisoned) training set, which contains that split.
+
+Every run is its own process (``python -m core.evaluate_worker``), ``jobs`` at a time, and
+carries its identity in run.json's ``config.tags``; finished runs are never redone, a killed one
+resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from core.config import TrainConfig
 from core.defense import defense_names
 from core.errors import InputError
 from core.metrics import detection_metrics
-from core.store import RUN_JSON, atomic_write_bytes, open_run
-from core.train import TrainConfig, train
+from core.store import CHECKPOINTS, RUN_JSON, atomic_write_bytes, atomic_write_json, open_run
 
 DEFAULT_DEFENSES = (
     "clean",
@@ -35,17 +59,28 @@ DEFAULT_DEFENSES = (
     "activation-clustering",
     "loss",
 )
-SUMMARY_COLUMNS = ("test_acc", "attack_success", "recall", "precision", "n_dropped", "seconds")
+SCENARIOS = ("scratch", "transfer", "finetune")
+PRETRAINED_DIR = "pretrained"
+WILSON_Z = 1.959963984540054  # two-sided 95%
 
 
 @dataclass(frozen=True)
 class GridRun:
-    """One cell of the grid: a poison set, a defense spec and a seed, trained into ``run_dir``."""
+    """One cell: a scenario, a poison set (None for the clean control), a defense and a seed."""
 
-    poisons: Path
+    poisons: Path | None
     defense: str
     seed: int
     run_dir: Path
+    scenario: str = "scratch"
+    pretrained: Path | None = None
+
+    @property
+    def poison_set(self) -> str:
+        return self.poisons.stem if self.poisons is not None else ""
+
+
+# --- specs and inputs ----------------------------------------------------------------------
 
 
 def parse_defense(spec: str) -> dict:
@@ -66,8 +101,20 @@ def parse_defense(spec: str) -> dict:
         return {"defense": spec, "defense_params": {}, "clean_control": False}
     raise InputError(
         "--defenses",
-        f"unknown defense {spec!r}; use clean, none, epic-<s>, random-<s> or one of {', '.join(defense_names())}",
+        f"unknown defense {spec!r}; use clean, none, epic-<s>, random-<s> or one of "
+        f"{', '.join(defense_names())}",
     )
+
+
+def parse_scenarios(text: str) -> list[str]:
+    """``"scratch,transfer"`` -> ``["scratch", "transfer"]``; :class:`InputError` for others."""
+    out = [s.strip() for s in text.split(",") if s.strip()]
+    for s in out:
+        if s not in SCENARIOS:
+            raise InputError("--scenarios", f"unknown scenario {s!r}; use {', '.join(SCENARIOS)}")
+    if not out:
+        raise InputError("--scenarios", "name at least one scenario")
+    return out
 
 
 def find_poison_sets(path: str | Path) -> list[Path]:
@@ -85,17 +132,134 @@ def find_poison_sets(path: str | Path) -> list[Path]:
     return sets
 
 
+def poison_sets_for(path: str | Path, scenario: str) -> list[Path]:
+    """The poison sets of ``scenario``: those in ``<path>/<scenario>/`` if it exists, else ``path``'s.
+
+    Each setting has its own attack (gradient matching from scratch, feature collision for
+    transfer, gradient matching against the pretrained model for fine-tuning), so a folder may
+    hold one subfolder per scenario.
+    """
+    sub = Path(path) / scenario
+    return find_poison_sets(sub if sub.is_dir() else path)
+
+
+# --- the pretrained model ------------------------------------------------------------------
+
+
+def dataset_key(spec: str) -> str:
+    """A folder name for a data set spec (``cifar10:/data/x`` -> ``cifar10-data-x``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-")[-60:] or "data"
+
+
+def pretrain_split(labels: np.ndarray) -> np.ndarray:
+    """Indices of the pretraining split: the first half (index order) of every class.
+
+    Parameters
+    ----------
+    labels : int array of shape (n_train,)
+
+    Returns
+    -------
+    int64 array of shape (n_pretrain,), sorted ascending.
+    """
+    labels = np.asarray(labels)
+    keep = [np.flatnonzero(labels == c)[: int((labels == c).sum()) // 2] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+def write_pretrain_data(dataset_spec: str, folder: Path) -> Path:
+    """Write the pretraining split of ``dataset_spec`` as ``folder/pretrain-split.npz`` (once)."""
+    from core.data import load_dataset
+
+    path = folder / "pretrain-split.npz"
+    if path.is_file():
+        return path
+    data = load_dataset(dataset_spec)
+    idx = pretrain_split(data.y_train)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "pretrain-split.tmp.npz"
+    np.savez(
+        tmp,
+        x_train=data.x_train[idx],
+        y_train=data.y_train[idx],
+        x_test=data.x_test,
+        y_test=data.y_test,
+        class_names=np.array(data.class_names),
+        train_index=idx,
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def pretrain_cell(base: TrainConfig, out: Path, seed: int, epochs: int) -> tuple[GridRun, TrainConfig]:
+    """The clean pretraining run of ``base.dataset`` at ``seed`` and its config."""
+    folder = out / PRETRAINED_DIR / dataset_key(base.dataset)
+    data_path = write_pretrain_data(base.dataset, folder)
+    config = replace(
+        base,
+        dataset=f"npz:{data_path}",
+        poisons=None,
+        clean_control=False,
+        scenario="scratch",
+        pretrained=None,
+        lr=None,
+        epochs=epochs,
+        snapshot_every=epochs,  # snapshots only at 0 and the end: nothing is dropped
+        drop_after=0,
+        stop_after=0,
+        defense="none",
+        defense_params={},
+        seed=seed,
+        tags={"role": "pretrain", "dataset": base.dataset, "seed": seed},
+    )
+    return GridRun(None, "pretrain", seed, folder / f"seed{seed}"), config
+
+
+def pretrained_model(run_dir: Path) -> Path:
+    """``model.pt`` of a finished pretraining run."""
+    return run_dir / CHECKPOINTS / "model.pt"
+
+
+# --- the grid ------------------------------------------------------------------------------
+
+
 def plan_grid(
-    poison_sets: list[Path], defenses: list[str], seeds: list[int], out: Path
+    poison_sets: list[Path],
+    defenses: list[str],
+    seeds: list[int],
+    out: Path,
+    *,
+    scenario: str = "scratch",
+    pretrained: dict[int, Path] | None = None,
 ) -> list[GridRun]:
-    """Every (poison set, defense, seed), random drops after the EPIC runs they copy."""
+    """Every (poison set, defense, seed) of one scenario; ``clean`` once per seed.
+
+    ``pretrained`` maps a victim seed to the model.pt it starts from (transfer, finetune).
+    Random drops come after the EPIC runs whose counts they copy.
+    """
     ordered = sorted(defenses, key=lambda d: d.startswith("random-"))
-    return [
-        GridRun(p, d, s, out / "runs" / f"{p.stem}__{d}__seed{s}")
+    root = out / "runs" / scenario
+    pre = pretrained or {}
+    grid = []
+    if "clean" in ordered:
+        grid += [GridRun(None, "clean", s, root / f"clean__seed{s}", scenario, pre.get(s)) for s in seeds]
+    grid += [
+        GridRun(p, d, s, root / f"{p.stem}__{d}__seed{s}", scenario, pre.get(s))
         for p in poison_sets
         for d in ordered
+        if d != "clean"
         for s in seeds
     ]
+    return grid
+
+
+def twin_dir(cell: GridRun) -> Path | None:
+    """The run dir of the ``epic-<s>`` run a ``random-<s>`` cell copies its drop counts from."""
+    if not cell.defense.startswith("random-"):
+        return None
+    return cell.run_dir.with_name(
+        cell.run_dir.name.replace(f"__{cell.defense}__", f"__epic-{cell.defense[7:]}__")
+    )
 
 
 def drop_schedule(run_dir: Path) -> dict[int, int]:
@@ -105,38 +269,166 @@ def drop_schedule(run_dir: Path) -> dict[int, int]:
 
 
 def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
-    """The training config of one cell; a ``random-<s>`` cell copies its EPIC twin's drop counts."""
+    """The training config of one cell, its identity in ``tags``.
+
+    A ``random-<s>`` cell copies its EPIC twin's drop counts when the twin has finished.
+    """
     fields = parse_defense(cell.defense)
-    if fields["defense"] == "random":
-        twin = cell.run_dir.with_name(
-            cell.run_dir.name.replace(f"__{cell.defense}__", f"__epic-{cell.defense[7:]}__")
-        )
-        if (twin / RUN_JSON).is_file() and open_run(twin).status == "finished":
-            fields["defense_params"] = {"counts": drop_schedule(twin)}
-    return replace(base, poisons=str(cell.poisons), seed=cell.seed, **fields)
+    twin = twin_dir(cell)
+    if twin is not None and (twin / RUN_JSON).is_file() and open_run(twin).status == "finished":
+        fields["defense_params"] = {"counts": drop_schedule(twin)}
+    if cell.defense == "clean":
+        # The control trains on the clean set whatever the poison set: it is one run per seed.
+        fields["clean_control"] = False
+    tags = {
+        "grid": "evaluate",
+        "scenario": cell.scenario,
+        "poison_set": cell.poison_set,
+        "defense": cell.defense,
+        "defense_params": fields["defense_params"] if cell.defense.startswith("epic-") else
+        parse_defense(cell.defense)["defense_params"],
+        "seed": cell.seed,
+        "twin": twin.name if twin is not None else None,
+    }
+    return replace(
+        base,
+        poisons=str(cell.poisons) if cell.poisons is not None else None,
+        seed=cell.seed,
+        scenario=cell.scenario,
+        pretrained=str(cell.pretrained) if cell.pretrained is not None else None,
+        tags=tags,
+        **fields,
+    )
 
 
-def run_grid(base: TrainConfig, grid: list[GridRun], *, show_progress: bool = True) -> None:
-    """Train every cell not yet finished; an interrupted cell resumes from its checkpoint."""
-    bar = tqdm(grid, desc="evaluate", unit="run", disable=not show_progress)
-    for cell in bar:
-        bar.set_postfix_str(cell.run_dir.name)
-        if (cell.run_dir / RUN_JSON).is_file():
-            status = open_run(cell.run_dir).status
-            if status == "finished":
-                continue
-            if status == "interrupted" and (cell.run_dir / "checkpoints" / "last.pt").is_file():
-                train(base, cell.run_dir, resume=True, show_progress=False)
-                continue
+def cell_state(run_dir: Path) -> str:
+    """``'finished'``, ``'resume'`` (killed after a checkpoint), ``'fresh'`` or ``'busy'``."""
+    if not (run_dir / RUN_JSON).is_file():
+        return "fresh"
+    status = open_run(run_dir).status
+    if status == "finished":
+        return "finished"
+    if status == "running":
+        return "busy"  # another process is training it right now
+    if status == "interrupted" and (run_dir / CHECKPOINTS / "last.pt").is_file():
+        return "resume"
+    return "fresh"
+
+
+def run_cells(
+    jobs: list[tuple[GridRun, TrainConfig]], *, n_jobs: int = 2, show_progress: bool = True
+) -> None:
+    """Train every unfinished cell, each in its own worker process, ``n_jobs`` at a time.
+
+    A run killed after a checkpoint resumes from it; a failed run is started again.
+    """
+    todo = []
+    for cell, config in jobs:
+        state = cell_state(cell.run_dir)
+        if state == "busy":
+            raise InputError(
+                cell.run_dir,
+                f"is being trained by process {open_run(cell.run_dir).meta.get('pid')}; "
+                "wait for it or stop it",
+            )
+        if state != "finished":
+            todo.append((cell, config, state))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    running: list[tuple[subprocess.Popen, GridRun]] = []
+    done = 0
+    failed: list[str] = []
+
+    def reap(block: bool) -> None:
+        nonlocal done
+        while running and (block or any(p.poll() is not None for p, _ in running)):
+            for proc, cell in list(running):
+                if proc.poll() is not None:
+                    running.remove((proc, cell))
+                    done += 1
+                    if proc.returncode != 0:
+                        failed.append(f"{cell.run_dir.name} ({proc.stderr.read().strip()[-300:]})")
+                    proc.stderr.close()
+                    if show_progress:
+                        print(f"[{done}/{len(todo)}] {cell.run_dir.parent.name}/{cell.run_dir.name}",
+                              file=sys.stderr, flush=True)
+            if block and running:
+                time.sleep(0.05)
+            if not block:
+                break
+
+    for cell, config, state in todo:
+        while len(running) >= max(1, n_jobs):
+            reap(block=False)
+            time.sleep(0.05)
+        if state == "fresh" and cell.run_dir.exists():
             shutil.rmtree(cell.run_dir)
-        train(cell_config(base, cell), cell.run_dir, show_progress=False)
+        cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        config_path = cell.run_dir.parent / f".{cell.run_dir.name}.config.json"
+        atomic_write_json(config_path, config.to_json())
+        argv = [sys.executable, "-m", "core.evaluate_worker", str(config_path), str(cell.run_dir)]
+        if state == "resume":
+            argv.append("--resume")
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        running.append((proc, cell))
+    reap(block=True)
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed: " + "; ".join(failed[:3]))
+
+
+def ensure_pretrained(
+    base: TrainConfig,
+    out: Path,
+    seeds: list[int],
+    *,
+    epochs: int,
+    n_jobs: int = 2,
+    show_progress: bool = True,
+) -> dict[int, Path]:
+    """Train (or reuse) the clean pretrained model for each seed; {seed: model.pt}."""
+    jobs = [pretrain_cell(base, out, s, epochs) for s in sorted(set(seeds))]
+    run_cells(jobs, n_jobs=n_jobs, show_progress=show_progress)
+    return {cell.seed: pretrained_model(cell.run_dir) for cell, _ in jobs}
+
+
+def run_grid(
+    base: TrainConfig, grid: list[GridRun], *, n_jobs: int = 2, show_progress: bool = True
+) -> None:
+    """Train every cell not yet finished: the random drops after the EPIC runs they copy."""
+    first = [c for c in grid if not c.defense.startswith("random-")]
+    second = [c for c in grid if c.defense.startswith("random-")]
+    for wave in (first, second):
+        run_cells([(c, cell_config(base, c)) for c in wave], n_jobs=n_jobs,
+                  show_progress=show_progress)
+
+
+# --- numbers -------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a binomial proportion; (nan, nan) for n = 0."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def controlled(attack_success: float, control_flip: float) -> float:
+    """1.0 for a flip the clean control (same target, same seed) does not show; NaN unknown."""
+    if np.isnan(control_flip) or np.isnan(attack_success):
+        return np.nan
+    return float(attack_success == 1 and control_flip == 0)
 
 
 def run_summary(run_dir: str | Path) -> dict:
     """The final numbers of one run, recomputed from its run store (its last finished epoch).
 
     test_acc, attack_success, recall and precision of the drops (NaN without poisons / without
-    drops), n_dropped, seconds (training, evaluation, snapshots and defense), target_prob_adv.
+    drops), n_dropped, roc_auc (mean over the snapshots that may drop; NaN without poisons),
+    seconds (training, evaluation, snapshots and defense), target_prob_adv.
     """
     run = open_run(run_dir)
     m = run.metrics()
@@ -153,6 +445,7 @@ def run_summary(run_dir: str | Path) -> dict:
         "recall": n_poison_dropped / n_poisons if n_poisons else np.nan,
         "precision": n_poison_dropped / n_dropped if n_dropped else np.nan,
         "n_dropped": n_dropped,
+        "roc_auc": _window_auc(run) if n_poisons else np.nan,
         "seconds": float(
             m[["epoch_seconds", "eval_seconds", "snapshot_seconds", "defense_seconds"]].sum().sum()
         ),
@@ -160,85 +453,165 @@ def run_summary(run_dir: str | Path) -> dict:
     }
 
 
-def run_row(cell: GridRun) -> dict:
-    """One line of runs.csv: the cell's poison set, defense and seed, then :func:`run_summary`."""
+def _window_auc(run) -> float:
+    """Mean ROC-AUC of the defense score (poison vs clean, active rows) over the drop window."""
+    config = run.config
+    is_poison = run.examples()["is_poison"].to_numpy(bool)
+    aucs = []
+    for epoch in run.snapshot_epochs():
+        if not config["drop_after"] <= epoch < min(config["stop_after"], config["epochs"]):
+            continue
+        snap = run.snapshot(epoch, columns=["active", "score", "suspect"])
+        d = detection_metrics(is_poison, snap["suspect"].to_numpy(bool),
+                              snap["score"].to_numpy(float), active=snap["active"].to_numpy(bool))
+        aucs.append(d.roc_auc)
+    aucs = [a for a in aucs if a is not None and np.isfinite(a)]
+    return float(np.mean(aucs)) if aucs else np.nan
+
+
+def control_readout(control_dir: Path, poison_path: Path) -> dict:
+    """The clean control's final model applied to a poison set's target: prediction and p_adv."""
+    import torch
+
+    from core.data import load_dataset, load_poisons
+    from core.models import build_model
+    from core.snapshot import forward_batched
+
+    run = open_run(control_dir)
+    config = TrainConfig.from_json(run.config)
+    poisons = load_poisons(poison_path)
+    data = load_dataset(config.dataset)
+    model = build_model(config.model, n_classes=data.n_classes,
+                        in_channels=data.x_train.shape[-1], width=config.width)
+    model.load_state_dict(
+        torch.load(pretrained_model(control_dir), map_location="cpu", weights_only=True)
+    )
+    model.eval()
+    logits, _ = forward_batched(model, poisons.target_x[None])
+    p = np.exp(logits[0] - logits[0].max())
+    p /= p.sum()
+    return {"pred": int(p.argmax()), "prob_adv": float(p[poisons.adv_label]),
+            "flip": float(int(p.argmax()) == poisons.adv_label)}
+
+
+def run_rows(grid: list[GridRun]) -> pd.DataFrame:
+    """One row per (poison set, defense, seed) of a scenario; identity read from the run's tags.
+
+    The ``clean`` rows are the control read out on each poison set's target; ``controlled``
+    counts a success only where the control of the same seed does not flip the same target.
+    """
+    controls = {c.seed: c for c in grid if c.defense == "clean"}
+    sets = sorted({c.poisons for c in grid if c.poisons is not None})
+    flips: dict[tuple[str, int], float] = {}
+    rows = []
+    for seed, ctrl in controls.items():
+        s = run_summary(ctrl.run_dir)
+        for p in sets:
+            r = control_readout(ctrl.run_dir, p)
+            flips[(p.stem, seed)] = r["flip"]
+            rows.append({**_identity(ctrl), "poison_set": p.stem, **s,
+                         "attack_success": r["flip"], "target_prob_adv": r["prob_adv"],
+                         "control_flip": r["flip"], "controlled_success": 0.0})
+    for cell in grid:
+        if cell.defense == "clean":
+            continue
+        s = run_summary(cell.run_dir)
+        flip = flips.get((cell.poison_set, cell.seed), np.nan)
+        rows.append({**_identity(cell), **s, "control_flip": flip,
+                     "controlled_success": controlled(s["attack_success"], flip)})
+    return pd.DataFrame(rows)
+
+
+def _identity(cell: GridRun) -> dict:
+    tags = open_run(cell.run_dir).config.get("tags", {})
     return {
-        "poison_set": cell.poisons.stem,
-        "defense": cell.defense,
-        "seed": cell.seed,
-        **run_summary(cell.run_dir),
+        "scenario": tags.get("scenario", cell.scenario),
+        "poison_set": tags.get("poison_set", cell.poison_set),
+        "defense": tags.get("defense", cell.defense),
+        "seed": int(tags.get("seed", cell.seed)),
     }
+
+
+SUMMARY_COLUMNS = ("test_acc", "n_dropped", "recall", "precision", "roc_auc", "seconds")
+
+
+def summarise(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Per (scenario, defense): successes with Wilson intervals, means and stds of the rest."""
+    out = []
+    if "scenario" not in runs:
+        runs = runs.assign(scenario="scratch")
+    for (scenario, defense), g in runs.groupby(["scenario", "defense"], sort=False):
+        row = {"scenario": scenario, "defense": defense, "n_runs": len(g)}
+        for col in ("attack_success", "controlled_success"):
+            vals = g[col].dropna() if col in g else pd.Series(dtype=float)
+            k, n = int(vals.sum()), len(vals)
+            lo, hi = wilson_interval(k, n)
+            row.update({f"{col}_k": k, f"{col}_n": n, f"{col}_lo": lo, f"{col}_hi": hi,
+                        f"{col}_mean": vals.mean() if n else np.nan,
+                        f"{col}_std": vals.std(ddof=0) if n else np.nan})
+        for col in SUMMARY_COLUMNS:
+            row[f"{col}_mean"] = g[col].mean()
+            row[f"{col}_std"] = g[col].std(ddof=0)
+        out.append(row)
+    table = pd.DataFrame(out)
+    rank = {d: i for i, d in enumerate(order)}
+    scen = {s: i for i, s in enumerate(SCENARIOS)}
+    return (
+        table.assign(_s=table["scenario"].map(scen), _d=table["defense"].map(lambda d: rank.get(d, 99)))
+        .sort_values(["_s", "_d"]).drop(columns=["_s", "_d"]).reset_index(drop=True)
+    )
+
+
+def _rate(k: int, n: int, lo: float, hi: float) -> str:
+    return "–" if n == 0 else f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    """One Markdown table per scenario: success raw and controlled (95% Wilson), then the cost."""
+    header = ["defense", "runs", "attack success [95% CI]", "controlled success [95% CI]",
+              "clean acc", "examples dropped", "poison recall", "precision of drops",
+              "ROC-AUC", "train time (s)"]
+    fmt = {"test_acc": "{:.3f}", "n_dropped": "{:.0f}", "recall": "{:.2f}",
+           "precision": "{:.3f}", "roc_auc": "{:.2f}", "seconds": "{:.1f}"}
+    parts = []
+    for scenario, table in summary.groupby("scenario", sort=False):
+        lines = [f"#### {scenario}", "", "| " + " | ".join(header) + " |",
+                 "|" + "---|" * len(header)]
+        for _, r in table.iterrows():
+            cells = [r["defense"], str(int(r["n_runs"]))]
+            for col in ("attack_success", "controlled_success"):
+                cells.append(_rate(int(r[f"{col}_k"]), int(r[f"{col}_n"]), r[f"{col}_lo"],
+                                   r[f"{col}_hi"]))
+            for col in SUMMARY_COLUMNS:
+                mean, std = r[f"{col}_mean"], r[f"{col}_std"]
+                cells.append("–" if pd.isna(mean) else
+                             f"{fmt[col].format(mean)} ± {fmt[col].format(std)}")
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 def detection_rows(cell: GridRun) -> list[dict]:
     """Per snapshot: precision, recall and ROC-AUC of the defense's score among the active rows."""
     run = open_run(cell.run_dir)
     is_poison = run.examples()["is_poison"].to_numpy(bool)
+    if not is_poison.any():
+        return []
     rows = []
     for epoch in run.snapshot_epochs():
         snap = run.snapshot(epoch, columns=["active", "score", "suspect"])
-        active = snap["active"].to_numpy(bool)
-        d = detection_metrics(
-            is_poison, snap["suspect"].to_numpy(bool), snap["score"].to_numpy(float), active=active
-        )
-        rows.append(
-            {
-                "poison_set": cell.poisons.stem,
-                "defense": cell.defense,
-                "seed": cell.seed,
-                "epoch": epoch,
-                "n_suspect": d.n_suspect,
-                "precision": d.precision,
-                "recall": d.recall,
-                "roc_auc": d.roc_auc,
-            }
-        )
+        d = detection_metrics(is_poison, snap["suspect"].to_numpy(bool),
+                              snap["score"].to_numpy(float), active=snap["active"].to_numpy(bool))
+        rows.append({**_identity(cell), "epoch": epoch, "n_suspect": d.n_suspect,
+                     "precision": d.precision, "recall": d.recall, "roc_auc": d.roc_auc})
     return rows
-
-
-def summarise(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Mean and std over poison sets and seeds, a row per defense, in ``order``."""
-    g = runs.groupby("defense")[list(SUMMARY_COLUMNS)]
-    table = g.mean().add_suffix("_mean").join(g.std(ddof=0).add_suffix("_std"))
-    table.insert(0, "n_runs", runs.groupby("defense").size())
-    return table.reindex([d for d in order if d in table.index]).reset_index()
-
-
-def to_markdown(summary: pd.DataFrame) -> str:
-    """The summary as a Markdown table of mean ± std."""
-    header = [
-        "defense",
-        "runs",
-        "clean acc",
-        "attack success",
-        "poisons dropped (recall)",
-        "precision of drops",
-        "examples dropped",
-        "wall time (s)",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    fmt = {
-        "test_acc": "{:.3f}",
-        "attack_success": "{:.2f}",
-        "recall": "{:.2f}",
-        "precision": "{:.3f}",
-        "n_dropped": "{:.0f}",
-        "seconds": "{:.1f}",
-    }
-    for _, r in summary.iterrows():
-        cells = [r["defense"], str(int(r["n_runs"]))]
-        for col in SUMMARY_COLUMNS:
-            mean, std = r[f"{col}_mean"], r[f"{col}_std"]
-            cells.append(
-                "–" if pd.isna(mean) else f"{fmt[col].format(mean)} ± {fmt[col].format(std)}"
-            )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def write_results(grid: list[GridRun], defenses: list[str], out: Path) -> pd.DataFrame:
     """runs.csv, detection.csv, summary.csv and summary.md under ``out``; returns the summary."""
-    runs = pd.DataFrame([run_row(c) for c in grid])
+    scenarios = list(dict.fromkeys(c.scenario for c in grid))
+    runs = pd.concat([run_rows([c for c in grid if c.scenario == s]) for s in scenarios],
+                     ignore_index=True)
     detection = pd.DataFrame([r for c in grid for r in detection_rows(c)])
     summary = summarise(runs, defenses)
     atomic_write_bytes(out / "runs.csv", runs.to_csv(index=False).encode())

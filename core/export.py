@@ -1,7 +1,13 @@
 """The suspects table: examples dropped or flagged up to an epoch, as the CSV users export.
 
-``poisonlens export`` and the dashboard's download button both call :func:`suspects_table`
-and :func:`to_safe_csv`, so the two files are the same byte for byte.
+``poisonlens export`` and the dashboard's Suspects table and download all call
+:func:`suspects_table` (and :func:`to_safe_csv`), so they hold the same rows, byte for byte.
+
+The ranking rule: an example dropped at an earlier snapshot is inactive at later ones (no score,
+no cluster), so every snapshot column of a dropped example is read from the snapshot that
+dropped it (its ``dropped_epoch``); an example flagged but not dropped is described by the
+chosen snapshot. Dropped examples come first, then flagged ones; within each, the higher the
+``score``, the higher the rank (NaN last), ties by index.
 """
 
 from __future__ import annotations
@@ -9,56 +15,160 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from core.errors import InputError
 from core.store import Run
 
 # Leading characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
-DECISION_COLUMNS = ("score", "suspect", "medoid", "cluster_size", "is_medoid", "isolated")
-SNAPSHOT_COLUMNS = ("loss", "confidence", "prediction", *DECISION_COLUMNS)
+# Columns every snapshot has, whatever the defense (docs/run-format.md), described once.
+FACT_COLUMNS = {
+    "loss": "cross-entropy of the example at the snapshot",
+    "confidence": "the model's probability of the example's label",
+    "prediction": "the class the model predicted",
+    "score": "the defense's suspicion score (higher = more suspicious)",
+}
+# Snapshot columns that are not facts about a decision: identity, gradients, the decision itself.
+_NOT_DEFENSE = {"index", "label", "active", "suspect", "drop", "dropped_epoch", *FACT_COLUMNS}
 
 
-def snapshot_at(run: Run, epoch: int | None) -> int | None:
-    """The latest snapshot epoch at or before ``epoch`` (the last one when ``epoch`` is None)."""
+def defense_columns(run: Run, epoch: int) -> dict[str, str]:
+    """The defense's own output columns present in the snapshot of ``epoch``, with descriptions.
+
+    Read from the defense's declaration (``core.defense.output_columns(name)``) when it has one;
+    otherwise every snapshot column that is not one of the format's own (docs/run-format.md),
+    with an empty description. Nothing here names a particular defense's columns.
+    """
+    available = run.snapshot_columns(epoch)
+    declared = _declared_columns(str(run.config.get("defense", "")))
+    if declared is not None:
+        return {c: str(d) for c, d in declared.items() if c in available and c not in _NOT_DEFENSE}
+    return {c: "" for c in available if c not in _NOT_DEFENSE and not c.startswith(("g_", "emb_"))}
+
+
+def _declared_columns(defense: str) -> dict[str, str] | None:
+    try:
+        from core.defense import output_columns
+    except ImportError:  # a defense registry without declarations
+        return None
+    try:
+        return dict(output_columns(defense))
+    except (KeyError, ValueError, LookupError):  # a run made by a defense this version lacks
+        return None
+
+
+def column_descriptions(run: Run, epoch: int) -> dict[str, str]:
+    """What each snapshot column of the suspects table means (for table headers and docs)."""
+    declared = _declared_columns(str(run.config.get("defense", ""))) or {}
+    score = {"score": str(declared["score"])} if "score" in declared else {}
+    return {**FACT_COLUMNS, **score, **defense_columns(run, epoch)}
+
+
+def check_epoch(run: Run, epoch: int | None, *, source: str = "epoch") -> int:
+    """The snapshot epoch to rank at: ``epoch``, or the last snapshot when None.
+
+    Raises InputError naming ``source`` (e.g. ``--epoch``) and listing the snapshot epochs when
+    ``epoch`` has no snapshot, or when the run has none at all.
+    """
     epochs = run.snapshot_epochs()
-    if epoch is not None:
-        epochs = [e for e in epochs if e <= epoch]
-    return epochs[-1] if epochs else None
+    if not epochs:
+        raise InputError(
+            run.path, "the run has no gradient snapshot, so nothing was dropped or flagged"
+        )
+    if epoch is None:
+        return epochs[-1]
+    if epoch not in epochs:
+        raise InputError(
+            source, f"{epoch}: no snapshot at this epoch; snapshots: {', '.join(map(str, epochs))}"
+        )
+    return int(epoch)
 
 
 def suspects_table(
-    run: Run, epoch: int | None = None, *, include_flagged: bool = True
+    run: Run, epoch: int | None = None, *, include_flagged: bool = True, skip_damaged: bool = False
 ) -> pd.DataFrame:
     """Examples dropped up to ``epoch`` and (optionally) flagged by the defense at that snapshot.
 
-    Ranked most suspicious first: dropped before flagged, then by ``score`` (higher = more
-    suspicious), then by index. Columns: rank, index, label, class_name, is_poison, base_index,
-    dropped_epoch (-1 when not dropped), flagged, then the snapshot's decision columns.
+    Parameters
+    ----------
+    run : the run to read
+    epoch : a snapshot epoch (default: the last snapshot); InputError for one without a snapshot
+    include_flagged : also list examples the defense flagged at ``epoch`` but did not drop
+    skip_damaged : when an earlier snapshot that dropped examples cannot be read, keep those
+        rows with empty facts and name the file in ``table.attrs["damaged"]`` instead of
+        raising :class:`core.store.DamagedFile`
+
+    Returns
+    -------
+    DataFrame, a row per suspect, ranked as the module docstring says. Columns: rank, index,
+    label, class_name (when the run names its classes), is_poison, base_index, dropped_epoch
+    (-1 when not dropped), flagged, then loss, confidence, prediction, score and the defense's
+    own columns (:func:`defense_columns`), each read at the snapshot that dropped the example.
     """
-    at = snapshot_at(run, epoch)
-    examples = run.examples()
-    if at is None:
-        return pd.DataFrame(columns=["rank", *examples.columns, "dropped_epoch", "flagged"])
-    available = set(run.snapshot_columns(at))
-    cols = ["dropped_epoch", *[c for c in SNAPSHOT_COLUMNS if c in available]]
-    snap = run.snapshot(at, columns=cols)
-    table = pd.concat([examples.reset_index(drop=True), snap.reset_index(drop=True)], axis=1)
-    class_names = run.class_names
-    if class_names:
-        table.insert(
-            2, "class_name", np.asarray(class_names, dtype=object)[table["label"].to_numpy()]
+    at = check_epoch(run, epoch)
+    examples = run.examples().reset_index(drop=True)
+    facts = [c for c in FACT_COLUMNS if c in run.snapshot_columns(at)] + list(
+        defense_columns(run, at)
+    )
+    current = run.snapshot(at, columns=["dropped_epoch", "suspect", *facts])
+    dropped_epoch = current["dropped_epoch"].to_numpy(np.int64)
+    flagged = (
+        current["suspect"].fillna(False).to_numpy(bool)
+        if "suspect" in current
+        else np.zeros(len(current), bool)
+    )
+    keep = (dropped_epoch >= 0) | (flagged & include_flagged)
+    table = current[facts].copy()
+    damaged: list[str] = []
+    for e in np.unique(dropped_epoch[keep & (dropped_epoch >= 0) & (dropped_epoch != at)]):
+        rows = np.flatnonzero(dropped_epoch == e)
+        try:
+            have = [c for c in facts if c in run.snapshot_columns(int(e))]
+            earlier = run.snapshot(int(e), columns=have)
+        except InputError as err:
+            if not skip_damaged:
+                raise
+            damaged.append(str(err))
+            _blank(table, rows, facts)
+            continue
+        for col in have:
+            table.loc[rows, col] = earlier[col].to_numpy()[rows]
+    table.insert(0, "flagged", flagged)
+    table.insert(0, "dropped_epoch", dropped_epoch)
+    table = pd.concat([examples, table], axis=1)
+    if run.class_names and "label" in table:
+        names = np.asarray(
+            run.class_names
+            + [str(c) for c in range(len(run.class_names), int(table["label"].max()) + 1)],
+            dtype=object,
         )
-    flagged = table["suspect"].to_numpy(bool) if "suspect" in table else np.zeros(len(table), bool)
-    table["flagged"] = flagged
-    keep = (table["dropped_epoch"] >= 0) | (flagged if include_flagged else False)
-    table = table[keep].copy()
-    table["_dropped"] = table["dropped_epoch"] >= 0
-    score = table["score"] if "score" in table else pd.Series(np.nan, index=table.index)
-    table["_score"] = score.fillna(-np.inf)
-    table = table.sort_values(["_dropped", "_score", "index"], ascending=[False, False, True])
-    table = table.drop(columns=["_dropped", "_score", "suspect"], errors="ignore")
+        table.insert(
+            table.columns.get_loc("label") + 1, "class_name", names[table["label"].to_numpy()]
+        )
+    table = table[keep]
+    score = table["score"].to_numpy(np.float64) if "score" in table else np.full(len(table), np.nan)
+    order = np.lexsort(
+        (
+            table["index"].to_numpy(),
+            np.nan_to_num(-score, nan=np.inf),
+            table["dropped_epoch"].to_numpy() < 0,
+        )
+    )
+    table = table.iloc[order].reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
-    return table.reset_index(drop=True)
+    table.attrs["damaged"] = damaged
+    return table
+
+
+def _blank(table: pd.DataFrame, rows: np.ndarray, columns: list[str]) -> None:
+    """Empty ``columns`` of ``rows`` (facts that could not be read), widening their types to hold NaN."""
+    for col in columns:
+        kind = table[col].dtype.kind
+        if kind in "iu":
+            table[col] = table[col].astype("float64")
+        elif kind == "b":
+            table[col] = table[col].astype(object)
+        table.loc[rows, col] = np.nan
 
 
 def neutralise_formula(value):

@@ -4,8 +4,9 @@ The dashboard's *New run* page calls :func:`launch_training`: it checks every pa
 (so a bad one is a clear message, not a dead process), writes ``launch.json`` and
 ``train.log`` into the new run directory, and starts ``python -m core.launch <run_dir>`` in its
 own session, so that training survives page reloads, closed browsers and a restarted
-dashboard. That child runs exactly the ``poisonlens train`` command recorded in
-``launch.json`` and then precomputes the run's gradient map (``poisonlens project``).
+dashboard. ``launch.json`` carries the checked config as JSON (``TrainConfig.to_json``, every
+field, nothing rebuilt as an argv); the child trains from it and then precomputes the run's
+gradient map (``poisonlens project``).
 
 :func:`launch_status` reads how a launched run stands from the run store, falling back to
 the log when the process died before the run store existed.
@@ -20,38 +21,22 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from core.config import TrainConfig
 from core.errors import InputError
 from core.store import RUN_JSON, RunWriter, _alive, atomic_write_json, open_run
-from core.train import TrainConfig
 
 LAUNCH_JSON = "launch.json"
 LOG = "train.log"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+CONFIG_LINE = "config: "  # train.log's line with the child's config as JSON
+# A run name is a plain file name: never '.', '..', a path or absolute, so a run stays inside
+# its runs folder. The one definition, used by the CLI's --name and the New run page.
+NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # strict with .match too
+NAME_RULE = "use letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit"
+MAP_PROGRESS = re.compile(r"\[\s*(\d{1,3})%\]\s*(.*)")  # `poisonlens project`'s progress lines
 DATASET_KINDS = ("digits", "imagefolder", "cifar10", "npz")
-
-# TrainConfig fields and the `poisonlens train` options that set them.
-_OPTIONS = {
-    "dataset": "--dataset",
-    "poisons": "--poisons",
-    "model": "--model",
-    "width": "--width",
-    "scenario": "--scenario",
-    "pretrained": "--pretrained",
-    "epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "lr": "--lr",
-    "weight_decay": "--weight-decay",
-    "augment": "--augment",
-    "snapshot_every": "--snapshot-every",
-    "defense": "--defense",
-    "drop_after": "--drop-after",
-    "stop_after": "--stop-after",
-    "seed": "--seed",
-}
-_NO_OPTION = ("momentum", "nesterov", "lr_milestones", "lr_gamma", "snapshot_batch_size")
 
 # live child processes started by this process, so that finished ones are reaped (no zombies)
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -70,6 +55,7 @@ class LaunchStatus:
     phase : what the trainer is doing ('train', 'evaluate', 'snapshot', 'projection', ...)
     error : one line, for a failed run
     log_tail : the last lines of train.log
+    map_fraction, map_message : the gradient map's progress while state is 'mapping'
     """
 
     run_dir: Path
@@ -83,9 +69,12 @@ class LaunchStatus:
     phase: str | None = None
     error: str | None = None
     log_tail: str = ""
+    map_fraction: float | None = None
+    map_message: str | None = None
 
     @property
     def done(self) -> bool:
+        """True once nothing more will happen (finished, failed or interrupted)."""
         return self.state in ("finished", "failed", "interrupted")
 
 
@@ -93,27 +82,24 @@ class LaunchStatus:
 
 
 def default_name(config: TrainConfig) -> str:
+    """``<dataset kind>-<defense>-<time>``, e.g. ``digits-epic-20260101-120000``."""
     return f"{config.dataset.split(':')[0]}-{config.defense}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train_argv(config: TrainConfig, *, runs_dir: str | Path, name: str) -> list[str]:
-    """The ``poisonlens train`` arguments that reproduce ``config`` (without the program name)."""
-    default = TrainConfig()
-    for field in _NO_OPTION:
-        if getattr(config, field) != getattr(default, field):
-            raise InputError(
-                "launch", f"{field} has no `poisonlens train` option; keep its default"
-            )
-    argv = ["train"]
-    for field, option in _OPTIONS.items():
-        value = getattr(config, field)
-        if value is None:
-            continue
-        if field in ("dataset", "defense") or value != getattr(default, field):
-            argv += [option, str(value)]
-    for key, value in config.defense_params.items():
-        argv += ["--defense-param", f"{key}={json.dumps(value)}"]
-    return argv + ["--runs-dir", str(runs_dir), "--name", name, "--quiet"]
+def check_run_name(name: str) -> str:
+    """Return ``name`` when it is a plain file name (``NAME_PATTERN``), else raise InputError."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InputError("--name", f"{name!r} is not a plain run name: {NAME_RULE}")
+    return name
+
+
+def display_command(config: TrainConfig, *, runs_dir: str | Path, name: str) -> str:
+    """A ``poisonlens train`` command that reproduces ``config`` (shown to the user; the child
+    itself reads the JSON). Fields without an option (``tags``) are left out of it."""
+    from core.commands._options import config_to_argv
+
+    argv = ["train", *config_to_argv(replace(config, tags={}))]
+    return "poisonlens " + shlex.join(argv + ["--runs-dir", str(runs_dir), "--name", name])
 
 
 def _absolute_spec(spec: str) -> str:
@@ -130,12 +116,7 @@ def check_launch(
     Returns the config with its paths made absolute and the run directory to create.
     Raises :class:`InputError` with a one-line message naming the bad parameter.
     """
-    name = name or default_name(config)
-    if not NAME_PATTERN.match(name):
-        raise InputError(
-            "run name",
-            f"{name!r}: use letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit",
-        )
+    name = check_run_name(name or default_name(config))
     runs_dir = Path(runs_dir).expanduser().resolve()
     run_dir = runs_dir / name
     if run_dir.exists():
@@ -151,29 +132,11 @@ def check_launch(
         raise InputError(arg, "data set path not found")
     poisons = str(Path(config.poisons).expanduser().resolve()) if config.poisons else None
     pretrained = str(Path(config.pretrained).expanduser().resolve()) if config.pretrained else None
-    config = TrainConfig(
-        **{
-            **{f.name: getattr(config, f.name) for f in fields(TrainConfig)},
-            "dataset": _absolute_spec(config.dataset),
-            "poisons": poisons,
-            "pretrained": pretrained,
-        }
+    config = replace(
+        config, dataset=_absolute_spec(config.dataset), poisons=poisons, pretrained=pretrained
     )
     config.validate()
-    # defense and its parameters
-    from core.defense import build_defense, defense_names
-
-    if config.defense not in defense_names():
-        raise InputError(
-            "defense",
-            f"unknown defense {config.defense!r}; choose from {', '.join(defense_names())}",
-        )
-    try:
-        build_defense(config.defense, **config.defense_params)
-    except TypeError as err:
-        raise InputError(f"defense {config.defense}", f"bad parameter ({err})") from err
-    except ValueError as err:  # InputError is a ValueError
-        raise InputError(f"defense {config.defense}", str(err)) from err
+    config.check_defense()
     # poison set: readable and fitting the data set (the data set is loaded only when cheap)
     if poisons:
         if not Path(poisons).exists():
@@ -183,8 +146,7 @@ def check_launch(
 
         poison_set = load_poisons(poisons)
         if kind in ("digits", "npz"):
-            validate_poisons(poison_set, load_dataset(config.dataset), poisons)
-    train_argv(config, runs_dir=runs_dir, name=name)  # raises for fields the CLI cannot set
+            validate_poisons(poison_set, load_dataset(config.dataset), source=poisons)
     return config, run_dir
 
 
@@ -213,7 +175,7 @@ def launch_training(
     trainer has loaded the data)
     """
     config, run_dir = check_launch(config, runs_dir=runs_dir, name=name)
-    argv = train_argv(config, runs_dir=run_dir.parent, name=run_dir.name)
+    command = display_command(config, runs_dir=run_dir.parent, name=run_dir.name)
     run_dir.mkdir(parents=True)
     log = open(run_dir / LOG, "ab")  # noqa: SIM115 - handed to the child
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -234,8 +196,8 @@ def launch_training(
     atomic_write_json(
         run_dir / LAUNCH_JSON,
         {
-            "argv": argv,
-            "command": "poisonlens " + shlex.join(argv),
+            "config": config.to_json(),
+            "command": command,
             "pid": child.pid,
             "started": time.time(),
             "projection": projection,
@@ -245,8 +207,11 @@ def launch_training(
 
 
 def _child_main(run_dir: str) -> int:
-    """The background process: train as recorded in launch.json, then compute the map."""
-    from core.cli import main
+    """The background process: train from launch.json's config, then compute the map.
+
+    Errors are printed as one line to train.log (which launch_status shows), as the CLI would.
+    """
+    from core.cli import guarded, main
 
     run_dir_path = Path(run_dir)
     for _ in range(100):  # the launcher writes launch.json just after starting us
@@ -255,7 +220,17 @@ def _child_main(run_dir: str) -> int:
         time.sleep(0.05)
     launch = json.loads((run_dir_path / LAUNCH_JSON).read_text())
     print("$", launch["command"], flush=True)
-    rc = main(launch["argv"])
+
+    def train_it() -> int:
+        config = TrainConfig.from_json(launch["config"])
+        # the config exactly as this process trains it (tests compare it with the launched one)
+        print(CONFIG_LINE + json.dumps(config.to_json(), sort_keys=True), flush=True)
+        from core.train import train
+
+        train(config, run_dir_path, show_progress=False)
+        return 0
+
+    rc = guarded(train_it)
     if rc == 0 and launch.get("projection"):
         run = open_run(run_dir_path)
         epochs = run.config.get("epochs")
@@ -284,6 +259,15 @@ def _tail(path: Path, n_lines: int = 12, max_bytes: int = 16_384) -> str:
         return ""
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
     return "\n".join(lines[-n_lines:])
+
+
+def _map_progress(tail: str) -> dict:
+    """The last ``[ 40%] message`` line `poisonlens project` printed, as fraction and message."""
+    for line in reversed(tail.splitlines()):
+        found = MAP_PROGRESS.search(line)
+        if found:
+            return {"map_fraction": min(int(found[1]), 100) / 100, "map_message": found[2]}
+    return {"map_fraction": 0.0, "map_message": "starting"}
 
 
 def launch_status(run_dir: str | Path) -> LaunchStatus:
@@ -322,6 +306,8 @@ def launch_status(run_dir: str | Path) -> LaunchStatus:
         state = "interrupted"
     elif state == "finished" and alive and progress.get("phase") == "projection":
         state = "mapping"
+    if state == "mapping":
+        base.update(_map_progress(tail))
     return LaunchStatus(
         state=state,
         epoch=progress.get("epoch"),

@@ -32,6 +32,7 @@ class Classifier(nn.Module):
         return self.body((x - self.mean) / self.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (B, n_classes) for pixels ``x`` of shape (B, C, H, W) in [0, 1]."""
         return self.head(self.features(x))
 
 
@@ -43,6 +44,7 @@ class PoolIfLarge(nn.Module):
         self.min_size = min_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H/2, W/2) when ``H >= min_size``, else ``x``."""
         return F.max_pool2d(x, 2) if x.shape[-1] >= self.min_size else x
 
 
@@ -50,6 +52,7 @@ def _small_cnn_body(in_channels: int, width: int) -> nn.Module:
     # Three conv blocks; pooling early on large inputs keeps a 32x32 epoch cheap on a CPU, and
     # adaptive pooling makes the same weights work from 8x8 to 32x32.
     def block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+        """conv 3x3 -> batch norm -> ReLU (-> 2x2 max-pool)."""
         layers: list[nn.Module] = [
             nn.Conv2d(cin, cout, 3, padding=1, bias=False),
             nn.BatchNorm2d(cout),
@@ -88,6 +91,10 @@ def build_model(name: str, *, n_classes: int, in_channels: int, width: int = 32)
     n_classes : number of output classes
     in_channels : 1 for grey, 3 for RGB
     width : channels of the small CNN's first block (ignored by resnet18)
+
+    Returns
+    -------
+    Classifier, on the CPU, in float32, with torch's default (seeded) initialisation.
     """
     if name == "smallcnn":
         return Classifier(_small_cnn_body(in_channels, width), 4 * width, n_classes)
@@ -98,6 +105,17 @@ def build_model(name: str, *, n_classes: int, in_channels: int, width: int = 32)
 
 
 def to_tensor(images) -> torch.Tensor:
-    """uint8 array (n, h, w, c) -> float tensor (n, c, h, w) in [0, 1]."""
+    """uint8 images -> float pixels in [0, 1].
+
+    Parameters
+    ----------
+    images : uint8 array or tensor of shape (n, height, width, channels)
+
+    Returns
+    -------
+    float32 tensor of shape (n, channels, height, width), laid out channels-last (the
+    permuted view of the input's memory order, which the convolutions prefer), on the
+    input's device. Made per batch by the trainer: the whole set stays uint8.
+    """
     t = torch.as_tensor(images)
     return t.permute(0, 3, 1, 2).float().div_(255.0)

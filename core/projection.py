@@ -16,15 +16,20 @@ stored in the run as ``projections/<method>.parquet`` and read back by the dashb
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from core.errors import InputError
-from core.store import Run, RunWriter, open_run
+from core.store import PROJECTIONS, Run, RunWriter, _alive, _read_json, atomic_write_json, open_run
 
 METHODS = ("umap", "pca")
 TARGET_INDEX = -1  # the `index` of the target's rows in a projection table
@@ -235,7 +240,12 @@ def project_snapshots(
         n_target += 1
         frames.append(_frame(epoch, np.array([TARGET_INDEX]), txy))
     out = pd.concat(frames, ignore_index=True)
-    return out.sort_values(["epoch", "index"], kind="stable").reset_index(drop=True)
+    out = out.sort_values(["epoch", "index"], kind="stable").reset_index(drop=True)
+    # how the layout was made, for the page to say ("fitted on 5,000 rows, 545,000 placed")
+    n_fit = int(sum(len(c) for c in chosen))
+    out.attrs.update(n_fit=n_fit, n_placed=int(n_rows.sum()) - (0 if method == "pca" else n_fit),
+                     fit_seconds=round(time.perf_counter() - t0, 2))
+    return out
 
 
 def _frame(epoch: int, index: np.ndarray, xy: np.ndarray) -> pd.DataFrame:
@@ -318,9 +328,13 @@ def compute_projection(
         random_state=random_state,
         progress=progress,
     )
+    report(1.0, "done")
     if write:
         RunWriter(run.path).write_projection(method, frame)
-    report(1.0, "done")
+        # last, so that a progress message never overwrites "finished"
+        write_job(run.path, method, state="finished", fraction=1.0, message="done",
+                  n_points=len(examples), n_snapshots=len(epochs),
+                  **frame.attrs)
     return frame
 
 
@@ -346,3 +360,126 @@ def ensure_projection(
     if projection_is_current(run, frame):
         return frame
     return compute_projection(run.path, method=method, progress=progress, **kwargs)
+
+
+def read_projection(run: Run, method: str) -> pd.DataFrame | None:
+    """The stored map of ``method`` (None when there is none).
+
+    Raises
+    ------
+    InputError naming ``projections/<method>.parquet`` when the file cannot be read (truncated,
+    not Parquet, missing columns)
+    """
+    path = run.path / PROJECTIONS / f"{method}.parquet"
+    try:
+        frame = run.projection(method)
+    except InputError:
+        raise
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise InputError(path, f"unreadable Parquet ({type(err).__name__}: {err})") from err
+    if frame is not None and not set(COLUMNS) <= set(frame.columns):
+        raise InputError(path, f"missing columns {sorted(set(COLUMNS) - set(frame.columns))}")
+    return frame
+
+
+# --- the background process ----------------------------------------------------------------
+#
+# The dashboard never fits a map inside a page rerun: it starts ``python -m core.projection``
+# in its own session (as core.launch does for training) and polls the job file it writes.
+
+
+def job_path(run_dir: str | Path, method: str) -> Path:
+    """``projections/<method>.job.json``: state, fraction, message, pid; when finished, how
+    many rows the layout was fitted on (``n_fit``) and how many were placed (``n_placed``)."""
+    return Path(run_dir) / PROJECTIONS / f"{method}.job.json"
+
+
+def write_job(run_dir: str | Path, method: str, **fields) -> None:
+    atomic_write_json(job_path(run_dir, method), {**fields, "method": method, "updated": time.time()})
+
+
+def read_job(run_dir: str | Path, method: str) -> dict | None:
+    """The job file of a map (None when none was started); a 'running' job whose process is
+    gone reads as 'failed'."""
+    try:
+        job = _read_json(job_path(run_dir, method))
+    except (FileNotFoundError, InputError):
+        return None
+    if job.get("state") == "running" and not _alive(job.get("pid")):
+        job.update(state="failed", error="the map process stopped before it finished")
+    return job
+
+
+def launch_projection(run_dir: str | Path, *, method: str = "umap", max_fit: int = 5000) -> int:
+    """Start computing a run's map in a detached background process; returns its pid.
+
+    The process writes its progress to :func:`job_path` (read it with :func:`read_job`) and
+    the map to ``projections/<method>.parquet``. A job already running is not started twice.
+    """
+    if method not in METHODS:
+        raise InputError("projection", f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    job = read_job(run_dir, method)
+    if job and job.get("state") in ("starting", "running"):
+        return int(job["pid"])
+    folder = Path(run_dir) / PROJECTIONS
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    write_job(run_dir, method, state="starting", fraction=0.0, message="starting", pid=os.getpid(),
+              started=started)
+    log = open(folder / f"{method}.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "core.projection", str(run_dir), "--method", method,
+             "--max-fit", str(max_fit)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=Path(__file__).resolve().parents[1],
+        )
+    finally:
+        log.close()
+    _CHILDREN.append(child)
+    job = read_job(run_dir, method) or {}
+    if job.get("state") == "starting":  # the child has not written its own progress yet
+        write_job(run_dir, method, state="running", fraction=0.0, message="starting",
+                  pid=child.pid, started=started)
+    return child.pid
+
+
+_CHILDREN: list[subprocess.Popen] = []  # reaped by poll() in reap_children (no zombies)
+
+
+def reap_children() -> None:
+    for child in list(_CHILDREN):
+        if child.poll() is not None:
+            _CHILDREN.remove(child)
+
+
+def _job_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.projection")
+    parser.add_argument("run_dir")
+    parser.add_argument("--method", choices=METHODS, default="umap")
+    parser.add_argument("--max-fit", type=int, default=5000)
+    args = parser.parse_args(argv)
+    started = time.time()
+    last = [0.0]
+
+    def progress(fraction: float, message: str) -> None:
+        if time.time() - last[0] > 0.3 or fraction >= 1.0:  # a few writes a second at most
+            last[0] = time.time()
+            write_job(args.run_dir, args.method, state="running", fraction=round(fraction, 3),
+                      message=message, pid=os.getpid(), started=started)
+        print(f"[{fraction:4.0%}] {message}", flush=True)
+
+    try:
+        compute_projection(args.run_dir, method=args.method, max_fit=args.max_fit,
+                           progress=progress)
+    except Exception as err:  # noqa: BLE001 - every failure is reported to the page
+        write_job(args.run_dir, args.method, state="failed", error=f"{type(err).__name__}: {err}",
+                  pid=os.getpid(), started=started)
+        print(f"poisonlens: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_job_main())

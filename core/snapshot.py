@@ -18,8 +18,17 @@ from core.models import Classifier, to_tensor
 
 
 def fold_batchnorm(body: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``body`` in which every Conv2d directly followed by a BatchNorm2d in a
-    Sequential is merged into one convolution (same outputs up to float rounding, fewer passes)."""
+    """An eval-mode copy of ``body`` with every Conv2d directly followed by a BatchNorm2d in a
+    Sequential merged into one convolution (same outputs up to float rounding, fewer passes).
+
+    Parameters
+    ----------
+    body : a feature extractor (left unchanged)
+
+    Returns
+    -------
+    nn.Module on the same device as ``body``
+    """
     body = copy.deepcopy(body).eval()
     for module in body.modules():
         if not isinstance(module, nn.Sequential):
@@ -46,50 +55,87 @@ def fold_batchnorm(body: nn.Module) -> nn.Module:
     return body
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device ``model``'s parameters live on (where its inputs must be sent)."""
+    return next(model.parameters()).device
+
+
 @torch.inference_mode()
-def forward_batched(
-    model: Classifier, images: np.ndarray, *, batch_size: int = 128
-) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode logits (n, n_classes) and penultimate features (n, n_features), float32.
+def iter_forward(model: Classifier, images, *, batch_size: int = 128):
+    """Eval-mode forward passes over ``images`` in batches, on the model's device.
 
     Runs a batch-norm-folded, channels-last copy of the model: on a CPU this pass costs about a
     fifth of a training step per example, which keeps snapshots cheap. Moderate batches are
-    faster than huge ones here (they stay in cache).
+    faster than huge ones there (they stay in cache).
+
+    Parameters
+    ----------
+    model : the classifier (left in whatever mode it is in)
+    images : uint8 array or tensor of shape (n, height, width, channels), on any device
+    batch_size : examples per forward pass
+
+    Yields
+    ------
+    (start, logits, features) : the batch's first row, float32 logits of shape
+        (batch, n_classes) and features of shape (batch, n_features), on the model's device
     """
+    device = model_device(model)
     body = fold_batchnorm(model.body).to(memory_format=torch.channels_last)
-    logits, feats = [], []
     for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start : start + batch_size]).contiguous(
-            memory_format=torch.channels_last
-        )
+        batch = torch.as_tensor(images[start : start + batch_size]).to(device, non_blocking=True)
+        x = to_tensor(batch).contiguous(memory_format=torch.channels_last)
         f = body((x - model.mean) / model.std)
-        logits.append(model.head(f).numpy())
-        feats.append(f.numpy())
-    n_classes = model.head.out_features
-    if not logits:
-        return np.zeros((0, n_classes), np.float32), np.zeros((0, model.n_features), np.float32)
-    return np.concatenate(logits), np.concatenate(feats)
+        yield start, model.head(f).float(), f.float()
+
+
+def forward_batched(
+    model: Classifier, images, *, batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode logits of shape (n, n_classes) and features of shape (n, n_features), float32.
+
+    The same passes as :func:`iter_forward`, gathered into host arrays; ``images`` is uint8 of
+    shape (n, height, width, channels).
+    """
+    n_classes, n_features = model.head.out_features, model.n_features
+    logits = np.empty((len(images), n_classes), np.float32)
+    feats = np.empty((len(images), n_features), np.float32)
+    for start, out, f in iter_forward(model, images, batch_size=batch_size):
+        logits[start : start + len(out)] = out.cpu().numpy()
+        feats[start : start + len(out)] = f.cpu().numpy()
+    return logits, feats
+
+
+def _stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    # Every per-example quantity a snapshot stores, computed where the logits are.
+    log_p = F.log_softmax(logits, dim=1)
+    p = log_p.exp()
+    rows = torch.arange(len(labels), device=logits.device)
+    grads = p.clone()
+    grads[rows, labels] -= 1.0
+    return {
+        "grads": grads,
+        "loss": -log_p[rows, labels],
+        "confidence": p[rows, labels],
+        "prediction": logits.argmax(dim=1).long(),
+    }
 
 
 def last_layer_stats(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """From logits (n, C) and labels (n,): grads (n, C) = softmax - onehot, loss, confidence, prediction."""
+    """Per-example last-layer quantities from logits of shape (n, C) and labels of shape (n,).
+
+    Returns
+    -------
+    dict with ``grads`` float32 (n, C) = softmax - onehot, ``loss`` float32 (n,),
+    ``confidence`` float32 (n,) (probability of the label) and ``prediction`` int64 (n,).
+    """
     t = torch.from_numpy(np.asarray(logits, dtype=np.float32))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    log_p = F.log_softmax(t, dim=1)
-    p = log_p.exp()
-    grads = p.clone()
-    grads[torch.arange(len(y)), y] -= 1.0
-    return {
-        "grads": grads.numpy(),
-        "loss": (-log_p[torch.arange(len(y)), y]).numpy(),
-        "confidence": p[torch.arange(len(y)), y].numpy(),
-        "prediction": t.argmax(dim=1).numpy().astype(np.int64),
-    }
+    return {k: v.numpy() for k, v in _stats(t, y).items()}
 
 
 def take_snapshot(
     model: Classifier,
-    images: np.ndarray,
+    images,
     labels: np.ndarray,
     *,
     epoch: int,
@@ -99,15 +145,55 @@ def take_snapshot(
 ) -> tuple[Snapshot, dict | None]:
     """Snapshot of every training example, plus the target's row for ``adv_label``.
 
-    Returns the :class:`Snapshot` and, when a target is given, a dict with the target's
-    ``grads`` (C,), ``embedding`` (n_features,), ``prediction`` and ``prob_adv``.
+    Forward passes run in batches on the model's device, in float32 (never under autocast);
+    each batch's results are copied into preallocated host arrays, so memory is one batch plus
+    the stored columns.
+
+    Parameters
+    ----------
+    model : the classifier
+    images : uint8 of shape (n_samples, height, width, channels), array or tensor on any device
+    labels : int of shape (n_samples,)
+    epoch : the epoch the snapshot is taken after
+    target_image : uint8 of shape (height, width, channels), or None
+    adv_label : the class the attacker wants the target read as, or None
+    batch_size : examples per forward pass
+
+    Returns
+    -------
+    snapshot : :class:`Snapshot` (with ``target_grad`` when a target is given)
+    target : dict with the target's ``grads`` (n_classes,), ``embedding`` (n_features,),
+        ``prediction`` and ``prob_adv``; None without a target
     """
-    logits, feats = forward_batched(model, images, batch_size=batch_size)
-    stats = last_layer_stats(logits, labels)
-    snap = Snapshot(epoch=epoch, labels=np.asarray(labels, np.int64), embeddings=feats, **stats)
+    labels = np.asarray(labels, np.int64)
+    n, n_classes = len(labels), model.head.out_features
+    grads = np.empty((n, n_classes), np.float32)
+    feats = np.empty((n, model.n_features), np.float32)
+    loss, confidence = np.empty(n, np.float32), np.empty(n, np.float32)
+    prediction = np.empty(n, np.int64)
+    device = model_device(model)
+    with torch.autocast(device.type, enabled=False):
+        for start, logits, f in iter_forward(model, images, batch_size=batch_size):
+            rows = slice(start, start + len(logits))
+            y = torch.from_numpy(labels[rows]).to(device, non_blocking=True)
+            stats = _stats(logits, y)
+            grads[rows] = stats["grads"].cpu().numpy()
+            loss[rows] = stats["loss"].cpu().numpy()
+            confidence[rows] = stats["confidence"].cpu().numpy()
+            prediction[rows] = stats["prediction"].cpu().numpy()
+            feats[rows] = f.cpu().numpy()
+    snap = Snapshot(
+        epoch=epoch,
+        labels=labels,
+        embeddings=feats,
+        grads=grads,
+        loss=loss,
+        confidence=confidence,
+        prediction=prediction,
+    )
     target = None
     if target_image is not None and adv_label is not None:
-        t_logits, t_feats = forward_batched(model, target_image[None])
+        t_logits, t_feats = forward_batched(model, np.asarray(target_image)[None])
         t_stats = last_layer_stats(t_logits, np.array([adv_label]))
         target = {
             "grads": t_stats["grads"][0],

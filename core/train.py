@@ -1,17 +1,23 @@
 """Training with gradient snapshots and a defense hook, written to a run store.
 
-The loop reads in order, once per epoch: set lr -> train on the active examples ->
-evaluate (test accuracy, the target) -> snapshot + defense (every ``snapshot_every``
-epochs and at the last) -> metrics -> checkpoint. Epoch 0 is a snapshot before training.
+The state of a run is one :class:`TrainState` (made by :func:`start_run` or :func:`resume_run`).
+:func:`train` runs the loop, which reads in order, once per epoch: set lr -> train on the
+active examples -> evaluate (test accuracy, the target) -> snapshot + defense (every
+``snapshot_every`` epochs and at the last) -> record the epoch -> checkpoint. Epoch 0 is a
+snapshot before training. The phases are helpers that return values; only
+``writer.record_epoch`` and the checkpoint write files.
+
+The training images stay uint8 of shape (n_samples, height, width, channels) and are cropped,
+flipped and converted to float one batch at a time, on the run's device.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 import time
-from dataclasses import replace
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +27,50 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import core
+from core import distributed
+from core.augment import augment_batch, resolve_augment  # noqa: F401  (re-exported for attacks)
+from core.checkpoint import (
+    FINAL,
+    LAST,
+    RunLock,
+    load_checkpoint,
+    load_weights,
+    read_table,
+    save_checkpoint,
+)
 from core.config import AUGMENTS, SCENARIOS, TrainConfig  # noqa: F401  (re-exported)
 from core.data import PoisonedDataset, apply_poisons, load_dataset, load_poisons
 from core.defense import build_defense
+from core.defense.base import Defense, DefenseResult, Snapshot
+from core.device import fits_on_device, resolve_device, seeded_generator
 from core.errors import InputError
-from core.models import Classifier, build_model, to_tensor
-from core.snapshot import forward_batched, storage_projection, take_snapshot
-from core.store import CHECKPOINTS, RunWriter, atomic_write_bytes, open_run
+from core.models import Classifier, build_model
+from core.snapshot import forward_batched, model_device, storage_projection
+from core.store import CHECKPOINTS, METRICS, RUN_JSON, TARGETS, RunWriter, open_run
+
+# The columns of metrics.parquet, a row per epoch (docs/run-format.md), in this order:
+METRICS_COLUMNS: tuple[str, ...] = (
+    "epoch",  # 0 = the model before training
+    "lr",  # learning rate used in this epoch
+    "train_loss",  # mean cross-entropy over the active examples (NaN at epoch 0)
+    "epoch_seconds",  # wall time of the training pass
+    "test_acc",  # clean test accuracy
+    "target_pred",  # the target's predicted class (-1 without a poison set)
+    "target_prob_adv",  # the target's probability of adv_label (NaN without a poison set)
+    "attack_success",  # 1.0 when the target is predicted as adv_label (NaN without one)
+    "eval_seconds",  # wall time of the evaluation
+    "snapshot_seconds",  # wall time of the snapshot pass (0 when none was taken)
+    "defense_seconds",  # wall time of the defense (0 when none ran)
+    "n_new_drops",  # examples dropped at this epoch's snapshot
+    "defense_info",  # the defense's JSON report ('' without a snapshot)
+    "n_active",  # examples still trained on, after this epoch's decisions
+    "n_dropped",  # examples dropped so far
+    "n_poison_dropped",  # poisons among them
+)
 
 
 def versions() -> dict:
+    """Versions of poisonlens and the libraries that decide a run's numbers (for run.json)."""
     import sklearn
 
     return {
@@ -42,65 +82,66 @@ def versions() -> dict:
     }
 
 
-# --- small pure helpers --------------------------------------------------------------------
+# --- the state of a run ----------------------------------------------------------------------
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The RNG for one epoch's shuffling and augmentation; a resumed run re-makes it exactly."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+@dataclass
+class TrainState:
+    """Everything the loop carries from one epoch to the next (one object, as in nanoGPT).
+
+    Attributes
+    ----------
+    config : the run's options
+    data : the training set as the victim sees it, with ground truth
+    device : where training, evaluation and snapshots run
+    model, optimizer, defense : the network, its SGD optimiser, the defense hook
+    images : uint8 tensor of shape (n_samples, height, width, channels): on ``device`` when it
+        fits there, else in (pinned, for CUDA) host memory
+    labels : int64 tensor of shape (n_samples,), on ``device``
+    active : bool of shape (n_samples,), the examples still trained on
+    dropped_epoch : int64 of shape (n_samples,), the epoch each example was dropped at, -1 if not
+    epoch : the next epoch to run (0 = the snapshot before training)
+    metrics : one dict per finished epoch, keyed by :data:`METRICS_COLUMNS`
+    targets : one dict per snapshot of a poisoned run (targets.parquet rows)
+    projection : fixed (n_features, embedding_dims) projection for stored embeddings, or None
+    amp_dtype : autocast dtype for training (None: float32)
+    scaler : fp16 gradient scaler, or None
+    dist : this process's place under torchrun (None: a single process; docs/distributed.md)
+    ddp : the DistributedDataParallel wrapper the training steps go through, or None
+    """
+
+    config: TrainConfig
+    data: PoisonedDataset
+    device: torch.device
+    model: Classifier
+    optimizer: torch.optim.Optimizer
+    defense: Defense
+    images: torch.Tensor
+    labels: torch.Tensor
+    active: np.ndarray
+    dropped_epoch: np.ndarray
+    epoch: int = 0
+    metrics: list[dict] = field(default_factory=list)
+    targets: list[dict] = field(default_factory=list)
+    projection: np.ndarray | None = None
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    dist: distributed.DistContext | None = None
+    ddp: torch.nn.Module | None = None
 
 
-def lr_at(config: TrainConfig, epoch: int) -> float:
-    """Learning rate during ``epoch`` (1-based): multi-step decay at fractions of the run."""
-    passed = sum(epoch > round(m * config.epochs) for m in config.lr_milestones)
-    return config.resolved_lr * config.lr_gamma**passed
+def check_config(config: TrainConfig) -> torch.device:
+    """Validate ``config`` and resolve its device; every problem is an :class:`InputError`.
 
-
-def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding of size/8) and, for 'crop-flip', horizontal flips; x is (B, C, H, W)."""
-    if mode == "none":
-        return x
-    b, c, h, w = x.shape
-    pad = max(1, h // 8)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-    out = padded[
-        torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
-    ]
-    if mode == "crop-flip":
-        flip = torch.rand(b, generator=gen) < 0.5
-        out[flip] = out[flip].flip(3)
-    return out
-
-
-def resolve_augment(mode: str, n_channels: int) -> str:
-    if mode != "auto":
-        return mode
-    # Digits are not mirror-symmetric; natural colour images are.
-    return "crop-flip" if n_channels == 3 else "crop"
-
-
-def batches(indices: np.ndarray, batch_size: int, gen: torch.Generator) -> list[np.ndarray]:
-    """Shuffle ``indices`` and cut them into batches; a last batch of one joins the previous one
-    (batch norm cannot train on a single example)."""
-    perm = indices[torch.randperm(len(indices), generator=gen).numpy()]
-    out = [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
-    if len(out) > 1 and len(out[-1]) == 1:
-        last = out.pop()
-        out[-1] = np.concatenate([out[-1], last])
-    return out
-
-
-@torch.inference_mode()
-def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
-    logits, _ = forward_batched(model, images, batch_size=batch_size)
-    return float((logits.argmax(1) == labels).mean()) if len(labels) else float("nan")
-
-
-# --- setup ---------------------------------------------------------------------------------
+    Returns
+    -------
+    torch.device the run trains on
+    """
+    config.validate()
+    device = distributed.process_device(config.device) or resolve_device(config.device)
+    if config.amp != "off" and device.type != "cuda":
+        raise InputError("--amp", f"{config.amp} needs a CUDA device (this run is on {device})")
+    return device
 
 
 def load_training_data(config: TrainConfig) -> PoisonedDataset:
@@ -108,13 +149,19 @@ def load_training_data(config: TrainConfig) -> PoisonedDataset:
     restored to their base images and only the target is kept."""
     dataset = load_dataset(config.dataset)
     poisons = load_poisons(config.poisons) if config.poisons else None
-    data = apply_poisons(dataset, poisons, source=config.poisons or "")
-    if config.clean_control and poisons is not None:
-        data = replace(apply_poisons(dataset, None), poisons=poisons)
-    return data
+    if poisons is None or config.clean_control:
+        # Nothing to replace: train on the loaded array itself (a copy is 3 GB at 1M images).
+        n = len(dataset.y_train)
+        return PoisonedDataset(dataset, dataset.x_train, dataset.y_train, np.zeros(n, dtype=bool),
+                               np.arange(n, dtype=np.int64), poisons)  # fmt: skip
+    data = apply_poisons(dataset, poisons, source=config.poisons)
+    # The clean training images are not used again: keep one copy of the set, not two.
+    return replace(data, dataset=replace(dataset, x_train=data.x_train))
 
 
 def make_model(config: TrainConfig, data: PoisonedDataset) -> Classifier:
+    """A seeded model for ``data`` on the CPU, with ``config.pretrained`` loaded for
+    transfer / finetune (transfer also freezes the body)."""
     torch.manual_seed(config.seed)
     model = build_model(
         config.model,
@@ -124,14 +171,19 @@ def make_model(config: TrainConfig, data: PoisonedDataset) -> Classifier:
     )
     if config.scenario == "scratch":
         return model
-    state = torch.load(config.pretrained, map_location="cpu", weights_only=True)
+    state = load_weights(config.pretrained)
     head_shape = (model.head.out_features, model.head.in_features)
     if (
         config.scenario == "transfer"
         or tuple(state.get("head.weight", torch.empty(0)).shape) != head_shape
     ):
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        raise InputError(
+            config.pretrained, f"checkpoint does not fit model {config.model!r} (shapes differ)"
+        ) from err
     body_missing = [k for k in missing if not k.startswith("head.")]
     if body_missing or unexpected:
         raise InputError(
@@ -146,6 +198,7 @@ def make_model(config: TrainConfig, data: PoisonedDataset) -> Classifier:
 
 
 def make_optimizer(config: TrainConfig, model: Classifier) -> torch.optim.Optimizer:
+    """SGD over the trainable parameters, with the config's momentum and weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(
         params,
@@ -156,208 +209,284 @@ def make_optimizer(config: TrainConfig, model: Classifier) -> torch.optim.Optimi
     )
 
 
-# --- the loop ------------------------------------------------------------------------------
+def place_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The uint8 training images where batches are cut from: the CPU's own array (no copy),
+    the GPU's memory when they fit in half of what is free, else pinned host memory."""
+    host = torch.from_numpy(np.ascontiguousarray(images))
+    if device.type == "cpu":
+        return host
+    if device.type != "cuda" or fits_on_device(host.nbytes, device):
+        return host.to(device)
+    return host.pin_memory()
 
 
-def train(
-    config: TrainConfig,
-    run_dir: str | Path,
-    *,
-    resume: bool = False,
-    show_progress: bool = True,
-    stop_at_epoch: int | None = None,
-) -> Path:
-    """Train under ``config.defense``, writing everything to ``run_dir``; returns ``run_dir``.
+def _setup(config: TrainConfig, device: torch.device) -> TrainState:
+    data = load_training_data(config)
+    model = make_model(config, data).to(device, memory_format=torch.channels_last)
+    n = data.n_samples
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+    return TrainState(
+        config=config,
+        data=data,
+        device=device,
+        model=model,
+        optimizer=make_optimizer(config, model),
+        defense=build_defense(config.defense, **config.defense_params),
+        images=place_images(data.x_train, device),
+        labels=torch.as_tensor(np.asarray(data.y_train, np.int64)).to(device),
+        active=np.ones(n, dtype=bool),
+        dropped_epoch=np.full(n, -1, dtype=np.int64),
+        projection=storage_projection(
+            model.n_features, config.embedding_dims, random_state=config.seed
+        ),
+        amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler("cuda") if config.amp == "fp16" else None,
+    )
 
-    With ``resume=True`` the run continues from its last checkpoint and ends identical to an
-    uninterrupted run. ``stop_at_epoch`` ends the process early after that epoch's checkpoint
-    (as a kill would, but cleanly); used by tests and benchmarks.
+
+def start_run(config: TrainConfig, run_dir: str | Path) -> TrainState:
+    """Set up a new run and write its fixed files (run.json, examples, images).
+
+    Parameters
+    ----------
+    config : the run's options (validated here)
+    run_dir : the run directory; files already in it are replaced
+
+    Returns
+    -------
+    TrainState at epoch 0
+    """
+    state = _setup(config, check_config(config))
+    if not distributed.is_main_process():
+        return state  # under torchrun only rank 0 writes the run
+    data, poisons = state.data, state.data.poisons
+    writer = RunWriter(Path(run_dir))
+    target = None
+    if poisons is not None:
+        target = {
+            "target_label": poisons.target_label,
+            "adv_label": poisons.adv_label,
+            "target_index": poisons.target_index,
+            "attack": poisons.attack,
+            "eps": poisons.eps,
+            "n_poisons": int(data.is_poison.sum()),
+            "clean_control": config.clean_control,
+        }
+    writer.create(
+        Path(run_dir).name,
+        config.to_json(),
+        versions(),
+        class_names=list(data.dataset.class_names),
+        target=target,
+    )
+    n = data.n_samples
+    examples = {"index": np.arange(n, dtype=np.int64), "label": data.y_train}
+    examples.update(is_poison=data.is_poison, base_index=data.base_index)
+    writer.write_examples(pd.DataFrame(examples))
+    writer.write_images(data.x_train, poisons.target_x if poisons else None)
+    return state
+
+
+def resume_run(run_dir: str | Path, *, device: str | None = None) -> TrainState:
+    """The state of a run to continue from its last checkpoint.
+
+    A run killed before its first checkpoint starts again from the beginning.
+
+    Parameters
+    ----------
+    run_dir : an existing run directory
+    device : {'auto', 'cpu', 'cuda', 'cuda:N', 'mps'} to resume on, or None for the device in
+        run.json; tensors are loaded with ``map_location``, so any device can continue any run
+
+    Returns
+    -------
+    TrainState at the epoch after the checkpoint's
+
+    Raises
+    ------
+    InputError
+        naming run.json, last.pt, metrics.parquet or targets.parquet when one is unusable.
     """
     run_dir = Path(run_dir)
-    writer = RunWriter(run_dir)
-    if resume:
-        config = TrainConfig.from_json(open_run(run_dir).config)
-    elif (run_dir / "run.json").exists():
-        raise InputError(
-            run_dir, "run already exists; pass --resume to continue it or choose another --name"
-        )
-    config.validate()
-    data = load_training_data(config)
-    model = make_model(config, data).to(
-        memory_format=torch.channels_last
-    )  # faster convolutions on CPU
-    optimizer = make_optimizer(config, model)
-    defense = build_defense(config.defense, **config.defense_params)
-    poisons = data.poisons
-    n = data.n_samples
-    active = np.ones(n, dtype=bool)
-    dropped_epoch = np.full(n, -1, dtype=np.int64)
-    metrics: list[dict] = []
-    targets: list[dict] = []
-    start = 0
-
-    if resume:
-        state = torch.load(run_dir / CHECKPOINTS / "last.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        active = state["active"].numpy().astype(bool)
-        dropped_epoch = state["dropped_epoch"].numpy().astype(np.int64)
-        start = int(state["epoch"]) + 1
-        run = open_run(run_dir)
-        metrics = [r for r in run.metrics().to_dict("records") if r["epoch"] < start]
-        targets = [r for r in run.targets().to_dict("records") if r["epoch"] < start]
-        writer.set_status("running")
-    else:
-        target = None
-        if poisons is not None:
-            target = {
-                "target_label": poisons.target_label,
-                "adv_label": poisons.adv_label,
-                "target_index": poisons.target_index,
-                "attack": poisons.attack,
-                "eps": poisons.eps,
-                "n_poisons": int(data.is_poison.sum()),
-                "clean_control": config.clean_control,
-            }
-        writer.create(
-            run_dir.name,
-            config.to_json(),
-            versions(),
-            class_names=list(data.dataset.class_names),
-            target=target,
-        )
-        writer.write_examples(
-            pd.DataFrame(
-                {
-                    "index": np.arange(n, dtype=np.int64),
-                    "label": data.y_train,
-                    "is_poison": data.is_poison,
-                    "base_index": data.base_index,
-                }
-            )
-        )
-        writer.write_images(data.x_train, poisons.target_x if poisons else None)
-
-    augment = resolve_augment(config.augment, data.x_train.shape[-1])
-    projection = storage_projection(
-        model.n_features, config.embedding_dims, random_state=config.seed
-    )
-    snapshot_epochs = set(config.snapshot_epochs())
-    x_all = to_tensor(data.x_train)
-    y_all = torch.as_tensor(data.y_train)
-    bar = tqdm(
-        total=config.epochs + 1,
-        initial=start,
-        desc=run_dir.name,
-        unit="epoch",
-        disable=not show_progress,
-    )
+    run = open_run(run_dir)
     try:
-        for epoch in range(start, config.epochs + 1):
-            row = {"epoch": epoch, "lr": lr_at(config, max(epoch, 1))}
-            writer.write_progress(epoch=epoch, epochs=config.epochs, phase="train")
-            # 1. train (epoch 0 is the untrained model)
-            t0 = time.perf_counter()
-            row["train_loss"] = float("nan")
-            if epoch > 0:
-                for group in optimizer.param_groups:
-                    group["lr"] = row["lr"]
-                row["train_loss"] = train_one_epoch(
-                    model,
-                    optimizer,
-                    x_all,
-                    y_all,
-                    np.flatnonzero(active),
-                    config,
-                    augment,
-                    epoch_generator(config.seed, epoch),
-                )
-            row["epoch_seconds"] = time.perf_counter() - t0
-            # 2. evaluate
-            writer.write_progress(epoch=epoch, epochs=config.epochs, phase="evaluate")
-            t0 = time.perf_counter()
-            row["test_acc"] = accuracy(
-                model, data.dataset.x_test, data.dataset.y_test, config.snapshot_batch_size
-            )
-            row.update(target_metrics(model, poisons))
-            row["eval_seconds"] = time.perf_counter() - t0
-            # 3. snapshot and defense
-            row["snapshot_seconds"] = row["defense_seconds"] = 0.0
-            row["n_new_drops"] = 0
-            row["defense_info"] = ""
-            if epoch in snapshot_epochs:
-                writer.write_progress(epoch=epoch, epochs=config.epochs, phase="snapshot")
-                new = snapshot_and_defend(
-                    model,
-                    data,
-                    config,
-                    defense,
-                    epoch,
-                    active,
-                    dropped_epoch,
-                    projection,
-                    writer,
-                    row,
-                    targets,
-                )
-                active &= ~new
-                dropped_epoch[new] = epoch
-                row["n_new_drops"] = int(new.sum())
-            row["n_active"] = int(active.sum())
-            row["n_dropped"] = int((~active).sum())
-            row["n_poison_dropped"] = int((~active & data.is_poison).sum())
-            metrics.append(row)
-            writer.write_metrics(pd.DataFrame(metrics))
-            if targets:
-                writer.write_targets(pd.DataFrame(targets))
-            # 4. checkpoint: the last thing of an epoch, so a resume redoes at most one epoch
-            save_checkpoint(run_dir, epoch, model, optimizer, active, dropped_epoch)
-            bar.update(1)
-            bar.set_postfix(acc=f"{row['test_acc']:.3f}", dropped=row["n_dropped"])
-            if stop_at_epoch is not None and epoch >= stop_at_epoch and epoch < config.epochs:
-                writer.write_progress(epoch=epoch, epochs=config.epochs, phase="stopped")
-                return run_dir
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
-        atomic_write_bytes(run_dir / CHECKPOINTS / "model.pt", buf.getvalue())
-        writer.write_progress(epoch=config.epochs, epochs=config.epochs, phase="done")
-        writer.set_status("finished")
-    except KeyboardInterrupt:
-        writer.set_status("failed", "interrupted")
-        raise
-    except Exception as err:
-        writer.set_status("failed", f"{type(err).__name__}: {err}".splitlines()[0])
-        raise
-    finally:
-        bar.close()
-    return run_dir
+        config = TrainConfig.from_json(run.config)
+        config.validate()
+    except InputError as err:
+        raise InputError(run_dir / RUN_JSON, f"config: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise InputError(run_dir / RUN_JSON, f"config: unusable ({err})") from None
+    if device is not None:
+        config = replace(config, device=device)
+    dev = check_config(config)  # a missing device names --device: pass another to move the run
+    last = run_dir / CHECKPOINTS / LAST
+    if not last.exists():
+        return start_run(config, run_dir)  # killed before its first checkpoint: start over
+    state = _setup(config, dev)
+    ckpt = load_checkpoint(last, n_samples=state.data.n_samples, map_location=dev)
+    try:
+        state.model.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        if state.scaler is not None and "scaler" in ckpt:
+            state.scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise InputError(last, f"does not fit this run's model ({str(err).splitlines()[0][:100]})") from None
+    state.active = ckpt["active"].cpu().numpy().astype(bool)
+    state.dropped_epoch = ckpt["dropped_epoch"].cpu().numpy().astype(np.int64)
+    state.epoch = int(ckpt["epoch"]) + 1
+    state.metrics = _rows_before(run_dir / METRICS, state.epoch, range(state.epoch))
+    if state.data.poisons is not None:
+        snaps = [e for e in config.snapshot_epochs() if e < state.epoch]
+        state.targets = _rows_before(run_dir / TARGETS, state.epoch, snaps)
+    if distributed.is_main_process():
+        RunWriter(run_dir).set_status("running")
+    return state
+
+
+def _rows_before(path: Path, epoch: int, expected: Iterable[int]) -> list[dict]:
+    # The rows a resumed run keeps; they must cover every epoch the checkpoint has seen.
+    expected = list(expected)
+    table = read_table(path) if expected or path.exists() else pd.DataFrame({"epoch": []})
+    if "epoch" not in table:
+        raise InputError(path, "has no epoch column")
+    rows = [r for r in table.to_dict("records") if r["epoch"] < epoch]
+    if sorted(int(r["epoch"]) for r in rows) != expected:
+        raise InputError(path, f"does not hold every epoch before {epoch}; the run cannot continue")
+    return rows
+
+
+# --- the phases: pure helpers that return values -----------------------------------------------
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Learning rate during ``epoch`` (1-based): multi-step decay at fractions of the run."""
+    passed = sum(epoch > round(m * config.epochs) for m in config.lr_milestones)
+    return config.resolved_lr * config.lr_gamma**passed
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator for one epoch's shuffling and augmentation (``seeded_generator(seed, epoch)``);
+    a resumed run re-makes it exactly."""
+    return seeded_generator(seed, epoch, device)
+
+
+def batches(indices: np.ndarray, batch_size: int, gen: torch.Generator) -> list[np.ndarray]:
+    """Shuffle ``indices`` and cut them into batches; a last batch of one joins the previous one
+    (batch norm cannot train on a single example).
+
+    Parameters
+    ----------
+    indices : int of shape (n,), the examples to visit
+    batch_size : examples per batch
+    gen : a CPU generator (draws one permutation)
+
+    Returns
+    -------
+    list of int arrays, together a permutation of ``indices``
+    """
+    perm = indices[torch.randperm(len(indices), generator=gen).numpy()]
+    out = [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        last = out.pop()
+        out[-1] = np.concatenate([out[-1], last])
+    return out
+
+
+def iter_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: np.ndarray,
+    *,
+    batch_size: int,
+    augment: str,
+    gen: torch.Generator,
+    order: list[np.ndarray] | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of training batches, cut from uint8 images and converted per batch.
+
+    Parameters
+    ----------
+    images : uint8 of shape (n_samples, height, width, channels), on any device
+    labels : int64 of shape (n_samples,), on the device to train on
+    indices : the examples to visit (the active ones)
+    batch_size : examples per batch
+    augment : {'none', 'crop', 'crop-flip'}
+    gen : CPU generator for the shuffle; on a CPU run it also draws the augmentation (so CPU
+        runs repeat exactly), elsewhere a generator on the device with the same seed does
+    order : the batches already cut (a rank's shard under torchrun); then ``indices`` and
+        ``batch_size`` are not used and ``gen`` only draws the augmentation
+
+    Yields
+    ------
+    (x, y) : float32 pixels of shape (batch, channels, height, width) in [0, 1], channels-last,
+        and int64 labels of shape (batch,), both on ``labels.device``
+    """
+    device = labels.device
+    aug_gen = gen
+    if device.type != "cpu":
+        aug_gen = torch.Generator(device=device).manual_seed(gen.initial_seed())
+    for batch in order if order is not None else batches(indices, batch_size, gen):
+        idx = torch.from_numpy(batch)
+        x = images[idx.to(images.device)].to(device, non_blocking=True)
+        # Crop and flip while still uint8 (a quarter of the bytes), then convert.
+        x = augment_batch(x.permute(0, 3, 1, 2), augment, aug_gen)
+        x = x.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        yield x, labels[idx.to(device)]
 
 
 def train_one_epoch(
     model: Classifier,
     optimizer: torch.optim.Optimizer,
-    x_all: torch.Tensor,
-    y_all: torch.Tensor,
-    indices: np.ndarray,
-    config: TrainConfig,
-    augment: str,
-    gen: torch.Generator,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    freeze_body: bool = False,
 ) -> float:
-    """One pass over ``indices`` (the active examples); returns the mean training loss."""
+    """One pass of SGD over ``batches``; returns the mean training loss.
+
+    Parameters
+    ----------
+    model, optimizer : trained in place
+    batches : (x, y) pairs on the model's device, e.g. from :func:`iter_batches`
+    amp_dtype : autocast dtype (bfloat16 or float16, CUDA only), or None for float32
+    scaler : a GradScaler for float16, else None
+    freeze_body : keep the feature extractor in eval mode (transfer: frozen batch-norm statistics)
+
+    Returns
+    -------
+    float, the loss averaged over examples. The loss is summed on the device and read once,
+    so the GPU never waits for the host inside the epoch.
+    """
     model.train()
-    if config.scenario == "transfer":
-        model.body.eval()  # a frozen extractor keeps its batch-norm statistics
-    total, count = 0.0, 0
-    for batch in batches(indices, config.batch_size, gen):
-        idx = torch.from_numpy(batch)
-        x = augment_batch(x_all[idx], augment, gen).contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(x), y_all[idx])
+    if freeze_body:
+        getattr(model, "module", model).body.eval()  # through a DDP wrapper to the model
+    device = model_device(model)
+    # float64 keeps CPU runs equal to a per-step float sum; MPS has no float64.
+    total = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64,
+                        device=device)  # fmt: skip
+    count = 0
+    for x, y in batches:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(batch)
-        count += len(batch)
-    return total / max(count, 1)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += loss.detach().to(total.dtype) * len(y)
+        count += len(y)
+    return float(total) / max(count, 1)
+
+
+@torch.inference_mode()
+def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+    """Accuracy of ``model`` on uint8 ``images`` of shape (n, height, width, channels)."""
+    logits, _ = forward_batched(model, images, batch_size=batch_size)
+    return float((logits.argmax(1) == labels).mean()) if len(labels) else float("nan")
 
 
 def target_metrics(model: Classifier, poisons) -> dict:
@@ -374,91 +503,282 @@ def target_metrics(model: Classifier, poisons) -> dict:
     }
 
 
-def snapshot_and_defend(
-    model,
-    data: PoisonedDataset,
-    config: TrainConfig,
-    defense,
-    epoch: int,
-    active: np.ndarray,
-    dropped_epoch: np.ndarray,
-    projection,
-    writer: RunWriter,
-    row: dict,
-    targets: list[dict],
-) -> np.ndarray:
-    """Take the snapshot, run the defense, write the snapshot table; returns the new drops."""
-    poisons = data.poisons
+def evaluate(state: TrainState) -> dict:
+    """Test accuracy and the target's metrics (``test_acc``, ``target_*``, ``attack_success``)."""
+    test = state.data.dataset
+    acc = accuracy(state.model, test.x_test, test.y_test, state.config.snapshot_batch_size)
+    return {"test_acc": acc, **target_metrics(state.model, state.data.poisons)}
+
+
+@dataclass(frozen=True)
+class SnapshotPhase:
+    """What one snapshot epoch decided and what it writes.
+
+    Attributes
+    ----------
+    columns : the snapshot table, column name -> array of shape (n_samples,)
+    new_drops : bool of shape (n_samples,), dropped at this snapshot
+    target_row : the targets.parquet row, or None for a clean run
+    metrics : ``snapshot_seconds``, ``defense_seconds``, ``n_new_drops``, ``defense_info``
+    """
+
+    columns: dict[str, np.ndarray]
+    new_drops: np.ndarray
+    target_row: dict | None
+    metrics: dict
+
+
+NO_SNAPSHOT = {"snapshot_seconds": 0.0, "defense_seconds": 0.0, "n_new_drops": 0, "defense_info": ""}
+
+
+def snapshot_phase(state: TrainState, epoch: int) -> SnapshotPhase:
+    """Take the snapshot, run the defense and build the table; changes nothing in ``state``."""
+    config, poisons = state.config, state.data.poisons
     t0 = time.perf_counter()
-    snap, target = take_snapshot(
-        model,
-        data.x_train,
-        data.y_train,
+    snap, target = distributed.take_snapshot_sharded(
+        state.dist,
+        state.model,
+        state.images,
+        state.data.y_train,
         epoch=epoch,
         target_image=poisons.target_x if poisons else None,
         adv_label=poisons.adv_label if poisons else None,
         batch_size=config.snapshot_batch_size,
     )
-    row["snapshot_seconds"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    result = defense(snap, active.copy())
-    row["defense_seconds"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if snap is None:  # a rank other than 0: rank 0 decides, the drops come by broadcast
+        new = distributed.broadcast_mask(np.zeros_like(state.active))
+        return SnapshotPhase({}, new, None, NO_SNAPSHOT)
+    result = state.defense(snap, state.active.copy())
+    t2 = time.perf_counter()
     # The last snapshot drops nothing: no training is left for a drop to change.
     in_window = config.drop_after <= epoch < min(config.stop_after, config.epochs)
-    new = result.suspect & active if in_window else np.zeros_like(active)
-    row["defense_info"] = json.dumps(result.info, default=_jsonable)
+    new = result.suspect & state.active if in_window else np.zeros_like(state.active)
+    new = distributed.broadcast_mask(new)  # every rank drops the same examples (alone: a copy)
+    table = snapshot_table(snap, result, state.active, state.dropped_epoch, new, state.projection)
+    metrics = {
+        "snapshot_seconds": t1 - t0,
+        "defense_seconds": t2 - t1,
+        "n_new_drops": int(new.sum()),
+        "defense_info": json.dumps(result.info, default=_jsonable),
+    }
+    return SnapshotPhase(table, new, target_row(epoch, target, state.projection), metrics)
+
+
+def snapshot_table(
+    snap: Snapshot,
+    result: DefenseResult,
+    active: np.ndarray,
+    dropped_epoch: np.ndarray,
+    new_drops: np.ndarray,
+    projection: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """The snapshot file's columns (docs/run-format.md), each of shape (n_samples,).
+
+    ``active`` and ``dropped_epoch`` are the masks before this snapshot's decisions;
+    ``new_drops`` are those decisions. Embeddings wider than the projection's input are
+    stored projected. The arrays are views or fresh arrays, never Python lists.
+    """
     emb = snap.embeddings if projection is None else snap.embeddings @ projection
-    frame = {"index": np.arange(snap.n_samples, dtype=np.int64), "label": snap.labels}
-    frame.update({f"g_{c}": snap.grads[:, c] for c in range(snap.n_classes)})
-    frame.update({f"emb_{j}": emb[:, j] for j in range(emb.shape[1])})
-    after = np.where(new, epoch, dropped_epoch)
-    frame.update(
+    cols = {"index": np.arange(snap.n_samples, dtype=np.int64), "label": snap.labels}
+    cols.update({f"g_{c}": snap.grads[:, c] for c in range(snap.n_classes)})
+    cols.update({f"emb_{j}": emb[:, j] for j in range(emb.shape[1])})
+    cols.update(
         loss=snap.loss,
         confidence=snap.confidence,
         prediction=snap.prediction,
         active=active.copy(),
-        score=result.score.astype(np.float64),
-        suspect=result.suspect,
-        drop=new,
-        dropped_epoch=after,
+        score=np.asarray(result.score, dtype=np.float64),
+        suspect=np.asarray(result.suspect, dtype=bool),
+        drop=new_drops,
+        dropped_epoch=np.where(new_drops, snap.epoch, dropped_epoch),
     )
-    frame.update(result.columns)
-    writer.write_snapshot(epoch, pd.DataFrame(frame))
-    if target is not None:
-        t_emb = target["embedding"] if projection is None else target["embedding"] @ projection
-        targets.append(
-            {
-                "epoch": epoch,
-                "prediction": target["prediction"],
-                "prob_adv": target["prob_adv"],
-                **{f"g_{c}": float(v) for c, v in enumerate(target["grads"])},
-                **{f"emb_{j}": float(v) for j, v in enumerate(t_emb)},
-            }
-        )
-    return new
+    cols.update({k: np.asarray(v) for k, v in result.columns.items()})
+    return cols
 
 
-def save_checkpoint(
-    run_dir: Path,
-    epoch: int,
-    model: Classifier,
-    optimizer: torch.optim.Optimizer,
-    active: np.ndarray,
-    dropped_epoch: np.ndarray,
+def target_row(epoch: int, target: dict | None, projection: np.ndarray | None) -> dict | None:
+    """The targets.parquet row of a snapshot: epoch, prediction, prob_adv, g_*, emb_*."""
+    if target is None:
+        return None
+    emb = target["embedding"] if projection is None else target["embedding"] @ projection
+    return {
+        "epoch": epoch,
+        "prediction": target["prediction"],
+        "prob_adv": target["prob_adv"],
+        **{f"g_{c}": float(v) for c, v in enumerate(target["grads"])},
+        **{f"emb_{j}": float(v) for j, v in enumerate(emb)},
+    }
+
+
+def drop_counts(state: TrainState) -> dict:
+    """``n_active``, ``n_dropped`` and ``n_poison_dropped`` of the current masks."""
+    return {
+        "n_active": int(state.active.sum()),
+        "n_dropped": int((~state.active).sum()),
+        "n_poison_dropped": int((~state.active & state.data.is_poison).sum()),
+    }
+
+
+def metrics_frame(rows: list[dict]) -> pd.DataFrame:
+    """metrics.parquet from one dict per epoch; every row must have exactly :data:`METRICS_COLUMNS`."""
+    for row in rows:
+        if set(row) != set(METRICS_COLUMNS):
+            raise ValueError(f"metrics row keys {sorted(set(row) ^ set(METRICS_COLUMNS))} differ")
+    return pd.DataFrame(rows, columns=list(METRICS_COLUMNS))
+
+
+def checkpoint_state(state: TrainState) -> dict:
+    """What last.pt holds after epoch ``state.epoch - 1``, on the CPU (so any device reads it)."""
+    ckpt = {
+        "epoch": state.epoch - 1,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "active": torch.from_numpy(state.active.copy()),
+        "dropped_epoch": torch.from_numpy(state.dropped_epoch.copy()),
+    }
+    if state.scaler is not None:
+        ckpt["scaler"] = state.scaler.state_dict()
+    return _to_cpu(ckpt)
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    stop_at_epoch: int | None = None,
+    device: str | None = None,
+) -> Path:
+    """Train under ``config.defense``, writing everything to ``run_dir``; returns ``run_dir``.
+
+    Parameters
+    ----------
+    config : the run's options (ignored with ``resume=True``: run.json holds them)
+    run_dir : the run directory (must not hold a run unless resuming)
+    resume : continue from the last checkpoint; the run ends identical to an uninterrupted one
+        on the CPU
+    show_progress : a progress bar on stderr
+    stop_at_epoch : end the process early after this epoch's checkpoint (as a kill would, but
+        cleanly); for tests and benchmarks
+    device : with ``resume``, the device to continue on (None: the one in run.json)
+
+    Raises
+    ------
+    InputError
+        for bad options, a missing device, an existing run, or a run another live process is
+        writing; raised before anything is written.
+    """
+    run_dir = Path(run_dir)
+    if resume and not (run_dir / RUN_JSON).is_file():
+        raise InputError(run_dir, f"not a poisonlens run (no {RUN_JSON})")
+    if not resume:
+        check_config(config)  # before a run directory exists
+        if (run_dir / RUN_JSON).exists():
+            raise InputError(run_dir, "run already exists; pass --resume to continue it or choose another --name")
+    # after the checks above: rank 0 cannot create run.json before every rank has joined
+    ctx = distributed.init_distributed(
+        distributed.device_spec(config, run_dir, resume=resume, device=device)
+    )
+    distributed.stop_on_sigterm(ctx)
+    with distributed.lock_run(ctx, lambda: RunLock(run_dir)):
+        state = resume_run(run_dir, device=device) if resume else start_run(config, run_dir)
+        state.dist, state.ddp = ctx, distributed.wrap_model(state.model, ctx)
+        writer = RunWriter(run_dir) if ctx.is_main else distributed.NullWriter(run_dir)
+        distributed.record_world(run_dir, ctx)
+        try:
+            run_loop(state, writer, stop_at_epoch=stop_at_epoch, show_progress=show_progress)
+        except KeyboardInterrupt:
+            writer.set_status("failed", "interrupted")
+            raise
+        except Exception as err:
+            writer.set_status("failed", distributed.failure_reason(err))
+            raise
+    return run_dir
+
+
+def run_loop(
+    state: TrainState, writer: RunWriter, *, stop_at_epoch: int | None, show_progress: bool
 ) -> None:
-    """Atomically replace checkpoints/last.pt (tensors only, so it loads with weights_only=True)."""
-    buf = io.BytesIO()
-    torch.save(
-        {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "active": torch.from_numpy(active.copy()),
-            "dropped_epoch": torch.from_numpy(dropped_epoch.copy()),
-        },
-        buf,
-    )
-    atomic_write_bytes(run_dir / CHECKPOINTS / "last.pt", buf.getvalue())
+    """The epochs from ``state.epoch`` to the last (or ``stop_at_epoch``), in order."""
+    config, data = state.config, state.data
+    snapshot_epochs = set(config.snapshot_epochs())
+    augment = resolve_augment(config.augment, data.x_train.shape[-1])
+    main = state.dist is None or state.dist.is_main  # under torchrun only rank 0 writes
+    bar = tqdm(total=config.epochs + 1, initial=state.epoch, desc=writer.dir.name, unit="epoch",
+               disable=not show_progress or not main)  # fmt: skip
+    for epoch in range(state.epoch, config.epochs + 1):
+        # 1. train (epoch 0 is the untrained model)
+        lr = lr_at(config, max(epoch, 1))
+        writer.write_progress(epoch=epoch, epochs=config.epochs, phase="train")
+        t0 = time.perf_counter()
+        train_loss = float("nan")
+        if epoch > 0:
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+            shard = distributed.rank_batches(state.dist, state.active, seed=config.seed,
+                                             epoch=epoch, batch_size=config.batch_size)  # fmt: skip
+            feed = iter_batches(state.images, state.labels, np.flatnonzero(state.active),
+                                batch_size=config.batch_size, augment=augment, order=shard,
+                                gen=epoch_generator(distributed.rank_seed(config.seed, state.dist),
+                                                    epoch))  # fmt: skip
+            train_loss = train_one_epoch(state.ddp or state.model, state.optimizer, feed,
+                                         amp_dtype=state.amp_dtype, scaler=state.scaler,
+                                         freeze_body=config.scenario == "transfer")  # fmt: skip
+            distributed.sync_buffers(state.model, state.dist)  # one model for eval and snapshot
+        t1 = time.perf_counter()
+        # 2. evaluate
+        writer.write_progress(epoch=epoch, epochs=config.epochs, phase="evaluate")
+        scores = evaluate(state)
+        t2 = time.perf_counter()
+        # 3. snapshot and defense; drops are final
+        snap = None
+        if epoch in snapshot_epochs:
+            writer.write_progress(epoch=epoch, epochs=config.epochs, phase="snapshot")
+            snap = snapshot_phase(state, epoch)
+            state.active &= ~snap.new_drops
+            state.dropped_epoch[snap.new_drops] = epoch
+            distributed.check_same_mask(state.active, epoch=epoch)  # all ranks, the same drops
+            if snap.target_row is not None:
+                state.targets.append(snap.target_row)
+        # 4. record the epoch (one write path), then checkpoint: a resume redoes at most one epoch
+        state.metrics.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
+                              "epoch_seconds": t1 - t0, "eval_seconds": t2 - t1, **scores,
+                              **(snap.metrics if snap else NO_SNAPSHOT), **drop_counts(state)})  # fmt: skip
+        writer.record_epoch(
+            metrics_frame(state.metrics),
+            targets=pd.DataFrame(state.targets) if snap and snap.target_row else None,
+            snapshot=(epoch, snap.columns) if snap else None,
+        )
+        state.epoch = epoch + 1
+        if main:
+            save_checkpoint(writer.dir / CHECKPOINTS / LAST, checkpoint_state(state))
+        bar.update(1)
+        bar.set_postfix(acc=f"{scores['test_acc']:.3f}", dropped=int((~state.active).sum()))
+        if stop_at_epoch is not None and stop_at_epoch <= epoch < config.epochs:
+            writer.write_progress(epoch=epoch, epochs=config.epochs, phase="stopped")
+            bar.close()
+            return
+    bar.close()
+    if main:
+        save_checkpoint(writer.dir / CHECKPOINTS / FINAL, _to_cpu(state.model.state_dict()))
+    writer.write_progress(epoch=config.epochs, epochs=config.epochs, phase="done")
+    writer.set_status("finished")
+
+
+def _to_cpu(obj):
+    # Checkpoints are written from CPU tensors so that they load anywhere without map_location.
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def _jsonable(obj):
@@ -467,8 +787,3 @@ def _jsonable(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
-
-
-def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:
-    """``config`` with some fields replaced (None values are ignored)."""
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

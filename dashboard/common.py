@@ -1,7 +1,9 @@
 """What every page shares: where runs are, the run and epoch pickers, cached loaders, thumbnails.
 
 Pages read runs only through :mod:`core.store` and ask core for every computation; the
-loaders here only cache. Cached functions take run paths, epochs and a modification stamp,
+loaders here only cache. A file of a run that cannot be read raises :class:`core.store.DamagedFile`
+(an InputError naming the file); :func:`damage_ui` shows it as one short message, and the
+helpers here (snapshot list, thumbnails, target image) skip what they cannot read. Cached functions take run paths, epochs and a modification stamp,
 never arrays (``st.cache_data`` pickles its arguments and copies its value on every call).
 """
 
@@ -20,13 +22,13 @@ from PIL import Image
 
 from core.drift import drift_scores
 from core.errors import InputError
-from core.store import METRICS, RUN_JSON, Run, list_runs, open_run
+from core.store import METRICS, RUN_JSON, DamagedFile, Run, list_runs, open_run
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = "runs"
 SAMPLE_RUNS = REPO / "sample_data" / "runs"
 # plain characters (headless browsers often lack an emoji font)
-STATUS_ICONS = {"running": "●", "finished": "✓", "failed": "✗", "interrupted": "‖"}
+STATUS_ICONS = {"running": "●", "finished": "✓", "failed": "✗", "interrupted": "‖", "unreadable": "⚠"}
 
 # the glossary each page links to, in one place
 GLOSSARY = {
@@ -54,13 +56,21 @@ def _argv_runs_dir() -> str | None:
     return None
 
 
-def runs_dirs() -> list[Path]:
-    """The folders runs are read from: ``--runs-dir`` or ``POISONLENS_RUNS`` (default ``runs/``),
-    then the bundled samples (``POISONLENS_SAMPLES``, default ``sample_data/runs``; empty = none)."""
+def user_runs_dirs() -> list[Path]:
+    """``--runs-dir`` or ``POISONLENS_RUNS`` (default ``runs/``): where the user's runs are."""
     chosen = _argv_runs_dir() or os.environ.get("POISONLENS_RUNS") or DEFAULT_RUNS
-    roots = [Path(p).expanduser() for p in chosen.split(os.pathsep) if p]
+    return [Path(p).expanduser() for p in chosen.split(os.pathsep) if p]
+
+
+def sample_runs_dirs() -> list[Path]:
+    """The bundled samples: ``POISONLENS_SAMPLES`` (default ``sample_data/runs``; empty = none)."""
     samples = os.environ.get("POISONLENS_SAMPLES", str(SAMPLE_RUNS))
-    roots += [Path(p).expanduser() for p in samples.split(os.pathsep) if p]
+    return [Path(p).expanduser() for p in samples.split(os.pathsep) if p]
+
+
+def runs_dirs() -> list[Path]:
+    """The folders runs are read from: :func:`user_runs_dirs`, then :func:`sample_runs_dirs`."""
+    roots = user_runs_dirs() + sample_runs_dirs()
     unique: list[Path] = []
     for root in roots:
         if root.resolve() not in [u.resolve() for u in unique]:
@@ -109,8 +119,17 @@ def load_examples(path: str) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
+def snapshot_listing(path: str, stamp: float) -> tuple[list[int], dict[int, str]]:
+    """(readable snapshot epochs, {damaged epoch: reason}); reads each file's footer only."""
+    run = open_run(path)
+    damaged = run.damaged_snapshots()
+    return [e for e in run.snapshot_epochs() if e not in damaged], damaged
+
+
 def load_snapshot_epochs(path: str, stamp: float) -> list[int]:
-    return open_run(path).snapshot_epochs()
+    """The snapshot epochs whose file can be read (a damaged one is left out: see
+    :func:`snapshot_epochs_ui`, which also says so on the page)."""
+    return snapshot_listing(path, stamp)[0]
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
@@ -177,7 +196,10 @@ def drift_at(path: str, epoch: int, stamp: float) -> pd.DataFrame:
     """Drift and similarity to the target of every example at one snapshot (core.drift)."""
     grad_cols = tuple(c for c in load_snapshot_columns(path, epoch) if c.startswith("g_"))
     snap = load_snapshot(path, epoch, ("label", "active", "is_medoid", *grad_cols))
-    targets = load_targets(path, stamp)
+    try:
+        targets = load_targets(path, stamp)
+    except DamagedFile:  # no similarity to the target; the page names the file
+        targets = pd.DataFrame()
     target_grad = None
     if not targets.empty and (targets["epoch"] == epoch).any():
         target_grad = targets.loc[targets["epoch"] == epoch, list(grad_cols)].to_numpy(np.float64)[0]
@@ -205,16 +227,34 @@ def thumbnail_uri(image: np.ndarray, size: int = 56) -> str:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def thumbnails(path: str, indices: tuple[int, ...], size: int = 56) -> list[str]:
-    """Data URIs of a few training images, read memory-mapped (a big run is not loaded)."""
+def _thumbnails(path: str, indices: tuple[int, ...], size: int) -> list[str]:
     images = open_run(path).images()
     return [thumbnail_uri(images[i], size) for i in indices]
 
 
+def thumbnails(path: str, indices: tuple[int, ...], size: int = 56) -> list[str | None]:
+    """Data URIs of a few training images, read memory-mapped (a big run is not loaded).
+    When images.npy cannot be read: a message on the page and None for every image."""
+    try:
+        return _thumbnails(path, tuple(indices), size)
+    except DamagedFile as err:
+        damage_ui(err, "Images are left out.")
+        return [None] * len(indices)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
-def target_thumbnail(path: str, size: int = 96) -> str | None:
+def _target_thumbnail(path: str, size: int) -> str | None:
     image = open_run(path).target_image()
     return None if image is None else thumbnail_uri(image, size)
+
+
+def target_thumbnail(path: str, size: int = 96) -> str | None:
+    """The target test image as a data URI (None for a clean run or, with a message, a damaged file)."""
+    try:
+        return _target_thumbnail(path, size)
+    except DamagedFile as err:
+        damage_ui(err, "The target image is left out.")
+        return None
 
 
 SHADES = " ░▒▓█"
@@ -237,7 +277,10 @@ def text_thumbnail(image: np.ndarray, width: int = 8) -> str:
 @st.cache_data(max_entries=8, show_spinner=False)
 def text_thumbnails(path: str, n_max: int = 3000) -> list[str] | None:
     """Block-character thumbnails of every training image, or None for a run with more than ``n_max``."""
-    images = open_run(path).images()
+    try:
+        images = open_run(path).images()
+    except DamagedFile:  # the hover goes without pictures; the selection table names the file
+        return None
     if len(images) > n_max:
         return None
     return [text_thumbnail(img) for img in images]
@@ -254,9 +297,34 @@ def _sync_run() -> None:
     st.query_params.pop("epoch", None)
 
 
+def _inside(path: Path, roots: list[Path]) -> bool:
+    real = path.resolve()
+    return any(real == r or real.parent == r for r in (root.resolve() for root in roots))
+
+
+def sample_hint_ui(infos: list[dict]) -> None:
+    """Say so when every run listed is a bundled sample (the user's folder is empty or missing)."""
+    user = user_runs_dirs()
+    if any(_inside(Path(i["path"]), user) for i in infos):
+        return
+    where = ", ".join(f"`{r}`" for r in user)
+    st.sidebar.info(f"No runs in {where} yet, so the bundled sample runs are shown. Read another folder with "
+                    "`POISONLENS_RUNS=/path/to/runs make run` or `streamlit run dashboard/app.py -- --runs-dir DIR`; "
+                    "`POISONLENS_SAMPLES=` hides the sample.")
+
+
+def run_label(info: dict) -> str:
+    """The picker's line for a run: status icon, name, defense (or that it cannot be read)."""
+    if info["status"] == "unreadable":
+        return f"{STATUS_ICONS['unreadable']} {info['name']} · unreadable"
+    return f"{STATUS_ICONS.get(info['status'], '')} {info['name']} · {info['defense']}"
+
+
 def run_picker_ui() -> Run | None:
     """The run picker in the sidebar: the run named by ``?run=``, else the last one chosen, else
-    the newest. Returns the opened run, or None (with a message) when there is none."""
+    the newest. Returns the opened run, or None with a message on the page: when there is no
+    run, when the link names a run that is not there, or when the chosen run cannot be opened.
+    Runs that cannot be read are listed (marked unreadable), never dropped from the list."""
     roots = runs_dirs()
     infos = cached_run_list(tuple(str(r) for r in roots))
     if not infos:
@@ -264,11 +332,14 @@ def run_picker_ui() -> Run | None:
         st.info(f"No runs found in {where}. Start one on the **New run** page, or from a shell:  \n"
                 "`poisonlens train --epochs 12 --defense epic --subset-size 0.2 --drop-after 2 --name my-run`")
         return None
+    sample_hint_ui(infos)
     paths = [str(i["path"]) for i in infos]
     by_name = {i["name"]: str(i["path"]) for i in infos}
-    labels = {str(i["path"]): f"{STATUS_ICONS.get(i['status'], '')} {i['name']} · {i['defense']}" for i in infos}
+    by_name.update({Path(p).name: p for p in paths if Path(p).name not in by_name})
+    labels = {str(i["path"]): run_label(i) for i in infos}
     asked = st.query_params.get("run")
     asked_path = by_name.get(asked, asked if asked in paths else None)
+    missing = bool(asked) and asked_path is None
     chosen = st.session_state.get("_run")
     if asked_path:  # a link names the run (the picker's callback keeps ?run= up to date)
         chosen = asked_path
@@ -278,14 +349,18 @@ def run_picker_ui() -> Run | None:
     st.session_state["run_picker"] = chosen
     st.sidebar.selectbox("Run", paths, format_func=lambda p: labels[p], key="run_picker", on_change=_sync_run,
                          help="Runs in " + ", ".join(str(r) for r in roots) + ", newest first.")
+    if missing:  # keep the link as it is, and open nothing in its place
+        where = ", ".join(f"`{r}`" for r in roots)
+        st.error(f"The link names the run `{asked}`, which is not in {where}. Pick a run in the sidebar.")
+        return None
     name = Path(chosen).name
     st.query_params["run"] = name if by_name.get(name) == chosen else chosen
+    info = next(i for i in infos if str(i["path"]) == chosen)
     try:
         run = open_run(chosen)
     except InputError as err:
-        st.error(f"Cannot open this run: {err}")
+        st.error(f"Cannot open the run `{name}`: {err}")
         return None
-    info = next(i for i in infos if str(i["path"]) == chosen)
     st.sidebar.caption(f"{STATUS_ICONS.get(info['status'], '')} {info['status']} · epoch "
                        f"{max(info['epochs_done'], 0)}/{info['epochs']} · `{chosen}`")
     return run
@@ -297,22 +372,105 @@ def _sync_epoch(key: str) -> None:
 
 
 def epoch_picker_ui(epochs: list[int], *, key: str, label: str = "Snapshot epoch",
-                    help: str | None = None, container=st) -> int:
-    """A slider over snapshot epochs, shared between pages and kept in ``?epoch=``."""
+                    help: str | None = None, container=st, default: int | None = None) -> int:
+    """A slider over snapshot epochs, shared between pages and kept in ``?epoch=``.
+
+    Opens on the epoch in the address, else the one last chosen on any page, else ``default``
+    (e.g. :func:`default_epoch`), else the last snapshot.
+    """
     asked = st.query_params.get("epoch")
     chosen = st.session_state.get("_epoch")
     if chosen not in epochs and asked is not None and asked.lstrip("-").isdigit() and int(asked) in epochs:
         chosen = int(asked)
     if chosen not in epochs:
-        chosen = epochs[-1]
+        chosen = default if default in epochs else epochs[-1]
     st.session_state["_epoch"] = chosen
     st.session_state[key] = chosen
     if len(epochs) == 1:
-        container.caption(f"{label}: {epochs[0]} (the only snapshot so far)")
+        container.caption(f"{label}: {epochs[0]} (the only snapshot)")
     else:
         container.select_slider(label, options=epochs, key=key, on_change=_sync_epoch, args=(key,), help=help)
     st.query_params["epoch"] = str(chosen)
     return int(chosen)
+
+
+def default_epoch(run: Run, epochs: list[int] | None = None) -> int | None:
+    """The snapshot a page opens on: the one that dropped the most examples (the earliest of
+    ties), so a newcomer sees drops; the last snapshot when nothing was dropped (say why with
+    :func:`no_drops_reason`). None when the run has no readable snapshot.
+
+    Parameters
+    ----------
+    run : the opened run
+    epochs : the snapshot epochs to choose from (default: the readable ones)
+    """
+    path = str(run.path)
+    stamp = run_stamp(path)
+    epochs = load_snapshot_epochs(path, stamp) if epochs is None else list(epochs)
+    if not epochs:
+        return None
+    try:
+        metrics = load_metrics(path, stamp)
+    except DamagedFile:
+        return epochs[-1]
+    if metrics.empty or "n_new_drops" not in metrics:
+        return epochs[-1]
+    drops = dict(zip(metrics["epoch"].astype(int), metrics["n_new_drops"].fillna(0).astype(int), strict=False))
+    best = max(epochs, key=lambda e: (drops.get(e, 0), -e))
+    return best if drops.get(best, 0) > 0 else epochs[-1]
+
+
+def no_drops_reason(run: Run) -> str | None:
+    """Why a run dropped nothing, in one sentence (None when it dropped something)."""
+    path = str(run.path)
+    stamp = run_stamp(path)
+    try:
+        metrics = load_metrics(path, stamp)
+    except DamagedFile:
+        return None
+    if len(metrics) and "n_dropped" in metrics and metrics["n_dropped"].iloc[-1] > 0:
+        return None
+    cfg = run.config
+    defense = cfg.get("defense", "?")
+    if defense == "none":
+        return "The defense `none` never drops an example: this run is the undefended baseline."
+    try:  # the trainer's window: the last epoch's snapshot never drops (nothing is left to train)
+        lo, hi = int(cfg.get("drop_after", 0)), min(int(cfg.get("stop_after", 0)), int(cfg.get("epochs", 0)))
+    except (TypeError, ValueError):
+        return None
+    epochs = load_snapshot_epochs(path, stamp)
+    if not [e for e in epochs if lo <= e < hi]:
+        return (f"No snapshot falls inside the drop window ({lo} ≤ epoch < {hi}: drop-after, and stop-after or "
+                f"the last epoch), so `{defense}` could flag examples but never drop them.")
+    return f"`{defense}` flagged no example at the snapshots inside the drop window ({lo} ≤ epoch < {hi})."
+
+
+def no_snapshot_message(run: Run) -> str:
+    """Why a page has no snapshot to show: the first is still to come, or the run has none."""
+    if run.status == "running":
+        return "This run has no gradient snapshot yet; the first is taken before training starts (epoch 0)."
+    return (f"This run ({run.status}) has no readable gradient snapshot in `{run.path / 'snapshots'}`, "
+            "so there is nothing to show here.")
+
+
+def snapshot_epochs_ui(run: Run) -> list[int]:
+    """The readable snapshot epochs of ``run``, with a message on the page for each damaged
+    snapshot file (left out) and, when none is left, why there is nothing to show."""
+    path = str(run.path)
+    epochs, damaged = snapshot_listing(path, run_stamp(path))
+    if damaged:
+        files = "  \n".join(damaged.values())
+        st.warning(f"{len(damaged)} snapshot file{'s' if len(damaged) > 1 else ''} cannot be read and "
+                   f"{'are' if len(damaged) > 1 else 'is'} left out (the other snapshots are shown):  \n{files}")
+    if not epochs:
+        st.info(no_snapshot_message(run))
+    return epochs
+
+
+def damage_ui(err: InputError, consequence: str = "", *, fatal: bool = False) -> None:
+    """A short message naming the file that cannot be read and what the page does without it."""
+    text = f"`{err.source}` cannot be read: {err.problem}. {consequence}".strip()
+    (st.error if fatal else st.warning)(text)
 
 
 # --- small display helpers -----------------------------------------------------------------
@@ -327,10 +485,6 @@ def glossary_ui() -> None:
     with st.sidebar.expander("Words used here"):
         for word, meaning in GLOSSARY.items():
             st.markdown(f"**{word}**: {meaning}")
-
-
-def has_ground_truth(path: str) -> bool:
-    return bool(load_examples(path)["is_poison"].any())
 
 
 def dropped_text(dropped_epoch: pd.Series) -> pd.Series:

@@ -1,7 +1,8 @@
 """Figure builders: each takes DataFrames and returns a plotly figure, testable without a server.
 
-Every map trace carries the example index as the first value of ``customdata`` (see
-:mod:`core.selection`), and uses WebGL (``Scattergl``) so that 50,000 points stay interactive.
+Every map trace carries the example index as ``customdata`` (see :mod:`dashboard.selection`)
+and uses WebGL (``Scattergl``) with numpy arrays, which plotly sends as binary typed arrays, so
+that 50,000 points stay interactive; past that, the examples are drawn as a density image.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ STYLE = {
     "dropped earlier": dict(symbol="x", size=5, color="#9e9e9e", opacity=0.55),
     "medoid": dict(symbol="circle-open", size=8, color="#222222", line_width=1, opacity=0.8),
     "dropped now": dict(symbol="circle-open", size=15, color="#d62728", line_width=2.5),
-    "isolated, kept": dict(symbol="circle-open", size=15, color="#ff7f0e", line_width=2.5),
+    # magenta: not one of the class colours (CLASS10), nor red (dropped now)
+    "isolated, kept": dict(symbol="circle-open", size=15, color="#ff00ff", line_width=2.5),
     "poison": dict(symbol="diamond", size=10, color="#111111", line_color="#ffffff", line_width=1),
     "selected": dict(symbol="square-open", size=13, color="#111111", line_width=2),
+    "found": dict(symbol="circle-open", size=34, color="#00b3ff", line_width=4),
     "target": dict(symbol="star", size=24, color="#ffd700", line_color="#111111", line_width=1.5),
 }
 LABELS = {
@@ -29,15 +32,29 @@ LABELS = {
     "isolated, kept": "isolated, kept (outside the drop window)",
     "poison": "poison (ground truth)",
     "selected": "selected by you",
+    "found": "the example you looked up",
     "target": "target (its gradient for the attacker's class)",
 }
-HOVER = ("<b>example %{customdata[0]}</b><br>label %{customdata[1]} · predicted %{customdata[2]}<br>"
-         "cluster size %{customdata[3]} · loss %{customdata[4]:.3f}<br>%{customdata[5]}<extra>%{fullData.name}</extra>")
 PLOT_FONT = dict(size=13)
-
+DENSITY_PIXELS = 640  # width and height of the density image drawn for very large runs
+MAX_OVERLAY = 20_000  # most points drawn in one overlay group (poisons, drops, selection) at once
 
 # ten class colours without red (isolated rings) or grey (dropped examples)
 CLASS10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939"]
+
+#: colour the map by: field -> (what the legend says, 'category' or 'value')
+COLOR_FIELDS = {
+    "class": ("class (label)", "category"),
+    "prediction": ("predicted class", "category"),
+    "correct": ("correct or not", "category"),
+    "poison": ("poison or clean", "category"),
+    "dropped_epoch": ("epoch dropped", "category"),
+    "loss": ("loss (log10)", "value"),
+    "score": ("suspicion score", "value"),
+    "drift": ("drift (log10)", "value"),
+    "cluster_size": ("cluster size (log10)", "value"),
+}
+LOG_FIELDS = ("loss", "drift", "cluster_size")
 
 
 def class_colors(n_classes: int) -> list[str]:
@@ -45,37 +62,133 @@ def class_colors(n_classes: int) -> list[str]:
     return [palette[c % len(palette)] for c in range(n_classes)]
 
 
-def _customdata(points: pd.DataFrame, class_names: list[str]) -> np.ndarray:
-    names = np.asarray(class_names, dtype=object)
-    cluster = points["cluster_size"] if "cluster_size" in points else pd.Series(-1, index=points.index)
-    cluster_text = np.where(cluster.to_numpy() > 0, cluster.astype("Int64").astype(str), "–")
-    loss = points["loss"] if "loss" in points else pd.Series(np.nan, index=points.index)
-    thumb = points["thumb"] if "thumb" in points else pd.Series("", index=points.index)
-    return np.stack([
-        points["index"].to_numpy(), names[points["label"].to_numpy()],
-        names[points["prediction"].to_numpy()] if "prediction" in points else np.full(len(points), "?"),
-        cluster_text, loss.to_numpy(), thumb.fillna("").to_numpy(),
-    ], axis=1) if len(points) else np.zeros((0, 6), dtype=object)
+def color_groups(points: pd.DataFrame, field: str, class_names: list[str]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Categories of ``field`` for colouring: (a code per row, [(name, colour)] per code).
+
+    Parameters
+    ----------
+    points : a row per example with the columns the field needs (label, prediction, is_poison,
+        dropped_epoch)
+    field : a 'category' key of COLOR_FIELDS
+    """
+    n = len(points)
+    if field in ("class", "prediction"):
+        column = "label" if field == "class" else "prediction"
+        codes = points[column].to_numpy(np.int64) if column in points else np.zeros(n, np.int64)
+        colors = class_colors(len(class_names))
+        return codes, [(f"{'class' if field == 'class' else 'predicted'} {name}", colors[c])
+                       for c, name in enumerate(class_names)]
+    if field == "correct":
+        codes = (points["prediction"].to_numpy() != points["label"].to_numpy()).astype(np.int64)
+        return codes, [("predicted correctly", "#4c9f70"), ("predicted wrongly", "#d95f02")]
+    if field == "poison":
+        codes = points["is_poison"].to_numpy(bool).astype(np.int64)
+        return codes, [("clean", "#8fa9c4"), ("poison", "#111111")]
+    if field == "dropped_epoch":
+        dropped = points["dropped_epoch"].to_numpy(np.int64)
+        epochs = sorted(int(e) for e in np.unique(dropped[dropped >= 0]))
+        lookup = {e: i + 1 for i, e in enumerate(epochs)}
+        codes = np.array([lookup.get(int(e), 0) for e in dropped], np.int64) if n else np.zeros(0, np.int64)
+        ramp = pc.sample_colorscale("Plasma", [0.1 + 0.8 * i / max(1, len(epochs) - 1) for i in range(len(epochs))])
+        return codes, [("never dropped", "#c7c7c7")] + [(f"dropped at epoch {e}", c) for e, c in zip(epochs, ramp, strict=True)]
+    raise ValueError(f"{field!r} is not a category field; choose from {list(COLOR_FIELDS)}")
 
 
-def _scatter(points: pd.DataFrame, class_names: list[str], *, name: str, marker: dict,
-             legendgroup: str | None = None, visible: bool | str = True, showlegend: bool = True) -> go.Scattergl:
+def color_values(points: pd.DataFrame, field: str) -> np.ndarray:
+    """float32 values of a 'value' field for colouring (log10 for losses, drift, cluster sizes)."""
+    values = points[field].to_numpy(np.float64) if field in points else np.full(len(points), np.nan)
+    if field in LOG_FIELDS:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.log10(np.where(values > 0, values, np.nan))
+    return values.astype(np.float32)
+
+
+def _xy(points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return points["x"].to_numpy(np.float32), points["y"].to_numpy(np.float32)
+
+
+def _scatter(points: pd.DataFrame, *, name: str, marker: dict, legendgroup: str | None = None,
+             visible: bool | str = True, showlegend: bool = True, hover: str = "") -> go.Scattergl:
+    """One WebGL trace. Positions go as float32 and the example index as int32 ``customdata``:
+    plotly sends numpy arrays to the browser as base64 typed arrays, with no per-point strings."""
     marker = dict(marker)
     opacity = marker.pop("opacity", 1.0)
     line = {k[5:]: marker.pop(k) for k in list(marker) if k.startswith("line_")}
     if line:
         marker["line"] = line
+    x, y = _xy(points)
     return go.Scattergl(
-        x=points["x"], y=points["y"], mode="markers", name=name, marker=marker, opacity=opacity,
-        customdata=_customdata(points, class_names), hovertemplate=HOVER,
+        x=x, y=y, mode="markers", name=name, marker=marker, opacity=opacity,
+        customdata=points["index"].to_numpy(np.int32),
+        hovertemplate="<b>example %{customdata}</b>" + hover + "<extra>%{fullData.name}</extra>",
         legendgroup=legendgroup or name, visible=visible, showlegend=showlegend,
     )
 
 
+def _hex_rgb(color: str) -> tuple[int, int, int]:
+    if color.startswith("rgb"):
+        return tuple(int(float(v)) for v in color[color.index("(") + 1 : -1].split(",")[:3])
+    color = color.lstrip("#")
+    return tuple(int(color[i : i + 2], 16) for i in (0, 2, 4))
+
+
+def density_image(x: np.ndarray, y: np.ndarray, rgb: np.ndarray, *, x_range: list[float],
+                  y_range: list[float], pixels: int = DENSITY_PIXELS) -> np.ndarray:
+    """Points rasterised to an RGBA image: each pixel the mean colour of its points, more
+    opaque where more points fall (log scale).
+
+    Parameters
+    ----------
+    x, y : float ndarrays of shape (n_points,)
+    rgb : uint8 ndarray of shape (n_points, 3), each point's colour
+    x_range, y_range : the area drawn
+
+    Returns
+    -------
+    uint8 ndarray of shape (pixels, pixels, 4), row 0 at the top (largest y)
+    """
+    fx = (np.asarray(x, np.float64) - x_range[0]) / (x_range[1] - x_range[0])
+    fy = (np.asarray(y, np.float64) - y_range[0]) / (y_range[1] - y_range[0])
+    ok = (fx >= 0) & (fx < 1) & (fy >= 0) & (fy < 1)
+    col = (fx[ok] * pixels).astype(np.int64)
+    row = pixels - 1 - (fy[ok] * pixels).astype(np.int64)
+    cell = row * pixels + col
+    count = np.bincount(cell, minlength=pixels * pixels).astype(np.float64)
+    out = np.zeros((pixels * pixels, 4), np.uint8)
+    filled = count > 0
+    for ch in range(3):
+        total = np.bincount(cell, weights=rgb[ok, ch].astype(np.float64), minlength=pixels * pixels)
+        out[filled, ch] = np.round(total[filled] / count[filled]).astype(np.uint8)
+    if filled.any():
+        level = np.log1p(count[filled]) / np.log1p(count.max())
+        out[filled, 3] = np.round(255 * (0.35 + 0.65 * level)).astype(np.uint8)
+    return out.reshape(pixels, pixels, 4)
+
+
+def _png_uri(rgba: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG", compress_level=3)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _limit(rows: pd.DataFrame, most: int, notes: list[str], what: str) -> pd.DataFrame:
+    if len(rows) <= most:
+        return rows
+    notes.append(f"{what}: {most:,} of {len(rows):,} drawn (a random sample)")
+    return rows.sample(n=most, random_state=0).sort_index()
+
+
 def gradient_map_figure(points: pd.DataFrame, *, class_names: list[str], x_range: list[float],
                         y_range: list[float], target: pd.DataFrame | None = None,
-                        selected: list[int] | tuple[int, ...] = (), method: str = "UMAP",
-                        by_cluster: bool = False, show_medoids: bool | str = "legendonly",
+                        selected: list[int] | tuple[int, ...] = (), found: int | None = None,
+                        color_by: str = "class", method: str = "UMAP", by_cluster: bool = False,
+                        show_medoids: bool | str = "legendonly", kept_label: str | None = None,
+                        density: bool = False, max_overlay: int = MAX_OVERLAY,
                         height: int = 620) -> go.Figure:
     """The gradient map of one snapshot.
 
@@ -83,67 +196,157 @@ def gradient_map_figure(points: pd.DataFrame, *, class_names: list[str], x_range
     ----------
     points : DataFrame, a row per example: index, x, y, label, prediction, loss, is_poison,
         dropped_before (dropped at an earlier snapshot), drop (dropped at this one), and, for
-        EPIC, cluster_size, is_medoid, isolated, medoid; an optional ``thumb`` hover string
+        EPIC, cluster_size, is_medoid, isolated, medoid; the column of ``color_by`` when it is
+        a value field (e.g. drift)
     class_names : the name of each class
     x_range, y_range : fixed axis ranges (the same for every epoch of a run)
     target : one row with x, y (the target's gradient for ``adv_label``), or None
-    selected : example indices to ring
-    by_cluster : colour by EPIC cluster (one class's view) instead of by class
+    selected : example indices to mark
+    found : an example index to ring (a looked-up example), or None
+    color_by : a key of COLOR_FIELDS
+    by_cluster : colour by EPIC cluster (one class's view) instead of by ``color_by``
     show_medoids : True, False or 'legendonly'
+    kept_label : legend text of isolated medoids not dropped (why they were kept)
+    density : draw the examples as a density image (for very large runs) instead of a point each;
+        poisons, drops and the selection are still points
+    max_overlay : most points drawn per overlay group; more are sampled, and said so
+
+    Returns
+    -------
+    go.Figure; ``fig.layout.meta["notes"]`` lists what was subsampled (empty when nothing)
     """
     fig = go.Figure()
+    notes: list[str] = []
     dropped_before = points["dropped_before"].to_numpy(bool) if "dropped_before" in points else np.zeros(len(points), bool)
     kept = points[~dropped_before]
+    kind = COLOR_FIELDS.get(color_by, ("", "category"))[1]
+    images = []
     if by_cluster and "medoid" in points:
         medoids = kept["medoid"].to_numpy()
         order = {m: i for i, m in enumerate(pd.unique(medoids[medoids >= 0]))}
         palette = pc.qualitative.Dark24
         colors = [palette[order[m] % len(palette)] if m in order else "#bbbbbb" for m in medoids]
-        fig.add_trace(_scatter(kept, class_names, name="examples (colour = cluster)",
-                               marker=dict(size=7, color=colors, opacity=0.85)))
+        fig.add_trace(_scatter(kept, name="examples (colour = cluster)", marker=dict(size=7, color=colors, opacity=0.85)))
+    elif density:
+        # one image for every example, coloured as the points would be (dropped ones grey)
+        if kind == "category":
+            codes, groups = color_groups(points, color_by, class_names)
+            table = np.array([_hex_rgb(c) for _, c in groups], np.uint8)
+            rgb = table[np.clip(codes, 0, len(table) - 1)]
+        else:
+            values = color_values(points, color_by)
+            lo, hi = _value_range(values)
+            lut = np.array([_hex_rgb(c) for c in pc.sample_colorscale("Viridis", list(np.linspace(0, 1, 256)))], np.uint8)
+            scaled = np.nan_to_num((values - lo) / (hi - lo or 1.0), nan=0.0)
+            rgb = lut[np.clip((scaled * 255).astype(np.int64), 0, 255)]
+        rgb[dropped_before] = _hex_rgb(STYLE["dropped earlier"]["color"])
+        x, y = _xy(points)
+        image = density_image(x, y, rgb, x_range=x_range, y_range=y_range)
+        images.append(dict(source=_png_uri(image), xref="x", yref="y", x=x_range[0], y=y_range[1],
+                           sizex=x_range[1] - x_range[0], sizey=y_range[1] - y_range[0],
+                           sizing="stretch", layer="below"))
+        notes.append(f"all {len(points):,} examples are drawn as a density image ({DENSITY_PIXELS}×{DENSITY_PIXELS} "
+                     "pixels; more opaque where more examples fall); poisons, drops and your selection as points")
+        if kind == "category":
+            for name, color in groups:  # legend entries for the image's colours
+                fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=name,
+                                           marker=dict(size=8, color=color), hoverinfo="skip"))
+        else:
+            fig.add_trace(_colorbar_trace(color_by, lo, hi))
+    elif kind == "category":
+        codes, groups = color_groups(kept, color_by, class_names)
+        for code, (name, color) in enumerate(groups):
+            rows = kept[codes == code]
+            if len(rows):
+                fig.add_trace(_scatter(rows, name=name, marker=dict(size=5, color=color, opacity=0.75)))
     else:
-        colors = class_colors(len(class_names))
-        for c in sorted(kept["label"].unique()):
-            rows = kept[kept["label"] == c]
-            fig.add_trace(_scatter(rows, class_names, name=f"class {class_names[c]}",
-                                   marker=dict(size=5, color=colors[c], opacity=0.75)))
+        values = color_values(kept, color_by)
+        lo, hi = _value_range(values)
+        fig.add_trace(_scatter(
+            kept, name=f"examples (colour = {COLOR_FIELDS[color_by][0]})",
+            marker=dict(size=5, color=values, colorscale="Viridis", cmin=lo, cmax=hi, opacity=0.8,
+                        colorbar=dict(title=dict(text=COLOR_FIELDS[color_by][0], side="right"), thickness=12)),
+            hover="<br>" + COLOR_FIELDS[color_by][0] + " %{marker.color:.3g}"))
+    labels = dict(LABELS)
+    if kept_label:
+        labels["isolated, kept"] = kept_label
+    is_medoid = points["is_medoid"].fillna(False).astype(bool).to_numpy() if "is_medoid" in points else None
+    drop = points["drop"].astype(bool).to_numpy() if "drop" in points else None
     overlays = {
-        "dropped earlier": points[dropped_before],
-        "medoid": points[points["is_medoid"].fillna(False).astype(bool) & ~dropped_before] if "is_medoid" in points else None,
-        "dropped now": points[points["drop"].astype(bool)] if "drop" in points else None,
-        "isolated, kept": (points[points["isolated"].fillna(False).astype(bool) & ~points["drop"].astype(bool)]
-                           if {"isolated", "drop"} <= set(points) else None),
+        "dropped earlier": None if density else points[dropped_before],
+        "medoid": points[is_medoid & ~dropped_before] if is_medoid is not None else None,
+        "dropped now": points[drop] if drop is not None else None,
+        "isolated, kept": (points[points["isolated"].fillna(False).astype(bool).to_numpy() & ~drop]
+                           if "isolated" in points and drop is not None else None),
         "poison": points[points["is_poison"].astype(bool)] if "is_poison" in points else None,
         "selected": points[points["index"].isin(list(selected))] if len(selected) else None,
+        "found": points[points["index"] == found] if found is not None else None,
     }
     for key, rows in overlays.items():
-        if rows is None or (len(rows) == 0 and key not in ("dropped now", "poison")):
+        if rows is None or (len(rows) == 0 and key != "dropped now"):
             continue
-        if len(rows) == 0 and key == "poison":
-            continue
+        n_rows = len(rows)
+        if density or key == "medoid":
+            rows = _limit(rows, max_overlay, notes, labels[key])
         marker = dict(STYLE[key])
         if key == "medoid" and by_cluster and "cluster_size" in rows:
-            marker = dict(symbol="star", size=(6 + 3 * np.sqrt(rows["cluster_size"].clip(lower=1))).tolist(),
+            marker = dict(symbol="star", size=(6 + 3 * np.sqrt(rows["cluster_size"].clip(lower=1))).to_numpy(np.float32),
                           color="#222222", line_color="#ffffff", line_width=0.5)
         visible = show_medoids if key == "medoid" and not by_cluster else True
-        fig.add_trace(_scatter(rows, class_names, name=f"{LABELS[key]} ({len(rows):,})", marker=marker,
-                               legendgroup=key, visible=visible))
+        fig.add_trace(_scatter(rows, name=f"{labels[key]} ({n_rows:,})", marker=marker, legendgroup=key,
+                               visible=visible))
     if target is not None and len(target):
         fig.add_trace(go.Scattergl(
-            x=target["x"], y=target["y"], mode="markers", name=LABELS["target"],
+            x=target["x"].to_numpy(np.float32), y=target["y"].to_numpy(np.float32), mode="markers", name=LABELS["target"],
             marker=dict(symbol="star", size=24, color="#ffd700", line=dict(color="#111111", width=1.5)),
-            customdata=np.array([[-1]]), hovertemplate="<b>target</b> (test image)<br>gradient for the attacker's class<extra></extra>",
+            customdata=np.array([-1], np.int32),
+            hovertemplate="<b>target</b> (test image)<br>gradient for the attacker's class<extra></extra>",
         ))
+    legend_title = "click an entry to hide / show it:"
+    bottom = _legend_margin([legend_title] + [t.name for t in fig.data if t.showlegend is not False and t.name])
     fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=30, b=10), font=PLOT_FONT,
-        legend=dict(title=dict(text="click an entry to hide / show it:"), itemsizing="constant", orientation="h",
-                    yanchor="top", y=-0.04, xanchor="left", x=0),
-        uirevision=f"map-{by_cluster}-{x_range}", plot_bgcolor="#fafafa", dragmode="lasso",
-        hoverlabel=dict(font=dict(family="DejaVu Sans Mono, Menlo, monospace", size=12)),
+        # fixed margins (autoexpand off, room for the legend reserved here): plotly's automatic
+        # margins redraw every WebGL trace a second time whenever the legend's counts change,
+        # which was most of a slider redraw's cost in the browser
+        height=height, margin=dict(l=30, r=10, t=30, b=bottom, autoexpand=False), font=PLOT_FONT,
+        legend=dict(title=dict(text=legend_title), itemsizing="constant", orientation="h",
+                    yanchor="top", y=-30 / max(1, height - 30 - bottom), xanchor="left", x=0),
+        uirevision=f"map-{by_cluster}-{x_range}-{y_range}", plot_bgcolor="#fafafa", dragmode="pan",  # click = open; box / lasso from the modebar
+        images=images, meta=dict(notes=notes),
     )
-    fig.update_xaxes(range=x_range, title_text=f"{method} 1", showticklabels=False, zeroline=False, showgrid=False)
-    fig.update_yaxes(range=y_range, title_text=f"{method} 2", showticklabels=False, zeroline=False, showgrid=False)
+    axes = dict(showticklabels=False, zeroline=False, showgrid=False, automargin=False, title_standoff=4)
+    fig.update_xaxes(range=x_range, title_text=f"{method} 1", **axes)
+    fig.update_yaxes(range=y_range, title_text=f"{method} 2", **axes)
     return fig
+
+
+LEGEND_WIDTH = 900  # px a horizontal legend may assume per row (a narrow window wraps more)
+
+
+def _legend_margin(names: list[str]) -> int:
+    """Bottom margin in px that holds the axis title and a horizontal legend of ``names``
+    (entries packed greedily into rows of ``LEGEND_WIDTH`` px, about 7 px per character)."""
+    rows, used = 1, 0
+    for name in names:
+        width = 46 + 7 * len(name)
+        if used and used + width > LEGEND_WIDTH:
+            rows, used = rows + 1, 0
+        used += width
+    return 40 + 22 * rows
+
+
+def _value_range(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return 0.0, 1.0
+    lo, hi = np.percentile(finite, [1, 99])  # a few extreme values do not wash out the rest
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def _colorbar_trace(field: str, lo: float, hi: float) -> go.Scattergl:
+    return go.Scattergl(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                        marker=dict(color=[lo], cmin=lo, cmax=hi, colorscale="Viridis",
+                                    colorbar=dict(title=dict(text=COLOR_FIELDS[field][0], side="right"), thickness=12)))
 
 
 def cluster_sizes_figure(clusters: pd.DataFrame, *, height: int = 260) -> go.Figure:

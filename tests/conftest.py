@@ -16,6 +16,13 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_configure(config):
+    # The ImageFolder decode cache goes to a per-session temporary folder, never ~/.cache.
+    import tempfile
+
+    os.environ.setdefault("POISONLENS_CACHE", tempfile.mkdtemp(prefix="poisonlens-cache-"))
+
+
 def tiny_config(**overrides):
     """A digits run that trains in a second or two."""
     from core.train import TrainConfig

@@ -245,6 +245,6 @@ def test_unknown_attack_parameters_are_refused():
     with pytest.raises(InputError, match="unknown parameter"):
         build_attack("gradient-matching", epsilon=16)
     with pytest.raises(InputError, match="unknown attack"):
-        build_attack("feature-collision")
+        build_attack("poison-toads")
     with pytest.raises(InputError, match="bases"):
         build_attack("gradient-matching", bases="farthest")

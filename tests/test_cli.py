@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pandas as pd
 import pytest
 
-from core.cli import build_parser, main
+import core.commands
+from core.cli import COMMANDS, build_parser, main
 from core.export import neutralise_formula, suspects_table, to_safe_csv
 from core.store import open_run
 from core.train import train
@@ -24,6 +26,30 @@ def test_every_command_has_help_that_names_its_defaults(capsys):
         text = sub.format_help()
         assert "usage: poisonlens" in text, name
     assert "(default: 40)" in commands["train"].format_help()
+
+
+def test_the_command_table_lists_every_command_module_with_its_own_help():
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.iter_modules(core.commands.__path__) if not m.name.startswith("_")}
+    assert {module.rsplit(".", 1)[1] for module, _ in COMMANDS.values()} == modules
+    sub = build_parser()._subparsers._group_actions[0]
+    shown = {a.dest: a.help for a in sub._choices_actions}
+    # `poisonlens --help` shows the table's line without importing the module: keep them equal
+    assert shown == {name: helptext for name, (_, helptext) in COMMANDS.items()}, "update core.cli.COMMANDS"
+
+
+def test_no_help_prints_a_default_twice_or_a_none_default(capsys):
+    for name, sub in build_parser()._subparsers._group_actions[0].choices.items():
+        text = " ".join(sub.format_help().split())
+        assert "(default: None)" not in text, name
+        assert not re.search(r"\(default: [^)]*\) \(default:", text), name
+
+
+def test_debug_anywhere_on_the_line_is_accepted(tmp_path, capsys):
+    assert main(["train", "--quiet", "--epochs", "1", "--width", "4", "--runs-dir", str(tmp_path),
+                 "--name", "dbg", "--debug"]) == 0
+    assert (tmp_path / "dbg" / "run.json").is_file()
 
 
 def test_train_then_runs_lists_the_run(tmp_path, capsys):
@@ -58,3 +84,46 @@ def test_no_text_cell_can_be_read_as_a_formula(cell):
     text = to_safe_csv(pd.DataFrame({"name": [cell], "n": [-1]}))
     row = next(csv.DictReader(io.StringIO(text, newline="")))
     assert row["name"].startswith("'") and row["n"] == "-1"
+
+
+def test_the_dashboard_does_not_import_cli_code():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "dashboard"
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        assert "core.commands" not in text and "core.cli" not in text, path
+
+
+def test_a_limit_flag_in_any_position_changes_what_a_reader_accepts(tmp_path, capsys):
+    """--max-images lowers the limit for this command only; the npz reader then refuses."""
+    import numpy as np
+
+    from core.limits import current_limits, set_limits
+
+    path = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8),
+        y_train=np.arange(20) % 2,
+        x_test=rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8),
+        y_test=np.arange(4) % 2,
+    )
+    previous = current_limits()
+    try:
+        status = main(["train", "--dataset", f"npz:{path}", "--max-images", "10",
+                       "--runs-dir", str(tmp_path / "runs"), "--name", "x", "--epochs", "1"])
+    finally:
+        set_limits(previous)
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1
+    assert "--max-images" in err and "data.npz" in err
+    assert not (tmp_path / "runs" / "x" / "run.json").exists()
+
+
+def test_a_bad_limit_value_is_one_line_naming_the_flag(capsys):
+    assert main(["select", "--max-depth", "-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("poisonlens: --max-depth:") and len(err.splitlines()) == 1

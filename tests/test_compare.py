@@ -7,6 +7,7 @@ The output is made once per module with core.evaluate: two label-flip poison set
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,10 @@ def evaluate_out(tmp_path_factory) -> Path:
     return out
 
 
+def run_dir(out: Path, name: str, scenario: str = "scratch") -> Path:
+    return out / "runs" / scenario / name
+
+
 def set_a(table: pd.DataFrame) -> list[str]:
     return table.loc[table["poison_set"] == "a", "path"].tolist()
 
@@ -64,18 +69,19 @@ def test_defense_labels_are_the_evaluate_grid_names():
 
 
 def test_a_random_cell_keeps_its_grid_name_though_it_copied_its_epic_twins_drops(evaluate_out):
-    run = open_run(evaluate_out / "runs" / "a__random-0.2__seed0")
+    run = open_run(run_dir(evaluate_out, "a__random-0.2__seed0"))
     assert "counts" in run.config["defense_params"]  # the config no longer says 0.2
     assert defense_label(run.config) == "random (matched drops)"
     table = comparison_table([run.path])
     assert table["defense"].tolist() == ["random-0.2"]
-    twin = comparison_table([evaluate_out / "runs" / "a__epic-0.2__seed0"])
+    twin = comparison_table([run_dir(evaluate_out, "a__epic-0.2__seed0")])
     assert table["n_dropped"].tolist() == twin["n_dropped"].tolist()
 
 
 def test_runs_are_found_in_an_evaluate_output_a_runs_folder_or_a_run(evaluate_out, tmp_path):
-    runs = find_runs(evaluate_out)
+    runs = find_runs(evaluate_out)  # runs/<scenario>/<run>
     assert len(runs) == 12 and runs == find_runs(evaluate_out / "runs")
+    assert runs[0].parent.name == "scratch"
     assert find_runs(runs[0]) == [runs[0]]
     with pytest.raises(InputError, match="holds no runs"):
         find_runs(tmp_path)
@@ -87,9 +93,10 @@ def test_runs_are_found_in_an_evaluate_output_a_runs_folder_or_a_run(evaluate_ou
 def test_the_table_of_an_evaluate_output_is_its_runs_csv(evaluate_out):
     table = comparison_table(evaluate_out)
     csv = pd.read_csv(evaluate_out / "runs.csv")
-    key = ["poison_set", "defense", "seed"]
-    mine = table.set_index(key).sort_index()
-    theirs = csv.set_index(key).sort_index()
+    key = ["scenario", "poison_set", "defense", "seed"]
+    # runs.csv reads the one clean control per seed out on every set; the table lists it once
+    mine = table[table["defense"] != "clean"].set_index(key).sort_index()
+    theirs = csv[csv["defense"] != "clean"].set_index(key).sort_index()
     assert mine.index.equals(theirs.index)
     for col in theirs.columns:
         np.testing.assert_allclose(
@@ -97,7 +104,9 @@ def test_the_table_of_an_evaluate_output_is_its_runs_csv(evaluate_out):
         )
     assert (table["status"] == "finished").all()
     assert table.loc[table["defense"] == "clean", "n_poisons"].eq(0).all()
-    assert table.loc[table["poison_set"] == "a", "defense"].unique().tolist() == DEFENSES
+    assert len(table[table["defense"] == "clean"]) == 2  # once per seed
+    assert table.loc[table["poison_set"] == "a", "defense"].unique().tolist() == DEFENSES[1:]
+    assert set(table["scenario"]) == {"scratch"}
 
 
 def test_the_per_defense_summary_is_summary_csv_plus_a_random_drop(evaluate_out):
@@ -105,9 +114,11 @@ def test_the_per_defense_summary_is_summary_csv_plus_a_random_drop(evaluate_out)
     summary = per_defense_summary(table).set_index("defense")
     csv = pd.read_csv(evaluate_out / "summary.csv").set_index("defense")
     assert summary.index.tolist() == DEFENSES == csv.index.tolist()
-    for col in csv.columns:
+    attacked = DEFENSES[1:]  # the control's own row differs: summary.csv reads it out per set
+    for col in csv.columns.drop("scenario"):
         np.testing.assert_allclose(
-            summary[col].to_numpy(float), csv[col].to_numpy(float), rtol=1e-6
+            summary.loc[attacked, col].to_numpy(float), csv.loc[attacked, col].to_numpy(float),
+            rtol=1e-6,
         )
     loss = table[table["defense"] == "loss"]
     assert summary.loc["loss", "random_recall_mean"] == pytest.approx(
@@ -133,7 +144,7 @@ def test_unfinished_runs_are_listed_but_left_out_of_the_summary(evaluate_out, tm
 def test_the_overlap_marks_the_poisons_each_run_dropped(evaluate_out):
     table = comparison_table(evaluate_out)
     overlap = poison_overlap(set_a(table))
-    run = open_run(evaluate_out / "runs" / "a__loss__seed1")
+    run = open_run(run_dir(evaluate_out, "a__loss__seed1"))
     poisons = np.flatnonzero(run.examples()["is_poison"])
     assert sorted(overlap.index) == poisons.tolist() and overlap.index.name == "poison"
     # clean and none cannot drop anything: left out; a label repeated over seeds names its seed
@@ -157,7 +168,7 @@ def test_the_overlap_of_one_run_per_defense_has_plain_names(evaluate_out):
 def test_poisons_of_different_sets_are_not_compared(evaluate_out):
     with pytest.raises(InputError, match="one poison set at a time"):
         poison_overlap(
-            [evaluate_out / "runs" / "a__loss__seed0", evaluate_out / "runs" / "b__loss__seed0"]
+            [run_dir(evaluate_out, "a__loss__seed0"), run_dir(evaluate_out, "b__loss__seed0")]
         )
 
 
@@ -189,7 +200,7 @@ def page(**state) -> AppTest:
 @pytest.fixture
 def results_env(evaluate_out, monkeypatch):
     monkeypatch.setenv("POISONLENS_RESULTS", str(evaluate_out.parent))
-    monkeypatch.setenv("POISONLENS_RUNS", str(evaluate_out / "runs"))
+    monkeypatch.setenv("POISONLENS_RUNS", str(evaluate_out / "runs" / "scratch"))
     monkeypatch.setenv("POISONLENS_SAMPLES", "")
     return evaluate_out
 
@@ -221,7 +232,7 @@ def test_choosing_another_poison_set_redraws_the_overlap(results_env):
 
 
 def test_the_page_compares_picked_runs(results_env):
-    picked = [str(results_env / "runs" / f"a__{d}__seed0") for d in ("none", "epic-0.2", "loss")]
+    picked = [str(run_dir(results_env, f"a__{d}__seed0")) for d in ("none", "epic-0.2", "loss")]
     at = page(cmp_source="runs I pick", cmp_runs=picked)
     assert not at.exception, at.exception
     assert at.dataframe[0].value["defense"].tolist() == ["none", "epic-0.2", "loss"]
@@ -239,3 +250,40 @@ def test_the_page_with_nothing_to_compare_says_how_to_start(tmp_path, monkeypatc
     assert any("No runs found" in i.value for i in at.info)
     at.radio(key="cmp_source").set_value("an evaluate output folder").run()
     assert not at.exception and any("poisonlens evaluate" in i.value for i in at.info)
+
+
+def test_the_scenario_is_a_facet_read_from_the_runs_tags(evaluate_out, tmp_path, monkeypatch):
+    out = tmp_path / "results" / "two-scenarios"
+    shutil.copytree(evaluate_out, out)
+    for name in ("a__none__seed0", "a__loss__seed0"):  # the same runs, tagged as transfer
+        copy = run_dir(out, name, "transfer")
+        shutil.copytree(run_dir(out, name), copy)
+        meta = json.loads((copy / "run.json").read_text())
+        meta["config"]["tags"]["scenario"] = "transfer"
+        (copy / "run.json").write_text(json.dumps(meta))
+    table = comparison_table(out)
+    assert table.groupby("scenario").size().to_dict() == {"scratch": 12, "transfer": 2}
+    assert set(per_defense_summary(table).query("scenario == 'transfer'")["defense"]) == {
+        "none", "loss"
+    }
+    monkeypatch.setenv("POISONLENS_RESULTS", str(out.parent))
+    monkeypatch.setenv("POISONLENS_RUNS", str(tmp_path / "no-runs"))
+    monkeypatch.setenv("POISONLENS_SAMPLES", "")
+    at = page()
+    assert not at.exception, at.exception
+    facet = at.radio(key="cmp_scenario")
+    assert facet.options == ["scratch (12 runs)", "transfer (2 runs)"]
+    assert len(at.dataframe[0].value) == 12
+    facet.set_value("transfer").run()
+    assert not at.exception, at.exception
+    assert at.dataframe[0].value["defense"].tolist() == ["none", "loss"]
+    assert at.query_params["scenario"] == ["transfer"] or at.query_params["scenario"] == "transfer"
+
+
+def test_long_defense_and_run_names_get_room_on_the_axes(results_env):
+    at = page()
+    assert not at.exception, at.exception
+    bars, heat = (json.loads(c.proto.spec)["layout"] for c in at.get("plotly_chart")[:2])
+    assert bars["margin"]["b"] >= 5 * len("random-0.2") + 40 and bars["xaxis"]["automargin"]
+    longest_run = max(len(c) for c in ("epic-0.2 · seed 0", "random-0.2 · seed 1"))
+    assert heat["margin"]["l"] >= 7 * longest_run and heat["yaxis"]["automargin"]

@@ -85,6 +85,7 @@ def test_patch_backdoor_writes_its_trigger(tmp_path):
     (["--attack", "gradient-matching", "--param", "steps"], "KEY=VALUE"),
     (["--attack", "no-such-attack"], "unknown attack"),
     (["--attack", "label-flip", "--budget", "0.5"], "only"),
+    (["--attack", "feature-collision", "--device", "tpu"], "--device"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, args, message):
     assert craft(tmp_path / "bad", *args) == 2
@@ -105,6 +106,17 @@ def test_help_documents_every_option_and_default(capsys):
         main(["craft", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for option in ("--dataset", "--attack", "--target-index", "--adv-class", "--budget", "--eps",
-                   "--seed", "--param", "--surrogate", "--out", "--control", "--overwrite", "--quiet"):
+                   "--seed", "--param", "--surrogate", "--device", "--out", "--control", "--overwrite",
+                   "--quiet"):
         assert option in text
     assert "(default: 0.01)" in text and "(default: digits)" in text
+
+
+def test_feature_collision_crafts_on_the_cpu_when_asked(tmp_path):
+    out = tmp_path / "fc"
+    assert craft(out, "--attack", "feature-collision", "--eps", "16", "--device", "cpu",
+                 "--param", "width=4", "--param", "surrogate_epochs=[2]", "--param", "steps=5") == 0
+    poisons = load_poisons(out / "poisons.npz")
+    assert poisons.attack == "feature-collision" and poisons.n_poisons == 27
+    assert check_within_eps(poisons, load_dataset("digits")) <= 16
+    assert poisons.extra["feature_distance"] <= poisons.extra["feature_distance_start"]

@@ -114,8 +114,8 @@ def test_overview_of_a_clean_run_says_there_is_no_ground_truth(runs_env):
 
 
 def test_moving_the_epoch_slider_moves_the_examples_not_the_map(runs_env):
-    at = app("views/gradient_space.py", POISON_RUN)
     epochs = open_run(runs_env / POISON_RUN).snapshot_epochs()
+    at = app("views/gradient_space.py", POISON_RUN, _epoch=epochs[-1])
     last = figure(at)
     assert f"**Epoch {epochs[-1]}**" in markdown(at)
     at.select_slider(key="gs_epoch").set_value(epochs[0]).run()
@@ -169,12 +169,6 @@ def test_play_advances_the_epoch(runs_env):
     at.button(key="gs_play").click().run()
     assert at.session_state["gs_playing"]
     assert at.session_state["_epoch"] == epochs[1]
-
-
-def test_hover_carries_a_picture_of_small_runs(runs_env):
-    at = app("views/gradient_space.py", POISON_RUN)
-    hover = figure(at)["data"][0]["customdata"][0][5]
-    assert "<br>" in hover and any(ch in hover for ch in "░▒▓█")
 
 
 def test_a_running_run_offers_the_map_instead_of_computing_it(runs_env, tmp_path, monkeypatch):
@@ -281,6 +275,29 @@ def test_suspect_filters_narrow_the_table(runs_env):
     assert (dropped["dropped_epoch"] != "kept").all()
     at.radio(key="su_truth").set_value("clean").run()
     assert not at.dataframe[0].value["is_poison"].any()
+
+
+def test_the_suspects_table_is_ranked_like_the_export(runs_env):
+    run = open_run(runs_env / POISON_RUN)
+    at = app("views/suspects.py", POISON_RUN)
+    shown = at.dataframe[0].value
+    assert shown["index"].tolist() == suspects_table(run)["index"].tolist()
+    dropped = shown[shown["dropped_epoch"] != "kept"]
+    assert dropped["score"].notna().all() and dropped["score"].is_monotonic_decreasing
+
+
+def test_suspects_says_why_nothing_was_dropped(runs_env):
+    at = app("views/suspects.py", CLEAN_RUN)
+    assert any("drop window" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_drift_opens_on_the_snapshot_with_the_most_drops(runs_env):
+    run = open_run(runs_env / POISON_RUN)
+    drops = run.metrics().set_index("epoch")["n_new_drops"]
+    most = max(run.snapshot_epochs(), key=lambda e: (drops[e], -e))
+    assert most != run.snapshot_epochs()[-1]  # the last snapshot of this run drops nothing
+    at = app("views/drift.py", POISON_RUN)
+    assert at.select_slider(key="dr_epoch").value == most
 
 
 # --- new run -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -209,10 +210,11 @@ def test_each_page_loads(server, browser, shown_run, title, name):
 
 
 def test_moving_the_epoch_slider_updates_the_map(server, browser, shown_run):
-    browser.get(f"{server}/gradient_space?run={shown_run.name}")
+    epochs = open_run(shown_run).snapshot_epochs()
+    browser.get(f"{server}/gradient_space?run={shown_run.name}&epoch={epochs[-1]}")
     wait(browser, lambda d: first_trace_x(d) is not None and idle(d), timeout=120)
     times = []
-    for _ in range(min(3, len(open_run(shown_run).snapshot_epochs()) - 1)):  # starts at the last epoch
+    for _ in range(min(3, len(epochs) - 1)):  # starts at the last epoch
         before = first_trace_x(browser)
         thumb = browser.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
         browser.execute_script("arguments[0].focus();", thumb)
@@ -238,6 +240,66 @@ def test_typed_indices_fill_the_selection_table(server, browser, shown_run):
     browser.find_element(By.XPATH, "//label[.//p[text()='one class']]").click()
     wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) == 2 and idle(d), timeout=30)
     shoot(browser, "gradient-space-one-class")
+
+
+def legend_count(driver, group: str) -> int | None:
+    """The count in a map legend entry, e.g. 'selected by you (107)' -> 107."""
+    return driver.execute_script(
+        "const gd = document.querySelector('.js-plotly-plot');"
+        "const t = gd && gd.data.find(t => t.legendgroup === arguments[0]);"
+        "return t ? parseInt(t.name.split('(').pop().replace(/,/g, '')) : null;", group)
+
+
+def selected_in_table(driver) -> int | None:
+    found = re.search(r"([\d,]+) selected", driver.find_element(By.TAG_NAME, "body").text)
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def test_a_box_drawn_on_the_map_is_the_selection_drawn_and_listed(server, browser, shown_run):
+    browser.get(f"{server}/gradient_space?run={shown_run.name}")
+    wait(browser, lambda d: first_trace_x(d) is not None and idle(d), timeout=120)
+    browser.find_element(By.CSS_SELECTOR, '.js-plotly-plot .modebar-btn[data-title="Box Select"]').click()
+    drag = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .nsewdrag")
+    w, h = drag.size["width"], drag.size["height"]
+    ActionChains(browser).move_to_element_with_offset(drag, -w // 3, -h // 3).click_and_hold() \
+        .move_by_offset(w // 2, h // 2).release().perform()
+    wait(browser, lambda d: selected_in_table(d) and idle(d), timeout=60)
+    wait(browser, lambda d: legend_count(d, "selected") == selected_in_table(d), timeout=30)
+    first = selected_in_table(browser)
+    assert first > 0
+    browser.find_element(By.XPATH, "//label[.//p[text()='add']]").click()
+    wait(browser, idle)
+    browser.find_element(By.CSS_SELECTOR, '.js-plotly-plot .modebar-btn[data-title="Box Select"]').click()
+    drag = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .nsewdrag")
+    ActionChains(browser).move_to_element_with_offset(drag, w // 5, h // 5).click_and_hold() \
+        .move_by_offset(w // 4, h // 4).release().perform()
+    wait(browser, lambda d: (selected_in_table(d) or 0) > first and idle(d), timeout=60)
+    # the map marks exactly the examples the table lists, in the same rerun (not one action behind)
+    wait(browser, lambda d: legend_count(d, "selected") == selected_in_table(d), timeout=30)
+    shoot(browser, "gradient-space-box-selection")
+
+
+def test_clicking_a_point_opens_its_sample_panel(server, browser, shown_run):
+    browser.get(f"{server}/gradient_space?run={shown_run.name}")
+    wait(browser, lambda d: first_trace_x(d) is not None and idle(d), timeout=120)
+    # where the first poison is drawn, in pixels from the plot area's top left
+    where = browser.execute_script(
+        "const gd = document.querySelector('.js-plotly-plot');"
+        "const t = gd._fullData.find(t => t.legendgroup === 'poison');"  # decoded typed arrays
+        "const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;"
+        "return [xa.l2p(t.x[0]), ya.l2p(t.y[0]), Number(t.customdata[0])];")
+    drag = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .nsewdrag")
+    w, h = drag.size["width"], drag.size["height"]
+    # hover first (plotly clicks the point it hovers), then click
+    ActionChains(browser).move_to_element_with_offset(drag, int(where[0] - w / 2) - 1, int(where[1] - h / 2)) \
+        .pause(0.5).move_by_offset(1, 0).pause(0.5).click().perform()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]') and idle(d),
+         timeout=120)
+    panel = browser.find_element(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]')
+    assert f"Example {where[2]}" in panel.text
+    assert "poison" in panel.text
+    assert panel.find_elements(By.TAG_NAME, "img")
+    shoot(browser, "gradient-space-sample-panel-small")
 
 
 def test_the_downloaded_csv_is_the_export(server, browser, shown_run):

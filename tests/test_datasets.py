@@ -12,12 +12,15 @@ from PIL import Image
 
 from core.data.datasets import (
     ImageDataset,
+    image_pixels,
     load_cifar10_batches,
     load_dataset,
     load_imagefolder,
     load_npz_dataset,
+    read_npz,
 )
 from core.errors import InputError
+from core.limits import Limits
 
 CIFAR10_SUBSET = Path(__file__).resolve().parents[2] / "shared/data/cifar10-subset"
 
@@ -211,9 +214,9 @@ def test_cifar10_without_batches_is_an_error(tmp_path):
 
 def write_npz(path: Path, **overrides) -> Path:
     fields = {
-        "x_train": np.arange(4 * 3 * 2, dtype=np.uint8).reshape(4, 3, 2),
+        "x_train": np.arange(4 * 4 * 4, dtype=np.uint8).reshape(4, 4, 4),
         "y_train": np.array([0, 1, 2, 1]),
-        "x_test": np.zeros((2, 3, 2), np.uint8),
+        "x_test": np.zeros((2, 4, 4), np.uint8),
         "y_test": np.array([2, 0]),
     } | overrides
     np.savez(path, **{k: v for k, v in fields.items() if v is not None})
@@ -222,19 +225,19 @@ def write_npz(path: Path, **overrides) -> Path:
 
 def test_npz_grey_images_get_a_channel_axis_and_default_names(tmp_path):
     data = load_dataset(f"npz:{write_npz(tmp_path / 'd.npz')}")
-    assert data.x_train.shape == (4, 3, 2, 1) and data.x_train[1, 0, 1, 0] == 7
+    assert data.x_train.shape == (4, 4, 4, 1) and data.x_train[1, 0, 1, 0] == 17
     assert data.class_names == ("0", "1", "2") and data.y_train.dtype == np.int64
 
 
 def test_npz_colour_images_and_class_names_are_kept(tmp_path):
     path = write_npz(
         tmp_path / "d.npz",
-        x_train=np.ones((4, 3, 2, 3), np.uint8),
-        x_test=np.ones((2, 3, 2, 3), np.uint8),
+        x_train=np.ones((4, 4, 4, 3), np.uint8),
+        x_test=np.ones((2, 4, 4, 3), np.uint8),
         class_names=np.array(["a", "b", "c"]),
     )
     data = load_npz_dataset(path)
-    assert data.image_shape == (3, 2, 3) and data.class_names == ("a", "b", "c")
+    assert data.image_shape == (4, 4, 3) and data.class_names == ("a", "b", "c")
 
 
 @pytest.mark.parametrize(
@@ -267,7 +270,10 @@ def test_npz_colour_images_and_class_names_are_kept(tmp_path):
             r"field 'y_train' has no example of class 3 \('d'\)",
         ),
         ({"y_test": None}, "field 'y_test' is missing"),
-        ({"class_names": np.array([{"a": 1}], dtype=object)}, "field 'class_names' cannot be read"),
+        (
+            {"class_names": np.array([{"a": 1}], dtype=object)},
+            "field 'class_names' has dtype object; only numbers and text",
+        ),
     ],
 )
 def test_npz_bad_field_names_file_and_field(tmp_path, overrides, message):
@@ -293,3 +299,143 @@ def test_unknown_spec_lists_the_choices(spec):
 def test_loaded_dataset_is_named_by_its_spec(tmp_path):
     spec = f"npz:{write_npz(tmp_path / 'd.npz')}"
     assert isinstance(load_dataset(spec), ImageDataset) and load_dataset(spec).name == spec
+
+
+# ---------------------------------------------------------------- untrusted files (issue 9)
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    root = make_imagefolder(tmp_path, shape=(4, 4))
+    pixels = np.array([[0, 257, 32896, 65535]] * 4, dtype=np.uint16)
+    Image.fromarray(pixels).save(root / "train/cat/00.png")
+    assert Image.open(root / "train/cat/00.png").mode.startswith("I")
+    data = load_imagefolder(root)
+    np.testing.assert_array_equal(data.x_train[0, 0, :, 0], [0, 1, 128, 255])
+
+
+def test_palette_png_with_bytes_transparency_reads_its_colours(tmp_path):
+    root = make_imagefolder(tmp_path, shape=(4, 4))
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([0, 0, 0, 10, 20, 30])
+    image.save(root / "train/cat/00.png", transparency=b"\x00\x80")
+    data = load_imagefolder(root)
+    assert data.x_train.shape[-1] == 3
+    np.testing.assert_array_equal(data.x_train[0, 0, 0], [10, 20, 30])
+
+
+@pytest.mark.parametrize(
+    "mode, pixels, expected",
+    [
+        ("LA", np.array([[[7, 200]]], np.uint8), 7),
+        ("La", np.array([[[7, 200]]], np.uint8), 7),
+        ("I", np.array([[65535]], np.int32), 255),
+        ("F", np.array([[0.5]], np.float32), 128),
+        ("F", np.array([[100.0]], np.float32), 100),
+    ],
+)
+def test_every_grey_mode_is_read_as_8_bit_grey(mode, pixels, expected):
+    image = Image.frombytes(mode, (1, 1), pixels.tobytes())
+    assert image_pixels(image, "x.png").tolist() == [[expected]]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -1.0, 300.0])
+def test_float_image_with_bad_values_is_refused(value):
+    image = Image.frombytes("F", (1, 1), np.float32([value]).tobytes())
+    with pytest.raises(InputError, match="^x.png: float image"):
+        image_pixels(image, "x.png")
+
+
+def test_link_to_an_image_inside_the_folder_is_followed(tmp_path):
+    root = make_imagefolder(tmp_path)
+    (root / "test/cat/00.png").unlink()
+    os.symlink("../../train/cat/01.png", root / "test/cat/00.png")
+    data = load_imagefolder(root)
+    np.testing.assert_array_equal(data.x_test[0], data.x_train[1])
+
+
+@pytest.mark.parametrize("kind", ["out", "loop", "fifo", "broken"])
+def test_bad_links_and_fifos_in_an_imagefolder_are_named(tmp_path, kind):
+    root = make_imagefolder(tmp_path / "d")
+    place = root / "train/dog/02.png"
+    if kind == "out":
+        write_image(tmp_path / "elsewhere.png", np.zeros((4, 5), np.uint8))
+        os.symlink(tmp_path / "elsewhere.png", place)
+        message = "02.png: symbolic link to .* outside"
+    elif kind == "loop":
+        os.symlink("..", root / "train/dog/up")
+        message = "up/dog: symbolic link loop"
+    elif kind == "fifo":
+        os.mkfifo(place)
+        message = "02.png: not a regular file"
+    else:
+        os.symlink(tmp_path / "absent.png", place)
+        message = "02.png: broken symbolic link"
+    with pytest.raises(InputError, match=message):
+        load_imagefolder(root)
+
+
+def test_png_larger_than_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    from tests.bad_inputs.make_corpus import png_header_only
+
+    root = make_imagefolder(tmp_path)
+    png_header_only(root / "train/cat/00.png", 5_000, 5_000)
+    with pytest.raises(InputError, match=r"00.png: image of 5000x5000 = 25,000,000 exceeds"):
+        load_imagefolder(root)
+    png_header_only(root / "train/cat/00.png", 20_000, 20_000)  # past PIL's own bomb limit
+    with pytest.raises(InputError, match=r"00.png: image too large to decode \(.*400000000"):
+        load_imagefolder(root)
+
+
+def test_imagenet_sized_images_load_under_the_default_limits(tmp_path):
+    root = make_imagefolder(tmp_path, shape=(224, 224), n_train=1)
+    assert load_imagefolder(root).image_shape == (224, 224, 1)
+
+
+def test_a_million_images_load_under_the_default_limits(tmp_path):
+    n = 1_000_000
+    path = write_npz(
+        tmp_path / "big.npz",
+        x_train=np.zeros((n, 4, 4), np.uint8),
+        y_train=np.arange(n) % 3,
+        x_test=np.zeros((3, 4, 4), np.uint8),
+        y_test=np.arange(3),
+    )
+    assert len(load_npz_dataset(path).y_train) == n
+
+
+def test_a_label_of_a_billion_is_refused_before_naming_classes(tmp_path):
+    import tracemalloc
+
+    path = write_npz(tmp_path / "d.npz", y_train=np.array([0, 1, 2, 10**9]))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="classes .* 1,000,000,001 exceeds the limit"):
+            load_npz_dataset(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 << 20
+
+
+def test_npz_arrays_keep_their_values_in_any_byte_order_and_layout(tmp_path):
+    x = np.arange(4 * 4 * 4, dtype=np.uint8).reshape(4, 4, 4)
+    path = write_npz(
+        tmp_path / "d.npz",
+        x_train=np.asfortranarray(x),
+        y_train=np.array([0, 1, 2, 1], dtype=">i8"),
+    )
+    fields = read_npz(path)
+    np.testing.assert_array_equal(fields["x_train"], x)
+    np.testing.assert_array_equal(fields["y_train"], [0, 1, 2, 1])
+    assert fields["y_train"].dtype.isnative and fields["x_train"].flags.writeable
+
+
+def test_npz_member_that_expands_too_much_is_refused_before_decompressing(tmp_path):
+    # 32 MiB of runs of 16 equal bytes: deflate shrinks it about 10x, a zip bomb ~1000x
+    rng = np.random.default_rng(0)
+    x = np.repeat(rng.integers(0, 256, 2 << 20, dtype=np.uint8), 16)
+    path = tmp_path / "z.npz"
+    np.savez_compressed(path, x=x)
+    with pytest.raises(InputError, match="field 'x' expands from .* more than 2 times"):
+        read_npz(path, limits=Limits(max_compression_ratio=2))
+    np.testing.assert_array_equal(read_npz(path)["x"], x)

@@ -317,7 +317,7 @@ def test_subset_size_outside_0_1_is_a_clear_error(subset_size):
         ({"greedy": "exhaustive"}, "greedy must be one of"),
         ({"cluster_thresh": -1}, "cluster_thresh must be >= 0"),
         ({"epsilon": 0}, r"epsilon must be in \(0, 1\)"),
-        ({"random_state": -1}, "random_state must be a non-negative int"),
+        ({"random_state": -1}, "random_state must be an int >= 0"),
     ],
 )
 def test_bad_options_are_clear_errors(kwargs, message):

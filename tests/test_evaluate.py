@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,19 @@ from core.cli import main
 from core.data import load_dataset
 from core.data.poisons import PoisonSet, save_poisons_npz
 from core.errors import InputError
-from core.evaluate import find_poison_sets, parse_defense, plan_grid, run_grid
+from core.evaluate import (
+    cell_config,
+    controlled,
+    find_poison_sets,
+    parse_defense,
+    parse_scenarios,
+    plan_grid,
+    poison_sets_for,
+    pretrain_split,
+    run_grid,
+    summarise,
+    wilson_interval,
+)
 from core.store import RUN_JSON, open_run
 from core.train import train
 from tests.conftest import tiny_config
@@ -49,13 +60,30 @@ def test_a_folder_of_poison_sets_is_found_in_order(poison_dir):
     assert [p.name for p in find_poison_sets(poison_dir)] == ["a.npz", "b.npz"]
 
 
-def test_the_clean_control_trains_on_base_images_but_keeps_the_target(poison_dir, tmp_path):
-    grid = plan_grid([poison_dir / "a.npz"], ["clean"], [0], tmp_path / "out")
-    run_grid(tiny_config(epochs=1), grid, show_progress=False)
-    run = open_run(grid[0].run_dir)
+def test_scenarios_may_have_their_own_poison_subfolders(poison_dir):
+    (poison_dir / "transfer").mkdir()
+    label_flip_set(poison_dir / "transfer" / "t.npz", 5, 2)
+    assert [p.name for p in poison_sets_for(poison_dir, "transfer")] == ["t.npz"]
+    assert [p.name for p in poison_sets_for(poison_dir, "scratch")] == ["a.npz", "b.npz"]
+    with pytest.raises(InputError, match="unknown scenario 'scratchy'"):
+        parse_scenarios("scratch,scratchy")
+
+
+def test_the_clean_control_is_one_run_per_seed_whatever_the_poison_sets(poison_dir, tmp_path):
+    grid = plan_grid(find_poison_sets(poison_dir), ["clean", "none"], [0, 1], tmp_path / "out")
+    controls = [c for c in grid if c.defense == "clean"]
+    assert [(c.poisons, c.seed) for c in controls] == [(None, 0), (None, 1)]
+    run_grid(tiny_config(epochs=1), controls[:1], show_progress=False)
+    run = open_run(controls[0].run_dir)
     assert not run.examples()["is_poison"].any()
     assert run.examples()["label"].tolist() == load_dataset("digits").y_train.tolist()
-    assert run.target["adv_label"] == 7 and run.metrics()["target_pred"].iloc[-1] >= 0
+    assert run.config["tags"] == {"grid": "evaluate", "scenario": "scratch", "poison_set": "",
+                                  "defense": "clean", "defense_params": {}, "seed": 0, "twin": None}
+
+
+def test_the_pretraining_split_is_the_first_half_of_every_class():
+    labels = np.array([0, 1, 0, 0, 1, 2, 0, 1, 2, 1])
+    assert pretrain_split(labels).tolist() == [0, 1, 2, 4, 5]
 
 
 def test_evaluate_skips_finished_runs_and_resumes_interrupted_ones(poison_dir, tmp_path):
@@ -64,10 +92,7 @@ def test_evaluate_skips_finished_runs_and_resumes_interrupted_ones(poison_dir, t
     run_grid(base, grid[:1], show_progress=False)
 
     # the second cell was killed after epoch 1: status running, its process gone
-    from core.evaluate import parse_defense as spec
-
-    train(replace(base, poisons=str(grid[1].poisons), seed=0, **spec("loss")), grid[1].run_dir,
-          show_progress=False, stop_at_epoch=1)
+    train(cell_config(base, grid[1]), grid[1].run_dir, show_progress=False, stop_at_epoch=1)
     meta = json.loads((grid[1].run_dir / RUN_JSON).read_text())
     (grid[1].run_dir / RUN_JSON).write_text(json.dumps({**meta, "pid": 2**22 + 12345}))
     created = {c.run_dir: json.loads((c.run_dir / RUN_JSON).read_text())["created"] for c in grid[:2]}
@@ -76,26 +101,35 @@ def test_evaluate_skips_finished_runs_and_resumes_interrupted_ones(poison_dir, t
         assert open_run(cell.run_dir).status == "finished"
     for cell in grid[:2]:  # neither redone from scratch
         assert json.loads((cell.run_dir / RUN_JSON).read_text())["created"] == created[cell.run_dir]
+    assert open_run(grid[1].run_dir).metrics()["epoch"].tolist() == [0, 1, 2]
 
 
 def test_the_table_is_recomputed_from_the_run_stores(poison_dir, tmp_path):
     out = tmp_path / "out"
-    assert main(["evaluate", "--quiet", "--poisons", str(poison_dir), "--defenses", "none,loss",
-                 "--seeds", "0,1", "--epochs", "2", "--width", "4", "--drop-after", "0", "--out", str(out)]) == 0
+    assert main(["evaluate", "--quiet", "--poisons", str(poison_dir), "--defenses", "clean,none,loss",
+                 "--seeds", "0,1", "--epochs", "2", "--width", "4", "--drop-after", "0",
+                 "--out", str(out)]) == 0
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 2 * 2 * 2
-    for _, r in runs.iterrows():
-        run = open_run(out / "runs" / f"{r.poison_set}__{r.defense}__seed{r.seed}")
+    assert len(runs) == 3 * 2 * 2  # the control is read out once per poison set
+    for _, r in runs[runs.defense != "clean"].iterrows():
+        run = open_run(out / "runs" / "scratch" / f"{r.poison_set}__{r.defense}__seed{r.seed}")
+        assert run.config["tags"]["poison_set"] == r.poison_set
         last = run.metrics().iloc[-1]
         n_poisons = run.examples()["is_poison"].sum()
         assert r.test_acc == pytest.approx(last.test_acc)
         assert r.recall == pytest.approx(last.n_poison_dropped / n_poisons)
+        ctrl = runs[(runs.defense == "clean") & (runs.poison_set == r.poison_set) & (runs.seed == r.seed)]
+        assert r.control_flip == ctrl.attack_success.item()
+        assert r.controlled_success == float(r.attack_success == 1 and r.control_flip == 0)
     summary = pd.read_csv(out / "summary.csv").set_index("defense")
     loss = runs[runs.defense == "loss"]
     assert summary.loc["loss", "recall_mean"] == pytest.approx(loss.recall.mean())
     assert summary.loc["loss", "n_runs"] == 4
+    assert summary.loc["loss", "attack_success_k"] == loss.attack_success.sum()
     assert summary.loc["none", "n_dropped_mean"] == 0
-    assert "| loss | 4 |" in (out / "summary.md").read_text()
+    assert summary.loc["clean", "controlled_success_k"] == 0
+    md = (out / "summary.md").read_text()
+    assert "#### scratch" in md and "| loss | 4 |" in md and "ROC-AUC" in md
     detection = pd.read_csv(out / "detection.csv")
     assert set(detection.epoch) == {0, 2} and detection[detection.defense == "loss"].roc_auc.notna().all()
 
@@ -107,3 +141,23 @@ def test_random_drops_copy_the_epic_twins_schedule(poison_dir, tmp_path):
     epic, rand = (open_run(c.run_dir).metrics() for c in grid)
     assert epic["n_new_drops"].sum() > 0
     assert epic["n_new_drops"].tolist() == rand["n_new_drops"].tolist()
+    assert open_run(grid[1].run_dir).config["tags"]["twin"] == grid[0].run_dir.name
+
+
+@pytest.mark.parametrize(("k", "n", "lo", "hi"), [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634),
+                                                  (10, 10, 0.7225, 1.0), (1, 3, 0.0615, 0.7923)])
+def test_wilson_intervals_match_the_textbook_values(k, n, lo, hi):
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_a_flip_the_clean_control_also_shows_is_not_a_controlled_success():
+    runs = pd.DataFrame({
+        "scenario": ["scratch"] * 4, "defense": ["none"] * 4, "poison_set": ["a", "a", "b", "b"],
+        "seed": [0, 1, 0, 1], "attack_success": [1.0, 1.0, 1.0, 0.0],
+        "control_flip": [1.0, 0.0, 0.0, 0.0],
+        **{c: [0.0] * 4 for c in ("test_acc", "n_dropped", "recall", "precision", "roc_auc", "seconds")},
+    })
+    runs["controlled_success"] = [controlled(a, c) for a, c in zip(runs.attack_success, runs.control_flip, strict=True)]
+    row = summarise(runs, ["none"]).iloc[0]
+    assert (row.attack_success_k, row.controlled_success_k, row.controlled_success_n) == (3, 2, 4)

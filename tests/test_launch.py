@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
-from core.cli import build_parser
+from core.config import TrainConfig
 from core.errors import InputError
 from core.launch import (
+    CONFIG_LINE,
     LAUNCH_JSON,
     LOG,
     check_launch,
     launch_status,
     launch_training,
     list_launches,
-    train_argv,
 )
 from core.store import list_runs, open_run
-from core.train import TrainConfig
 from tests.conftest import tiny_config
+from tests.test_config import DEMO_POISONS, digits_npz, every_field_changed
 
 
 def wait_until_done(run_dir: Path, timeout: float = 240.0):
@@ -35,15 +36,40 @@ def wait_until_done(run_dir: Path, timeout: float = 240.0):
     raise AssertionError(f"{run_dir} not done after {timeout} s: {launch_status(run_dir)}")
 
 
-def test_train_argv_reproduces_the_config_through_the_cli(tmp_path):
-    config = TrainConfig(dataset="digits", defense="epic", defense_params={"subset_size": 0.3, "metric": "cosine"},
-                         epochs=7, width=8, lr=0.05, drop_after=1, seed=3)
-    argv = train_argv(config, runs_dir=tmp_path, name="x")
-    args = build_parser().parse_args(argv)
-    assert (args.dataset, args.defense, args.epochs, args.width, args.lr, args.drop_after, args.seed) == \
-        ("digits", "epic", 7, 8, 0.05, 1, 3)
-    assert sorted(args.defense_param) == ['metric="cosine"', "subset_size=0.3"]
-    assert (args.runs_dir, args.name, args.quiet) == (str(tmp_path), "x", True)
+def child_config(run_dir: Path, timeout: float = 120.0) -> dict:
+    """The config the background process logged as the one it trains with."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = (run_dir / LOG).read_text() if (run_dir / LOG).exists() else ""
+        for line in text.splitlines():
+            if line.startswith(CONFIG_LINE):
+                return json.loads(line[len(CONFIG_LINE):])
+        if launch_status(run_dir).done:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"no config line in {run_dir / LOG}: {launch_status(run_dir).log_tail}")
+
+
+def test_every_field_reaches_the_background_process(tmp_path):
+    digits_npz(tmp_path)
+    config = every_field_changed(tmp_path)
+    run_dir = launch_training(config, runs_dir=tmp_path / "runs", name="every", projection=None)
+    launched = json.loads((run_dir / LAUNCH_JSON).read_text())["config"]
+    got = TrainConfig.from_json(child_config(run_dir))
+    assert got == TrainConfig.from_json(launched)
+    default = TrainConfig()
+    for f in fields(TrainConfig):  # nothing reset to its default on the way
+        assert getattr(got, f.name) != getattr(default, f.name), f.name
+    assert got == replace(config, dataset=f"npz:{(tmp_path / 'digits.npz').resolve()}",
+                          poisons=str(DEMO_POISONS.resolve()), pretrained=str((tmp_path / "model.pt").resolve()))
+    wait_until_done(run_dir)
+
+
+def test_the_bundled_poison_set_passes_the_checks(tmp_path):
+    config, run_dir = check_launch(tiny_config(poisons=str(DEMO_POISONS), defense="epic",
+                                              defense_params={"subset_size": 0.2}),
+                                   runs_dir=tmp_path, name="demo")
+    assert config.poisons == str(DEMO_POISONS.resolve()) and run_dir == tmp_path.resolve() / "demo"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -53,9 +79,10 @@ def test_train_argv_reproduces_the_config_through_the_cli(tmp_path):
     (dict(epochs=0), "epochs"),
     (dict(defense="nope"), "unknown defense"),
     (dict(defense="epic", defense_params={"subset_size": 2.0}), "subset_size"),
-    (dict(defense="epic", defense_params={"not_a_param": 1}), "bad parameter"),
+    (dict(defense="epic", defense_params={"not_a_param": 1}), "not_a_param"),
     (dict(scenario="finetune"), "pretrained"),
-    (dict(momentum=0.5), "momentum"),
+    (dict(momentum=1.5), "momentum"),
+    (dict(lr=float("nan")), "--lr"),
 ])
 def test_bad_parameters_are_refused_before_anything_starts(tmp_path, change, message):
     with pytest.raises(InputError, match=message):
@@ -64,8 +91,9 @@ def test_bad_parameters_are_refused_before_anything_starts(tmp_path, change, mes
 
 
 def test_a_bad_name_or_an_existing_run_is_refused(tmp_path):
-    with pytest.raises(InputError, match="run name"):
-        check_launch(tiny_config(), runs_dir=tmp_path, name="../escape")
+    for bad in ("../escape", "/abs", "a/b", ".", "..", "x" * 101, "new\nline"):
+        with pytest.raises(InputError, match="plain run name"):
+            check_launch(tiny_config(), runs_dir=tmp_path, name=bad)
     (tmp_path / "taken").mkdir()
     with pytest.raises(InputError, match="already exists"):
         launch_training(tiny_config(), runs_dir=tmp_path, name="taken")
@@ -74,8 +102,8 @@ def test_a_bad_name_or_an_existing_run_is_refused(tmp_path):
 def test_a_launched_run_trains_detached_and_is_listed_when_done(tmp_path):
     run_dir = launch_training(tiny_config(epochs=2, defense="random", defense_params={"fraction": 0.05}),
                               runs_dir=tmp_path, name="bg", projection="pca")
-    launch = (run_dir / LAUNCH_JSON).read_text()
-    assert "poisonlens train" in launch and (run_dir / LOG).exists()
+    launch = json.loads((run_dir / LAUNCH_JSON).read_text())
+    assert launch["command"].startswith("poisonlens train") and (run_dir / LOG).exists()
     pid = launch_status(run_dir).pid
     assert os.getsid(pid) != os.getsid(0)  # its own session: survives the dashboard
     assert launch_status(run_dir).state in ("starting", "running", "mapping", "finished")
@@ -83,6 +111,7 @@ def test_a_launched_run_trains_detached_and_is_listed_when_done(tmp_path):
     assert status.state == "finished", status.log_tail
     assert [i.name for i in list_runs(tmp_path)] == ["bg"]
     assert open_run(run_dir).projection("pca") is not None
+    assert TrainConfig.from_json(open_run(run_dir).config) == TrainConfig.from_json(launch["config"])
     assert [s.name for s in list_launches(tmp_path)] == ["bg"]
 
 
@@ -94,3 +123,11 @@ def test_a_run_that_dies_before_its_store_exists_shows_the_error(tmp_path):
     status = wait_until_done(run_dir)
     assert status.state == "failed"
     assert status.error and "not-a-dataset.npz" in status.log_tail
+
+
+def test_the_map_phase_reports_the_projection_progress():
+    from core.launch import _map_progress
+
+    tail = "$ poisonlens train ...\n[ 10%] loading 8 snapshots\n[ 70%] layout fitted in 3 s; placing every snapshot"
+    assert _map_progress(tail) == {"map_fraction": 0.7, "map_message": "layout fitted in 3 s; placing every snapshot"}
+    assert _map_progress("no progress yet") == {"map_fraction": 0.0, "map_message": "starting"}

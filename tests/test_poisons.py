@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -322,3 +323,86 @@ def test_apply_poisons_marks_exactly_the_base_indices(base):
     np.testing.assert_array_equal(
         poisoned.x_train[~poisoned.is_poison], dataset.x_train[~poisoned.is_poison]
     )
+
+
+# ---------------------------------------------------------------- untrusted files (issue 9)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_benchmark_patch_with_nan_is_refused_not_zeroed(tmp_path, value):
+    patch = np.full((1, 2, 2), value, np.float32)
+    target = (Image.new("L", (5, 6)), 0, patch, [0, 0])
+    folder = write_benchmark_folder(tmp_path / "p", [(Image.new("L", (5, 6)), 1)], [0], target)
+    with pytest.raises(InputError, match="target.pickle: field 'patch' has NaN or infinite"):
+        load_poisons(folder)
+
+
+@pytest.mark.parametrize("index", [2**63, 2**100, -1])
+def test_benchmark_base_index_outside_int64_is_named(tmp_path, index):
+    items = [(Image.new("L", (5, 6)), 1)]
+    folder = write_benchmark_folder(tmp_path / "p", items, [index], (Image.new("L", (5, 6)), 0))
+    with pytest.raises(InputError, match=f"base_indices.pickle: index {index} is outside"):
+        load_poisons(folder)
+
+
+def test_npz_base_index_past_int64_is_named(tmp_path):
+    save_poisons_npz(make_poisons(), tmp_path / "p.npz")
+    fields = dict(np.load(tmp_path / "p.npz"))
+    fields["base_indices"] = np.array([7, 2**63, 4], dtype=np.uint64)
+    np.savez(tmp_path / "bad.npz", **fields)
+    with pytest.raises(InputError, match="field 'base_indices' has value 9223372036854775808"):
+        load_poisons(tmp_path / "bad.npz")
+
+
+def test_benchmark_poison_label_of_a_billion_is_refused(tmp_path):
+    items = [(Image.new("L", (5, 6)), 10**9)]
+    folder = write_benchmark_folder(tmp_path / "p", items, [0], (Image.new("L", (5, 6)), 0))
+    with pytest.raises(InputError, match="poisons.pickle: item 0 has label 1000000000"):
+        load_poisons(folder)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"extra": ' + "[" * 5000 + "]" * 5000 + "}", "JSON nested 5001 deep"),
+        ('{"target_index": ' + "9" * 5000 + "}", "JSON integer of 5,000 digits"),
+        ('{"eps": NaN}', "JSON value NaN is not allowed"),
+        ('{"eps": 1e999}', "field 'eps' is inf"),
+        ("[1, 2", "not valid JSON"),
+    ],
+)
+def test_bad_side_file_is_named(tmp_path, text, message):
+    save_poisons_folder(make_poisons(), tmp_path)
+    (tmp_path / "poisonlens.json").write_text(text)
+    with pytest.raises(InputError, match=f"poisonlens.json: {message}"):
+        load_poisons(tmp_path)
+
+
+def test_npz_extra_json_nested_too_deep_is_named(tmp_path):
+    save_poisons_npz(make_poisons(), tmp_path / "p.npz")
+    fields = dict(np.load(tmp_path / "p.npz"))
+    fields["extra_json"] = np.array("[" * 1000 + "]" * 1000)
+    np.savez(tmp_path / "bad.npz", **fields)
+    with pytest.raises(InputError, match="bad.npz: field 'extra_json': JSON nested 1000 deep"):
+        load_poisons(tmp_path / "bad.npz")
+
+
+def test_benchmark_pickle_linked_from_outside_the_folder_is_refused(tmp_path):
+    save_poisons_folder(make_poisons(), tmp_path / "p")
+    (tmp_path / "p/target.pickle").rename(tmp_path / "target.pickle")
+    os.symlink(tmp_path / "target.pickle", tmp_path / "p/target.pickle")
+    with pytest.raises(InputError, match="target.pickle: symbolic link to .* outside"):
+        load_poisons(tmp_path / "p")
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"])
+def test_empty_or_truncated_poison_npz_is_named(tmp_path, content):
+    (tmp_path / "p.npz").write_bytes(content)
+    with pytest.raises(InputError, match="p.npz: not a readable .npz file"):
+        load_poisons(tmp_path / "p.npz")
+
+
+def test_poison_path_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "p.npz")
+    with pytest.raises(InputError, match="p.npz: not a regular file"):
+        load_poisons(tmp_path / "p.npz")

@@ -27,8 +27,8 @@ from core.projection import (
     project_snapshots,
     projection_is_current,
 )
-from core.selection import parse_indices, selection_to_indices, update_selection
 from core.store import open_run
+from dashboard.selection import parse_indices, selection_to_indices, update_selection
 from tests.dashboard_runs import CLEAN_RUN, POISON_RUN, runs_folder
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +13,9 @@ import pytest
 from core.cli import build_parser, main
 from core.commands.select import COLUMNS
 from core.defense.epic import select
+from core.defense.epic_config import flag_of, option_fields
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_grads(
@@ -84,11 +91,21 @@ def test_help_documents_every_option_and_its_default(capsys):
         "--out",
     ):
         assert option in text
-    for default in ("(default: euclidean)", "(default: lazy)", "(default: 1)", "(default: 0)"):
+    for default in ("(default: euclidean)", "(default: lazy)", "; default: 1)", "; default: 0)"):
         assert default in text
 
 
-@pytest.mark.parametrize("subset_size", ["0", "1.5", "-0.2"])
+def test_every_epic_option_is_on_the_command_line_with_its_help(capsys):
+    # The options are generated from EpicConfig: a new field cannot be left off the CLI.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["select", "--help"])
+    text = capsys.readouterr().out
+    for f in option_fields():
+        assert flag_of(f) in text, f.name
+    assert "--method {auto,exact,greedi}" in text
+
+
+@pytest.mark.parametrize("subset_size", ["0", "1.5", "-0.2", "-0.1", "nan", "inf"])
 def test_subset_size_outside_0_1_is_a_one_line_error(tmp_path, capsys, subset_size):
     write_grads(tmp_path / "g.npz")
     argv = [
@@ -102,10 +119,7 @@ def test_subset_size_outside_0_1_is_a_one_line_error(tmp_path, capsys, subset_si
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert (
-        err
-        == f"poisonlens select: error: --subset-size: must be in (0, 1], got {float(subset_size)}"
-    )
+    assert err == f"poisonlens: --subset-size: must be in (0, 1], got {float(subset_size)}"
 
 
 def run_bad(tmp_path, capsys, path) -> str:
@@ -162,3 +176,93 @@ def test_an_output_folder_that_does_not_exist_is_a_one_line_error(tmp_path, caps
     argv = ["select", "--input", str(tmp_path / "g.npz"), "--subset-size", "0.1", "--out", str(out)]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().endswith(f"{out}: its folder does not exist")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("--subset-size", "abc", "must be a number, got 'abc'"),
+        ("--thresh", "-1", "must be >= 0, got -1.0"),
+        ("--epsilon", "1", "must be in (0, 1), got 1.0"),
+        ("--seed", "1.5", "must be an int, got '1.5'"),
+        ("--metric", "manhattan", "must be one of euclidean, cosine, got 'manhattan'"),
+        ("--method", "fast", "must be one of auto, exact, greedi, got 'fast'"),
+        ("--partition-size", "0", "must be an int >= 1, got 0"),
+        ("--n-jobs", "-3", "must be an int >= -1, got -3"),
+    ],
+)
+def test_a_bad_option_value_is_one_line_naming_the_option(tmp_path, capsys, option, value, problem):
+    write_grads(tmp_path / "g.npz")
+    argv = ["select", "--input", str(tmp_path / "g.npz"), "--subset-size", "0.1"]
+    argv += ["--out", str(tmp_path / "d.csv"), option, value]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"poisonlens: {option}: {problem}"
+    assert not (tmp_path / "d.csv").exists()
+
+
+def test_greedi_and_stochastic_together_are_a_one_line_error(tmp_path, capsys):
+    write_grads(tmp_path / "g.npz")
+    argv = ["select", "--input", str(tmp_path / "g.npz"), "--subset-size", "0.1"]
+    argv += ["--out", str(tmp_path / "d.csv"), "--method", "greedi", "--greedy", "stochastic"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "use greedy='lazy'" in err
+
+
+def test_out_naming_a_folder_is_a_one_line_error(tmp_path, capsys):
+    write_grads(tmp_path / "g.npz")
+    argv = ["select", "--input", str(tmp_path / "g.npz"), "--subset-size", "0.1"]
+    argv += ["--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"poisonlens: {tmp_path}: is a folder; give a file name for the CSV"
+
+
+def test_a_truncated_npz_is_a_one_line_error(tmp_path, capsys):
+    write_grads(tmp_path / "full.npz", n=2000)
+    data = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "g.npz").write_bytes(data[: len(data) // 2])
+    assert "not a readable .npz archive" in run_bad(tmp_path, capsys, tmp_path / "g.npz")
+
+
+def test_a_one_dimensional_grads_array_is_a_one_line_error(tmp_path, capsys):
+    np.savez(tmp_path / "g.npz", grads=np.zeros(5, np.float32), labels=np.zeros(5, int))
+    assert "grads must be a real 2-D array" in run_bad(tmp_path, capsys, tmp_path / "g.npz")
+
+
+def test_method_greedi_writes_the_decisions_of_select_with_greedi(tmp_path):
+    grads, labels = write_grads(tmp_path / "g.npz", n=600, seed=2)
+    out = tmp_path / "d.csv"
+    argv = ["select", "--input", str(tmp_path / "g.npz"), "--subset-size", "0.1", "--out", str(out)]
+    argv += ["--method", "greedi", "--partition-size", "60", "--n-jobs", "2", "--seed", "3"]
+    assert main(argv) == 0
+    want = select(
+        grads, labels, subset_size=0.1, method="greedi", partition_size=60, random_state=3
+    )
+    exact = select(grads, labels, subset_size=0.1, method="exact", random_state=3)
+    table = pd.read_csv(out)
+    assert table["medoid"].tolist() == want.medoid.tolist()
+    assert table["isolated"].tolist() == want.isolated.tolist()
+    np.testing.assert_allclose(table["score"], want.score, rtol=1e-8)
+    assert not np.array_equal(want.medoid, exact.medoid)  # the partitions really changed things
+
+
+def test_select_never_imports_torch(tmp_path):
+    # In a fresh interpreter, through the real entry point: `poisonlens select` (GreeDi and the
+    # registry of defenses included) runs without torch.
+    write_grads(tmp_path / "g.npz")
+    argv = ["select", "--input", str(tmp_path / "g.npz"), "--subset-size", "0.1"]
+    argv += ["--method", "greedi", "--partition-size", "20", "--out", str(tmp_path / "d.csv")]
+    code = (
+        "import sys\n"
+        "from core.cli import main\n"
+        f"assert main({argv!r}) == 0\n"
+        "import core.defense\n"
+        "core.defense.defense_names()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(pd.read_csv(tmp_path / "d.csv")) == 120

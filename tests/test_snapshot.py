@@ -53,3 +53,35 @@ def test_wide_embeddings_get_a_fixed_projection_and_narrow_ones_none():
     a, b = storage_projection(512, random_state=3), storage_projection(512, random_state=3)
     assert a.shape == (512, 64) and storage_projection(128, 16).shape == (128, 16)
     np.testing.assert_array_equal(a, b)
+
+
+def test_snapshot_columns_stream_in_row_groups_and_read_back_as_the_table(tmp_path, rng):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from core.store import atomic_write_parquet_columns, read_parquet
+
+    cols = {
+        "index": np.arange(10, dtype=np.int64),
+        "g_0": rng.normal(size=10).astype(np.float32),
+        "active": rng.random(10) < 0.5,
+        "dropped_epoch": np.full(10, -1, dtype=np.int64),
+    }
+    atomic_write_parquet_columns(tmp_path / "s.parquet", cols, row_group_size=4)
+    assert pq.ParquetFile(tmp_path / "s.parquet").metadata.num_row_groups == 3
+    pd.testing.assert_frame_equal(read_parquet(tmp_path / "s.parquet"), pd.DataFrame(cols))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_trained_runs_snapshot_has_the_documented_columns_in_order(tmp_path):
+    from core.store import open_run
+    from core.train import train
+    from tests.conftest import tiny_config
+
+    run = open_run(train(tiny_config(epochs=1, defense="epic"), tmp_path / "r", show_progress=False))
+    cols = run.snapshot_columns(1)
+    n_emb = sum(c.startswith("emb_") for c in cols)
+    expected = ["index", "label", *[f"g_{c}" for c in range(10)], *[f"emb_{j}" for j in range(n_emb)],
+                "loss", "confidence", "prediction", "active", "score", "suspect", "drop", "dropped_epoch"]
+    assert cols[: len(expected)] == expected and n_emb == 16  # width 4 -> 16 features
+    assert {"medoid", "cluster_size", "isolated"} <= set(cols[len(expected):])  # EPIC's own

@@ -1,4 +1,4 @@
-"""Training: reproducibility, resume after a kill, drops leave the loader, scenarios."""
+"""Training: reproducibility, resume after a kill, drops leave the loader, scenarios, devices."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ import torch
 from core.defense.base import DefenseResult, register
 from core.errors import InputError
 from core.store import CHECKPOINTS, open_run
-from core.train import TrainConfig, augment_batch, batches, epoch_generator, lr_at, train
+from core.train import (
+    METRICS_COLUMNS,
+    TrainConfig,
+    augment_batch,
+    batches,
+    epoch_generator,
+    load_training_data,
+    lr_at,
+    make_model,
+    make_optimizer,
+    train,
+)
 from tests.conftest import tiny_config
 
 
@@ -128,3 +139,74 @@ def test_existing_run_is_not_overwritten(tmp_path):
     train(tiny_config(epochs=1), tmp_path / "r", show_progress=False)
     with pytest.raises(InputError, match="already exists"):
         train(tiny_config(epochs=1), tmp_path / "r", show_progress=False)
+
+
+def reference_training(config: TrainConfig) -> tuple[dict, float]:
+    """The loop as it was before the uint8 path: one float copy of the whole training set,
+    batches and augmentation from one CPU generator, a loss read per step. Returns the final
+    weights and the test accuracy."""
+    data = load_training_data(config)
+    model = make_model(config, data).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model)
+    x_all = torch.as_tensor(data.x_train).permute(0, 3, 1, 2).float().div_(255.0)
+    y_all = torch.as_tensor(data.y_train)
+    for epoch in range(1, config.epochs + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, epoch)
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        model.train()
+        perm = torch.randperm(data.n_samples, generator=gen).numpy()
+        chunks = [perm[i:i + config.batch_size] for i in range(0, len(perm), config.batch_size)]
+        if len(chunks[-1]) == 1:
+            chunks[-2] = np.concatenate([chunks[-2], chunks.pop()])
+        for batch in chunks:
+            x = x_all[torch.from_numpy(batch)]
+            b, c, h, w = x.shape  # random crop of the 1-pixel zero-padded image, as before
+            padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+            dy = torch.randint(0, 3, (b,), generator=gen)
+            dx = torch.randint(0, 3, (b,), generator=gen)
+            x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+            loss = torch.nn.functional.cross_entropy(
+                model(x.contiguous(memory_format=torch.channels_last)), y_all[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        x_test = torch.as_tensor(data.dataset.x_test).permute(0, 3, 1, 2).float().div_(255.0)
+        acc = float((model(x_test).argmax(1).numpy() == data.dataset.y_test).mean())
+    return model.state_dict(), acc
+
+
+def test_uint8_per_batch_training_equals_the_float_copy_reference_on_digits(tmp_path):
+    config = tiny_config(epochs=3, device="cpu")  # digits: grey, so 'auto' augmentation = crop
+    run = train(config, tmp_path / "r", show_progress=False)
+    ref_weights, ref_acc = reference_training(config)
+    for k, v in weights(run).items():
+        torch.testing.assert_close(v, ref_weights[k], rtol=0, atol=0)
+    # evaluation folds batch norm, so accuracy may differ by a rounding flip at most
+    assert abs(open_run(run).metrics()["test_acc"].iloc[-1] - ref_acc) <= 2 / 450
+
+
+def test_explicit_cpu_device_trains_and_is_recorded(tmp_path):
+    run = open_run(train(tiny_config(epochs=1, device="cpu"), tmp_path / "r", show_progress=False))
+    assert run.config["device"] == "cpu" and run.status == "finished"
+    assert list(run.metrics().columns) == list(METRICS_COLUMNS)
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "mps", "tpu"])
+def test_a_device_this_machine_lacks_is_refused_before_a_run_directory_exists(tmp_path, device):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(InputError, match="--device"):
+        train(tiny_config(device=device), tmp_path / "r", show_progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_mixed_precision_is_refused_off_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: --amp is allowed here")
+    with pytest.raises(InputError, match="--amp"):
+        train(tiny_config(device="cpu", amp="bf16"), tmp_path / "r", show_progress=False)

@@ -195,7 +195,7 @@ def to_uint8_within(x: torch.Tensor, base: np.ndarray, eps: float) -> np.ndarray
 
     ``base`` is the uint8 (P, H, W, C) images the poisons started from.
     """
-    pixels = x.detach().permute(0, 2, 3, 1).numpy().astype(np.float64) * 255.0
+    pixels = x.detach().cpu().permute(0, 2, 3, 1).numpy().astype(np.float64) * 255.0
     radius = math.floor(eps)  # integer pixels within eps; exact, unlike base -/+ eps in floats
     base = base.astype(np.int64)
     return np.clip(

@@ -90,6 +90,7 @@ class BullseyePolytope(SurrogateOptions):
         )
         for m in models:
             m.eval()
+        device = next(models[0].parameters()).device  # the surrogates' device is the attack's
         target_x = dataset.x_test[goal.target_index]
         n_poisons = n_poisons_for(goal.budget, len(dataset.y_train))
         distances = (
@@ -105,18 +106,14 @@ class BullseyePolytope(SurrogateOptions):
             distances=distances,
         )
         base_u8 = dataset.x_train[base_indices]
-        base, target = to_tensor(base_u8), to_tensor(target_x[None])
+        base, target = to_tensor(base_u8).to(device), to_tensor(target_x[None]).to(device)
         with torch.no_grad():
             loss_start = float(bullseye_loss(models, base, target))
 
         gen = seeded_generator(goal.random_state, 1)
         radius = self.eps / 255.0
-        delta = (
-            project_linf(
-                base + (torch.rand(base.shape, generator=gen) * 2 - 1) * radius, base, self.eps
-            )
-            - base
-        ).requires_grad_(True)
+        noise = (torch.rand(base.shape, generator=gen) * 2 - 1).to(device)
+        delta = (project_linf(base + noise * radius, base, self.eps) - base).requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=self.lr)
         for _ in tqdm(range(self.steps), desc=self.name, unit="step", disable=not show_progress):
             loss = bullseye_loss(models, base + delta, target)
@@ -127,7 +124,7 @@ class BullseyePolytope(SurrogateOptions):
                 delta.copy_(project_linf(base + delta, base, self.eps) - base)
         poisons_u8 = to_uint8_within(base + delta, base_u8, self.eps)
         with torch.no_grad():
-            loss_end = float(bullseye_loss(models, to_tensor(poisons_u8), target))
+            loss_end = float(bullseye_loss(models, to_tensor(poisons_u8).to(device), target))
         return PoisonSet(
             x=poisons_u8,
             y=dataset.y_train[base_indices].copy(),

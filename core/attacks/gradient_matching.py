@@ -34,11 +34,11 @@ from core.attacks.base import (
     validate_goal,
 )
 from core.attacks.surrogate import SurrogateOptions, feature_distances, train_surrogates
+from core.augment import augment_batch, resolve_augment
 from core.data.datasets import ImageDataset
 from core.data.poisons import PoisonSet
 from core.errors import InputError
 from core.models import Classifier, to_tensor
-from core.train import augment_batch, resolve_augment
 
 BASE_CHOICES = ("random", "closest")
 
@@ -134,6 +134,7 @@ class GradientMatching(SurrogateOptions):
         )
         for m in models:
             m.eval()
+        device = next(models[0].parameters()).device  # the surrogates' device is the attack's
         target_x = dataset.x_test[goal.target_index]
         n_poisons = n_poisons_for(goal.budget, len(dataset.y_train))
         distances = None
@@ -147,9 +148,9 @@ class GradientMatching(SurrogateOptions):
             distances=distances,
         )
         base_u8 = dataset.x_train[base_indices]
-        base = to_tensor(base_u8)
-        labels = torch.as_tensor(dataset.y_train[base_indices])
-        targets = target_gradients(models, to_tensor(target_x[None]), goal.adv_label)
+        base = to_tensor(base_u8).to(device)
+        labels = torch.as_tensor(dataset.y_train[base_indices]).to(device)
+        targets = target_gradients(models, to_tensor(target_x[None]).to(device), goal.adv_label)
         alignment_start = float(alignment(models, base, labels, targets))
 
         mode = resolve_augment("auto", base.shape[1]) if self.augment else "none"
@@ -168,7 +169,7 @@ class GradientMatching(SurrogateOptions):
                 bar,
             )
             poisons_u8 = to_uint8_within(base + delta, base_u8, self.eps)
-            reached = float(alignment(models, to_tensor(poisons_u8), labels, targets))
+            reached = float(alignment(models, to_tensor(poisons_u8).to(device), labels, targets))
             if reached > max(per_restart, default=-np.inf):
                 best = poisons_u8
             per_restart.append(reached)
@@ -205,18 +206,18 @@ class GradientMatching(SurrogateOptions):
     ) -> torch.Tensor:
         """One restart: signed Adam on delta from a uniform start in the ball; returns delta (P, C, H, W)."""
         radius = self.eps / 255.0
-        delta = (
-            project_linf(
-                base + (torch.rand(base.shape, generator=gen) * 2 - 1) * radius, base, self.eps
-            )
-            - base
+        noise = (torch.rand(base.shape, generator=gen) * 2 - 1).to(base.device)
+        delta = project_linf(base + noise * radius, base, self.eps) - base
+        # augmentation draws on the data's device (a CPU run keeps the CPU stream, as before)
+        aug_gen = gen if base.device.type == "cpu" else torch.Generator(device=base.device).manual_seed(
+            int(torch.randint(2**62, (1,), generator=gen))
         )
         delta.requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=self.tau * radius)
         milestones = [int(self.steps * f) for f in (0.375, 0.625, 0.875)]
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
         for _ in range(self.steps):
-            x = augment_batch(base + delta, mode, gen)
+            x = augment_batch(base + delta, mode, aug_gen)
             loss = 1.0 - alignment(models, x, labels, targets, create_graph=True)
             (grad,) = torch.autograd.grad(loss, delta)
             delta.grad = (
@@ -232,7 +233,9 @@ class GradientMatching(SurrogateOptions):
 
 def gradient_alignment(models: list[Classifier], poisons: PoisonSet) -> float:
     """Alignment (mean cosine) of a poison set's gradient with its target's, on ``models``."""
-    targets = target_gradients(models, to_tensor(poisons.target_x[None]), poisons.adv_label)
-    return float(
-        alignment(models, to_tensor(poisons.x), torch.as_tensor(np.asarray(poisons.y)), targets)
+    device = next(models[0].parameters()).device
+    targets = target_gradients(
+        models, to_tensor(poisons.target_x[None]).to(device), poisons.adv_label
     )
+    labels = torch.as_tensor(np.asarray(poisons.y)).to(device)
+    return float(alignment(models, to_tensor(poisons.x).to(device), labels, targets))

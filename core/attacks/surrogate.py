@@ -20,6 +20,7 @@ from core.models import Classifier, build_model, to_tensor
 from core.train import (
     TrainConfig,
     epoch_generator,
+    iter_batches,
     lr_at,
     make_optimizer,
     resolve_augment,
@@ -58,16 +59,19 @@ def train_surrogates(
     *,
     random_state: int,
     show_progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> list[Classifier]:
     """Train ``options.ensemble`` surrogates on the clean train split; returns the ensemble in eval mode.
 
     Surrogate ``i`` uses seed ``random_state + i`` and contributes a copy of itself at every
-    epoch in ``options.surrogate_epochs`` (snapshots of one run make a cheap ensemble).
+    epoch in ``options.surrogate_epochs`` (snapshots of one run make a cheap ensemble). The
+    surrogates train and stay on ``device``; the attacks craft on the surrogates' device.
     """
+    device = torch.device(device)
     if options.ensemble < 1 or not options.surrogate_epochs or min(options.surrogate_epochs) < 1:
         raise InputError("surrogate", "need ensemble >= 1 and surrogate epochs >= 1")
-    x_all = to_tensor(dataset.x_train)
-    y_all = torch.as_tensor(dataset.y_train)
+    x_all = torch.from_numpy(dataset.x_train).to(device)  # uint8; converted to float per batch
+    y_all = torch.as_tensor(dataset.y_train).to(device)
     indices = np.arange(len(dataset.y_train))
     augment = resolve_augment("auto", dataset.x_train.shape[-1])
     keep = set(options.surrogate_epochs)
@@ -75,7 +79,7 @@ def train_surrogates(
     for i in range(options.ensemble):
         config = options.train_config(random_state + i)
         torch.manual_seed(config.seed)
-        model = build_surrogate(dataset, options)
+        model = build_surrogate(dataset, options).to(device)
         optimizer = make_optimizer(config, model)
         for epoch in tqdm(
             range(1, config.epochs + 1),
@@ -86,23 +90,16 @@ def train_surrogates(
         ):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(config, epoch)
-            train_one_epoch(
-                model,
-                optimizer,
-                x_all,
-                y_all,
-                indices,
-                config,
-                augment,
-                epoch_generator(config.seed, epoch),
-            )
+            feed = iter_batches(x_all, y_all, indices, batch_size=config.batch_size,
+                                augment=augment, gen=epoch_generator(config.seed, epoch))
+            train_one_epoch(model, optimizer, feed)
             if epoch in keep:
                 members.append(_frozen_copy(dataset, options, model))
     return members
 
 
 def _frozen_copy(dataset: ImageDataset, options: SurrogateOptions, model: Classifier) -> Classifier:
-    copy = build_surrogate(dataset, options)
+    copy = build_surrogate(dataset, options).to(next(model.parameters()).device)
     copy.load_state_dict(model.state_dict())
     # Eval mode: batch norm uses its running statistics, so a poison's gradient does not
     # depend on which other images share its batch. Parameters keep requires_grad because
@@ -111,13 +108,18 @@ def _frozen_copy(dataset: ImageDataset, options: SurrogateOptions, model: Classi
 
 
 def load_surrogate(
-    path: str | Path, dataset: ImageDataset, options: SurrogateOptions
+    path: str | Path,
+    dataset: ImageDataset,
+    options: SurrogateOptions,
+    device: torch.device | str = "cpu",
 ) -> Classifier:
-    """Load a ``model.pt`` state dict (e.g. a clean run's checkpoint) as a frozen surrogate."""
+    """Load a ``model.pt`` state dict (e.g. a clean run's checkpoint) as a frozen surrogate on
+    ``device``."""
     model = build_surrogate(dataset, options)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
+        model.to(torch.device(device))
     except FileNotFoundError as err:
         raise InputError(path, "surrogate checkpoint not found") from err
     except (RuntimeError, KeyError) as err:
@@ -131,7 +133,7 @@ def load_surrogate(
 def save_surrogate(model: Classifier, path: str | Path) -> None:
     """Write ``model``'s state dict so a victim can start from it (``TrainConfig(pretrained=path)``)."""
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)  # loads on any machine
     Path(path).write_bytes(buf.getvalue())
 
 
@@ -143,9 +145,10 @@ def feature_distances(
 
     ``images`` is uint8 (n, h, w, c), ``target`` uint8 (h, w, c); returns float64 (n,).
     """
-    x, t = to_tensor(images), to_tensor(target[None])
-    total = torch.zeros(len(images), dtype=torch.float64)
+    device = next(models[0].parameters()).device
+    x, t = to_tensor(images).to(device), to_tensor(target[None]).to(device)
+    total = torch.zeros(len(images), dtype=torch.float64, device=device)
     for model in models:
         f, ft = model.features(x), model.features(t)
         total += ((f - ft) ** 2).sum(1).double() / (ft**2).sum().clamp_min(1e-12).double()
-    return total.numpy()
+    return total.cpu().numpy()

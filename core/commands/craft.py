@@ -25,7 +25,8 @@ CONTROL_DIR = "control"
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "craft",
-        help="craft a poison set (gradient matching, bullseye polytope, patch backdoor, label flip)",
+        help="craft a poison set (gradient matching, bullseye polytope, feature collision, "
+        "patch backdoor, label flip)",
         description="Craft poisons that make the test image --target-index be predicted as --adv-class. "
         "Never uses test images other than the target. Writes the poisonlens .npz and the "
         "poisoning benchmark's pickle folder into --out.",
@@ -38,7 +39,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--attack",
         default="gradient-matching",
-        help="gradient-matching, bullseye-polytope, patch-backdoor or label-flip "
+        help="gradient-matching, bullseye-polytope, feature-collision, patch-backdoor or label-flip "
         "(default: %(default)s)",
     )
     p.add_argument(
@@ -60,8 +61,8 @@ def add_parser(subparsers) -> None:
         "--eps",
         type=float,
         default=None,
-        help="l-inf radius in 0-255 pixel units (gradient-matching, bullseye-polytope) "
-        "(default: the attack's own, 16 and 8)",
+        help="l-inf radius in 0-255 pixel units (gradient-matching, bullseye-polytope, "
+        "feature-collision) (default: the attack's own, 16, 8 and 8)",
     )
     p.add_argument(
         "--seed",
@@ -84,6 +85,12 @@ def add_parser(subparsers) -> None:
         help="a model.pt (e.g. a clean run's checkpoints/model.pt) to craft against instead of "
         "training surrogates; its architecture is given by the model/width params "
         "(default: train them)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where surrogates train and poisons are optimised: auto (CUDA when present), cpu, "
+        "cuda, cuda:N or mps (default: %(default)s)",
     )
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--control", action="store_true",
@@ -117,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
     from core.attacks.base import validate_goal
     from core.attacks.surrogate import load_surrogate, save_surrogate, train_surrogates
     from core.data import load_dataset
+    from core.device import resolve_device
 
+    device = resolve_device(args.device)
     out = Path(args.out)
     if (out / NPZ_FILE).exists() and not args.overwrite:
         raise InputError(
@@ -145,11 +154,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--surrogate", f"attack {args.attack} uses no surrogate")
     if attack.needs_surrogate:
         if args.surrogate:
-            surrogates = [load_surrogate(args.surrogate, dataset, attack)]
+            surrogates = [load_surrogate(args.surrogate, dataset, attack, device)]
             final = surrogates[0]
         else:
             surrogates = train_surrogates(
-                dataset, attack, random_state=args.seed, show_progress=not args.quiet
+                dataset, attack, random_state=args.seed, show_progress=not args.quiet,
+                device=device,
             )
             final = surrogates[
                 len(set(attack.surrogate_epochs)) - 1

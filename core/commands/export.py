@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.export import suspects_table, to_safe_csv
+from core.export import check_epoch, suspects_table, to_safe_csv
 from core.store import atomic_write_bytes, open_run
 
 
@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--epoch",
         type=int,
         default=None,
-        help="last epoch to include (default: the run's last snapshot)",
+        help="the snapshot epoch to rank at: examples dropped up to it, flagged at it "
+        "(default: the run's last snapshot)",
     )
     p.add_argument(
         "--dropped-only", action="store_true", help="leave out examples flagged but not dropped"
@@ -30,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    table = suspects_table(open_run(args.run), args.epoch, include_flagged=not args.dropped_only)
+    run = open_run(args.run)
+    epoch = check_epoch(run, args.epoch, source="--epoch")  # before anything is written
+    table = suspects_table(run, epoch, include_flagged=not args.dropped_only)
     text = to_safe_csv(table)
     if args.out == "-":
         print(text, end="")

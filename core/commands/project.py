@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
-from core.projection import METHODS, compute_projection
+from core.projection import METHODS, compute_projection, write_job
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    started, last = time.time(), [0.0]
+
     def progress(fraction: float, message: str) -> None:
+        if time.time() - last[0] > 0.3:  # the dashboard shows this job's progress live
+            last[0] = time.time()
+            write_job(args.run, args.method, state="running", fraction=round(fraction, 3),
+                      message=message, pid=os.getpid(), started=started)
         if not args.quiet:
             print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
 

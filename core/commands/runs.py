@@ -7,6 +7,11 @@ import time
 
 from core.store import list_runs
 
+SAMPLE_HINT = (
+    "(the dashboard also lists the bundled sample runs in sample_data/runs; "
+    "`poisonlens runs --runs-dir sample_data/runs` shows them)"
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,25 +23,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def target_text(attack_success: bool | None) -> str:
+    """What happened to the attack's target test image: '-' for a clean run (no target)."""
+    if attack_success is None:
+        return "-"
+    return "flipped" if attack_success else "not flipped"
+
+
 def format_runs(infos) -> str:
-    header = f"{'name':<32} {'status':<11} {'epoch':>9} {'defense':<10} {'test acc':>8} {'attack':>7} {'dropped':>7}  created"
+    """One line per run (a second line with the error of a failed run or why a run is unreadable).
+
+    ``target`` says whether the attack's target test image is now predicted as the attacker's
+    class (``flipped``: the attack succeeded), so that it does not read as the run's status.
+    """
+    header = (
+        f"{'name':<32} {'status':<11} {'epoch':>9} {'defense':<10} {'test acc':>8} "
+        f"{'target':>11} {'dropped':>7}  created"
+    )
     lines = [header]
     for i in infos:
-        attack = "-" if i.attack_success is None else ("success" if i.attack_success else "failed")
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.created))
         lines.append(
             f"{i.name[:32]:<32} {i.status:<11} {f'{max(i.epochs_done, 0)}/{i.epochs}':>9} "
-            f"{i.defense[:10]:<10} {i.test_acc:>8.3f} {attack:>7} {i.n_dropped:>7}  {created}"
+            f"{i.defense[:10]:<10} {i.test_acc:>8.3f} {target_text(i.attack_success):>11} "
+            f"{i.n_dropped:>7}  {created}"
         )
         if i.error:
             lines.append(f"{'':<32} error: {i.error}")
+        if getattr(i, "unreadable", None):
+            lines.append(f"{'':<32} unreadable: {i.unreadable}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     infos = list_runs(args.runs_dir)
     if not infos:
-        print(f"no runs in {args.runs_dir}")
+        print(f"no runs in {args.runs_dir} {SAMPLE_HINT}")
         return 0
     print(format_runs(infos))
     return 0

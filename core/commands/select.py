@@ -10,18 +10,32 @@ import argparse
 import csv
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from core.defense.epic import EpicConfig, Selection, select
-from core.defense.facility_location import GREEDY, METRICS
+from core.defense.epic_config import (
+    EpicConfig,
+    check_option,
+    describe_range,
+    flag_of,
+    option_fields,
+)
 from core.errors import InputError
 
+if TYPE_CHECKING:  # numpy and numba load only when the command runs, not for --help
+    import numpy as np
+
+    from core.defense.epic import Selection
+
 COLUMNS = ["index", "label", "medoid", "cluster_size", "is_medoid", "isolated", "score"]
-_DEFAULTS = EpicConfig()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``poisonlens select``; its EPIC options are generated from :class:`EpicConfig`.
+
+    Parameters
+    ----------
+    subparsers : the ``poisonlens`` parser's subcommand registry
+    """
     parser = subparsers.add_parser(
         "select",
         help="run EPIC's selection on saved gradients and write its decisions to a CSV",
@@ -39,39 +53,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="required: npz with 'grads' (n_samples x n_classes floats, softmax - onehot) "
         "and 'labels' (n_samples ints)",
     )
-    parser.add_argument(
-        "--subset-size",
-        required=True,
-        type=float,
-        metavar="FRACTION",
-        help="required: medoids as a fraction of the examples, in (0, 1], e.g. 0.1",
-    )
-    parser.add_argument(
-        "--metric",
-        choices=METRICS,
-        default=_DEFAULTS.metric,
-        help="gradient similarity: exp(-distance / n_classes) or cosine (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--greedy",
-        choices=GREEDY,
-        default=_DEFAULTS.greedy,
-        help="lazy = exact greedy; stochastic = stochastic greedy, which changes what is isolated "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--thresh",
-        type=float,
-        default=_DEFAULTS.cluster_thresh,
-        metavar="N",
-        help="a medoid is isolated when its cluster has at most N examples (default: %(default)g)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=_DEFAULTS.random_state,
-        help="random seed for the budget rounding and stochastic greedy (default: %(default)s)",
-    )
+    defaults = EpicConfig()
+    for f in option_fields():
+        m = f.metadata
+        # Values are read as text and checked in run(), so a bad one is one line naming the
+        # option (argparse's own type errors print the usage too).
+        if m["required"]:
+            parser.add_argument(
+                flag_of(f),
+                dest=f.name,
+                required=True,
+                metavar=m["metavar"] or f.name.upper(),
+                help=f"required: {m['help']} ({describe_range(f)}), e.g. {getattr(defaults, f.name):g}",
+            )
+            continue
+        default = getattr(defaults, f.name)
+        shown = f"{default:g}" if isinstance(default, float | int) else default
+        choices = "{" + ",".join(m["choices"]) + "}" if m["choices"] else None
+        allowed = "" if choices else describe_range(f) + "; "  # choices show in the metavar
+        parser.add_argument(
+            flag_of(f),
+            dest=f.name,
+            default=None,
+            metavar=m["metavar"] or choices,
+            help=f"{m['help']} ({allowed}default: {shown})",
+        )
     parser.add_argument(
         "--out",
         required=True,
@@ -82,26 +88,64 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def config_from_args(args: argparse.Namespace) -> EpicConfig:
+    """The :class:`EpicConfig` the command line asked for.
+
+    Parameters
+    ----------
+    args : parsed ``poisonlens select`` arguments; each EPIC option is text or None (default)
+
+    Returns
+    -------
+    EpicConfig
+
+    Raises
+    ------
+    InputError
+        Naming the option (``--subset-size: must be in (0, 1], got 1.5``) for a bad value.
+    """
+    values = {}
+    for f in option_fields():
+        text = getattr(args, f.name)
+        if text is None:
+            continue
+        kind = f.metadata["kind"]
+        try:
+            value = kind(text) if kind is not str else text
+        except ValueError:
+            what = "an int" if kind is int else "a number"
+            raise InputError(flag_of(f), f"must be {what}, got {text!r}") from None
+        problem = check_option(f, value)
+        if problem:
+            raise InputError(flag_of(f), problem)
+        values[f.name] = value
+    try:
+        return EpicConfig(**values)
+    except ValueError as err:
+        raise InputError("select", str(err)) from None
+
+
 def run(args: argparse.Namespace) -> int:
-    if not 0 < args.subset_size <= 1:
-        raise InputError("--subset-size", f"must be in (0, 1], got {args.subset_size}")
-    if not args.thresh >= 0:
-        raise InputError("--thresh", f"must be >= 0, got {args.thresh}")
-    if args.seed < 0:
-        raise InputError("--seed", f"must be >= 0, got {args.seed}")
+    """Run ``poisonlens select``: read the npz, select, write the CSV; 0 on success.
+
+    Parameters
+    ----------
+    args : parsed arguments (``--input``, the EPIC options, ``--out``)
+
+    Returns
+    -------
+    exit status 0 (bad input raises :class:`InputError`, which the CLI turns into status 2)
+    """
+    config = config_from_args(args)
+    if args.out.is_dir():
+        raise InputError(args.out, "is a folder; give a file name for the CSV")
     if not args.out.parent.is_dir():
         raise InputError(args.out, "its folder does not exist")
     grads, labels = load_grads(args.input)
+    from core.defense.epic import select
+
     try:
-        chosen = select(
-            grads,
-            labels,
-            subset_size=args.subset_size,
-            metric=args.metric,
-            greedy=args.greedy,
-            cluster_thresh=args.thresh,
-            random_state=args.seed,
-        )
+        chosen = select(grads, labels, config=config)
     except ValueError as err:
         raise InputError(args.input, str(err)) from None
     write_decisions(args.out, labels, chosen)
@@ -113,12 +157,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_grads(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``grads`` and ``labels`` from an npz; InputError naming the file and the problem."""
+    """``grads`` and ``labels`` from an npz; InputError naming the file and the problem.
+
+    Parameters
+    ----------
+    path : the .npz file
+
+    Returns
+    -------
+    grads : array of shape (n_samples, n_classes), as stored
+    labels : array of shape (n_samples,), as stored
+    """
+    import numpy as np
+
     if not path.is_file():
         raise InputError(path, "no such file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise InputError(path, f"not a readable .npz archive ({err})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise InputError(path, "is a single .npy array; expected an .npz with 'grads' and 'labels'")
@@ -129,12 +185,21 @@ def load_grads(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise InputError(path, f"missing array {missing[0]!r} (found: {found})")
         try:
             return archive["grads"], archive["labels"]
-        except (OSError, ValueError, zipfile.BadZipFile) as err:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise InputError(path, f"unreadable array ({err})") from None
 
 
 def write_decisions(path: Path, labels: np.ndarray, chosen: Selection) -> None:
-    """One CSV row per example in index order; booleans as true/false, score with 9 digits."""
+    """One CSV row per example in index order; booleans as true/false, score with 9 digits.
+
+    Parameters
+    ----------
+    path : the CSV to write
+    labels : int array of shape (n_samples,)
+    chosen : the Selection for those examples
+    """
+    import numpy as np
+
     flag = np.array(["false", "true"])
     columns = [
         np.arange(len(labels)),

@@ -8,6 +8,7 @@ et al., "Just How Toxic is Data Poisoning?", 2021).
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 import pickle
@@ -20,6 +21,7 @@ from PIL import Image
 from core.data.datasets import ImageDataset, as_images, as_labels, images_to_array, read_npz
 from core.data.safe_pickle import safe_load
 from core.errors import InputError
+from core.limits import current_limits, parse_json, read_regular
 
 FORMAT_VERSION = 1  # of the .npz and of poisonlens.json; newer versions are refused
 
@@ -227,7 +229,7 @@ def load_poisons_npz(path: str | os.PathLike) -> PoisonSet:
     if "attack" in fields:
         optional["attack"] = str(_scalar(fields["attack"], source, "attack", "U"))
     if "eps" in fields:
-        optional["eps"] = float(_scalar(fields["eps"], source, "eps", "iuf"))
+        optional["eps"] = _finite_eps(float(_scalar(fields["eps"], source, "eps", "iuf")), source)
     if "trigger" in fields:
         trigger, xy = fields["trigger"], fields.get("trigger_xy", np.zeros(0))
         if xy.shape != (2,) or xy.dtype.kind not in "iu":
@@ -284,11 +286,17 @@ def save_poisons_npz(poisons: PoisonSet, path: str | os.PathLike) -> None:
         np.savez_compressed(handle, **fields)
 
 
+def _finite_eps(eps: float, source: object) -> float:
+    if not math.isfinite(eps) or eps < 0:
+        raise InputError(source, f"field 'eps' is {eps}, expected a finite radius >= 0")
+    return eps
+
+
 def _parse_extra(text: str, source: str) -> dict:
     try:
-        extra = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(source, f"field 'extra_json' is not JSON ({err})") from err
+        extra = parse_json(text, source)
+    except InputError as err:
+        raise InputError(source, f"field 'extra_json': {err.problem}") from None
     if not isinstance(extra, dict):
         raise InputError(source, "field 'extra_json' is not a JSON object")
     return extra
@@ -315,9 +323,19 @@ def _image_label_pairs(items: object, source: str) -> tuple[list[Image.Image], l
             and _is_int(item[1])
         ):
             raise InputError(source, f"item {i} is not a (PIL image, integer label) pair")
+        _check_label(item[1], source, f"item {i}")
         images.append(item[0])
         labels.append(int(item[1]))
     return images, labels
+
+
+def _check_label(label: int, source: str, what: str) -> None:
+    # before any bincount or int64 array: a label of 1e9 must not allocate 1e9 counters
+    n = current_limits().max_classes
+    if not 0 <= int(label) < n:
+        raise InputError(
+            source, f"{what} has label {int(label)}, outside [0, {n:,}) (--max-classes)"
+        )
 
 
 def _patch_to_uint8(patch: object, source: str) -> np.ndarray:
@@ -335,6 +353,8 @@ def _patch_to_uint8(patch: object, source: str) -> np.ndarray:
             source, f"field 'patch' has shape {patch.shape}, expected (channels, h, w)"
         )
     if patch.dtype.kind == "f":
+        if not np.isfinite(patch).all():  # NaN would silently become 0 in the cast below
+            raise InputError(source, "field 'patch' has NaN or infinite values")
         if patch.size and (patch.min() < 0 or patch.max() > 1):
             raise InputError(source, "field 'patch' has float values outside [0, 1]")
         patch = np.round(patch * 255)
@@ -346,10 +366,8 @@ def _patch_to_uint8(patch: object, source: str) -> np.ndarray:
 
 
 def _read_side_file(path: Path) -> dict:
-    try:
-        side = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"not a readable JSON file ({err})") from err
+    limits = current_limits()
+    side = parse_json(read_regular(path, root=path.parent, max_bytes=limits.max_json_bytes), path)
     if not isinstance(side, dict):
         raise InputError(path, "expected a JSON object")
     expected = {
@@ -363,6 +381,8 @@ def _read_side_file(path: Path) -> dict:
     for key, kind in expected.items():
         if key in side and (not isinstance(side[key], kind) or isinstance(side[key], bool)):
             raise InputError(path, f"field '{key}' has the wrong type ({type(side[key]).__name__})")
+    if side.get("eps") is not None:
+        _finite_eps(float(side["eps"]), path)
     if side.get("format_version", 1) > FORMAT_VERSION:
         raise InputError(
             path,
@@ -376,7 +396,7 @@ def _read_target(
 ) -> tuple[np.ndarray, int, np.ndarray | None, tuple[int, int] | None]:
     """``target.pickle`` as (target_x with any patch pasted, label, trigger, trigger_xy)."""
     source = str(path)
-    target = safe_load(path)
+    target = safe_load(path, root=path.parent)
     if not (
         isinstance(target, (list, tuple))
         and len(target) in (2, 4)
@@ -384,6 +404,7 @@ def _read_target(
         and _is_int(target[1])
     ):
         raise InputError(source, "expected (PIL image, label) or (PIL image, label, patch, [x, y])")
+    _check_label(target[1], source, "the target")
     target_x = images_to_array([target[0]], [source])[0]
     if target_x.shape[-1] < n_channels:  # a grey target beside colour poisons
         target_x = np.repeat(target_x, n_channels, axis=-1)
@@ -416,18 +437,22 @@ def load_poisons_folder(folder: str | os.PathLike) -> PoisonSet:
     """
     folder = Path(folder)
     for name in (POISONS_FILE, BASE_INDICES_FILE, TARGET_FILE):
-        if not (folder / name).is_file():
+        # lexists: a FIFO or a link out of the folder is named as such when it is opened
+        if not os.path.lexists(folder / name):
             raise InputError(
                 folder / name,
                 "no such file; a poison folder holds poisons.pickle, base_indices.pickle and target.pickle",
             )
     source = str(folder / POISONS_FILE)
-    images, labels = _image_label_pairs(safe_load(folder / POISONS_FILE), source)
+    images, labels = _image_label_pairs(safe_load(folder / POISONS_FILE, root=folder), source)
     x = images_to_array(images, [f"{source}, item {i}" for i in range(len(images))])
 
     source = str(folder / BASE_INDICES_FILE)
-    base = safe_load(folder / BASE_INDICES_FILE)
+    base = safe_load(folder / BASE_INDICES_FILE, root=folder)
     if isinstance(base, (list, tuple)) and all(_is_int(b) for b in base):
+        outside = [int(b) for b in base if not 0 <= int(b) < 2**63]
+        if outside:  # np.asarray would raise OverflowError past int64
+            raise InputError(source, f"index {outside[0]} is outside [0, 2^63)")
         base = np.asarray(base, dtype=np.int64)  # int64 even when empty
     if not isinstance(base, np.ndarray):
         raise InputError(source, "expected a list or array of integer indices")
@@ -439,7 +464,7 @@ def load_poisons_folder(folder: str | os.PathLike) -> PoisonSet:
     elif target_x.shape[-1] > x.shape[-1]:  # grey poisons beside a colour target
         x = np.repeat(x, target_x.shape[-1], axis=-1)
 
-    side = _read_side_file(folder / SIDE_FILE) if (folder / SIDE_FILE).is_file() else {}
+    side = _read_side_file(folder / SIDE_FILE) if os.path.lexists(folder / SIDE_FILE) else {}
     if "adv_label" in side:
         adv_label = side["adv_label"]
     elif labels:
@@ -510,7 +535,7 @@ def load_poisons(path: str | os.PathLike) -> PoisonSet:
     path = Path(path)
     if path.is_dir():
         return load_poisons_folder(path)
-    if path.is_file():
+    if os.path.lexists(path):  # read_npz refuses a FIFO, a device or a broken link by name
         return load_poisons_npz(path)
     raise InputError(
         path, "no such file or folder; expected a poisonlens .npz or a benchmark poison folder"

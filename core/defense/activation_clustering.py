@@ -38,6 +38,12 @@ class ActivationClustering:
     """
 
     name: ClassVar[str] = "activation-clustering"
+    output_columns: ClassVar[dict[str, str]] = {
+        "score": "1 - share of the class in the example's 2-means cluster, higher = more "
+        "suspicious",
+        "suspect": "bool, in a class's smaller cluster when it holds <= size_thresh of the class",
+        "cluster": "int, 0 for the larger 2-means cluster of the class, 1 for the smaller",
+    }
 
     n_dims: int = 10  # components kept per class, as in the paper
     reduce: Literal["pca", "fastica"] = "pca"  # the paper uses ICA; PCA is ART's default
@@ -68,6 +74,11 @@ class ActivationClustering:
             Uses ``embeddings`` (n_samples, n_features) and ``labels`` (n_samples,).
         active : bool ndarray of shape (n_samples,)
             The examples still in training; only they are clustered, class by class.
+
+        Returns
+        -------
+        DefenseResult
+            ``score`` and ``suspect`` of shape (n_samples,), and the declared extra columns.
         """
         start = time.perf_counter()
         n_samples = snapshot.n_samples

@@ -39,10 +39,12 @@ class Snapshot:
 
     @property
     def n_samples(self) -> int:
+        """Number of examples, n_samples."""
         return int(len(self.labels))
 
     @property
     def n_classes(self) -> int:
+        """Number of classes, n_classes (columns of ``grads``)."""
         return int(self.grads.shape[1])
 
 
@@ -65,7 +67,17 @@ class DefenseResult:
 
 
 def active_mask(active: np.ndarray, n_samples: int) -> np.ndarray:
-    """``active`` as a bool array of shape (n_samples,); a ValueError for any other shape."""
+    """``active`` as a bool array of shape (n_samples,); a ValueError for any other shape.
+
+    Parameters
+    ----------
+    active : array-like of shape (n_samples,)
+    n_samples : the expected length
+
+    Returns
+    -------
+    active : bool array of shape (n_samples,)
+    """
     active = np.asarray(active, dtype=bool)
     if active.shape != (n_samples,):
         raise ValueError(f"active has shape {active.shape}, expected ({n_samples},)")
@@ -73,18 +85,56 @@ def active_mask(active: np.ndarray, n_samples: int) -> np.ndarray:
 
 
 class Defense(Protocol):
-    """Called at every snapshot with the examples still active (bool mask of shape (n_samples,))."""
+    """Called at every snapshot with the examples still active (bool mask of shape (n_samples,)).
+
+    ``output_columns`` describes each column it writes (see :func:`output_columns`).
+    """
 
     name: str
+    output_columns: dict[str, str]
 
-    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult: ...
+    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """Decide at one snapshot.
+
+        Parameters
+        ----------
+        snapshot : Snapshot
+        active : bool ndarray of shape (n_samples,), the examples still in training
+
+        Returns
+        -------
+        DefenseResult
+            ``score`` and ``suspect`` of shape (n_samples,), ``columns`` as declared.
+        """
+        ...
 
 
 _REGISTRY: dict[str, Callable[..., Defense]] = {}
 
+# The suspicion score's column: every defense writes one, higher = more suspicious.
+SCORE_COLUMN = "score"
+
+# What every defense writes; a defense's ``output_columns`` restates these two in its own
+# words (what its score measures) and adds its extra ``DefenseResult.columns``.
+BASE_COLUMNS: dict[str, str] = {
+    SCORE_COLUMN: "suspicion score, higher = more suspicious; NaN for inactive examples",
+    "suspect": "bool, the defense would drop the example at this snapshot",
+}
+
 
 def register(name: str) -> Callable[[Callable[..., Defense]], Callable[..., Defense]]:
-    """Class/function decorator: make a defense factory available under ``name``."""
+    """Class/function decorator: make a defense factory available under ``name``.
+
+    The factory may declare ``output_columns: dict[str, str]`` (see :func:`output_columns`).
+
+    Parameters
+    ----------
+    name : the defense's name, as ``--defense`` takes it
+
+    Returns
+    -------
+    decorator returning the factory unchanged
+    """
 
     def wrap(factory: Callable[..., Defense]) -> Callable[..., Defense]:
         _REGISTRY[name] = factory
@@ -105,14 +155,72 @@ def _load_builtin() -> None:
             importlib.import_module(f"core.defense.{mod.name}")
 
 
+def output_columns(name: str) -> dict[str, str]:
+    """The per-example columns the defense ``name`` writes to a snapshot, each described.
+
+    Declared by the defense as ``output_columns`` (a class attribute, as cleanlab's issue
+    managers declare their issue columns), so export, plots and tables can list a defense's
+    columns without knowing the defense. ``SCORE_COLUMN`` ('score') is always the suspicion
+    score, higher = more suspicious, and always first.
+
+    Parameters
+    ----------
+    name : a registered defense
+
+    Returns
+    -------
+    columns : {column: one-line description}; 'score' and 'suspect', then the defense's
+        extra ``DefenseResult.columns`` in its declared order
+
+    Raises
+    ------
+    ValueError
+        For an unknown defense.
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown defense {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
+    declared = dict(getattr(_REGISTRY[name], "output_columns", {}))
+    return {**BASE_COLUMNS, **declared}
+
+
+def extra_columns(name: str) -> list[str]:
+    """The names of the defense's extra columns (``output_columns`` minus score and suspect).
+
+    Parameters
+    ----------
+    name : a registered defense
+
+    Returns
+    -------
+    names : list of str, the keys of ``DefenseResult.columns`` it writes, in declared order
+    """
+    return [c for c in output_columns(name) if c not in BASE_COLUMNS]
+
+
 def defense_names() -> list[str]:
-    """Names of all registered defenses."""
+    """Names of all registered defenses.
+
+    Returns
+    -------
+    names : sorted list of str
+    """
     _load_builtin()
     return sorted(_REGISTRY)
 
 
 def build_defense(name: str, **params) -> Defense:
-    """Make the defense registered as ``name`` with keyword ``params``."""
+    """Make the defense registered as ``name`` with keyword ``params``.
+
+    Parameters
+    ----------
+    name : a registered defense
+    **params : its parameters
+
+    Returns
+    -------
+    Defense, callable as ``defense(snapshot, active) -> DefenseResult``
+    """
     _load_builtin()
     if name not in _REGISTRY:
         raise ValueError(f"unknown defense {name!r}; choose from {', '.join(sorted(_REGISTRY))}")

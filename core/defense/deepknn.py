@@ -35,6 +35,13 @@ class DeepKNN:
     """
 
     name: ClassVar[str] = "deepknn"
+    output_columns: ClassVar[dict[str, str]] = {
+        "score": "(most votes of another label - votes for its own) / k among its k nearest "
+        "neighbours, higher = more suspicious",
+        "suspect": "bool, another label out-voted its own (score > 0)",
+        "knn_agree": "float, share of the k neighbours sharing the example's label",
+        "knn_label": "int, the plurality label of the k neighbours",
+    }
 
     k: int = 50  # neighbours per example; the paper's k = 50, capped at n_active - 1
     batch_size: int = 4096  # query rows per kneighbors call; bounds the memory of one call
@@ -54,6 +61,11 @@ class DeepKNN:
             Uses ``embeddings`` (n_samples, n_features) and ``labels`` (n_samples,).
         active : bool ndarray of shape (n_samples,)
             The examples still in training; only they vote and only they are scored.
+
+        Returns
+        -------
+        DefenseResult
+            ``score`` and ``suspect`` of shape (n_samples,), and the declared extra columns.
         """
         start = time.perf_counter()
         n_samples = snapshot.n_samples

@@ -28,37 +28,18 @@ above every example of a larger cluster.
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from core.defense.base import DefenseResult, Snapshot, register
-from core.defense.facility_location import GREEDY, METRICS, cluster
+from core.defense.epic_config import EpicConfig
+from core.defense.facility_location import Clustering, cluster
+from core.defense.greedi import Partition, partition_plan, run_partitions, timed_merges
 
-
-@dataclass(frozen=True)
-class EpicConfig:
-    """EPIC's options; the trainer's ``drop_after`` / ``stop_after`` window is not among them."""
-
-    subset_size: float = 0.1  # medoids per snapshot, as a fraction of active examples, in (0, 1]
-    metric: str = "euclidean"  # 'euclidean': exp(-distance / n_classes) | 'cosine'
-    greedy: str = "lazy"  # 'lazy': exact greedy | 'stochastic': changes what is dropped
-    cluster_thresh: float = 1  # a medoid is isolated when its cluster has <= this many examples
-    epsilon: float = 0.01  # stochastic greedy: scores (n_c / K_c) log(1 / epsilon) per step
-    random_state: int = 0  # seeds the budget rounding and stochastic greedy
-
-    def __post_init__(self) -> None:
-        _check_options(
-            self.subset_size,
-            self.metric,
-            self.greedy,
-            self.cluster_thresh,
-            self.epsilon,
-            self.random_state,
-        )
+__all__ = ["EpicConfig", "Epic", "Selection", "budgets", "finish_selection", "plan", "select"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,13 +116,8 @@ def select(
     labels: np.ndarray,
     *,
     active: np.ndarray | None = None,
-    subset_size: float = 0.1,
-    metric: str = "euclidean",
-    greedy: str = "lazy",
-    cluster_thresh: float = 1,
-    epsilon: float = 0.01,
-    random_state: int = 0,
-    max_dense: int = 20_000,
+    config: EpicConfig | None = None,
+    **options,
 ) -> Selection:
     """Run EPIC's selection on the active examples of one snapshot.
 
@@ -150,14 +126,11 @@ def select(
     grads : float array of shape (n_samples, n_classes), softmax - onehot; read as float32
     labels : int array of shape (n_samples,), values in [0, n_classes)
     active : bool array of shape (n_samples,), the examples still in training (default: all)
-    subset_size : fraction of active examples chosen as medoids, in (0, 1]
-    metric : {'euclidean', 'cosine'}
-    greedy : {'lazy', 'stochastic'}; 'lazy' is exact greedy (ties to the lowest index)
-    cluster_thresh : a medoid is isolated when its cluster has <= this many examples
-    epsilon : stochastic greedy's epsilon, in (0, 1)
-    random_state : non-negative int; seeds the budget rounding and stochastic greedy
-    max_dense : classes larger than this compute kernel rows on demand instead of holding the
-        n_c x n_c float32 kernel (same decisions, slower)
+    config : EpicConfig, optional; or its fields as keywords (``subset_size=0.1``,
+        ``metric='euclidean'``, ``greedy='lazy'``, ``cluster_thresh=1``, ``epsilon=0.01``,
+        ``random_state=0``, ``method='auto'``, ``partition_size=10_000``,
+        ``max_dense=20_000``, ``n_jobs=1``; see :class:`EpicConfig` for each one's meaning)
+    **options : EpicConfig fields, when ``config`` is not given
 
     Returns
     -------
@@ -166,50 +139,159 @@ def select(
     Raises
     ------
     ValueError
-        On NaN or inf in ``grads``, ``subset_size`` outside (0, 1], labels out of range, or
+        On NaN or inf in ``grads``, an option outside its range, labels out of range, or
         shapes that disagree; the message names the problem.
+    TypeError
+        On a keyword that is not an EpicConfig field, or both ``config`` and keywords.
     """
-    _check_options(subset_size, metric, greedy, cluster_thresh, epsilon, random_state)
+    if config is None:
+        config = EpicConfig(**options)
+    elif options:
+        raise TypeError("give either config or option keywords, not both")
     grads, labels, active = _check_arrays(grads, labels, active)
+    parts, k = plan(labels, active=active, config=config, n_classes=grads.shape[1])
+    picks = run_partitions(grads, parts, metric=config.metric, n_jobs=config.n_jobs)
+    return finish_selection(grads, labels, parts, picks, active=active, config=config)
+
+
+def plan(
+    labels: np.ndarray,
+    *,
+    active: np.ndarray,
+    config: EpicConfig,
+    n_classes: int,
+) -> tuple[list[Partition], np.ndarray]:
+    """The class budgets and GreeDi's partitions: the part every rank computes alike.
+
+    A class goes to GreeDi when ``config.method`` is 'greedi', or 'auto' and the class has more
+    than ``config.max_dense`` active examples, and it has more than ``config.partition_size``
+    (with one partition GreeDi is exact greedy, so exact runs instead).
+
+    Parameters
+    ----------
+    labels : int array of shape (n_samples,)
+    active : bool array of shape (n_samples,)
+    config : EpicConfig
+    n_classes : number of classes (columns of grads)
+
+    Returns
+    -------
+    parts : list of Partition (empty when every class runs exact)
+    k : int64 array of shape (n_classes,), the class budgets K_c
+    """
+    counts = np.bincount(labels[active], minlength=n_classes)
+    k = budgets(counts, config.subset_size, random_state=config.random_state)
+    big = counts > config.partition_size
+    if config.method == "exact":
+        big[:] = False
+    elif config.method == "auto":
+        big &= counts > config.max_dense
+    parts = partition_plan(
+        labels,
+        np.where(big, k, 0),
+        active=active,
+        partition_size=config.partition_size,
+        random_state=config.random_state,
+    )
+    return parts, k
+
+
+def finish_selection(
+    grads: np.ndarray,
+    labels: np.ndarray,
+    parts: Sequence[Partition],
+    picks: Sequence[np.ndarray],
+    *,
+    active: np.ndarray,
+    config: EpicConfig,
+) -> Selection:
+    """Merge GreeDi's picks, run exact greedy on the other classes, and decide isolation.
+
+    Under DDP this runs on rank 0 once the picks of every partition are gathered.
+
+    Parameters
+    ----------
+    grads : float32 array of shape (n_samples, n_classes)
+    labels : int64 array of shape (n_samples,)
+    parts : the partitions of :func:`plan`
+    picks : ``picks[i]``, int array of global indices chosen in ``parts[i]``
+        (:func:`core.defense.greedi.greedy_on_partition`)
+    active : bool array of shape (n_samples,)
+    config : EpicConfig, the same as for :func:`plan`
+
+    Returns
+    -------
+    Selection
+    """
     n_samples, n_classes = grads.shape
     counts = np.bincount(labels[active], minlength=n_classes)
-    k = budgets(counts, subset_size, random_state=random_state)
-
-    medoid = np.full(n_samples, -1, dtype=np.int64)
-    cluster_size = np.zeros(n_samples, dtype=np.int64)
-    is_medoid = np.zeros(n_samples, dtype=bool)
-    isolated = np.zeros(n_samples, dtype=bool)
-    drop = np.zeros(n_samples, dtype=bool)
-    score = np.full(n_samples, np.nan)
-    objective = np.zeros(n_classes)
-    seconds = np.zeros(n_classes)
-
-    dense_sizes = counts[counts <= max_dense]
+    k = budgets(counts, config.subset_size, random_state=config.random_state)
+    out = _Decisions(n_samples, n_classes)
+    merged = timed_merges(
+        grads, labels, active, parts, picks, k, metric=config.metric, n_jobs=config.n_jobs
+    )
+    for c, (members, fit, seconds) in merged.items():
+        out.record(c, members, fit, seconds, config.cluster_thresh)
+    dense_sizes = counts[(counts <= config.max_dense) & (counts > 0)]
     buffer = np.empty(int(dense_sizes.max(initial=0)) ** 2, dtype=np.float32)
     for c in np.flatnonzero(counts):
+        if int(c) in merged:
+            continue
         start = time.perf_counter()
         members = np.flatnonzero(active & (labels == c))
         fit = cluster(
             grads[members],
             int(k[c]),
-            metric=metric,
-            greedy=greedy,
-            epsilon=epsilon,
-            random_state=np.random.default_rng([random_state, int(c)]),
-            max_dense=max_dense,
+            metric=config.metric,
+            greedy=config.greedy,
+            epsilon=config.epsilon,
+            random_state=np.random.default_rng([config.random_state, int(c)]),
+            max_dense=config.max_dense,
             buffer=buffer,
         )
+        out.record(c, members, fit, time.perf_counter() - start, config.cluster_thresh)
+    return out.selection(k)
+
+
+class _Decisions:
+    # The per-example and per-class arrays of a Selection, filled one class at a time.
+
+    def __init__(self, n_samples: int, n_classes: int) -> None:
+        self.medoid = np.full(n_samples, -1, dtype=np.int64)
+        self.cluster_size = np.zeros(n_samples, dtype=np.int64)
+        self.is_medoid = np.zeros(n_samples, dtype=bool)
+        self.isolated = np.zeros(n_samples, dtype=bool)
+        self.drop = np.zeros(n_samples, dtype=bool)
+        self.score = np.full(n_samples, np.nan)
+        self.objective = np.zeros(n_classes)
+        self.seconds = np.zeros(n_classes)
+
+    def record(
+        self, c: int, members: np.ndarray, fit: Clustering, seconds: float, thresh: float
+    ) -> None:
         sizes = np.bincount(fit.assignment, minlength=len(fit.order))
-        lonely = (sizes > 0) & (sizes <= cluster_thresh)
-        medoid[members] = members[fit.order][fit.assignment]
-        cluster_size[members] = sizes[fit.assignment]
-        is_medoid[members[fit.order]] = True
-        isolated[members[fit.order[lonely]]] = True
-        drop[members] = lonely[fit.assignment]
-        score[members] = _suspicion(sizes[fit.assignment], fit.distance)
-        objective[c] = fit.objective
-        seconds[c] = time.perf_counter() - start
-    return Selection(medoid, cluster_size, is_medoid, isolated, drop, score, k, objective, seconds)
+        lonely = (sizes > 0) & (sizes <= thresh)
+        self.medoid[members] = members[fit.order][fit.assignment]
+        self.cluster_size[members] = sizes[fit.assignment]
+        self.is_medoid[members[fit.order]] = True
+        self.isolated[members[fit.order[lonely]]] = True
+        self.drop[members] = lonely[fit.assignment]
+        self.score[members] = _suspicion(sizes[fit.assignment], fit.distance)
+        self.objective[c] = fit.objective
+        self.seconds[c] = seconds
+
+    def selection(self, k: np.ndarray) -> Selection:
+        return Selection(
+            self.medoid,
+            self.cluster_size,
+            self.is_medoid,
+            self.isolated,
+            self.drop,
+            self.score,
+            k,
+            self.objective,
+            self.seconds,
+        )
 
 
 def _suspicion(cluster_size: np.ndarray, distance: np.ndarray) -> np.ndarray:
@@ -217,40 +299,6 @@ def _suspicion(cluster_size: np.ndarray, distance: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         relative = np.where(distance > 0, distance / (distance + median), 0.0)
     return 1.0 / cluster_size + 0.5 * relative
-
-
-def _check_options(
-    subset_size: float,
-    metric: str,
-    greedy: str,
-    cluster_thresh: float,
-    epsilon: float,
-    random_state: int,
-) -> None:
-    if (
-        isinstance(subset_size, bool)
-        or not isinstance(subset_size, numbers.Real)
-        or not 0 < subset_size <= 1
-    ):
-        raise ValueError(f"subset_size must be in (0, 1], got {subset_size!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if greedy not in GREEDY:
-        raise ValueError(f"greedy must be one of {', '.join(GREEDY)}, got {greedy!r}")
-    if (
-        not isinstance(cluster_thresh, numbers.Real)
-        or math.isnan(cluster_thresh)
-        or cluster_thresh < 0
-    ):
-        raise ValueError(f"cluster_thresh must be >= 0, got {cluster_thresh!r}")
-    if not isinstance(epsilon, numbers.Real) or not 0 < epsilon < 1:
-        raise ValueError(f"epsilon must be in (0, 1), got {epsilon!r}")
-    if (
-        isinstance(random_state, bool)
-        or not isinstance(random_state, numbers.Integral)
-        or random_state < 0
-    ):
-        raise ValueError(f"random_state must be a non-negative int, got {random_state!r}")
 
 
 def _check_arrays(
@@ -299,12 +347,33 @@ class Epic:
     """
 
     name = "epic"
+    output_columns = {
+        "score": "suspicion, higher = more suspicious: 1 / cluster_size + 0.5 d / (d + median "
+        "d of the class), d the distance to the medoid; >= 1 for an example alone in its cluster",
+        "suspect": "bool, in an isolated medoid's cluster: dropped when the schedule drops",
+        "medoid": "int, index of the example's medoid (itself for a medoid; -1 inactive)",
+        "cluster_size": "int, examples in the example's cluster (0 inactive)",
+        "is_medoid": "bool, chosen as a medoid by greedy facility location",
+        "isolated": "bool, a medoid whose cluster has at most cluster_thresh examples",
+    }
 
     def __init__(self, **params) -> None:
         self.config = EpicConfig(**params)
 
     def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        chosen = select(snapshot.grads, snapshot.labels, active=active, **asdict(self.config))
+        """Run :func:`select` on the active examples of ``snapshot``.
+
+        Parameters
+        ----------
+        snapshot : Snapshot, uses ``grads`` (n_samples, n_classes) and ``labels``
+        active : bool ndarray of shape (n_samples,), the examples still in training
+
+        Returns
+        -------
+        DefenseResult
+            ``score`` and ``suspect`` of shape (n_samples,); ``columns`` as declared in ``output_columns``; ``info`` with per-class ``k``, ``objective``, ``seconds`` and ``n_isolated``, ``n_dropped``.
+        """
+        chosen = select(snapshot.grads, snapshot.labels, active=active, config=self.config)
         return DefenseResult(
             score=chosen.score,
             suspect=chosen.drop,

@@ -34,8 +34,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-METRICS = ("euclidean", "cosine")
-GREEDY = ("lazy", "stochastic")
+from core.defense.epic_config import GREEDY, METRICS
 
 # Rows of the kernel computed per block: 128 rows of a 5,000-example class is 2.5 MB, which
 # stays in cache between the distance pass and the exp pass.
@@ -108,7 +107,17 @@ class Kernel:
         return len(self.Z)
 
     def rows(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Kernel rows: float32 array of shape (len(rows), n_samples), written to ``out`` if given."""
+        """Kernel rows, written to ``out`` if given.
+
+        Parameters
+        ----------
+        rows : int array of shape (n_rows,), row indices
+        out : float32 array of shape (n_rows, n_samples), optional
+
+        Returns
+        -------
+        S_rows : float32 array of shape (n_rows, n_samples)
+        """
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         if out is None:
             out = np.empty((len(rows), len(self)), dtype=np.float32)
@@ -125,6 +134,14 @@ class Kernel:
         """The dense kernel: float32 array of shape (n_samples, n_samples), exactly symmetric.
 
         Computed in cache-sized row blocks into ``out`` if given (reused across classes).
+
+        Parameters
+        ----------
+        out : float32 array of shape (n_samples, n_samples), optional
+
+        Returns
+        -------
+        S : float32 array of shape (n_samples, n_samples)
         """
         n = len(self)
         if out is None:
@@ -138,6 +155,14 @@ class Kernel:
         """The metric's distance between rows ``a[i]`` and ``b[i]``: float64 of shape (len(a),).
 
         ``euclidean``: ``||x_a - x_b||_2``; ``cosine``: ``1 - s_ab`` (0 from a row to itself).
+
+        Parameters
+        ----------
+        a, b : int arrays of shape (n_pairs,), row indices
+
+        Returns
+        -------
+        distance : float64 array of shape (n_pairs,)
         """
         za, zb = self.Z[a].astype(np.float64), self.Z[b].astype(np.float64)
         if self.metric == "euclidean":
@@ -342,6 +367,10 @@ def stochastic_greedy(
     k : number to choose, 0 <= k <= n_samples
     epsilon : float in (0, 1)
     random_state : seed or Generator
+
+    Returns
+    -------
+    Greedy, with ``order`` of shape (k,)
     """
     _check_budget(k, len(S))
     S = np.ascontiguousarray(S, dtype=np.float32)
@@ -457,6 +486,10 @@ def cluster(
     max_dense : largest n_samples whose n x n float32 kernel is held in memory; larger classes
         compute kernel rows on demand (same decisions, slower)
     buffer : float32 array with at least n_samples**2 elements to hold the kernel, optional
+
+    Returns
+    -------
+    Clustering, with ``order`` of shape (k,) and per-example arrays of shape (n_samples,)
     """
     if greedy not in GREEDY:
         raise ValueError(f"greedy must be one of {GREEDY}, got {greedy!r}")

@@ -26,6 +26,10 @@ class LossFilter:
     """Drop the top ``fraction`` of active examples by loss; ties go to the lower index."""
 
     name: ClassVar[str] = "loss"
+    output_columns: ClassVar[dict[str, str]] = {
+        "score": "cross-entropy of the example, higher = more suspicious",
+        "suspect": "bool, among the top fraction of active examples by loss",
+    }
 
     fraction: float = 0.05  # share of the active examples flagged at each snapshot
 
@@ -42,6 +46,11 @@ class LossFilter:
             Uses ``loss`` (n_samples,).
         active : bool ndarray of shape (n_samples,)
             The examples still in training; only they are scored and ranked.
+
+        Returns
+        -------
+        DefenseResult
+            ``score`` and ``suspect`` of shape (n_samples,), and the declared extra columns.
         """
         start = time.perf_counter()
         n_samples = snapshot.n_samples

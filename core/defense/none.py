@@ -9,8 +9,26 @@ from core.defense.base import DefenseResult, Snapshot, register
 
 @register("none")
 class NoDefense:
+    """Keeps every example: the undefended baseline (NaN scores, no suspects)."""
+
     name = "none"
+    output_columns = {
+        "score": "NaN: no defense scores anything (higher = more suspicious, were there one)",
+        "suspect": "bool, always false",
+    }
 
     def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """Score nothing and suspect nothing.
+
+        Parameters
+        ----------
+        snapshot : Snapshot
+        active : bool ndarray of shape (n_samples,), the examples still in training
+
+        Returns
+        -------
+        DefenseResult
+            ``score`` and ``suspect`` of shape (n_samples,), all NaN and all False.
+        """
         n = snapshot.n_samples
         return DefenseResult(score=np.full(n, np.nan), suspect=np.zeros(n, dtype=bool))

@@ -30,6 +30,10 @@ class RandomDrop:
     """
 
     name = "random"
+    output_columns = {
+        "score": "uniform random draw, higher = more suspicious (the highest are dropped)",
+        "suspect": "bool, among the n_drop highest random scores",
+    }
 
     def __init__(
         self,
@@ -56,7 +60,17 @@ class RandomDrop:
         self.random_state = random_state
 
     def n_drop(self, snapshot: Snapshot, active: np.ndarray) -> int:
-        """How many active examples to drop at this snapshot."""
+        """How many active examples to drop at this snapshot.
+
+        Parameters
+        ----------
+        snapshot : Snapshot (``epoch``; ``grads`` and ``labels`` for ``match_subset``)
+        active : bool ndarray of shape (n_samples,)
+
+        Returns
+        -------
+        n_drop : int, 0 <= n_drop <= active.sum()
+        """
         if self.fraction is not None:
             return round(self.fraction * int(active.sum()))
         if self.counts is not None:
@@ -71,6 +85,18 @@ class RandomDrop:
         return int(epic.drop.sum())
 
     def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """Draw a random score per active example and suspect the n_drop highest.
+
+        Parameters
+        ----------
+        snapshot : Snapshot, its ``epoch`` seeds the draw
+        active : bool ndarray of shape (n_samples,), the examples still in training
+
+        Returns
+        -------
+        DefenseResult
+            ``score`` and ``suspect`` of shape (n_samples,); ``info['n_drop']``.
+        """
         active = np.asarray(active, dtype=bool)
         rng = np.random.default_rng([self.random_state, snapshot.epoch])
         members = np.flatnonzero(active)

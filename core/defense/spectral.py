@@ -30,6 +30,11 @@ class SpectralSignatures:
     """
 
     name: ClassVar[str] = "spectral"
+    output_columns: ClassVar[dict[str, str]] = {
+        "score": "squared projection of the centred features on the class's top singular "
+        "vector, higher = more suspicious",
+        "suspect": "bool, among the floor(multiplier * eps * n_c) highest scores of its class",
+    }
 
     eps: float = 0.05  # assumed upper bound on the poison fraction per class
     multiplier: float = 1.5  # the paper removes 1.5 · eps of each class
@@ -49,6 +54,11 @@ class SpectralSignatures:
             Uses ``embeddings`` (n_samples, n_features) and ``labels`` (n_samples,).
         active : bool ndarray of shape (n_samples,)
             The examples still in training; only they are scored, class by class.
+
+        Returns
+        -------
+        DefenseResult
+            ``score`` and ``suspect`` of shape (n_samples,), and the declared extra columns.
         """
         start = time.perf_counter()
         n_samples = snapshot.n_samples

@@ -28,7 +28,11 @@ a random drop of the same size would catch), and the **Drift** page compares poi
 - **Overview**: accuracy, the attack, how many examples and poisons were dropped, and where the time went.
 - **Gradient space**: a map of every example's gradient at one snapshot; play through the epochs, select examples.
 - **Drift**: how far poisons (and examples you select) sit from their class, and how close to the target.
-- **Suspects**: the ranked list of dropped or flagged examples, downloadable as CSV.
+- **Suspects**: the ranked list of dropped or flagged examples, downloadable as CSV. Each dropped example is
+  ranked by the score the defense gave it at the snapshot that dropped it.
+- **Compare**: several runs side by side, one bar per defense: how often the attack worked, clean accuracy,
+  and how many poisons each defense dropped against what a random drop of the same size would catch
+  (from `poisonlens evaluate`, or runs you pick).
 - **New run**: start a training run in the background.
 """)
 st.markdown("##### Words used here")

@@ -16,7 +16,7 @@ from core.compare import (
     poison_overlap,
 )
 from core.errors import InputError
-from core.evaluate import to_markdown
+from core.evaluate import SCENARIOS, to_markdown
 from dashboard import plots
 from dashboard.common import (
     REPO,
@@ -28,6 +28,11 @@ from dashboard.common import (
     runs_dirs,
 )
 
+SCENARIO_HELP = {
+    "scratch": "the victim trains from random weights",
+    "transfer": "a frozen pretrained body, a new last layer",
+    "finetune": "the whole pretrained network at a small learning rate",
+}
 RESULTS_ENV = "POISONLENS_RESULTS"  # where evaluate output folders are looked for
 FOLDER, PICKED = "an evaluate output folder", "runs I pick"
 
@@ -161,10 +166,55 @@ def headline_ui(table: pd.DataFrame, n_listed: int) -> pd.DataFrame:
     return done
 
 
+def fit_labels(fig, *, x_labels=(), y_labels=()):
+    """Room for the tick labels, so that long defense and run names are not cut off."""
+    longest_x = max((len(str(t)) for t in x_labels), default=0)
+    longest_y = max((len(str(t)) for t in y_labels), default=0)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    margin = fig.layout.margin
+    fig.update_layout(
+        margin=dict(
+            l=max(margin.l or 0, 7 * longest_y + 20),
+            b=max(margin.b or 0, 5 * longest_x + 40),
+            t=margin.t,
+            r=margin.r,
+        )
+    )
+    return fig
+
+
+def _sync_scenario() -> None:
+    st.query_params["scenario"] = st.session_state["cmp_scenario"]
+
+
+def scenario_ui(table: pd.DataFrame) -> pd.DataFrame:
+    """The scenario facet (scratch, transfer, finetune): one at a time, kept in ``?scenario=``."""
+    scenarios = [s for s in SCENARIOS if s in set(table["scenario"])]
+    scenarios += sorted(set(table["scenario"]) - set(scenarios))
+    if len(scenarios) == 1:
+        st.caption(f"Scenario: **{scenarios[0]}** ({SCENARIO_HELP.get(scenarios[0], '')}).")
+        return table
+    if st.session_state.get("cmp_scenario") not in scenarios:
+        asked = st.query_params.get("scenario")
+        st.session_state["cmp_scenario"] = asked if asked in scenarios else scenarios[0]
+    chosen = st.radio(
+        "Scenario",
+        scenarios,
+        key="cmp_scenario",
+        horizontal=True,
+        on_change=_sync_scenario,
+        format_func=lambda s: f"{s} ({(table['scenario'] == s).sum()} runs)",
+        help="; ".join(f"{k}: {v}" for k, v in SCENARIO_HELP.items()),
+    )
+    return table[table["scenario"] == chosen]
+
+
 def bars_ui(done: pd.DataFrame) -> None:
     st.markdown("##### Per defense")
     summary = per_defense_summary(done)
-    st.plotly_chart(plots.defense_bars_figure(summary), width="stretch", key="cmp_bars")
+    fig = fit_labels(plots.defense_bars_figure(summary), x_labels=summary["defense"])
+    st.plotly_chart(fig, width="stretch", key="cmp_bars")
     st.caption(
         "Bars: mean over poison sets and seeds; black error bars: ± one standard deviation (hover for "
         "the number of runs). **Attack success**: share of runs whose target test image ends up "
@@ -174,18 +224,26 @@ def bars_ui(done: pd.DataFrame) -> None:
         "would give; a defense whose recall or precision bar does not rise above its red dash found "
         "the poisons no better than chance."
     )
-    with st.expander("The same as a table (mean ± std, as in summary.md)"):
+    if summary["controlled_success_n"].sum() > 0:
+        st.caption(
+            "Controlled success counts a flip only where the clean control of the same scenario "
+            "and seed does not flip the same target; in brackets, 95% Wilson intervals over poison "
+            "sets × seeds (table below)."
+        )
+    with st.expander("The same as a table (as in summary.md)"):
         st.markdown(to_markdown(summary))
 
 
 def table_ui(table: pd.DataFrame) -> None:
     st.markdown("##### Every run")
     order = ["run", "poison_set", "defense", "seed", "status", "test_acc", "attack_success"]
-    order += ["target_prob_adv", "recall", "precision", "n_dropped", "n_poisons", "seconds"]
+    order += ["controlled_success", "target_prob_adv", "recall", "precision", "n_dropped"]
+    order += ["roc_auc", "n_poisons", "seconds"]
     if (table["status"] == "finished").all():
         order.remove("status")
     shown = table[order].copy()
-    shown["attack_success"] = shown["attack_success"].map({1.0: True, 0.0: False}).astype("boolean")
+    for col in ("attack_success", "controlled_success"):
+        shown[col] = shown[col].map({1.0: True, 0.0: False}).astype("boolean")
     pct = "percent"
     st.dataframe(
         shown,
@@ -196,6 +254,16 @@ def table_ui(table: pd.DataFrame) -> None:
             "test_acc": st.column_config.NumberColumn("clean acc", format=pct),
             "attack_success": st.column_config.CheckboxColumn(
                 "target flipped", help="The target is predicted as the attacker's class."
+            ),
+            "controlled_success": st.column_config.CheckboxColumn(
+                "flipped, not in control",
+                help="Flipped, and the clean control of the same scenario and seed does not "
+                "flip this target (empty: no control among these runs).",
+            ),
+            "roc_auc": st.column_config.NumberColumn(
+                "ROC-AUC",
+                format="%.2f",
+                help="Of the defense's score, poison vs clean, mean over the drop window.",
             ),
             "target_prob_adv": st.column_config.NumberColumn(
                 "p(attacker's class)",
@@ -270,7 +338,8 @@ def overlap_ui(done: pd.DataFrame) -> None:
         f"{counts['caught_by_none']}",
         help="Still trained on at the end of every run shown.",
     )
-    st.plotly_chart(plots.overlap_figure(overlap), width="stretch", key="cmp_overlap")
+    fig = fit_labels(plots.overlap_figure(overlap), y_labels=[f"{c}  (00 of 000)" for c in overlap])
+    st.plotly_chart(fig, width="stretch", key="cmp_overlap")
     st.caption(
         f"A column per poison of `{chosen}`, a row per run (with how many of the {n} poisons it "
         "caught): green = the defense had dropped that poison by its last snapshot, grey = the poison "
@@ -300,7 +369,9 @@ def main() -> None:
     if table.empty:
         st.info("None of these runs has finished an epoch yet.")
         return
-    done = headline_ui(table, len(paths))
+    if "scenario" in table:
+        table = scenario_ui(table)
+    done = headline_ui(table, len(table))
     if not done.empty:
         bars_ui(done)
     table_ui(table)

@@ -7,10 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from core.drift import MIN_SCALE, group_quantiles
-from core.selection import parse_indices
+from core.export import defense_columns
+from core.store import DamagedFile
 from dashboard import plots
 from dashboard.common import (
     class_name_list,
+    damage_ui,
+    default_epoch,
     drift_at,
     dropped_text,
     epoch_picker_ui,
@@ -22,8 +25,10 @@ from dashboard.common import (
     page_header,
     run_picker_ui,
     run_stamp,
+    snapshot_epochs_ui,
     thumbnails,
 )
+from dashboard.selection import parse_indices
 
 SHOW_FLOOR = 0.01  # drift is drawn on a log axis; 0 (a medoid itself) is drawn here
 MAX_TRACKS = 60  # lines per group in the track plots
@@ -101,15 +106,22 @@ def main() -> None:
         return
     path = str(run.path)
     stamp = run_stamp(path)
-    epochs = load_snapshot_epochs(path, stamp)
+    epochs = snapshot_epochs_ui(run)
     if not epochs:
-        st.info("This run has no gradient snapshot yet.")
         return
     with st.expander("How the two scores are defined", expanded=True):
         st.markdown(DEFINITION)
-    examples = load_examples(path)
+    try:
+        examples = load_examples(path)
+    except DamagedFile as err:
+        damage_ui(err, "Without it, poisons and classes are unknown; nothing can be drawn.", fatal=True)
+        return
     poisons = examples.loc[examples["is_poison"], "index"].to_numpy()
-    has_target = not load_targets(path, stamp).empty
+    try:
+        has_target = not load_targets(path, stamp).empty
+    except DamagedFile as err:
+        damage_ui(err, "The similarity to the target is left out.")
+        has_target = False
     chosen_poisons, selected = followed_ui(len(examples), poisons)
     summary = drift_summary(path, stamp)
     follow = chosen_poisons + selected
@@ -150,9 +162,10 @@ def main() -> None:
 
     if follow:
         st.markdown("##### The followed examples at one snapshot")
-        epoch = epoch_picker_ui(epochs, key="dr_epoch")
+        epoch = epoch_picker_ui(epochs, key="dr_epoch", default=default_epoch(run, epochs))
         at = drift_at(path, epoch, stamp).iloc[follow]
-        snap = load_snapshot(path, epoch, ("label", "prediction", "dropped_epoch", "cluster_size")).iloc[follow]
+        own = defense_columns(run, epoch)  # the defense's declared columns, whatever the defense
+        snap = load_snapshot(path, epoch, ("label", "prediction", "dropped_epoch", "score", *own)).iloc[follow]
         names = np.asarray(class_name_list(run), dtype=object)
         table = pd.DataFrame({
             "image": thumbnails(path, tuple(follow)),
@@ -162,11 +175,12 @@ def main() -> None:
             "predicted": names[snap["prediction"].to_numpy()],
             "drift": at["drift"].round(3).to_numpy(),
             "similarity to target": at["target_cos"].round(3).to_numpy(),
-            "cluster size": snap["cluster_size"].to_numpy() if "cluster_size" in snap else np.nan,
             "dropped at epoch": dropped_text(snap["dropped_epoch"]).to_numpy(),
+            **{c: snap[c].to_numpy() for c in ("score", *own) if c in snap},
         }).sort_values("drift", ascending=False)
+        config = {c: st.column_config.Column(c.replace("_", " "), help=text or None) for c, text in own.items()}
         st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
-                     column_config={"image": st.column_config.ImageColumn("image", width="small")})
+                     column_config={"image": st.column_config.ImageColumn("image", width="small"), **config})
 
 
 main()

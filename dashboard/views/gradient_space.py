@@ -1,120 +1,236 @@
-"""Gradient space: a 2-D map of every example's last-layer gradient at one snapshot."""
+"""Gradient space: a 2-D map of every example's last-layer gradient at one snapshot.
+
+The map is computed once per run by a background process (``core.projection``) and only read
+here. The browser gets positions and indices as binary arrays (no per-point text); past
+``DENSITY_ABOVE`` examples the examples are drawn as one density image, with poisons, drops
+and the selection as points. Selections are read from the drawn box or lasso and computed
+on the server, so they work the same at every size.
+"""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
-from core.projection import METHODS, TARGET_INDEX, compute_projection
-from core.selection import parse_indices, selection_to_indices, update_selection
+from core.errors import InputError
+from core.projection import METHODS, TARGET_INDEX, launch_projection, read_job, read_projection
 from core.store import open_run
-from dashboard import plots
+from dashboard import common, plots
 from dashboard.common import (
     class_name_list,
+    damage_ui,
+    default_epoch,
+    drift_at,
     dropped_text,
     epoch_picker_ui,
     glossary_ui,
     load_examples,
-    load_projection_epoch,
     load_snapshot,
-    load_snapshot_epochs,
     page_header,
-    projection_by_epoch,
     projection_extent,
     projection_mtime,
     run_picker_ui,
     run_stamp,
-    text_thumbnails,
+    snapshot_epochs_ui,
     thumbnails,
+)
+from dashboard.selection import (
+    clicked_index,
+    indices_in_shapes,
+    parse_indices,
+    selection_shapes,
+    selection_to_indices,
+    update_selection,
 )
 
 PLAY_SECONDS = 1.2
-MAP_COLUMNS = ("label", "prediction", "loss", "active", "drop", "dropped_epoch",
+MAP_COLUMNS = ("label", "prediction", "loss", "active", "drop", "dropped_epoch", "score",
                "cluster_size", "is_medoid", "isolated", "medoid")
+HISTORY_COLUMNS = ("prediction", "loss", "confidence", "active", "score", "cluster_size",
+                   "is_medoid", "isolated", "drop")
 METHOD_NAMES = {"umap": "UMAP", "pca": "PCA"}
 TABLE_LIMIT = 500  # rows with thumbnails in the selection table
+DENSITY_ABOVE = 200_000  # examples; above this the map is a density image plus overlay points
+ZOOM = 0.08  # share of the map's width shown around a looked-up example
+PANEL_PIXELS = 192  # the sample panel's image width
+# Streamlit (1.67) makes every new figure a new chart element (the figure is part of its id), so
+# each redraw builds a fresh WebGL canvas. What that costs the browser is kept down here:
+# plotGlPixelRatio 1 (plotly's default 2 draws four times the pixels; costly where WebGL is
+# software-rendered), and theme=None at the call (Streamlit's theme pass copies the figure's
+# 50,000-point arrays on every new element; the figure sets its own colours and fonts).
+MAP_CONFIG = {"displaylogo": False, "plotGlPixelRatio": 1}
 
 # --- cached data ---------------------------------------------------------------------------
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+# cache_resource, like map_points: tables of millions of rows are not copied on every rerun
+@st.cache_resource(max_entries=4, show_spinner=False)
+def load_map(path: str, method: str, mtime: float) -> dict[int, pd.DataFrame]:
+    """The stored map, a table per epoch (InputError naming the file when it is damaged)."""
+    frame = read_projection(open_run(path), method)
+    if frame is None:
+        return {}
+    return {int(e): g.reset_index(drop=True) for e, g in frame.groupby("epoch")}
+
+
+# cache_resource: a 1,000,000-row table is not copied on every rerun (callers never modify it)
+@st.cache_resource(max_entries=24, show_spinner=False)
 def map_points(path: str, method: str, epoch: int, mtime: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(a row per example with its map position and snapshot columns, the target's row)."""
-    proj = load_projection_epoch(path, method, epoch, mtime)
+    proj = load_map(path, method, mtime)[epoch]
     snap = load_snapshot(path, epoch, MAP_COLUMNS).reset_index(drop=True)
     examples = load_examples(path)
-    rows = proj[proj["index"] != TARGET_INDEX].set_index("index")
+    index = proj["index"].to_numpy()
     points = snap.assign(index=np.arange(len(snap)))
-    points["x"] = rows["x"].reindex(points["index"]).to_numpy()
-    points["y"] = rows["y"].reindex(points["index"]).to_numpy()
+    x = np.full(len(snap), np.nan, np.float32)
+    y = np.full(len(snap), np.nan, np.float32)
+    rows = index >= 0
+    x[index[rows]] = proj["x"].to_numpy()[rows]
+    y[index[rows]] = proj["y"].to_numpy()[rows]
+    points["x"], points["y"] = x, y
     points["is_poison"] = examples["is_poison"].to_numpy(bool)
     dropped = points["dropped_epoch"].to_numpy()
     points["dropped_before"] = (dropped >= 0) & (dropped < epoch)
-    return points, proj[proj["index"] == TARGET_INDEX][["x", "y"]]
+    return points, proj[index == TARGET_INDEX][["x", "y"]]
 
 
 # --- the projection ------------------------------------------------------------------------
 
 
-def projection_ready_ui(run, method: str, epochs: list[int]) -> bool:
-    """True when the stored map covers every snapshot; otherwise offer or compute it."""
-    path = str(run.path)
-    have = projection_by_epoch(path, method, projection_mtime(path, method))
-    n_target = len(run.targets()) if run.target else 0
-    have_target = sum(int((g["index"] == TARGET_INDEX).sum()) for g in have.values())
-    if sorted(have) == epochs and have_target == n_target:
+def kept_label(config: dict, epoch: int) -> str:
+    """Legend text of isolated medoids left in training at ``epoch``: why they were kept."""
+    drop_after, stop_after = config.get("drop_after"), config.get("stop_after")
+    n_epochs = config.get("epochs")
+    if n_epochs is not None and epoch >= n_epochs:
+        return "isolated, kept: the last snapshot (no training is left for a drop to change)"
+    if drop_after is not None and epoch < drop_after:
+        return f"isolated, kept: before the drop window (drops start at epoch {drop_after})"
+    if stop_after is not None and epoch >= stop_after:
+        return f"isolated, kept: after the drop window (drops stop before epoch {stop_after})"
+    return "isolated, kept"
+
+
+def targets_placed(run, have: dict[int, pd.DataFrame], epochs: list[int]) -> bool:
+    """Whether the map places the target at every shown snapshot it was recorded at."""
+    try:
+        recorded = set(int(e) for e in run.targets().get("epoch", []))
+    except InputError:  # a damaged targets file: the map is drawn without requiring the target
         return True
-    status = run.status
-    phase = run.progress().get("phase")
-    if phase == "projection" and status == "finished" and run.meta.get("pid"):
-        st.info("The training process is computing this run's map right now; this page updates when it is done.")
+    return all((have[e]["index"] == TARGET_INDEX).any() for e in epochs if e in recorded)
 
-        @st.fragment(run_every=3)
-        def wait() -> None:
-            if open_run(path).progress().get("phase") != "projection":
-                st.rerun()
 
-        wait()
+def start_map(path: str, method: str) -> None:
+    launch_projection(path, method=method)
+
+
+def projection_ready_ui(run, method: str, epochs: list[int]) -> bool:
+    """True when the stored map covers every snapshot; otherwise say why, show the background
+    job's progress, or offer to (re)compute it. Nothing heavy runs in this rerun."""
+    path = str(run.path)
+    label = METHOD_NAMES[method]
+    file = f"projections/{method}.parquet"
+    job = read_job(path, method)
+    if job and job.get("state") in ("starting", "running"):
+        progress_ui(path, method, label)
         return False
-    if status == "running":
+    damaged = None
+    try:
+        have = load_map(path, method, projection_mtime(path, method))
+    except InputError as err:
+        damaged, have = err, {}
+    # every readable snapshot placed (a damaged snapshot is left out of `epochs`, not of the map)
+    if damaged is None and have and set(epochs) <= set(have) and (not run.target or targets_placed(run, have, epochs)):
+        return True
+    if job and job.get("state") == "failed":
+        st.error(f"Computing the {label} map failed: {job.get('error')}")
+    if damaged is not None:
+        damage_ui(damaged, f"Recompute the map (`{file}`) from the run's snapshots; the other pages do not need it.",
+                  fatal=True)
+        st.button(f"Recompute the {label} map", key="gs_compute", type="primary", on_click=start_map,
+                  args=(path, method))
+        return False
+    if run.progress().get("phase") == "projection" and run.status == "finished" and run.meta.get("pid"):
+        st.info("The training process is computing this run's map right now; this page updates when it is done.")
+        progress_ui(path, method, label)
+        return False
+    if run.status == "running":
         st.info(f"The map is computed once training has finished ({len(epochs)} snapshots so far). You can compute it "
                 "now for the snapshots so far; it will be recomputed when the run finishes.")
-        if not st.button("Compute the map now", key="gs_compute"):
-            return False
+    elif have:
+        st.info(f"The stored {label} map does not cover this run's {len(epochs)} snapshots; compute it again.")
+    else:
+        st.info(f"This run has no {label} map yet. It is computed once, in the background (a minute or so for "
+                "50,000 examples with UMAP; PCA takes seconds), and stored in the run.")
+    st.button(f"Compute the {label} map now", key="gs_compute", type="primary", on_click=start_map,
+              args=(path, method))
+    return False
+
+
+def progress_ui(path: str, method: str, label: str) -> None:
+    """Live progress of the background map process, re-read every second."""
+
+    @st.fragment(run_every=1.0)
+    def poll() -> None:
+        job = read_job(path, method) or {}
+        state = job.get("state")
+        if state in ("finished", "failed") or (state is None and projection_mtime(path, method)):
+            st.rerun(scope="app")
+        elapsed = time.time() - float(job.get("started", time.time()))
+        st.progress(min(1.0, float(job.get("fraction", 0.0))),
+                    text=f"Computing the {label} map in the background ({elapsed:.0f} s): {job.get('message', '…')}")
+        st.caption("It runs in its own process: you can leave this page and come back.")
+
+    poll()
+
+
+def map_caption(path: str, method: str, n_points: int, n_snapshots: int) -> str:
+    job = read_job(path, method) or {}
     label = METHOD_NAMES[method]
-    bar = st.progress(0.0, text=f"Computing the {label} map of this run (once; it is stored in the run)…")
-
-    def progress(fraction: float, message: str) -> None:
-        bar.progress(min(1.0, fraction), text=f"{label} map: {message}")
-
-    compute_projection(path, method=method, progress=progress)
-    bar.empty()
-    return True
+    if method == "pca":
+        return f"PCA of every gradient row: {n_points:,} examples × {n_snapshots} snapshots."
+    if job.get("n_fit"):
+        n_fit, n_placed = int(job["n_fit"]), int(job.get("n_placed", 0))
+        return (f"{label} fitted on {n_fit:,} gradient rows sampled over the {n_snapshots} snapshots (poisons always "
+                f"included); the other {n_placed:,} rows placed at their nearest fitted neighbours.")
+    return f"{label} fitted on a sample of at most 5,000 gradient rows; the other rows placed at their nearest neighbours."
 
 
 # --- selection -----------------------------------------------------------------------------
 
 
-def apply_event(event, mode: str) -> None:
-    """Fold a chart selection into ``_selected``, once per new selection (a changed figure clears
-    the chart's own selection, so the kept one lives in session state)."""
-    new = selection_to_indices(event)
-    signature = tuple(new)
+def apply_event(event, mode: str, shown: pd.DataFrame) -> None:
+    """Fold the chart's latest selection into ``_selected`` (once per new selection), before
+    the map is drawn, so the map shows exactly the selection the table lists.
+
+    A box or lasso selects every shown example inside it (computed here from the shape); a
+    click on one point opens its sample panel.
+    """
+    shapes = selection_shapes(event)
+    signature = repr([(k, xy.round(9).tolist()) for k, xy in shapes]) if shapes else repr(selection_to_indices(event))
     if signature == st.session_state.get("_gs_last_event"):
         return
     st.session_state["_gs_last_event"] = signature
-    if new:
+    if shapes:
+        new = indices_in_shapes(shapes, shown["x"].to_numpy(), shown["y"].to_numpy(), shown["index"].to_numpy())
         st.session_state["_selected"] = update_selection(st.session_state.get("_selected", []), new, mode=mode)
+        return
+    clicked = clicked_index(event)
+    if clicked is not None:
+        st.session_state["_gs_focus"] = clicked
 
 
 def selection_table_ui(path: str, points: pd.DataFrame, class_names: list[str]) -> None:
     selected = st.session_state.get("_selected", [])
     if not selected:
-        st.caption("Select examples with the **box** or **lasso** tool (top right of the map) or type their indices "
-                   "below; they are listed here and followed on the **Drift** page.")
+        st.caption("Select examples with the **box** or **lasso** tool (top right of the map) or type their indices; "
+                   "they are listed here and followed on the **Drift** page. Click a point to see that example.")
         return
-    rows = points.set_index("index").loc[[i for i in selected if i in set(points["index"])]].reset_index()
+    wanted = np.asarray([i for i in selected if 0 <= i < len(points)], np.int64)
+    rows = points.iloc[wanted]
     shown = rows.head(TABLE_LIMIT)
     names = np.asarray(class_names, dtype=object)
     table = pd.DataFrame({
@@ -134,6 +250,65 @@ def selection_table_ui(path: str, points: pd.DataFrame, class_names: list[str]) 
                                 "loss": st.column_config.NumberColumn(format="%.2e")})
 
 
+# --- the sample panel ----------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def history_columns(path: str, epoch: int) -> pd.DataFrame:
+    """The columns of one snapshot the sample panel shows (kept, not copied, between reruns)."""
+    return load_snapshot(path, epoch, HISTORY_COLUMNS)
+
+
+def example_history(path: str, index: int, epochs: list[int]) -> pd.DataFrame:
+    """One example's row at every snapshot (the snapshot tables are cached per epoch)."""
+    rows = []
+    for epoch in epochs:
+        try:
+            snap = history_columns(path, epoch)
+        except InputError:
+            continue  # a damaged snapshot is reported by the map; the others still count
+        rows.append(snap.iloc[index].to_dict() | {"epoch": epoch})
+    return pd.DataFrame(rows)
+
+
+def sample_panel_ui(path: str, index: int, epochs: list[int], class_names: list[str], points: pd.DataFrame) -> None:
+    """The example's image at a readable size, what the model made of it at every snapshot,
+    and when it was dropped."""
+    row = points.iloc[index]
+    names = np.asarray(class_names, dtype=object)
+    with st.container(border=True, key="gs_sample_panel"):
+        head, close = st.columns([6, 1])
+        dropped = int(row["dropped_epoch"])
+        head.subheader(f"Example {index}")
+        close.button("Close", key="gs_close_panel", on_click=lambda: st.session_state.update(_gs_focus=None))
+        left, right = st.columns([1, 3])
+        image = np.asarray(open_run(path).images()[index])
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        pil = Image.fromarray(np.ascontiguousarray(image))
+        scale = max(1, PANEL_PIXELS // pil.width)
+        left.image(pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST),
+                   caption=f"{image.shape[1]}×{image.shape[0]} pixels, shown ×{scale}")
+        facts = [f"**label** {names[int(row['label'])]}",
+                 f"**predicted** {names[int(row['prediction'])]} (at this snapshot)",
+                 "**poison** (ground truth)" if row["is_poison"] else "clean (no poison recorded)",
+                 f"**dropped at epoch {dropped}**" if dropped >= 0 else "never dropped"]
+        right.markdown(" · ".join(facts))
+        history = example_history(path, index, epochs)
+        if history.empty:
+            right.warning("No snapshot of this example can be read.")
+            return
+        table = pd.DataFrame({"epoch": history["epoch"]})
+        table["predicted"] = names[history["prediction"].to_numpy(np.int64)]
+        for column, title in (("loss", "loss"), ("score", "suspicion score"), ("cluster_size", "cluster size"),
+                              ("isolated", "isolated"), ("active", "trained on"), ("drop", "dropped here")):
+            if column in history:
+                table[title] = history[column].to_numpy()
+        right.dataframe(table, hide_index=True, width="stretch", height=min(320, 38 + 35 * len(table)),
+                        column_config={"loss": st.column_config.NumberColumn(format="%.3g"),
+                                       "suspicion score": st.column_config.NumberColumn(format="%.3g")})
+
+
 # --- page ----------------------------------------------------------------------------------
 
 
@@ -148,11 +323,49 @@ def add_typed(n_samples: int) -> None:
     st.session_state["gs_typed"] = ""
 
 
+def find_example(n_samples: int) -> None:
+    """Look an example up by index: ring it, zoom to it and open its sample panel."""
+    text = st.session_state.get("gs_find", "").strip()
+    st.session_state["_gs_find_error"] = None
+    if not text:
+        st.session_state.update(_gs_zoom=None)
+        return
+    if not text.isdigit() or int(text) >= n_samples:
+        st.session_state["_gs_find_error"] = f"{text!r} is not an example index (0 to {n_samples - 1:,})"
+        return
+    st.session_state.update(_gs_focus=int(text), _gs_zoom=int(text))
+
+
 def toggle_play(epochs: list[int]) -> None:
     playing = not st.session_state.get("gs_playing", False)
     st.session_state["gs_playing"] = playing
     if playing and st.session_state.get("_epoch") == epochs[-1]:
-        st.session_state["_epoch"] = epochs[0]  # play from the start
+        st.session_state["_epoch"] = epochs[0]  # play from the start, and show the start first
+        st.session_state["_gs_drawn"] = None
+
+
+def snapshot_columns(path: str, epochs: list[int]) -> set[str]:
+    """The columns of the newest readable snapshot (a damaged one is reported by the map)."""
+    for epoch in reversed(epochs):
+        try:
+            return set(common.load_snapshot_columns(path, epoch))
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            continue
+    return set()
+
+
+def color_choices(have: set[str], has_truth: bool) -> list[str]:
+    out = ["class", "prediction", "correct"] + (["poison"] if has_truth else []) + ["dropped_epoch", "loss"]
+    out += [c for c in ("score", "cluster_size") if c in have] + ["drift"]
+    return out
+
+
+def zoomed_ranges(points: pd.DataFrame, index: int, x_range, y_range):
+    x, y = float(points["x"].iat[index]), float(points["y"].iat[index])
+    if not (np.isfinite(x) and np.isfinite(y)):
+        return x_range, y_range
+    dx, dy = ZOOM * (x_range[1] - x_range[0]), ZOOM * (y_range[1] - y_range[0])
+    return [x - dx, x + dx], [y - dy, y + dy]
 
 
 def main() -> None:
@@ -165,23 +378,26 @@ def main() -> None:
     if run is None:
         return
     path = str(run.path)
-    epochs = load_snapshot_epochs(path, run_stamp(path))
+    epochs = snapshot_epochs_ui(run)  # a damaged snapshot is named there and left out
     if not epochs:
-        st.info("This run has no gradient snapshot yet; the first is taken before training starts.")
         return
     method = st.sidebar.radio("Map layout", METHODS, format_func=METHOD_NAMES.get, key="gs_method", horizontal=True,
-                              help="UMAP keeps neighbours together (slower to compute, once per run); PCA is a linear view.")
+                              help="UMAP keeps neighbours together (computed once per run, in the background); "
+                                   "PCA is a linear view.")
     if not projection_ready_ui(run, method, epochs):
         return
     mtime = projection_mtime(path, method)
     x_range, y_range = projection_extent(path, method, mtime)
     class_names = class_name_list(run)
-    columns = load_snapshot(path, epochs[-1], ("is_medoid",)).columns
+    opening = default_epoch(run, epochs)  # the snapshot with the most drops, unless one was chosen
+    has_truth = bool(load_examples(path)["is_poison"].any())
+    n_samples = len(load_examples(path))
+    columns = snapshot_columns(path, epochs)
+    colors = color_choices(columns, has_truth)
+    color_by = st.sidebar.selectbox("Colour by", colors, key="gs_color",
+                                    format_func=lambda f: plots.COLOR_FIELDS[f][0],
+                                    help="Any stored field of the examples at the shown snapshot.")
     has_medoids = "is_medoid" in columns
-
-    hover_images = st.sidebar.checkbox("Images in hover (small runs)", value=True, key="gs_hover",
-                                       help="A coarse block-character picture of the example in the hover box (runs up "
-                                            "to 3,000 examples). Full thumbnails are in the table of selected examples.")
     c1, c2, c3 = st.columns([2, 2, 2], vertical_alignment="bottom")
     view = c1.radio("Show", ["all classes", "one class"], horizontal=True, key="gs_view",
                     help="One class: its examples coloured by EPIC cluster, medoids drawn as stars sized by cluster size.")
@@ -191,60 +407,87 @@ def main() -> None:
     playing = st.session_state.get("gs_playing", False)
     c3.button("Pause" if playing else "Play through the epochs", key="gs_play", on_click=toggle_play, args=(epochs,),
               icon=":material/pause:" if playing else ":material/play_arrow:", width="stretch")
+    st.caption(map_caption(path, method, n_samples, len(epochs)))
 
     @st.fragment(run_every=PLAY_SECONDS if playing else None)
     def map_fragment() -> None:
         if st.session_state.get("gs_playing"):
             current = st.session_state.get("_epoch", epochs[0])
-            later = [e for e in epochs if e > current]
-            if later:
-                st.session_state["_epoch"] = later[0]
-            else:
-                st.session_state["gs_playing"] = False
-                st.rerun(scope="app")
-        epoch = epoch_picker_ui(epochs, key="gs_epoch", label="Snapshot epoch",
+            # advance only once the current frame was drawn in full: under load a tick can
+            # interrupt a redraw, and advancing anyway would skip that frame
+            if st.session_state.get("_gs_drawn") == current:
+                later = [e for e in epochs if e > current]
+                if later:
+                    st.session_state["_epoch"] = later[0]
+                else:
+                    st.session_state["gs_playing"] = False
+                    st.rerun(scope="app")
+        epoch = epoch_picker_ui(epochs, key="gs_epoch", label="Snapshot epoch", default=opening,
                                 help="Gradient snapshots are taken every T epochs (and before training, at epoch 0).")
-        points, target = map_points(path, method, epoch, mtime)
-        if hover_images:
-            thumbs = text_thumbnails(path)
-            if thumbs is not None:
-                points = points.assign(thumb=np.asarray(thumbs, dtype=object)[points["index"].to_numpy()])
-        shown = points if one_class is None else points[points["label"] == one_class]
+        try:
+            points, target = map_points(path, method, epoch, mtime)
+        except InputError as err:
+            st.error(f"The snapshot of epoch {epoch} cannot be read: {err}. The other epochs can still be viewed.")
+            st.session_state["_gs_drawn"] = epoch
+            return
+        if color_by == "drift":
+            points = points.assign(drift=drift_at(path, epoch, run_stamp(path))["drift"].to_numpy())
+        shown = points if one_class is None else points[points["label"].to_numpy() == one_class]
         xr, yr = (x_range, y_range) if one_class is None else projection_extent(path, method, mtime, one_class)
+        mode = st.session_state.get("gs_mode", "replace")
+        apply_event(st.session_state.get("gs_map"), mode, shown)
         selected = st.session_state.get("_selected", [])
-        fig = plots.gradient_map_figure(shown, class_names=class_names, x_range=xr, y_range=yr,
-                                        target=target, selected=selected, method=METHOD_NAMES[method],
-                                        by_cluster=one_class is not None and has_medoids,
-                                        show_medoids=True if one_class is not None else "legendonly")
+        focus = st.session_state.get("_gs_focus")
+        zoom = st.session_state.get("_gs_zoom")
+        if zoom is not None and zoom < len(points):
+            xr, yr = zoomed_ranges(points, zoom, xr, yr)
+        fig = plots.gradient_map_figure(
+            shown, class_names=class_names, x_range=xr, y_range=yr, target=target, selected=selected,
+            found=zoom, color_by=color_by, method=METHOD_NAMES[method],
+            by_cluster=one_class is not None and has_medoids,
+            show_medoids=True if one_class is not None else "legendonly",
+            kept_label=kept_label(run.config, epoch), density=len(shown) > DENSITY_ABOVE)
+        fig.update_layout(uirevision=f"{fig.layout.uirevision}-{zoom}")
         left, right = st.columns([3, 1])
         with left:
-            event = st.plotly_chart(fig, key="gs_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                                    width="stretch", config={"displaylogo": False})
-        mode = right.radio("A new selection", ["replace", "add", "remove"], horizontal=True, key="gs_mode",
-                           help="How a box or lasso selection combines with the examples already selected.")
-        apply_event(event, mode)
-        snapshot_summary_ui(right, points, epoch, one_class, class_names, has_medoids)
+            st.plotly_chart(fig, key="gs_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                            width="stretch", theme=None, config=MAP_CONFIG)
+            for note in fig.layout.meta.get("notes", []):
+                st.caption(f"Subsampled: {note}." if "sample" in note else f"Drawn as a density: {note}.")
+        right.radio("A new selection", ["replace", "add", "remove"], horizontal=True, key="gs_mode",
+                    help="How a box or lasso selection combines with the examples already selected.")
+        snapshot_summary_ui(right, points, epoch, one_class, class_names, has_medoids, run.config)
+        right.text_input("Find an example by index", key="gs_find", placeholder="e.g. 1234",
+                         on_change=find_example, args=(len(points),),
+                         help="Rings the example, zooms to it and opens its panel (empty: the whole map).")
+        if st.session_state.get("_gs_find_error"):
+            right.error(st.session_state["_gs_find_error"])
         right.text_input("Add examples by index", key="gs_typed", placeholder="e.g. 12, 40-45",
                          on_change=add_typed, args=(len(points),))
         if st.session_state.get("_gs_typed_error"):
             right.error(st.session_state["_gs_typed_error"])
         right.button("Clear selection", key="gs_clear", on_click=lambda: st.session_state.update(_selected=[]))
+        if focus is not None and 0 <= focus < len(points):
+            sample_panel_ui(path, int(focus), epochs, class_names, points)
         if one_class is not None and has_medoids:
             clusters = points[(points["label"] == one_class) & points["is_medoid"].fillna(False).astype(bool)]
             if len(clusters):
                 st.plotly_chart(plots.cluster_sizes_figure(clusters), width="stretch", key="gs_clusters")
         selection_table_ui(path, points, class_names)
+        st.session_state["_gs_drawn"] = epoch
 
     map_fragment()
 
 
-def snapshot_summary_ui(container, points: pd.DataFrame, epoch: int, one_class, class_names, has_medoids: bool) -> None:
+def snapshot_summary_ui(container, points: pd.DataFrame, epoch: int, one_class, class_names, has_medoids: bool,
+                        config: dict) -> None:
     """A few counts that say what this snapshot did."""
     rows = points if one_class is None else points[points["label"] == one_class]
     where = "" if one_class is None else f" of class {class_names[one_class]}"
+    n_drop = int(rows["drop"].sum())
     lines = [f"**Epoch {epoch}**{where}:",
              f"- {int((~rows['dropped_before']).sum()):,} examples still trained on",
-             f"- {int(rows['drop'].sum()):,} dropped at this snapshot",
+             f"- {n_drop:,} dropped at this snapshot",
              f"- {int(rows['dropped_before'].sum()):,} dropped earlier"]
     if has_medoids:
         lines.append(f"- {int(rows['is_medoid'].fillna(False).sum()):,} medoids, "
@@ -252,6 +495,9 @@ def snapshot_summary_ui(container, points: pd.DataFrame, epoch: int, one_class, 
     if rows["is_poison"].any():
         poisons = rows[rows["is_poison"]]
         lines.append(f"- poisons: {len(poisons)}, dropped so far {int((poisons['dropped_epoch'] >= 0).sum())}")
+    why = kept_label(config, epoch)
+    if n_drop == 0 and why != "isolated, kept":
+        lines.append(f"- nothing is dropped here: {why.split(': ', 1)[1]}")
     container.markdown("\n".join(lines))
 
 

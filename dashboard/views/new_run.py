@@ -1,22 +1,47 @@
-"""New run: a form that starts `poisonlens train` in the background, and the runs started from here."""
+"""New run: a form built from TrainConfig's fields that starts training in the background.
+
+The form has one widget per command-line field of :class:`core.config.TrainConfig`, made from
+the field's metadata (help, choices, range): a field added to the config appears here (under
+"More options") without touching this page. :func:`core.launch.launch_training` checks the
+config and starts the run; its progress is shown at the top of the page, and once the run
+store exists the sidebar's run picker switches to it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import MISSING, Field
 from pathlib import Path
 
 import streamlit as st
 
-from core.commands.train import parse_defense_params
+from core.config import Range, TrainConfig, option_fields, parse_defense_params
 from core.errors import InputError
-from core.launch import launch_training, list_launches
-from core.models import MODEL_NAMES
-from core.train import SCENARIOS, TrainConfig
-from dashboard.common import REPO, STATUS_ICONS, new_runs_dir, page_header, run_picker_ui
+from core.launch import LaunchStatus, launch_status, launch_training, list_launches
+from core.store import RUN_JSON
+from dashboard.common import (
+    REPO,
+    STATUS_ICONS,
+    cached_run_list,
+    new_runs_dir,
+    page_header,
+    run_picker_ui,
+)
 
-D = TrainConfig()
 OTHER = "other file…"
 NONE = "none (clean run)"
 STATE_ICONS = {**STATUS_ICONS, "starting": "…", "mapping": "…"}
+# Where fields are placed; any CLI field not named here goes under "More options".
+LAYOUT = {
+    "Data": ("dataset", "poisons", "clean_control"),
+    "Model": ("model", "width", "scenario", "pretrained"),
+    "Defense": ("defense", "defense_params"),
+    "Schedule": ("epochs", "snapshot_every", "drop_after", "stop_after", "lr", "seed"),
+}
+# The form's starting values where they differ from TrainConfig's: a short EPIC run on digits.
+FORM_DEFAULTS = {"epochs": 12, "drop_after": 2, "defense": "epic"}
+SUBSET_DEFAULT = 0.2
+# Widget labels that read better than the field's name (the rest: "batch_size" -> "Batch size").
+LABELS = {"lr": "Learning rate", "amp": "Mixed precision", "snapshot_every": "Snapshot every (T)"}
 
 
 @st.cache_data(ttl=10, show_spinner=False)
@@ -31,111 +56,271 @@ def poison_files() -> list[str]:
 
 @st.cache_data(show_spinner=False)
 def defenses() -> list[str]:
+    """The registered defenses."""
     from core.defense import defense_names
 
     return defense_names()
 
 
-def form_ui(runs_dir: Path) -> None:
-    names = defenses()
-    with st.form("nr_form"):
-        st.markdown("**Data**")
-        c1, c2 = st.columns(2)
-        dataset = c1.text_input("Data set", value="digits", key="nr_dataset",
-                                help="digits (built in, 8×8), imagefolder:<dir>, cifar10:<dir> or npz:<file>")
+def _label(f: Field) -> str:
+    return LABELS.get(f.name, f.name.replace("_", " ").capitalize())
+
+
+def _start(f: Field):
+    if f.name in FORM_DEFAULTS:
+        return FORM_DEFAULTS[f.name]
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def field_widget(f: Field, box) -> object:
+    """One widget for config field ``f`` in container ``box``, made from its metadata.
+
+    Returns the widget's raw value; :func:`config_values` turns the raw values into config
+    values. Keys are ``nr_<field>``.
+    """
+    key, label, helptext, start = f"nr_{f.name}", _label(f), f.metadata["help"], _start(f)
+    choices, rng = f.metadata.get("choices"), f.metadata.get("range") or Range()
+    hint = str(f.type)
+    if f.name == "poisons":
         files = poison_files()
-        poison_choice = c2.selectbox("Poison set", [NONE, *files, OTHER], key="nr_poison_choice",
-                                     help="A poison set made by `poisonlens craft` (.npz) or a benchmark folder.")
-        poison_other = c2.text_input("Poison set path (for “other file…”)", key="nr_poison_path")
-        st.markdown("**Model**")
-        c1, c2, c3, c4 = st.columns(4)
-        model = c1.selectbox("Model", MODEL_NAMES, key="nr_model")
-        width = c2.number_input("Width (small CNN)", 1, 256, D.width, key="nr_width")
-        scenario = c3.selectbox("Scenario", SCENARIOS, key="nr_scenario",
-                                help="scratch: train from random weights; transfer: frozen pretrained features, new "
-                                     "last layer; finetune: all layers from a pretrained model")
-        pretrained = c4.text_input("Pretrained model.pt", key="nr_pretrained",
-                                   help="checkpoints/model.pt of an earlier run; needed for transfer and finetune")
-        st.markdown("**Defense**")
-        c1, c2, c3 = st.columns([1, 1, 2])
-        defense = c1.selectbox("Defense", names, index=names.index("epic") if "epic" in names else 0, key="nr_defense")
-        subset = c2.number_input("Subset size (EPIC)", 0.01, 1.0, 0.2, step=0.05, key="nr_subset",
-                                 help="EPIC's share of examples chosen as medoids at each snapshot; ignored by other defenses")
-        params_text = c3.text_area("Other defense parameters, one KEY=VALUE a line", key="nr_params", height=68,
-                                   placeholder="e.g. fraction=0.05 (random, loss) or cluster_thresh=1 (epic)")
-        st.markdown("**Schedule**")
-        c1, c2, c3, c4, c5, c6 = st.columns(6)
-        epochs = c1.number_input("Epochs", 1, 1000, 12, key="nr_epochs")
-        every = c2.number_input("Snapshot every (T)", 1, 100, D.snapshot_every, key="nr_every")
-        drop_after = c3.number_input("Drop after epoch", 0, 1000, 2, key="nr_drop_after")
-        stop_after = c4.number_input("Stop dropping at", 0, 1000, D.stop_after, key="nr_stop_after")
-        lr = c5.number_input("Learning rate (0 = default)", 0.0, 10.0, 0.0, format="%.4f", key="nr_lr")
-        seed = c6.number_input("Seed", 0, 2**31 - 1, D.seed, key="nr_seed")
+        choice = box.selectbox(
+            "Poison set", [NONE, *files, OTHER], key="nr_poison_choice", help=helptext
+        )
+        other = box.text_input("Poison set path (for “other file…”)", key="nr_poison_path")
+        return choice, other
+    if f.name == "defense":
+        names = defenses()
+        index = names.index(start) if start in names else 0
+        return box.selectbox(label, names, index=index, key=key, help=helptext)
+    if f.name == "defense_params":
+        subset = box.number_input(
+            "Subset size (EPIC)",
+            0.01,
+            1.0,
+            SUBSET_DEFAULT,
+            step=0.05,
+            key="nr_subset",
+            help="EPIC's share of active examples chosen as medoids at each snapshot; "
+            "ignored by other defenses",
+        )
+        text = box.text_area(
+            "Other defense parameters, one KEY=VALUE a line",
+            key="nr_params",
+            height=68,
+            placeholder="e.g. fraction=0.05 (random, loss) or cluster_thresh=1 (epic)",
+            help=helptext,
+        )
+        return subset, text
+    if isinstance(start, bool):
+        return box.checkbox(label, value=start, key=key, help=helptext)
+    if choices:
+        return box.selectbox(label, choices, index=choices.index(start), key=key, help=helptext)
+    if hint.startswith("int"):
+        return box.number_input(
+            label, rng.low, rng.high, int(start), step=1, key=key, help=helptext
+        )
+    if hint.startswith("float | None"):  # None: the config's own default (said in the help)
+        return box.number_input(
+            f"{label} (0 = default)", 0.0, None, 0.0, format="%g", key=key, help=helptext
+        )
+    if hint.startswith("float"):
+        return box.number_input(label, None, None, float(start), format="%g", key=key, help=helptext)
+    if hint.startswith("tuple"):
+        return box.text_input(
+            label, ",".join(f"{v:g}" for v in start), key=key, help=helptext + " (comma-separated)"
+        )
+    return box.text_input(label, "" if start is None else str(start), key=key, help=helptext)
+
+
+def config_values(raw: dict[str, object]) -> dict[str, object]:
+    """The TrainConfig keyword arguments from the widgets' raw values (see :func:`field_widget`).
+
+    Raises :class:`InputError` naming the field for a value that cannot be read.
+    """
+    values: dict[str, object] = {}
+    for f in option_fields():
+        value, hint = raw[f.name], str(f.type)
+        if f.name == "poisons":
+            choice, other = value
+            value = None if choice == NONE else (other.strip() if choice == OTHER else choice)
+            if choice == OTHER and not value:
+                raise InputError("poison set", "choose a file or type its path")
+        elif f.name == "defense_params":
+            subset, text = value
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            value = parse_defense_params(lines, subset if raw["defense"] == "epic" else None)
+        elif hint.startswith("float | None"):
+            value = float(value) or None
+        elif hint.startswith("int"):
+            value = int(value)
+        elif hint.startswith("tuple"):
+            try:
+                value = tuple(float(v) for v in str(value).split(",") if v.strip())
+            except ValueError:
+                raise InputError(_label(f), f"expected comma-separated numbers, got {value!r}") from None
+        elif hint.startswith("str") and isinstance(value, str):
+            value = value.strip() or (None if "None" in hint else value)
+        values[f.name] = value
+    return values
+
+
+def form_ui(runs_dir: Path) -> Path | None:
+    """The form; returns the run directory it started, or None."""
+    placed = {name for names in LAYOUT.values() for name in names}
+    by_name = {f.name: f for f in option_fields()}
+    more = [f for f in option_fields() if f.name not in placed]
+    raw: dict[str, object] = {}
+    with st.form("nr_form"):
+        for section, names in LAYOUT.items():
+            st.markdown(f"**{section}**")
+            columns = st.columns(len(names) if len(names) > 2 else 2)
+            for column, name in zip(columns, names, strict=False):
+                raw[name] = field_widget(by_name[name], column)
+        with st.expander("More options"):
+            columns = st.columns(3)
+            for i, f in enumerate(more):
+                raw[f.name] = field_widget(f, columns[i % 3])
         c1, c2 = st.columns(2)
         name = c1.text_input("Run name (empty: <dataset>-<defense>-<time>)", key="nr_name")
-        projection = c2.radio("Gradient map after training", ["umap", "pca", "none"], horizontal=True, key="nr_projection",
-                              help="Computed once in the background after training, for the Gradient space page.")
+        projection = c2.radio(
+            "Gradient map after training",
+            ["umap", "pca", "none"],
+            horizontal=True,
+            key="nr_projection",
+            help="Computed once in the background after training, for the Gradient space page.",
+        )
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
-        return
+        return None
     try:
-        poisons = None if poison_choice == NONE else (poison_other.strip() if poison_choice == OTHER else poison_choice)
-        if poison_choice == OTHER and not poisons:
-            raise InputError("poison set", "choose a file or type its path")
-        params = parse_defense_params([p.strip() for p in params_text.splitlines() if p.strip()],
-                                      subset if defense == "epic" else None)
-        config = TrainConfig(dataset=dataset.strip(), poisons=poisons, model=model, width=int(width),
-                             scenario=scenario, pretrained=pretrained.strip() or None, epochs=int(epochs),
-                             lr=float(lr) or None, snapshot_every=int(every), defense=defense,
-                             defense_params=params, drop_after=int(drop_after), stop_after=int(stop_after),
-                             seed=int(seed))
-        run_dir = launch_training(config, runs_dir=runs_dir, name=name.strip() or None,
-                                  projection=None if projection == "none" else projection)
+        config = TrainConfig(**config_values(raw))
+        run_dir = launch_training(
+            config,
+            runs_dir=runs_dir,
+            name=name.strip() or None,
+            projection=None if projection == "none" else projection,
+        )
     except InputError as err:
         st.error(f"Not started: {err}")
+        return None
+    st.success(
+        f"Started **{run_dir.name}** in the background; it keeps training if you close this page."
+    )
+    return run_dir
+
+
+def progress_ui(status: LaunchStatus) -> None:
+    """A launched run's state, with a progress bar while it trains or computes its map."""
+    icon = STATE_ICONS.get(status.state, "")
+    st.markdown(f"{icon} **{status.name}**: {status.state}")
+    if status.state == "starting":
+        st.progress(0.0, text="Loading the data set…")
+    elif status.state == "running" and status.epochs:
+        epoch = max(status.epoch or 0, 0)
+        st.progress(
+            min(1.0, epoch / status.epochs),
+            text=f"epoch {epoch} of {status.epochs} ({status.phase or 'train'})",
+        )
+    elif status.state == "mapping":
+        st.progress(
+            status.map_fraction or 0.0,
+            text=f"Training done; computing the gradient map: {status.map_message or 'starting'}",
+        )
+    if status.error:
+        st.error(status.error)
+    if status.state in ("finished", "mapping", "running", "interrupted"):
+        st.page_link(
+            "views/overview.py",
+            label="Open in Overview",
+            icon=":material/monitoring:",
+            query_params={"run": status.name},
+        )
+
+
+def live_ui(runs_dir: Path) -> None:
+    """At the top of the page: the run started from this session and any run still going."""
+    started = st.session_state.get("nr_started")
+    shown = [s for s in list_launches(runs_dir) if not s.done or str(s.run_dir) == started]
+    if not shown:
         return
-    st.success(f"Started **{run_dir.name}** in the background; it keeps training if you close this page.")
-
-
-def launches_ui(runs_dir: Path) -> None:
-    launches = list_launches(runs_dir)
-    busy = any(not s.done for s in launches)
+    busy = any(not s.done for s in shown)
 
     @st.fragment(run_every=2 if busy else None)
-    def table() -> None:
-        current = list_launches(runs_dir)
-        if not current:
-            st.caption(f"No run has been started from this page in `{runs_dir}` yet.")
-            return
-        for s in current[:20]:
+    def live() -> None:
+        states = {}
+        for s in shown:
+            status = launch_status(s.run_dir)
+            states[str(status.run_dir)] = status.state
             with st.container(border=True):
-                c1, c2 = st.columns([3, 1])
-                c1.markdown(f"{STATE_ICONS.get(s.state, '')} **{s.name}**: {s.state}"
-                            + (f" · epoch {s.epoch} of {s.epochs} ({s.phase})" if s.epoch is not None and not s.done else ""))
-                if s.epochs and s.epoch is not None and not s.done:
-                    c1.progress(min(1.0, s.epoch / max(s.epochs, 1)))
-                if s.error:
-                    c1.error(s.error)
-                if s.state in ("finished", "mapping", "running", "interrupted"):
-                    c2.page_link("views/overview.py", label="Open in Overview", icon=":material/monitoring:", query_params={"run": s.name})
-                with c1.expander("command and log"):
-                    st.code(s.command or "", language="bash")
-                    st.code(s.log_tail or "(empty log)", language="text")
-        if busy and all(s.done for s in current):
+                progress_ui(status)
+        # a run moved on (its run store appeared, training ended): redraw the whole page, so
+        # the sidebar's run picker lists the run and switches to it
+        seen = st.session_state.get("nr_states", {})
+        st.session_state["nr_states"] = {**seen, **states}
+        if any(seen.get(run, state) != state for run, state in states.items()):
             st.rerun()
 
-    table()
+    live()
+
+
+def history_ui(runs_dir: Path) -> None:
+    """Every run started from this page, newest first (20 at most)."""
+    launches = list_launches(runs_dir)
+    if not launches:
+        st.caption(f"No run has been started from this page in `{runs_dir}` yet.")
+        return
+    for s in launches[:20]:
+        with st.container(border=True):
+            c1, c2 = st.columns([3, 1])
+            c1.markdown(
+                f"{STATE_ICONS.get(s.state, '')} **{s.name}**: {s.state}"
+                + (f" · epoch {s.epoch} of {s.epochs}" if s.epoch is not None else "")
+            )
+            if s.error:
+                c1.error(s.error)
+            if s.state in ("finished", "mapping", "running", "interrupted"):
+                c2.page_link(
+                    "views/overview.py",
+                    label="Open in Overview",
+                    icon=":material/monitoring:",
+                    query_params={"run": s.name},
+                )
+            with c1.expander("command and log"):
+                st.code(s.command or "", language="bash")
+                st.code(s.log_tail or "(empty log)", language="text")
+
+
+def follow_started_run() -> None:
+    """Point the sidebar's run picker at the run started here, once its run store exists."""
+    started = st.session_state.get("nr_started")
+    if started and st.session_state.get("nr_followed") != started:
+        if (Path(started) / RUN_JSON).is_file():
+            cached_run_list.clear()
+            st.query_params["run"] = Path(started).name
+            st.session_state["nr_followed"] = started
 
 
 def main() -> None:
-    page_header("New run", "Train a model under a defense in the background. Parameters are checked before anything "
-                "starts; progress below is read from the run store, so it survives reloading or closing this page.")
-    run_picker_ui()  # the sidebar's run picker, as on every page (the chosen run is kept for the other pages)
+    page_header(
+        "New run",
+        "Train a model under a defense in the background. Parameters are checked before "
+        "anything starts; progress is read from the run store, so it survives reloading or "
+        "closing this page.",
+    )
+    follow_started_run()
+    run_picker_ui()  # the sidebar's run picker, as on every page
     runs_dir = new_runs_dir()
-    st.caption(f"New runs go to `{runs_dir}` (set POISONLENS_RUNS or `-- --runs-dir DIR` to change).")
-    form_ui(runs_dir)
+    live = st.container()  # filled after the form, drawn above it
+    st.caption(
+        f"New runs go to `{runs_dir}` (set POISONLENS_RUNS or `-- --runs-dir DIR` to change)."
+    )
+    run_dir = form_ui(runs_dir)
+    if run_dir is not None:
+        st.session_state["nr_started"] = str(run_dir)
+    with live:
+        live_ui(runs_dir)
     st.markdown("##### Runs started from here")
-    launches_ui(runs_dir)
+    history_ui(runs_dir)
 
 
 main()

@@ -7,10 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from core.metrics import detection_metrics
-from core.store import open_run
+from core.store import DamagedFile, open_run
 from dashboard import plots
 from dashboard.common import (
     STATUS_ICONS,
+    damage_ui,
     glossary_ui,
     load_examples,
     load_metrics,
@@ -19,6 +20,7 @@ from dashboard.common import (
     page_header,
     run_picker_ui,
     run_stamp,
+    snapshot_listing,
     target_thumbnail,
 )
 
@@ -27,11 +29,15 @@ from dashboard.common import (
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def detection_by_snapshot(path: str, stamp: float) -> pd.DataFrame:
-    """Per snapshot: how the defense's score and flags separate poisons from clean examples."""
+    """Per snapshot: how the defense's score and flags separate poisons from clean examples
+    (a snapshot that cannot be read is left out; the page names it)."""
     is_poison = load_examples(path)["is_poison"].to_numpy(bool)
     rows = []
     for epoch in load_snapshot_epochs(path, stamp):
-        snap = load_snapshot(path, epoch, ("active", "score", "suspect"))
+        try:
+            snap = load_snapshot(path, epoch, ("active", "score", "suspect"))
+        except DamagedFile:  # damaged past its footer
+            continue
         if "score" not in snap:
             continue
         m = detection_metrics(is_poison, snap["suspect"].to_numpy(bool), snap["score"].to_numpy(float),
@@ -128,8 +134,13 @@ def live_ui(path: str, stamp: float) -> None:
     def progress() -> None:
         run = open_run(path)
         status = run.status
-        prog = run.progress()
+        try:
+            prog = run.progress()
+        except DamagedFile:  # being rewritten by hand, or damaged: the bar shows no epoch
+            prog = {}
         epoch, epochs = prog.get("epoch", 0), prog.get("epochs", run.config.get("epochs", 1))
+        if not (isinstance(epoch, int) and isinstance(epochs, int)):  # a foreign progress.json
+            epoch, epochs = 0, 1
         st.progress(min(1.0, (epoch or 0) / max(epochs or 1, 1)),
                     text=f"{STATUS_ICONS.get(status, '')} {status}: epoch {epoch} of {epochs}, {prog.get('phase', 'starting')}")
         if status != "running" or run_stamp(path) != stamp:
@@ -156,8 +167,16 @@ def main() -> None:
     elif status == "interrupted":
         st.warning("This run stopped without finishing (its process is gone). Continue it with "
                    f"`poisonlens train --resume {path}`.")
-    metrics = load_metrics(path, stamp)
-    examples = load_examples(path)
+    _, damaged = snapshot_listing(path, stamp)
+    if damaged:
+        st.warning("Left out of the per-snapshot figures (cannot be read):  \n" + "  \n".join(damaged.values()))
+    try:
+        metrics = load_metrics(path, stamp)
+        examples = load_examples(path)
+    except DamagedFile as err:
+        damage_ui(err, "The figures need it; only the configuration is shown.", fatal=True)
+        config_ui(run)
+        return
     if metrics.empty:
         st.info("No epoch has finished yet; this page fills in as the run trains.")
         config_ui(run)

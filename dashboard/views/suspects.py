@@ -6,18 +6,20 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.export import snapshot_at, suspects_table, to_safe_csv
-from core.store import open_run
+from core.export import column_descriptions, suspects_table, to_safe_csv
+from core.store import DamagedFile, open_run
 from dashboard.common import (
+    damage_ui,
     drift_at,
     dropped_text,
     epoch_picker_ui,
     glossary_ui,
     load_examples,
-    load_snapshot_epochs,
+    no_drops_reason,
     page_header,
     run_picker_ui,
     run_stamp,
+    snapshot_epochs_ui,
     thumbnails,
 )
 
@@ -26,13 +28,32 @@ THUMB_ROWS = 1000  # rows shown with thumbnails; the download always holds every
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def suspects(path: str, epoch: int, include_flagged: bool, stamp: float) -> pd.DataFrame:
-    """core.export.suspects_table: the very table `poisonlens export` writes."""
-    return suspects_table(open_run(path), epoch, include_flagged=include_flagged)
+    """core.export.suspects_table: the very table `poisonlens export` writes (rows dropped by a
+    damaged snapshot keep empty facts; ``attrs["damaged"]`` names the file)."""
+    return suspects_table(open_run(path), epoch, include_flagged=include_flagged, skip_damaged=True)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def suspects_csv(path: str, epoch: int, include_flagged: bool, stamp: float) -> str:
     return to_safe_csv(suspects(path, epoch, include_flagged, stamp))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def descriptions(path: str, epoch: int) -> dict[str, str]:
+    return column_descriptions(open_run(path), epoch)
+
+
+def drift_of(path: str, table: pd.DataFrame, epoch: int, readable: list[int], stamp: float) -> np.ndarray:
+    """Each row's drift at the snapshot its facts come from: the one that dropped it, or ``epoch``
+    for an example flagged but kept (NaN when that snapshot cannot be read)."""
+    facts_epoch = np.where(table["dropped_epoch"] >= 0, table["dropped_epoch"], epoch)
+    out = np.full(len(table), np.nan)
+    for e in np.unique(facts_epoch):
+        if int(e) not in readable:
+            continue
+        rows = facts_epoch == e
+        out[rows] = drift_at(path, int(e), stamp)["drift"].to_numpy()[table.loc[rows, "index"].to_numpy()]
+    return np.round(out, 3)
 
 
 def filters_ui(table: pd.DataFrame, has_truth: bool) -> pd.DataFrame:
@@ -56,26 +77,36 @@ def filters_ui(table: pd.DataFrame, has_truth: bool) -> pd.DataFrame:
 
 def main() -> None:
     page_header("Suspects", "Every example the defense dropped up to the chosen epoch (and those flagged at that "
-                "snapshot), most suspicious first, with what the defense knew about it. The download is the same "
-                "file as `poisonlens export`.")
+                "snapshot), most suspicious first, with what the defense knew about it when it dropped it. The "
+                "download is the same file as `poisonlens export`.")
     glossary_ui()
     run = run_picker_ui()
     if run is None:
         return
     path = str(run.path)
     stamp = run_stamp(path)
-    epochs = load_snapshot_epochs(path, stamp)
+    epochs = snapshot_epochs_ui(run)
     if not epochs:
-        st.info("This run has no gradient snapshot yet, so nothing was dropped or flagged.")
+        return
+    try:
+        examples = load_examples(path)
+    except DamagedFile as err:
+        damage_ui(err, "Without it there is no suspects table.", fatal=True)
         return
     c1, c2 = st.columns([3, 1])
     with c1:
-        epoch = epoch_picker_ui(epochs, key="su_epoch", label="Up to snapshot epoch")
+        epoch = epoch_picker_ui(epochs, key="su_epoch", label="Up to snapshot epoch",
+                                help="Examples dropped at this snapshot or earlier, and those flagged at it.")
     include_flagged = c2.toggle("Include flagged, not dropped", value=True, key="su_flagged",
                                 help="Flagged: the defense would drop it, but the snapshot is outside the drop window "
                                      "(drop-after / stop-after).")
-    table = suspects(path, epoch, include_flagged, stamp)
-    examples = load_examples(path)
+    try:
+        table = suspects(path, epoch, include_flagged, stamp)
+    except DamagedFile as err:
+        damage_ui(err, "Pick another snapshot epoch.", fatal=True)
+        return
+    for problem in table.attrs.get("damaged", []):
+        st.warning(f"{problem}. The examples it dropped are listed without its score and cluster facts.")
     has_truth = bool(examples["is_poison"].any())
     n_poisons = int(examples["is_poison"].sum())
     n_dropped = int((table["dropped_epoch"] >= 0).sum()) if len(table) else 0
@@ -86,6 +117,9 @@ def main() -> None:
         found = int(table.loc[table["dropped_epoch"] >= 0, "is_poison"].sum())
         line += f"; **{found} of {n_poisons} poisons** among the dropped"
     st.markdown(line + ".")
+    reason = no_drops_reason(run) if n_dropped == 0 else None
+    if reason:
+        st.info(reason)
     export_cmd = f"poisonlens export --run {path} --epoch {epoch}" + ("" if include_flagged else " --dropped-only") + " --out suspects.csv"
     st.download_button(f"Download CSV ({len(table):,} rows)", suspects_csv(path, epoch, include_flagged, stamp),
                        file_name=f"{run.name}-suspects-epoch{epoch}.csv", mime="text/csv", key="su_download", icon=":material/download:",
@@ -94,21 +128,22 @@ def main() -> None:
         st.info("Nothing dropped or flagged up to this epoch.")
         return
     shown = filters_ui(table, has_truth)
-    at = snapshot_at(run, epoch)
-    drift = drift_at(path, at, stamp)["drift"].to_numpy()
     view = shown.head(THUMB_ROWS).copy()
     view.insert(1, "image", thumbnails(path, tuple(int(i) for i in view["index"])))
-    view.insert(view.columns.get_loc("dropped_epoch") + 1, "drift", np.round(drift[view["index"].to_numpy()], 3))
+    view.insert(view.columns.get_loc("flagged") + 1, "drift", drift_of(path, view, epoch, epochs, stamp))
     view["dropped_epoch"] = dropped_text(view["dropped_epoch"])
     hidden = ["base_index"] + ([] if has_truth else ["is_poison"]) + (["label"] if "class_name" in view else [])
     view = view.drop(columns=hidden, errors="ignore")
     st.caption(f"{len(shown):,} rows match the filters" + (f"; the first {THUMB_ROWS:,} are shown" if len(shown) > THUMB_ROWS else "")
-               + ". score: the defense's suspicion (higher = more suspicious); drift: distance from its own class "
-               "(see the Drift page); cluster_size: examples its EPIC cluster stands for at this snapshot.")
-    st.dataframe(view, hide_index=True, width="stretch", height=560,
-                 column_config={"image": st.column_config.ImageColumn("image", width="small"),
-                                "dropped_epoch": "dropped at epoch", "class_name": "class", "is_poison": "poison",
-                                "cluster_size": "cluster size", "is_medoid": "medoid?"})
+               + ". Ranked by the defense's score (higher = more suspicious) at the snapshot that dropped each example: "
+               "an example dropped earlier is shown as the defense saw it then. drift: distance from its own class "
+               "at that snapshot (see the Drift page). Hover a column title for its meaning.")
+    about = descriptions(path, epoch)
+    config = {c: st.column_config.Column(c.replace("_", " "), help=text) for c, text in about.items() if text and c in view}
+    config.update({"image": st.column_config.ImageColumn("image", width="small"),
+                   "dropped_epoch": st.column_config.Column("dropped at epoch", help="the snapshot that dropped it"),
+                   "class_name": "class", "is_poison": "poison"})
+    st.dataframe(view, hide_index=True, width="stretch", height=560, column_config=config)
 
 
 main()

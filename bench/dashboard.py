@@ -1,0 +1,376 @@
+"""The Gradient space page at scale: a 50,000-point and a 1,000,000-point run, in the real browser.
+
+    .venv/bin/python -m bench.dashboard [--cifar ../shared/data/cifar10] [--out bench/results/dashboard.md]
+        [--keep DIR] [--skip-big] [--reference DIR] [--screenshots docs/screenshots] [--moves 5]
+
+1. Builds two run stores under a temporary folder (``--keep DIR`` keeps them):
+   - 50,000 examples, 11 snapshots (epochs 0..20 every 2), 10 classes: CIFAR-10's training
+     images and labels when ``--cifar`` has them (else random images), with synthetic
+     gradients shaped like an EPIC run's (per-class arms that tighten over training, hard
+     and poisoned examples off them, 1% poisons, medoids, isolated drops);
+   - 1,000,000 examples, 3 snapshots, 8x8 grey images, the same synthetic gradients.
+2. Computes each run's UMAP map in the background process the page starts
+   (``python -m core.projection``), measuring its wall time and peak memory (max RSS).
+3. Starts the dashboard and drives headless Chromium: time from asking for the page to the map
+   drawn (first render), then moves the epoch slider ``--moves`` times and times each redraw,
+   counting the bytes the server sends over the websocket per redraw.
+4. Writes the table to ``--out`` and, with ``--screenshots``, the 50,000-point map and the
+   sample panel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.store import RunWriter
+
+REPO = Path(__file__).resolve().parents[1]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--window-size=1600,1500"]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+# --- synthetic run stores ------------------------------------------------------------------
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def build_run(run_dir: Path, *, labels: np.ndarray, images: np.ndarray, epochs: list[int],
+              poison_share: float = 0.01, seed: int = 0) -> Path:
+    """A finished EPIC-like run store with synthetic snapshots (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    n, k = len(labels), 10
+    is_poison = np.zeros(n, bool)
+    is_poison[rng.choice(np.flatnonzero(labels == 3), size=int(poison_share * n), replace=False)] = True
+    hard = rng.random(n) < 0.08  # examples the model keeps finding hard
+    confusion = rng.integers(0, k, n)  # the class a hard example is confused with
+    writer = RunWriter(run_dir)
+    config = {"dataset": "synthetic", "epochs": epochs[-1], "snapshot_every": epochs[1] - epochs[0],
+              "defense": "epic", "defense_params": {"subset_size": 0.1}, "drop_after": epochs[1],
+              "stop_after": epochs[-1], "model": "synthetic"}
+    writer.create(run_dir.name, config, {}, class_names=CLASSES, target=None)
+    writer.write_examples(pd.DataFrame({"index": np.arange(n), "label": labels, "is_poison": is_poison,
+                                        "base_index": np.where(is_poison, np.arange(n), -1)}))
+    writer.write_images(images, None)
+    dropped_epoch = np.full(n, -1, np.int64)
+    metrics = []
+    noise = rng.normal(size=(n, k)).astype(np.float32)
+    for s, epoch in enumerate(epochs):
+        progress = s / max(1, len(epochs) - 1)
+        logits = noise * (1.5 - 0.8 * progress) + rng.normal(scale=0.3, size=(n, k)).astype(np.float32)
+        logits[np.arange(n), labels] += 0.5 + 5 * progress * ~hard
+        logits[np.arange(n), confusion] += 3 * progress * hard
+        logits[is_poison, 7] += 2 + 3 * progress  # poisons drift toward the attacker's class
+        prob = softmax(logits).astype(np.float32)
+        grads = prob.copy()
+        grads[np.arange(n), labels] -= 1
+        active = dropped_epoch < 0
+        is_medoid = active & (rng.random(n) < 0.05)
+        medoids = np.flatnonzero(is_medoid)
+        cluster_size = np.zeros(n, np.int64)
+        cluster_size[medoids] = rng.geometric(0.08, size=len(medoids))
+        isolated = is_medoid & (cluster_size == 1)
+        in_window = config["drop_after"] <= epoch < config["stop_after"]
+        drop = isolated & in_window
+        dropped_epoch = np.where(drop, epoch, dropped_epoch)
+        loss = -np.log(np.clip(prob[np.arange(n), labels], 1e-7, 1))
+        frame = {"index": np.arange(n), "label": labels}
+        frame.update({f"g_{c}": grads[:, c] for c in range(k)})
+        frame.update(loss=loss.astype(np.float32), confidence=prob.max(1), prediction=prob.argmax(1).astype(np.int64),
+                     active=active, score=np.where(is_medoid, 1.0 / np.maximum(cluster_size, 1), 0.0),
+                     suspect=isolated, drop=drop, dropped_epoch=dropped_epoch.copy(),
+                     medoid=medoids[rng.integers(0, len(medoids), n)] if len(medoids) else np.full(n, -1),
+                     cluster_size=cluster_size, is_medoid=is_medoid, isolated=isolated)
+        writer.write_snapshot(epoch, pd.DataFrame(frame))
+        n_dropped = int((dropped_epoch >= 0).sum())
+        metrics.append({"epoch": epoch, "test_acc": 0.5 + 0.4 * progress, "n_new_drops": int(drop.sum()),
+                        "n_dropped": n_dropped, "n_active": n - n_dropped,
+                        "n_poison_dropped": int(((dropped_epoch >= 0) & is_poison).sum()),
+                        "attack_success": np.nan, "target_prob_adv": np.nan, "train_loss": float(loss.mean()),
+                        "epoch_seconds": 0.0, "eval_seconds": 0.0, "snapshot_seconds": 0.0, "defense_seconds": 0.0})
+    writer.write_metrics(pd.DataFrame(metrics))
+    writer.set_status("finished")
+    return run_dir
+
+
+def cifar_or_random(root: str | None, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    if root and (Path(root) / "train").is_dir():
+        from core.data import load_dataset
+
+        data = load_dataset(f"imagefolder:{root}")
+        return data.y_train[:n].astype(np.int64), np.ascontiguousarray(data.x_train[:n]), f"CIFAR-10 images ({root})"
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 10, n), rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "random 32x32 images"
+
+
+# --- the map, in its background process ----------------------------------------------------
+
+
+def compute_map(run_dir: Path, method: str = "umap") -> dict:
+    """Run ``python -m core.projection`` as the page does; wall time and the child's peak RSS."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu0 = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "core.projection", str(run_dir), "--method", method], check=True,
+                   cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+                   stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak, cpu = usage.ru_maxrss, usage.ru_utime + usage.ru_stime - cpu0
+    job = json.loads((run_dir / "projections" / f"{method}.job.json").read_text())
+    return {"seconds": wall, "cpu_seconds": cpu, "max_rss_mb": max(peak, before) / 1024, "n_fit": job.get("n_fit"),
+            "n_placed": job.get("n_placed"), "note": "" if peak > before else " (peak of an earlier child)"}
+
+
+# --- the browser ---------------------------------------------------------------------------
+
+SIGNATURE = """
+const gd = document.querySelector('.js-plotly-plot');
+if (!gd || !gd.data || !gd.data.length) return null;
+const parts = gd.data.map(t => t.name + ':' + (t.x && t.x.length) + ':' + (t.x && t.x.length ? String(t.x[0]) : ''));
+const imgs = (gd.layout.images || []).map(i => (i.source || '').slice(-60));
+return parts.join('|') + imgs.join('|');
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(runs: Path, tree: Path = REPO) -> tuple[subprocess.Popen, str]:
+    """The dashboard of ``tree`` (this checkout, or a copy holding an earlier version of it)."""
+    port = free_port()
+    env = {**os.environ, "POISONLENS_RUNS": str(runs), "POISONLENS_SAMPLES": "", "PYTHONPATH": str(tree)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(tree / "dashboard" / "app.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"], cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+            return proc, url
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("streamlit did not start") from None
+            time.sleep(0.3)
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
+    for flag in FLAGS + [f"--user-data-dir={tempfile.mkdtemp(prefix='bench-chromium-')}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+def ws_bytes(driver) -> int:
+    """Bytes received over websockets since the last call (Chromium's performance log)."""
+    total = 0
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.webSocketFrameReceived":
+            payload = message["params"]["response"]
+            data = payload.get("payloadData", "")
+            total += len(data) * 3 // 4 if payload.get("opcode") == 2 else len(data)
+    return total
+
+
+def wait(driver, condition, timeout: float = 120):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.02).until(condition)
+
+
+def idle(driver) -> bool:
+    from selenium.webdriver.common.by import By
+
+    return not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+
+
+def time_page(driver, url: str, run: str, moves: int, shots: Path | None, shot_name: str, last_epoch: int) -> dict:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    health = time.perf_counter()
+    urllib.request.urlopen(f"{url}/_stcore/health", timeout=10)
+    answered = time.perf_counter() - health
+    ws_bytes(driver)
+    start = time.perf_counter()
+    # from the last snapshot, so each slider move asks for an epoch not sent yet (Streamlit sends a
+    # message the browser already has as a short reference, which would flatter the figures)
+    driver.get(f"{url}/gradient_space?run={run}&epoch={last_epoch}")
+    wait(driver, lambda d: d.execute_script(SIGNATURE) is not None, timeout=300)
+    first = time.perf_counter() - start
+    wait(driver, idle, timeout=300)
+    first_bytes = ws_bytes(driver)
+    redraws, sizes = [], []
+    for _ in range(moves):
+        before = driver.execute_script(SIGNATURE)
+        thumb = driver.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
+        driver.execute_script("arguments[0].focus();", thumb)
+        t0 = time.perf_counter()
+        ActionChains(driver).send_keys(Keys.ARROW_LEFT).perform()
+        wait(driver, lambda d, before=before: d.execute_script(SIGNATURE) not in (None, before), timeout=120)
+        redraws.append(time.perf_counter() - t0)
+        wait(driver, idle, timeout=120)
+        sizes.append(ws_bytes(driver))
+    if shots is not None:
+        time.sleep(1.0)
+        driver.save_screenshot(str(shots / f"{shot_name}.png"))
+    return {"first_render_s": first, "server_answer_s": answered, "first_bytes": first_bytes,
+            "redraw_s": redraws, "redraw_bytes": sizes}
+
+
+def sample_panel_shot(driver, shots: Path) -> None:
+    """Look an example up by index (as a user would) and photograph its sample panel."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, 'input[aria-label="Find an example by index"]')
+    box.send_keys("1234" + Keys.ENTER)
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]') and idle(d))
+    time.sleep(1.0)
+    panel = driver.find_element(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]')
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", panel)
+    time.sleep(0.5)
+    driver.save_screenshot(str(shots / "gradient-space-sample-panel.png"))
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def row(name: str, timing: dict) -> str:
+    if "error" in timing:
+        return f"| {name} | not measured: {timing['error']} | | | |"
+    r = timing["redraw_s"]
+    return (f"| {name} | {timing['first_render_s']:.2f} s | {statistics.median(r):.2f} s "
+            f"({min(r):.2f}–{max(r):.2f}) | {statistics.median(timing['redraw_bytes']) / 1e6:.2f} MB | "
+            f"{timing['first_bytes'] / 1e6:.2f} MB |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cifar", default=str(REPO.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "dashboard.md"))
+    parser.add_argument("--keep", default=None, help="build the run stores here and keep them")
+    parser.add_argument("--screenshots", default=None, help="save the 50,000-point map and sample panel here")
+    parser.add_argument("--moves", type=int, default=5)
+    parser.add_argument("--big", type=int, default=1_000_000, help="examples in the large run")
+    parser.add_argument("--skip-big", action="store_true", help="time the 50,000-point run only")
+    parser.add_argument("--reference", default=None,
+                        help="a copy of the tree (its dashboard/ and core/) holding an earlier page: timed the same "
+                             "way just before this checkout, side by side")
+    args = parser.parse_args()
+    root = Path(args.keep or tempfile.mkdtemp(prefix="bench-dashboard-"))
+    runs = root / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    shots = Path(args.screenshots) if args.screenshots else None
+    if shots:
+        shots.mkdir(parents=True, exist_ok=True)
+    lines = []
+    maps = {}
+    t0 = time.perf_counter()
+    if not (runs / "cifar-50k" / "projections" / "umap.parquet").is_file():
+        labels, images, source = cifar_or_random(args.cifar, 50_000)
+        build_run(runs / "cifar-50k", labels=labels, images=images, epochs=list(range(0, 21, 2)))
+        print(f"50,000-point store built in {time.perf_counter() - t0:.0f} s ({source})", flush=True)
+        maps["cifar-50k"] = compute_map(runs / "cifar-50k")
+        print("map 50k:", maps["cifar-50k"], flush=True)
+        (root / "map-cifar-50k.json").write_text(json.dumps(maps["cifar-50k"]))
+    big = f"synthetic-{args.big // 1000}k"
+    if not args.skip_big and not (runs / big / "projections" / "umap.parquet").is_file():
+        rng = np.random.default_rng(1)
+        t0 = time.perf_counter()
+        build_run(runs / big, labels=rng.integers(0, 10, args.big),
+                  images=rng.integers(0, 256, (args.big, 8, 8, 1), dtype=np.uint8), epochs=[0, 10, 20], seed=1)
+        print(f"{args.big:,}-point store built in {time.perf_counter() - t0:.0f} s", flush=True)
+        maps[big] = compute_map(runs / big)
+        print(f"map {big}:", maps[big], flush=True)
+        (root / f"map-{big}.json").write_text(json.dumps(maps[big]))
+    for name in ("cifar-50k", big):  # measured by an earlier run of this script on the kept stores
+        if name not in maps and (root / f"map-{name}.json").is_file():
+            maps[name] = json.loads((root / f"map-{name}.json").read_text())
+    trees = [("before", Path(args.reference))] if args.reference else []
+    trees.append(("after" if args.reference else "", REPO))
+    names = [("cifar-50k", "gradient-space-50k", 20)] + ([] if args.skip_big else [(big, "gradient-space-1m", 20)])
+    timings: dict[tuple[str, str], dict] = {}
+    loads: dict[str, list[float]] = {}
+    for label, tree in trees:  # one version after the other, each warmed the same way
+        proc, url = start_server(runs, tree)
+        driver = browser()
+        try:
+            driver.set_script_timeout(300)
+            for name, shot, epochs in names:
+                moves = min(args.moves, 10 if name == "cifar-50k" else 2)
+                keep = shots if tree == REPO else None
+                try:
+                    time_page(driver, url, name, 0, None, "", epochs)  # warm the server's caches, as a first visit would
+                    timings[label, name] = time_page(driver, url, name, moves, keep, shot, epochs)
+                except Exception as err:  # noqa: BLE001 - one run's failure is reported, the other still measured
+                    timings[label, name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+                print(label, name, json.dumps(timings[label, name]), flush=True)
+                if name == "cifar-50k" and keep and "error" not in timings[label, name]:
+                    sample_panel_shot(driver, keep)
+        finally:
+            driver.quit()
+            proc.terminate()
+            proc.wait(10)
+        loads[label] = list(os.getloadavg())
+    load = os.getloadavg()
+    which = {"before": f"before ({args.reference})", "after": "after (this checkout)", "": ""}
+    lines += ["# Gradient space at scale", "",
+              f"`python -m bench.dashboard {' '.join(sys.argv[1:])}` on the development machine: 2 CPU cores shared "
+              f"with other jobs (load average {load[0]:.1f} at the end of this run"
+              + "".join(f"; {lab} measured at a 1-minute load of {ld[0]:.1f}" for lab, ld in loads.items() if lab)
+              + f"), one thread per process, headless Chromium ({' '.join(FLAGS[:-1])}; software WebGL). Each page "
+              "is visited once before it is timed (the server's caches warm, as after a user's first visit).", "",
+              "| run | first render (page asked → map drawn) | epoch slider → map redrawn, median (range) | "
+              "sent per redraw | sent for the first render |", "|---|---|---|---|---|"]
+    for name, _, _ in names:
+        title = ("50,000 examples × 11 snapshots (points, WebGL)" if name == "cifar-50k"
+                 else f"{args.big:,} examples × 3 snapshots (density image + points)")
+        for label, _ in trees:
+            lines.append(row(f"{title}{', ' + which[label] if label else ''}", timings[label, name]))
+    lines.append("")
+    if maps:
+        lines += ["The UMAP map, computed once per run by the background process (`python -m core.projection`):", "",
+                  "| run | wall time | CPU time (what an unloaded core would take) | peak memory (max RSS) | "
+                  "rows fitted | rows placed by nearest neighbours |", "|---|---|---|---|---|---|"]
+        for name, m in maps.items():
+            lines.append(f"| {name} | {m['seconds']:.0f} s | {m.get('cpu_seconds', float('nan')):.0f} s | "
+                         f"{m['max_rss_mb']:.0f} MB{m['note']} | {m['n_fit']:,} | {m['n_placed']:,} |")
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

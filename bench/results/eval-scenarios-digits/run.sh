@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The digits grid of docs/results.md ("three settings"): pretrain, pick targets, craft one
+# poison set per target and scenario, then `poisonlens evaluate` scenario by scenario (transfer,
+# finetune, scratch; each resumable), then the combined tables. Runs go to $OUT (not in git);
+# the tables are copied next to this script.
+set -euo pipefail
+export OMP_NUM_THREADS=1
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+OUT=${OUT:-/work/evalruns/scenarios-digits}
+PY="$ROOT/.venv/bin/python"
+PL="$ROOT/.venv/bin/poisonlens"
+N_SETS=${N_SETS:-3}
+SCHED="--epochs 12 --snapshot-every 2 --drop-after 2 --stop-after 10 --width 32"
+DEFENSES=${DEFENSES:-clean,none,epic-0.2,random-0.2,deepknn,spectral,activation-clustering,loss}
+cd "$ROOT"
+mkdir -p "$OUT/poisons"/{scratch,transfer,finetune}
+t0=$(date +%s)
+# the pretrained model: 30 epochs on the pretraining split (fixed, whatever the victim's SCHED)
+$PL evaluate --dataset digits --pretrain-only --pretrain-epochs 30 --epochs 20 --out "$OUT"
+MODEL="$OUT/pretrained/digits/seed0/checkpoints/model.pt"
+[ -f "$OUT/pairs.txt" ] || $PY "$HERE/pick_targets.py" "$MODEL" digits "$N_SETS" > "$OUT/pairs.txt"
+echo "pretrain + pick: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
+# craft SCENARIO: one poison set per picked pair (skips sets already crafted)
+craft() {
+  local scen=$1 i=0 target adv name dest t1 args
+  while read -r target adv; do
+    i=$((i + 1)); name=$(printf "set%02d" $i)
+    dest="$OUT/poisons/$scen/$name"
+    [ -f "$dest.npz" ] && continue
+    t1=$(date +%s)
+    case $scen in
+      transfer) args=(--attack feature-collision --eps 32 --surrogate "$MODEL") ;;
+      finetune) args=(--attack gradient-matching --eps 32 --surrogate "$MODEL" --param restarts=1) ;;
+      scratch)  args=(--attack gradient-matching --eps 32 --param restarts=1 --param 'surrogate_epochs=[20]') ;;
+    esac
+    $PL craft --dataset digits "${args[@]}" --target-index "$target" --adv-class "$adv" \
+      --budget 0.05 --seed $i --out "$OUT/craft/$scen/$name" --overwrite --quiet < /dev/null
+    cp "$OUT/craft/$scen/$name/poisons.npz" "$dest.npz.tmp" && mv "$dest.npz.tmp" "$dest.npz"
+    echo "craft $scen $name target $target adv $adv: $(( $(date +%s) - t1 )) s" | tee -a "$OUT/times.txt"
+  done < "$OUT/pairs.txt"
+}
+# evaluate SCENARIO (resumable)
+evaluate() {
+  local t1
+  t1=$(date +%s)
+  $PL evaluate --dataset digits --poisons "$OUT/poisons" --scenarios "$1" --seeds 0,1,2 \
+    --defenses $DEFENSES $SCHED --jobs "${JOBS:-2}" --quiet --out "$OUT" > "$OUT/summary-$1.md"
+  echo "evaluate $1: $(( $(date +%s) - t1 )) s" | tee -a "$OUT/times.txt"
+}
+# Steps as arguments, e.g. `run.sh craft:transfer eval:transfer` (default: all, the new
+# settings first; scratch, measured before at one seed, last).
+STEPS=${*:-craft:transfer eval:transfer craft:finetune eval:finetune craft:scratch eval:scratch tables}
+for step in $STEPS; do
+  case $step in
+    craft:*) craft "${step#craft:}" ;;
+    eval:*) evaluate "${step#eval:}" ;;
+    tables)
+$PL evaluate --dataset digits --poisons "$OUT/poisons" --scenarios transfer,finetune,scratch \
+  --seeds 0,1,2 --defenses $DEFENSES $SCHED --quiet --out "$OUT" > /dev/null
+      cp "$OUT"/{runs.csv,detection.csv,summary.csv,summary.md,pairs.txt,times.txt} "$HERE/" ;;
+  esac
+done

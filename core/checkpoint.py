@@ -1,0 +1,252 @@
+"""Checkpoints and the run's writer lock: what makes ``--resume`` safe.
+
+- :func:`save_checkpoint` / :func:`load_checkpoint`: ``checkpoints/last.pt`` holds tensors and
+  plain containers only and is read with ``torch.load(weights_only=True, map_location=...)``,
+  so a run started on a GPU resumes on a CPU and the other way round. Any file torch refuses
+  (truncated, empty, not a checkpoint, or one that asks to build Python objects) becomes one
+  :class:`~core.errors.InputError` line naming the file, never torch's multi-line message.
+- :class:`RunLock`: ``<run>/writer.lock`` holds the writing process's pid and host. A second
+  writer is refused while that process lives; a lock left by a dead process is taken over.
+- :func:`remove_temp_files`: temporaries left by an atomic write that was killed midway
+  (``.<name>.<random>.tmp``, see :mod:`core.store`) are removed when a writer opens the run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import socket
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from core.errors import InputError
+from core.store import CHECKPOINTS, SNAPSHOTS, atomic_write_bytes, read_parquet
+
+LAST = "last.pt"
+FINAL = "model.pt"
+LOCK = "writer.lock"
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "active", "dropped_epoch")
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically write ``state`` (tensors, numbers, strings, lists and dicts only) to ``path``.
+
+    Parameters
+    ----------
+    path : the checkpoint file, e.g. ``<run>/checkpoints/last.pt``
+    state : for ``last.pt``: epoch (int), model and optimizer state dicts, active (bool tensor
+        of shape (n_samples,)), dropped_epoch (int64 tensor of shape (n_samples,)) and,
+        under fp16 mixed precision, the grad scaler's state.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def torch_load(path: str | Path, *, map_location: torch.device | str = "cpu"):
+    """``torch.load(path, weights_only=True)`` whose every failure is one :class:`InputError` line.
+
+    Parameters
+    ----------
+    path : a file written by ``torch.save``
+    map_location : where the tensors are put (the device this process runs on)
+
+    Raises
+    ------
+    InputError
+        ``<path>: missing file``, ``<path>: not a readable torch file (...)`` for a truncated,
+        empty or foreign file, and ``<path>: refused: ...`` for a file that asks to build Python
+        objects other than tensors (nothing from it is run).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "missing file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (a write was interrupted?)")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about foreign pickle protocols on stderr: the refusal says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message is many lines and suggests weights_only=False, which would run the
+        # file's code: never pass that on.
+        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+            raise InputError(
+                path, "refused: it asks to build Python objects other than tensors"
+            ) from None
+        raise InputError(path, "not a readable torch file (truncated or another format)") from None
+    except Exception:  # the unpickler fails in many ways on foreign bytes (IndexError, ...)
+        raise InputError(path, "not a readable torch file (truncated or another format)") from None
+
+
+def load_checkpoint(path: Path, *, n_samples: int, map_location: torch.device | str) -> dict:
+    """Read and check ``last.pt``; returns its dict with tensors on ``map_location``.
+
+    Parameters
+    ----------
+    path : ``<run>/checkpoints/last.pt``
+    n_samples : the training set's size; the masks in the checkpoint must have this length
+    map_location : the device the resumed run trains on
+
+    Raises
+    ------
+    InputError
+        naming ``path``, for any file that is not a checkpoint of this run.
+    """
+    state = torch_load(path, map_location=map_location)
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        raise InputError(path, f"not a poisonlens checkpoint (needs keys {', '.join(CHECKPOINT_KEYS)})")
+    masks_ok = all(
+        isinstance(state[k], torch.Tensor) and tuple(state[k].shape) == (n_samples,)
+        for k in ("active", "dropped_epoch")
+    )
+    if not masks_ok:
+        raise InputError(path, f"masks do not fit this run's {n_samples} training examples")
+    if not isinstance(state["epoch"], int) or state["epoch"] < 0:
+        raise InputError(path, "epoch must be an integer >= 0")
+    if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict):
+        raise InputError(path, "model and optimizer must be state dicts")
+    return state
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A model state dict (e.g. another run's ``checkpoints/model.pt``) for ``--pretrained``.
+
+    Returns
+    -------
+    dict mapping parameter names to CPU tensors.
+
+    Raises
+    ------
+    InputError
+        naming ``path``: a missing, foreign, truncated or malicious file, or one that is not a
+        mapping of names to tensors.
+    """
+    state = torch_load(path, map_location="cpu")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise InputError(path, "not a model state dict (names -> tensors)")
+    return state
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A Parquet table of the run (metrics, targets) that must be readable to resume.
+
+    Raises
+    ------
+    InputError
+        ``<path>: unreadable Parquet (...)`` for a truncated or foreign file, in one line.
+    """
+    try:
+        return read_parquet(path)
+    except FileNotFoundError:
+        raise InputError(path, "missing file") from None
+    except (OSError, pa.ArrowException, ValueError) as err:
+        first = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise InputError(path, f"unreadable Parquet ({first})") from None
+
+
+# --- the writer lock and leftovers -----------------------------------------------------------
+
+
+class RunLock:
+    """Context manager: hold ``<run>/writer.lock`` while this process writes the run.
+
+    The lock file is created with ``O_EXCL`` and holds ``{"pid": ..., "host": ...}``. A lock
+    whose process is gone (same host, no such pid) is stale and taken over; a live one, or one
+    from another host (whose pid cannot be checked), is refused with an :class:`InputError`.
+    On entry, temporary files left by interrupted atomic writes are removed.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self.held = False
+        self.made_dir = False
+
+    def __enter__(self) -> RunLock:
+        self.made_dir = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _read_lock(self.path)
+                if _lock_is_live(owner, me["host"]):
+                    where = "" if owner.get("host") == me["host"] else f" on {owner.get('host')}"
+                    raise InputError(
+                        self.path.parent,
+                        f"run is being written by process {owner.get('pid')}{where}",
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            remove_temp_files(self.path.parent)
+            return self
+        raise InputError(self.path, "could not take the lock (another writer keeps taking it)")
+
+    def __exit__(self, *exc) -> None:
+        if self.held and _read_lock(self.path).get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.held = False
+        if self.made_dir and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()  # a run that failed before writing anything leaves no folder
+
+
+def _read_lock(path: Path) -> dict:
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # unreadable or half-written: treated as stale
+    return owner if isinstance(owner, dict) else {}
+
+
+def _lock_is_live(owner: dict, host: str) -> bool:
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if owner.get("host") != host:
+        return True  # cannot check a process on another machine: refuse rather than share
+    if pid == os.getpid():
+        return False  # our own leftover (e.g. a test that resumes in the same process)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete ``.*.tmp`` files left by killed atomic writes in the run's own folders.
+
+    Only the folders the trainer writes (the run, ``checkpoints/``, ``snapshots/``); the
+    projection folder is left alone, since a projector may be writing there right now.
+
+    Returns
+    -------
+    list of the removed paths
+    """
+    run_dir = Path(run_dir)
+    removed = []
+    for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / SNAPSHOTS):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                if tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+    return removed

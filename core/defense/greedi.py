@@ -1,0 +1,484 @@
+"""GreeDi (Mirzasoleiman et al., NeurIPS 2013): facility location on classes too big for one kernel.
+
+Exact greedy facility location holds (or recomputes) an n_c x n_c kernel per class, which at
+100,000 examples a class is 40 GB. GreeDi splits the work in two rounds:
+
+1. :func:`partition_plan` splits each class's active examples into seeded random partitions of
+   at most ``partition_size``; :func:`greedy_on_partition` runs the exact lazy greedy of
+   :mod:`core.defense.facility_location` on one partition's dense kernel, choosing
+   ``ceil(OVERSAMPLE * K_c * |P| / n_c)`` examples (``OVERSAMPLE`` times its share of the
+   class's budget, so the second round has a choice to make).
+2. :func:`merge_picks` runs exact lazy greedy again with the union of a class's picks as the
+   candidates, maximising F over the *whole* class (every example counts, not a sample): the
+   kernel rows candidate x class are computed when scored, never held as a matrix. The final
+   medoids' rows give each example its most similar medoid on the way (ties to the medoid
+   chosen first, as in the exact path), so cluster sizes and isolation are decided against
+   the whole class in O(n_c) memory.
+
+Round 1 is embarrassingly parallel: :func:`run_partitions` runs the partitions in a thread
+pool (the compiled kernels release the GIL). Under torch DDP rank ``r`` runs the partitions
+``i % world_size == r`` of the same plan (it depends only on the labels, the active mask and
+the seed), the picks are gathered, and rank 0 merges and decides (see
+:func:`core.defense.epic.plan` and :func:`core.defense.epic.finish_selection`)::
+
+    parts, _ = plan(labels, active=active, config=config, n_classes=n_classes)
+    mine = {i: greedy_on_partition(grads, parts[i]) for i in range(rank, len(parts), world)}
+    # ... gather the dicts on rank 0, then, there:
+    selection = finish_selection(grads, labels, parts, picks, active=active, config=config)
+
+With one partition per class the decisions are exact greedy's (the first K of a longer
+greedy run are the K-step run, and the merge re-scores the same kernel to a float32 ulp).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from core.defense.facility_location import (
+    _BLOCK_ROWS,
+    Clustering,
+    Kernel,
+    _check_budget,
+    _sift_down,
+    gains,
+    lazy_greedy,
+)
+
+# Each partition chooses three times its share of the class's budget. Measured at 50,000 x 10
+# classes, subset 0.1, partitions of 1,000 and 2,500 (bench/select.py), the isolated set's
+# Jaccard with exact greedy is 0.35-0.49 with 1 (the union is about K_c, the merge can only
+# reorder it), 0.89-0.93 with 2, 0.97-0.98 with 3 and 0.99 with 4; each step costs one more
+# K_c x n_c of kernel rows in the merge.
+OVERSAMPLE = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class Partition:
+    """One partition of one class: the unit of work of GreeDi's first round.
+
+    Attributes
+    ----------
+    label : the class
+    index : int64 array of shape (n_part,), global row indices, ascending
+    budget : number of examples greedy chooses in it, 1 <= budget <= n_part
+    """
+
+    label: int
+    index: np.ndarray
+    budget: int
+
+
+def partition_plan(
+    labels: np.ndarray,
+    k: np.ndarray,
+    *,
+    active: np.ndarray | None = None,
+    partition_size: int = 10_000,
+    random_state: int = 0,
+) -> list[Partition]:
+    """Split each class's active examples into random partitions of at most ``partition_size``.
+
+    Class c's n_c active examples are shuffled with the seed ``[random_state, c]`` and cut into
+    ``ceil(n_c / partition_size)`` parts whose sizes differ by at most one. Every rank of a
+    distributed run computes the same plan from the same inputs, without communicating.
+
+    Parameters
+    ----------
+    labels : int array of shape (n_samples,)
+    k : int array of shape (n_classes,), the class budgets K_c (see :func:`epic.budgets`)
+    active : bool array of shape (n_samples,), the examples taking part (default: all)
+    partition_size : int >= 1, the largest partition
+    random_state : non-negative int
+
+    Returns
+    -------
+    plan : list of Partition, classes in ascending order, each class's parts consecutive;
+        every active example of a class with K_c > 0 is in exactly one part
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if active is None:
+        active = np.ones(len(labels), dtype=bool)
+    if partition_size < 1:
+        raise ValueError(f"partition_size must be >= 1, got {partition_size!r}")
+    plan = []
+    for c in np.flatnonzero(np.asarray(k) > 0):
+        members = np.flatnonzero(active & (labels == c))
+        n_c = len(members)
+        n_parts = max(1, -(-n_c // partition_size))
+        if n_parts > 1:
+            members = np.random.default_rng([random_state, int(c)]).permutation(members)
+        for part in np.array_split(members, n_parts):
+            share = OVERSAMPLE * int(k[c]) * len(part) / n_c
+            budget = min(len(part), max(1, math.ceil(share)))
+            plan.append(Partition(int(c), np.sort(part), int(budget)))
+    return plan
+
+
+def greedy_on_partition(
+    grads: np.ndarray, part: Partition, *, metric: str = "euclidean"
+) -> np.ndarray:
+    """GreeDi's first round on one partition: exact lazy greedy on its dense kernel.
+
+    Parameters
+    ----------
+    grads : float array of shape (n_samples, n_classes), the whole snapshot (read as float32)
+    part : Partition from :func:`partition_plan`
+    metric : {'euclidean', 'cosine'}
+
+    Returns
+    -------
+    picks : int64 array of shape (part.budget,), global indices in the order chosen
+    """
+    kernel = Kernel(np.asarray(grads)[part.index], metric=metric)
+    run = lazy_greedy(kernel.matrix(), part.budget)
+    return part.index[run.order]
+
+
+_jit = numba.njit(cache=True, nogil=True)
+# Rows of the merge are cached sparsely once few of their entries can still add gain; the
+# cache holds at most this many (index, similarity) pairs per class (8 bytes each).
+_POOL_ENTRIES = 16_000_000
+SPARSE_DIV = 64
+# Merge steps run as plain greedy over numpy row blocks before the compiled lazy greedy.
+BATCH_STEPS = 2
+
+
+@_jit
+def _eval_row(Z, Zt, j, euclidean, self_sim, cur, rad2, acc):  # pragma: no cover - compiled
+    # Row j of the kernel where it may exceed the cover, -1 elsewhere, into acc; returns its
+    # gain sum_i max(0, s_ji - cur_i) (ascending i, float64) and how many entries add to it.
+    # s_ji is computed as Kernel.rows does (float32); under euclidean only for the examples
+    # closer than rad2 (squared), past which s_ji cannot exceed cur_i: exp costs more than
+    # the distance, and late in the greedy almost every example is already covered better.
+    d, n = Zt.shape
+    acc[:] = 0.0
+    for f in range(d):
+        zj = Z[j, f]
+        if euclidean:
+            for i in range(n):
+                diff = Zt[f, i] - zj
+                acc[i] += diff * diff
+        else:
+            for i in range(n):
+                acc[i] += Zt[f, i] * zj
+    g = 0.0
+    count = 0
+    scale = np.float32(-1.0 / d)
+    for i in range(n):
+        if euclidean:
+            if acc[i] >= rad2[i]:
+                acc[i] = -1.0
+                continue
+            s = np.float32(math.exp(np.float32(math.sqrt(acc[i])) * scale))
+        elif i == j:
+            s = self_sim[j]
+        else:
+            s = min(max(acc[i], np.float32(-1.0)), np.float32(1.0))
+        acc[i] = s
+        v = np.float64(s) - np.float64(cur[i])
+        if v > 0.0:
+            g += v
+            count += 1
+    return g, count
+
+
+@_jit
+def _radius2(v, d):  # pragma: no cover - compiled
+    # Squared distance beyond which exp(-distance / d) cannot round above v, with slack for
+    # float32 rounding (a larger radius only costs time, never a wrong gain).
+    if v <= 0.0:
+        return np.float32(np.inf)
+    lo = np.float64(v) * (1.0 - 1e-6)
+    r = -d * math.log(lo) * 1.0001 + 1e-6
+    return np.float32(r * r)
+
+
+@_jit
+def _compact(start, length, pidx, pval):  # pragma: no cover - compiled
+    # Move the live lists to the front of the pool, in offset order; return the new end.
+    order = np.argsort(start)
+    end = 0
+    for q in order:
+        if start[q] < 0:
+            continue
+        s0 = start[q]
+        for e in range(length[q]):
+            pidx[end + e] = pidx[s0 + e]
+            pval[end + e] = pval[s0 + e]
+        start[q] = end
+        end += length[q]
+    return end
+
+
+@_jit
+def _cover(values, rows, state, t, d):  # pragma: no cover - compiled
+    # The medoid chosen at step t has similarity values[e] to example rows[e] (-1 where it
+    # cannot beat the cover): raise the cover (and its distance radius), and move the example
+    # to this medoid where it is strictly more similar (ties stay with the earlier medoid).
+    _, _, cur, best, position, rad2, _, euclidean = state
+    for e in range(rows.shape[0]):
+        i = rows[e]
+        v = values[e]
+        if v > cur[i]:
+            cur[i] = v
+            if euclidean:
+                rad2[i] = _radius2(v, d)
+        if v > best[i]:
+            best[i] = v
+            position[i] = t
+
+
+@_jit
+def _merge_greedy(Z, Zt, cand, keys, state, t0, pool_entries, sparse_max):  # pragma: no cover
+    # Exact lazy greedy over the candidate rows from step t0 on, F summed over every row of
+    # Z; keys are upper bounds computed at step t0 - 1. A candidate's row is computed in full
+    # while many of its entries exceed the cover; once at most sparse_max do, those entries
+    # are cached (cover only grows, so the others can never add gain again) and later
+    # re-scorings read the short list instead of recomputing the row. Gains are summed in
+    # ascending example order whichever way the row is read.
+    order, chosen_gains, cur, best, position, rad2, self_sim, euclidean = state
+    k = order.shape[0]
+    n = Z.shape[0]
+    m = cand.shape[0]
+    d = Z.shape[1]
+    acc = np.empty(n, np.float32)
+    pidx = np.empty(pool_entries, np.int32)
+    pval = np.empty(pool_entries, np.float32)
+    start = np.full(m, -1, np.int64)
+    length = np.zeros(m, np.int64)
+    end = 0
+    idx = np.arange(m)
+    fresh_at = np.full(m, t0 - 1, np.int64)
+    size = m
+    for pos in range(m // 2 - 1, -1, -1):
+        _sift_down(keys, idx, pos, size)
+    for t in range(t0, k):
+        while fresh_at[idx[0]] != t:
+            q = idx[0]
+            g = 0.0
+            if start[q] >= 0:
+                w = start[q]
+                for e in range(start[q], start[q] + length[q]):
+                    i = pidx[e]
+                    v = np.float64(pval[e]) - np.float64(cur[i])
+                    if v > 0.0:
+                        g += v
+                        pidx[w] = i
+                        pval[w] = pval[e]
+                        w += 1
+                length[q] = w - start[q]
+            else:
+                g, count = _eval_row(Z, Zt, cand[q], euclidean, self_sim, cur, rad2, acc)
+                if count <= sparse_max:
+                    if end + count > pool_entries:
+                        end = _compact(start, length, pidx, pval)
+                    if end + count <= pool_entries:
+                        start[q] = end
+                        for i in range(n):
+                            if acc[i] > cur[i]:
+                                pidx[end] = i
+                                pval[end] = acc[i]
+                                end += 1
+                        length[q] = count
+            keys[0] = g
+            fresh_at[q] = t
+            _sift_down(keys, idx, 0, size)
+        q = idx[0]
+        order[t], chosen_gains[t] = cand[q], keys[0]
+        size -= 1
+        if size > 0:
+            keys[0], idx[0] = keys[size], idx[size]
+            _sift_down(keys, idx, 0, size)
+        # Cover and most similar medoid. A cached list holds every entry above the cover,
+        # which is every entry that changes anything once the best similarity is the cover:
+        # always under euclidean (s > 0) after the first medoid; cosine recomputes the row.
+        if start[q] >= 0 and euclidean and t > 0:
+            _cover(
+                pval[start[q] : start[q] + length[q]],
+                pidx[start[q] : start[q] + length[q]],
+                state,
+                t,
+                d,
+            )
+        else:
+            _eval_row(Z, Zt, cand[q], euclidean, self_sim, cur, rad2, acc)
+            _cover(acc, np.arange(n), state, t, d)
+        start[q] = -1  # chosen: its list is garbage now
+
+
+def merge_picks(X: np.ndarray, candidates: np.ndarray, k: int, *, metric: str = "euclidean"):
+    """GreeDi's second round on one class: exact lazy greedy over ``candidates``, F on all of X.
+
+    Kernel rows (candidate x class) are computed when scored, one at a time; once few of a
+    row's entries can still add gain, those are cached as a short list. Memory is
+    O(n_class + 16M pairs), never n_class^2. Ties go to the lowest class-local index, so when
+    ``candidates`` holds a prefix of exact greedy's sequence on X the first ``k`` chosen are
+    exact greedy's (up to float rounding of the gain sums in near ties).
+
+    Parameters
+    ----------
+    X : array of shape (n_class, n_features), the whole class's gradients
+    candidates : int array of shape (n_candidates,), class-local indices (the union of picks)
+    k : number of medoids, 0 <= k <= n_candidates
+    metric : {'euclidean', 'cosine'}
+
+    Returns
+    -------
+    Clustering of the whole class (``order`` holds class-local indices; ``dense`` is False)
+    """
+    kernel = Kernel(X, metric=metric)
+    n = len(kernel)
+    candidates = np.unique(np.asarray(candidates, dtype=np.int64))
+    _check_budget(k, len(candidates))
+    sparse_max = max(64, n // SPARSE_DIV)
+    pool = int(min(_POOL_ENTRIES, max(1024, len(candidates) * sparse_max)))
+    euclidean = metric == "euclidean"
+    order = np.empty(k, dtype=np.int64)
+    state = (
+        order,
+        np.empty(k, dtype=np.float64),  # the gains
+        np.zeros(n, dtype=np.float32),  # cur: the cover, 0 for the empty set
+        np.full(n, -np.inf, dtype=np.float32),  # best similarity to a medoid so far
+        np.full(n, -1, dtype=np.int64),  # position (in order) of that medoid
+        np.full(n, np.inf, dtype=np.float32),  # rad2: squared distance beyond which s <= cur
+        kernel.self_similarity,
+        euclidean,
+    )
+    # The first BATCH_STEPS steps re-score every candidate anyway (after the first medoid every
+    # stale bound is far above every fresh gain), and every entry needs its exp: numpy
+    # computes those several times faster (SIMD) than the compiled loop's scalar exp, so these
+    # steps run as plain greedy over row blocks, in the arithmetic of the exact path.
+    left = candidates
+    rows = max(1, min(_BLOCK_ROWS, (1 << 22) // max(n, 1)))  # blocks of at most 16 MB
+    t0 = min(k, BATCH_STEPS)
+    keys = np.empty(0)
+    for t in range(t0):
+        keys = np.empty(len(left), dtype=np.float64)
+        for start in range(0, len(left), rows):
+            block = left[start : start + rows]
+            scored = gains(kernel.rows(block), state[2], np.arange(len(block)))
+            keys[start : start + len(block)] = scored
+        q = int(np.argmax(keys))  # the first maximum: the lowest index
+        order[t], state[1][t] = left[q], keys[q]
+        _cover(kernel.rows(left[q : q + 1])[0], np.arange(n), state, t, kernel.Z.shape[1])
+        left, keys = np.delete(left, q), np.delete(keys, q)
+    if k > t0:  # the gains of step t0 - 1 are upper bounds from step t0 on
+        _merge_greedy(kernel.Z, kernel._Zt, left, keys, state, t0, pool, sparse_max)
+    _, chosen_gains, cur, best, position = state[:5]
+    objective = float(cur.sum(dtype=np.float64))
+    distance = kernel.distance(np.arange(n), order[position]) if k else np.full(n, np.nan)
+    return Clustering(order, chosen_gains, objective, position, best, distance, False)
+
+
+def run_partitions(
+    grads: np.ndarray, plan: Sequence[Partition], *, metric: str = "euclidean", n_jobs: int = 1
+) -> list[np.ndarray]:
+    """:func:`greedy_on_partition` on every partition of ``plan``, ``n_jobs`` at a time.
+
+    Threads, not processes: the kernel and the greedy are compiled without the GIL, and threads
+    share ``grads`` instead of copying it. Each thread holds one partition's dense kernel
+    (partition_size^2 float32), so memory grows with ``n_jobs``.
+
+    Parameters
+    ----------
+    grads : float array of shape (n_samples, n_classes)
+    plan : partitions from :func:`partition_plan`
+    metric : {'euclidean', 'cosine'}
+    n_jobs : threads; -1 for every core this process may use
+
+    Returns
+    -------
+    picks : list of int64 arrays, ``picks[i]`` of shape (plan[i].budget,)
+    """
+    grads = np.asarray(grads, dtype=np.float32)
+    workers = _workers(n_jobs)
+    if workers == 1 or len(plan) <= 1:
+        return [greedy_on_partition(grads, part, metric=metric) for part in plan]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda part: greedy_on_partition(grads, part, metric=metric), plan))
+
+
+def merge_class(
+    grads: np.ndarray,
+    members: np.ndarray,
+    picks: Sequence[np.ndarray],
+    k: int,
+    *,
+    metric: str = "euclidean",
+) -> Clustering:
+    """Merge one class's partition picks (global indices) into its final clustering.
+
+    Parameters
+    ----------
+    grads : float array of shape (n_samples, n_classes)
+    members : int64 array of shape (n_class,), the class's active examples, ascending
+    picks : the class's partitions' picks, global indices
+    k : K_c
+    metric : {'euclidean', 'cosine'}
+
+    Returns
+    -------
+    Clustering over ``members`` (class-local indices, as :func:`facility_location.cluster`)
+    """
+    union = np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in picks]))
+    local = np.searchsorted(members, union)
+    return merge_picks(np.asarray(grads)[members], local, k, metric=metric)
+
+
+def _workers(n_jobs: int | None) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if n_jobs is None or n_jobs == 0:
+        return 1
+    return max(1, cores or 1) if n_jobs < 0 else int(n_jobs)
+
+
+def timed_merges(
+    grads: np.ndarray,
+    labels: np.ndarray,
+    active: np.ndarray,
+    plan: Sequence[Partition],
+    picks: Sequence[np.ndarray],
+    k: np.ndarray,
+    *,
+    metric: str = "euclidean",
+    n_jobs: int = 1,
+) -> dict[int, tuple[np.ndarray, Clustering, float]]:
+    """:func:`merge_class` for every class of ``plan``, ``n_jobs`` classes at a time.
+
+    Parameters
+    ----------
+    grads : float array of shape (n_samples, n_classes)
+    labels : int array of shape (n_samples,)
+    active : bool array of shape (n_samples,)
+    plan : list of Partition; picks : its picks, ``picks[i]`` for ``plan[i]``
+    k : int array of shape (n_classes,), the class budgets
+    metric : {'euclidean', 'cosine'}
+    n_jobs : threads; -1 for every core
+
+    Returns
+    -------
+    {class: (members, Clustering, seconds)}
+    """
+    by_class: dict[int, list[np.ndarray]] = {}
+    for part, chosen in zip(plan, picks, strict=True):
+        by_class.setdefault(part.label, []).append(chosen)
+
+    def one(c: int) -> tuple[int, tuple[np.ndarray, Clustering, float]]:
+        start = time.perf_counter()
+        members = np.flatnonzero(active & (labels == c))
+        fit = merge_class(grads, members, by_class[c], int(k[c]), metric=metric)
+        return c, (members, fit, time.perf_counter() - start)
+
+    workers = _workers(n_jobs)
+    if workers == 1 or len(by_class) <= 1:
+        return dict(one(c) for c in by_class)
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(pool.map(one, list(by_class)))

@@ -1,0 +1,108 @@
+"""The evaluate grid end to end on digits: three scenarios, one process per run, a killed grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.cli import main
+from core.evaluate import cell_config, plan_grid, run_cells
+from core.store import RUN_JSON, open_run
+from tests.conftest import REPO, tiny_config
+from tests.test_evaluate import label_flip_set
+
+TINY = ["--epochs", "2", "--width", "4", "--snapshot-every", "1", "--drop-after", "0",
+        "--stop-after", "2", "--seeds", "0", "--quiet"]
+TIMING = ["epoch_seconds", "eval_seconds", "snapshot_seconds", "defense_seconds"]
+# Each run is its own process (~3 s of imports on an idle core); on the shared 2-core machine
+# a process can take a minute, so these end-to-end tests get more than the default timeout.
+pytestmark = pytest.mark.timeout(2400)
+
+
+def without_timings(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The metrics table less its wall-clock columns (and the defense's own timings)."""
+    info = [json.loads(i) if i else {} for i in metrics["defense_info"]]
+    for i in info:
+        i.pop("seconds", None)
+    return metrics.drop(columns=TIMING).assign(defense_info=[json.dumps(i) for i in info])
+
+
+@pytest.fixture
+def one_set(tmp_path) -> Path:
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    label_flip_set(folder / "a.npz", 20, 0)
+    return folder
+
+
+def test_a_grid_of_all_three_scenarios_finishes_and_writes_the_tables(one_set, tmp_path):
+    out = tmp_path / "out"
+    assert main(["evaluate", "--poisons", str(one_set), "--scenarios", "scratch,transfer,finetune",
+                 "--defenses", "clean,spectral", "--pretrain-epochs", "1", *TINY, "--out", str(out)]) == 0
+    pretrained = out / "pretrained" / "digits" / "seed0"
+    assert open_run(pretrained).status == "finished"
+    assert open_run(pretrained).config["tags"]["role"] == "pretrain"
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs.scenario.unique()) == ["finetune", "scratch", "transfer"]
+    assert len(runs) == 3 * 2  # per scenario: the control read out on set a, and spectral
+    for scenario in ("transfer", "finetune"):
+        config = open_run(out / "runs" / scenario / "a__spectral__seed0").config
+        assert config["scenario"] == scenario
+        assert config["pretrained"] == str(pretrained / "checkpoints" / "model.pt")
+        assert config["tags"]["scenario"] == scenario
+    spectral = runs[runs.defense == "spectral"]
+    assert spectral.n_dropped.gt(0).all() and spectral.roc_auc.notna().all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 6 and {"attack_success_lo", "controlled_success_hi"} <= set(summary)
+    md = (out / "summary.md").read_text()
+    assert all(f"#### {s}" in md for s in ("scratch", "transfer", "finetune"))
+
+
+def test_the_same_cell_trained_twice_gives_identical_metrics(one_set, tmp_path):
+    cells = [plan_grid([one_set / "a.npz"], ["epic-0.2"], [0], tmp_path / f"out{i}")[0]
+             for i in range(2)]
+    base = tiny_config(epochs=3, snapshot_every=1)
+    run_cells([(c, cell_config(base, c)) for c in cells], n_jobs=2, show_progress=False)
+    first, second = (without_timings(open_run(c.run_dir).metrics()) for c in cells)
+    pd.testing.assert_frame_equal(first, second)
+    assert first["n_dropped"].iloc[-1] > 0
+    a, b = (open_run(c.run_dir).snapshot(3) for c in cells)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_killed_grid_resumes_where_it_stopped(one_set, tmp_path):
+    out = tmp_path / "out"
+    args = ["evaluate", "--poisons", str(one_set), "--defenses", "none,loss,spectral",
+            "--epochs", "4", "--width", "4", "--seeds", "0", "--jobs", "1", "--quiet",
+            "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from core.cli import main; "
+                             "sys.exit(main(sys.argv[1:]))", *args], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    root = out / "runs" / "scratch"
+    deadline = time.monotonic() + 600
+    finished = []
+    while time.monotonic() < deadline and not finished:
+        time.sleep(0.5)
+        finished = [p for p in root.glob("*/") if (p / RUN_JSON).is_file()
+                    and open_run(p).status == "finished"]
+    assert finished, "no run finished in time"
+    os.killpg(proc.pid, signal.SIGKILL)  # the grid and the run it was training
+    proc.wait()
+    created = {p: json.loads((p / RUN_JSON).read_text())["created"] for p in finished}
+    assert len(finished) < 3  # killed before the end
+
+    assert main(args) == 0
+    for path, stamp in created.items():  # finished runs were not redone
+        assert json.loads((path / RUN_JSON).read_text())["created"] == stamp
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 3
+    assert all(open_run(p).status == "finished" for p in root.glob("*/"))
