@@ -399,16 +399,21 @@ def epoch_share(cifar: Path, epochs: int) -> list[str]:
 
 
 def greedi_worker(spec: str, n: int, subset: float, out: str) -> None:
-    """One EPIC selection in this fresh process: ``spec`` is 'exact' or 'greedi:P:JOBS'."""
+    """One EPIC selection in this fresh process: ``spec`` is 'exact' or 'greedi:P:JOBS:SAMPLE'."""
     from core.defense.epic import select
 
     grads, labels = softmax_minus_onehot(n)
     if spec == "exact":
         options = {"method": "exact"}
     else:
-        _, size, jobs = spec.split(":")
-        options = {"method": "greedi", "partition_size": int(size), "n_jobs": int(jobs)}
-    select(grads[:200], labels[:200], subset_size=0.1, **{**options, "partition_size": 10})
+        _, size, jobs, sample = spec.split(":")
+        options = {
+            "method": "greedi",
+            "partition_size": int(size),
+            "n_jobs": int(jobs),
+            "merge_sample": int(sample),
+        }
+    select(grads[:200], labels[:200], subset_size=0.1, **{**options, "partition_size": 10, "merge_sample": 5})
     rss_start = _memory_mb("VmRSS")
     t0, cpu0 = time.perf_counter(), time.process_time()
     chosen = select(grads, labels, subset_size=subset, **options)
@@ -448,26 +453,34 @@ def run_greedi_worker(spec: str, n: int, subset: float, timeout: float) -> dict:
 
 
 def greedi_bench(
-    sizes: list[int], partitions: list[int], jobs: int, exact_max: int, timeout: float
+    sizes: list[int],
+    partitions: list[int],
+    samples: list[int],
+    jobs: int,
+    exact_max: int,
+    timeout: float,
 ) -> list[str]:
     """GreeDi against exact greedy on the same inputs (subset 0.1), each run a fresh process."""
     lines = [
-        "| N | method | partition size | threads | time (s) | CPU (s) | peak RSS (MB) "
-        "| objective | vs exact | isolated | Jaccard vs exact |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | method | partition size | merge sample | threads | time (s) | CPU (s) "
+        "| peak RSS (MB) | objective | vs exact | isolated | Jaccard vs exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
         exact = run_greedi_worker("exact", n, 0.1, timeout) if n <= exact_max else None
-        runs = [("exact", "", 1, exact)] if exact is not None else []
+        runs = [("exact", "", "", 1, exact)] if exact is not None else []
         for size in partitions:
             if size >= n // N_CLASSES:
                 continue  # one partition per class: GreeDi runs exact greedy
-            spec = f"greedi:{size}:{jobs}"
-            runs.append(("greedi", f"{size:,}", jobs, run_greedi_worker(spec, n, 0.1, timeout)))
-        for method, size, threads, res in runs:
-            print(n, method, size, {k: v for k, v in res.items() if np.isscalar(v)}, flush=True)
+            for sample in samples:
+                spec = f"greedi:{size}:{jobs}:{sample}"
+                res = run_greedi_worker(spec, n, 0.1, timeout)
+                runs.append(("greedi", f"{size:,}", f"{min(sample, n // N_CLASSES):,}", jobs, res))
+        for method, size, sample, threads, res in runs:
+            print(n, method, size, sample, {k: v for k, v in res.items() if np.isscalar(v)})
+            head = f"| {n:,} | {method} | {size} | {sample} | {threads} |"
             if "error" in res:
-                lines.append(f"| {n:,} | {method} | {size} | {threads} | {res['error']} |||||||")
+                lines.append(f"{head} {res['error']} |||||||")
                 continue
             ok = exact is not None and "error" not in exact
             gap = (
@@ -475,7 +488,7 @@ def greedi_bench(
             )
             jac = f"{jaccard(res['isolated'], exact['isolated']):.3f}" if ok else "(no exact run)"
             lines.append(
-                f"| {n:,} | {method} | {size} | {threads} | {res['seconds']:.1f} | "
+                f"{head} {res['seconds']:.1f} | "
                 f"{res['cpu']:.1f} | {res['peak_mb']:,.0f} | {res['objective']:,.1f} | {gap} | "
                 f"{len(res['isolated']):,} | {jac} |"
             )
@@ -509,6 +522,9 @@ def main() -> None:
         "'## GreeDi' section of --out",
     )
     parser.add_argument("--partition-sizes", type=int, nargs="+", default=[1000, 2500, 10_000])
+    parser.add_argument(
+        "--merge-samples", type=int, nargs="+", default=[10_000], help="GreeDi merge_sample"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="GreeDi threads")
     parser.add_argument("--exact-max", type=int, default=200_000, help="largest N run exactly")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
@@ -536,7 +552,12 @@ def main() -> None:
             "work; CPU / threads is the wall time on idle cores).",
             "",
             *greedi_bench(
-                args.sizes, args.partition_sizes, args.jobs, args.exact_max, args.timeout
+                args.sizes,
+                args.partition_sizes,
+                args.merge_samples,
+                args.jobs,
+                args.exact_max,
+                args.timeout,
             ),
         ]
         write_greedi_section(args.out, lines)

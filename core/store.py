@@ -365,10 +365,12 @@ def _table_info(path: Path) -> tuple[int, list[str]]:
 def _read_npy(path: Path, *, ndim: int, mmap: bool) -> np.ndarray:
     """A uint8 array of ``ndim`` dimensions from a .npy file (no pickles, nothing else)."""
     try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        # Always map first: a header that claims more bytes than the file holds is refused by
+        # the mapping, before anything of the claimed size is allocated.
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError as err:
         raise DamagedFile(path, "missing file") from err
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, MemoryError) as err:
         raise DamagedFile(path, f"damaged .npy file ({_first_line(err)})") from err
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != ndim:
         found = (
@@ -377,7 +379,7 @@ def _read_npy(path: Path, *, ndim: int, mmap: bool) -> np.ndarray:
             else type(array).__name__
         )
         raise DamagedFile(path, f"expected a {ndim}-D uint8 array, found {found}")
-    return array
+    return array if mmap else np.array(array)
 
 
 @dataclass(frozen=True)

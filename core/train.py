@@ -46,7 +46,15 @@ from core.device import fits_on_device, resolve_device, seeded_generator
 from core.errors import InputError
 from core.models import Classifier, build_model
 from core.snapshot import forward_batched, model_device, storage_projection
-from core.store import CHECKPOINTS, METRICS, RUN_JSON, TARGETS, RunWriter, open_run
+from core.store import (
+    CHECKPOINTS,
+    METRICS,
+    RUN_JSON,
+    TARGETS,
+    RunWriter,
+    json_default,
+    open_run,
+)
 
 # The columns of metrics.parquet, a row per epoch (docs/run-format.md), in this order:
 METRICS_COLUMNS: tuple[str, ...] = (
@@ -560,7 +568,7 @@ def snapshot_phase(state: TrainState, epoch: int) -> SnapshotPhase:
         "snapshot_seconds": t1 - t0,
         "defense_seconds": t2 - t1,
         "n_new_drops": int(new.sum()),
-        "defense_info": json.dumps(result.info, default=_jsonable),
+        "defense_info": json.dumps(result.info, default=json_default),
     }
     return SnapshotPhase(table, new, target_row(epoch, target, state.projection), metrics)
 
@@ -779,11 +787,3 @@ def _to_cpu(obj):
     if isinstance(obj, list | tuple):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
-
-
-def _jsonable(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)

@@ -302,37 +302,16 @@ def gradient_map_figure(points: pd.DataFrame, *, class_names: list[str], x_range
             customdata=np.array([-1], np.int32),
             hovertemplate="<b>target</b> (test image)<br>gradient for the attacker's class<extra></extra>",
         ))
-    legend_title = "click an entry to hide / show it:"
-    bottom = _legend_margin([legend_title] + [t.name for t in fig.data if t.showlegend is not False and t.name])
     fig.update_layout(
-        # fixed margins (autoexpand off, room for the legend reserved here): plotly's automatic
-        # margins redraw every WebGL trace a second time whenever the legend's counts change,
-        # which was most of a slider redraw's cost in the browser
-        height=height, margin=dict(l=30, r=10, t=30, b=bottom, autoexpand=False), font=PLOT_FONT,
-        legend=dict(title=dict(text=legend_title), itemsizing="constant", orientation="h",
-                    yanchor="top", y=-30 / max(1, height - 30 - bottom), xanchor="left", x=0),
+        height=height, margin=dict(l=10, r=10, t=30, b=10), font=PLOT_FONT,
+        legend=dict(title=dict(text="click an entry to hide / show it:"), itemsizing="constant", orientation="h",
+                    yanchor="top", y=-0.04, xanchor="left", x=0),
         uirevision=f"map-{by_cluster}-{x_range}-{y_range}", plot_bgcolor="#fafafa", dragmode="pan",  # click = open; box / lasso from the modebar
         images=images, meta=dict(notes=notes),
     )
-    axes = dict(showticklabels=False, zeroline=False, showgrid=False, automargin=False, title_standoff=4)
-    fig.update_xaxes(range=x_range, title_text=f"{method} 1", **axes)
-    fig.update_yaxes(range=y_range, title_text=f"{method} 2", **axes)
+    fig.update_xaxes(range=x_range, title_text=f"{method} 1", showticklabels=False, zeroline=False, showgrid=False)
+    fig.update_yaxes(range=y_range, title_text=f"{method} 2", showticklabels=False, zeroline=False, showgrid=False)
     return fig
-
-
-LEGEND_WIDTH = 900  # px a horizontal legend may assume per row (a narrow window wraps more)
-
-
-def _legend_margin(names: list[str]) -> int:
-    """Bottom margin in px that holds the axis title and a horizontal legend of ``names``
-    (entries packed greedily into rows of ``LEGEND_WIDTH`` px, about 7 px per character)."""
-    rows, used = 1, 0
-    for name in names:
-        width = 46 + 7 * len(name)
-        if used and used + width > LEGEND_WIDTH:
-            rows, used = rows + 1, 0
-        used += width
-    return 40 + 22 * rows
 
 
 def _value_range(values: np.ndarray) -> tuple[float, float]:

@@ -330,3 +330,18 @@ def test_runs_on_an_empty_folder_points_at_the_sample(tmp_path, capsys):
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"no runs in {tmp_path}" in out and "sample_data/runs" in out
+
+
+def test_a_target_image_whose_header_claims_58_tib_is_one_damaged_file_error(tmp_path):
+    """The .npy header is checked against the file's size before any allocation."""
+    import numpy as np
+
+    from core.store import DamagedFile, _read_npy
+
+    path = tmp_path / "target.npy"
+    header = {"descr": "|u1", "fortran_order": False, "shape": (4_000_000, 4_000_000, 4)}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 64)
+    with pytest.raises(DamagedFile, match="target.npy"):
+        _read_npy(path, ndim=3, mmap=False)

@@ -100,9 +100,10 @@ def test_the_plan_really_splits_the_planted_classes():
     subset_size=st.floats(0.02, 1),
     partition_size=st.integers(1, 80),
     inactive=st.floats(0, 0.5),
+    merge_sample=st.integers(1, 300),
 )
 def test_budgets_masks_and_assignments_hold_under_greedi(
-    seed, n, subset_size, partition_size, inactive
+    seed, n, subset_size, partition_size, inactive, merge_sample
 ):
     grads, labels = snapshot_grads(n, seed=seed)
     active = np.random.default_rng(seed).random(n) >= inactive
@@ -113,6 +114,7 @@ def test_budgets_masks_and_assignments_hold_under_greedi(
         subset_size=subset_size,
         method="greedi",
         partition_size=partition_size,
+        merge_sample=merge_sample,
     )
     counts = np.bincount(labels[active], minlength=3)
     assert np.array_equal(out.k, budgets(counts, subset_size))
@@ -263,3 +265,51 @@ def test_bad_greedi_options_are_clear_errors(options, message):
     grads, labels = snapshot_grads(30, seed=10)
     with pytest.raises(ValueError, match=message):
         select(grads, labels, **options)
+
+
+# --------------------------------------------------------------------------- the sampled merge
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_assign_gives_each_example_its_most_similar_medoid_ties_to_the_first(metric):
+    grads, labels = snapshot_grads(700, seed=11)
+    X = np.concatenate([grads[labels == 1], np.zeros((5, 3), np.float32)])  # zero rows tie
+    kernel = Kernel(X, metric=metric)
+    order = np.random.default_rng(0).permutation(len(X))[:300]  # more than one block of 256
+    position, best = greedi.assign(kernel, order)
+    S = kernel.matrix()[:, order]
+    top = S.max(axis=1)
+    assert np.array_equal(position, np.argmax(S == top[:, None], axis=1))
+    np.testing.assert_allclose(best, top, rtol=2e-7)
+
+
+def test_a_sampled_merge_still_assigns_every_example_of_the_class():
+    grads, labels = snapshot_grads(900, seed=12)
+    X = grads[labels == 2]
+    candidates = np.arange(0, len(X), 3)
+    fit = greedi.merge_picks(X, candidates, 20, sample=50, random_state=1)
+    assert len(fit.order) == 20 and set(fit.order) <= set(candidates)
+    S = Kernel(X, metric="euclidean").matrix()[:, fit.order]
+    best = S.max(axis=1)
+    assert np.array_equal(fit.assignment, np.argmax(S == best[:, None], axis=1))
+    np.testing.assert_allclose(fit.objective, best.sum(dtype=np.float64), rtol=1e-6)
+    again = greedi.merge_picks(X, candidates, 20, sample=50, random_state=1)
+    assert np.array_equal(fit.order, again.order)
+    whole = greedi.merge_picks(X, candidates, 20)
+    assert np.array_equal(greedi.merge_picks(X, candidates, 20, sample=len(X)).order, whole.order)
+
+
+def test_a_sampled_merge_maximises_f_on_its_sample():
+    # Four points near the origin, two near (3, 0); one candidate in each group. On the whole
+    # class the origin's candidate covers more. Sampling one non-candidate, the far one, it
+    # stands for all four non-candidates, and the far candidate wins.
+    X = np.array([[0, 0], [0.1, 0], [0, 0.1], [0.1, 0.1], [3, 0], [3.1, 0]], np.float32)
+    candidates = np.array([0, 4])
+    assert greedi.merge_picks(X, candidates, 1).order.tolist() == [0]
+    rest = np.array([1, 2, 3, 5])
+    far = [s for s in range(200) if np.random.default_rng(s).choice(rest, 1, False)[0] == 5]
+    fit = greedi.merge_picks(X, candidates, 1, sample=1, random_state=far[0])
+    assert fit.order.tolist() == [4]
+    assert fit.assignment.tolist() == [0] * 6  # every example, sampled or not, is assigned
+    near = [s for s in range(200) if np.random.default_rng(s).choice(rest, 1, False)[0] != 5]
+    assert greedi.merge_picks(X, candidates, 1, sample=1, random_state=near[0]).order == [0]

@@ -228,6 +228,13 @@ def test_the_map_sends_positions_and_indices_as_binary_arrays(runs_env):
     assert "thumb" not in json.dumps(first) and "<br>label" not in json.dumps(first)
 
 
+def test_the_map_is_drawn_at_one_gl_pixel_per_pixel(runs_env):
+    # every redraw is a new chart element (Streamlit puts the figure in its id), so each builds a
+    # fresh WebGL canvas: at plotly's default ratio of 2 it would draw four times the pixels
+    chart = app(POISON_RUN).get("plotly_chart")[0].proto
+    assert json.loads(chart.config)["plotGlPixelRatio"] == 1
+
+
 def test_rings_of_kept_isolated_medoids_use_a_colour_no_class_has():
     assert plots.STYLE["isolated, kept"]["color"] not in plots.class_colors(10)
     assert plots.STYLE["isolated, kept"]["color"] != plots.STYLE["dropped now"]["color"]

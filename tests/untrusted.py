@@ -251,6 +251,10 @@ def run_cli_forked(
         workdir = str(cwd) if cwd is not None else scratch
         sys.stdout.flush()
         sys.stderr.flush()
+        # The child starts with this process's anonymous pages (copy-on-write, but counted in
+        # its RssAnon): the cap is on what the case adds, so a test process grown by a long
+        # session does not make a cheap case look expensive.
+        inherited, _ = _proc_status(os.getpid())
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -260,8 +264,9 @@ def run_cli_forked(
             start,
             timeout=timeout,
             cpu_timeout=timeout if cpu_timeout is None else cpu_timeout,
-            max_rss_mb=max_rss_mb,
+            max_rss_mb=max_rss_mb + inherited,
         )
+        watched = (watched[0], max(watched[1] - inherited, 0.0), *watched[2:])
         return _result(out, err, watched, start)
 
 

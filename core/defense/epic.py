@@ -128,8 +128,9 @@ def select(
     active : bool array of shape (n_samples,), the examples still in training (default: all)
     config : EpicConfig, optional; or its fields as keywords (``subset_size=0.1``,
         ``metric='euclidean'``, ``greedy='lazy'``, ``cluster_thresh=1``, ``epsilon=0.01``,
-        ``random_state=0``, ``method='auto'``, ``partition_size=10_000``,
-        ``max_dense=20_000``, ``n_jobs=1``; see :class:`EpicConfig` for each one's meaning)
+        ``random_state=0``, ``method='auto'``, ``partition_size=2_500``,
+        ``max_dense=20_000``, ``merge_sample=5_000``, ``n_jobs=1``; see :class:`EpicConfig`
+        for each one's meaning)
     **options : EpicConfig fields, when ``config`` is not given
 
     Returns
@@ -228,7 +229,16 @@ def finish_selection(
     k = budgets(counts, config.subset_size, random_state=config.random_state)
     out = _Decisions(n_samples, n_classes)
     merged = timed_merges(
-        grads, labels, active, parts, picks, k, metric=config.metric, n_jobs=config.n_jobs
+        grads,
+        labels,
+        active,
+        parts,
+        picks,
+        k,
+        metric=config.metric,
+        n_jobs=config.n_jobs,
+        sample=config.merge_sample,
+        random_state=config.random_state,
     )
     for c, (members, fit, seconds) in merged.items():
         out.record(c, members, fit, seconds, config.cluster_thresh)

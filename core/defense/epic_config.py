@@ -104,7 +104,7 @@ class EpicConfig:
         choices=METHODS,
     )
     partition_size: int = _opt(
-        10_000,
+        2_500,
         "GreeDi: largest partition of a class (its dense kernel is partition_size^2 float32)",
         kind=int,
         low=1,
@@ -116,6 +116,14 @@ class EpicConfig:
         "rows on demand (same decisions, slower); auto: GreeDi above it",
         kind=int,
         low=0,
+        metavar="N",
+    )
+    merge_sample: int = _opt(
+        5_000,
+        "GreeDi: the merge evaluates facility location on at most this many examples of a "
+        "class (a seeded uniform sample); every example is still assigned to its medoid",
+        kind=int,
+        low=1,
         metavar="N",
     )
     n_jobs: int = _opt(

@@ -58,10 +58,8 @@ DENSITY_ABOVE = 200_000  # examples; above this the map is a density image plus 
 ZOOM = 0.08  # share of the map's width shown around a looked-up example
 PANEL_PIXELS = 192  # the sample panel's image width
 # Streamlit (1.67) makes every new figure a new chart element (the figure is part of its id), so
-# each redraw builds a fresh WebGL canvas. What that costs the browser is kept down here:
-# plotGlPixelRatio 1 (plotly's default 2 draws four times the pixels; costly where WebGL is
-# software-rendered), and theme=None at the call (Streamlit's theme pass copies the figure's
-# 50,000-point arrays on every new element; the figure sets its own colours and fonts).
+# each redraw builds a fresh WebGL canvas; plotly's default plotGlPixelRatio of 2 would draw four
+# times the pixels there, costly where WebGL is software-rendered
 MAP_CONFIG = {"displaylogo": False, "plotGlPixelRatio": 1}
 
 # --- cached data ---------------------------------------------------------------------------
@@ -451,7 +449,7 @@ def main() -> None:
         left, right = st.columns([3, 1])
         with left:
             st.plotly_chart(fig, key="gs_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            width="stretch", theme=None, config=MAP_CONFIG)
+                            width="stretch", config=MAP_CONFIG)
             for note in fig.layout.meta.get("notes", []):
                 st.caption(f"Subsampled: {note}." if "sample" in note else f"Drawn as a density: {note}.")
         right.radio("A new selection", ["replace", "add", "remove"], horizontal=True, key="gs_mode",
