@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: run test test-fast lint bench sample screenshots clean
+.PHONY: run test test-fast lint bench gpu-check sample screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.epoch
 	$(BIN)/python -m bench.select --epoch-share
+
+# On a CUDA machine: ResNet-18, the whole of CIFAR-10, EPIC, 2 epochs (NGPUS>1: under torchrun).
+NGPUS ?=
+gpu-check: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH bash bench/gpu_check.sh $(NGPUS)
 
 screenshots: $(STAMP)
 	POISONLENS_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_dashboard_browser.py
