@@ -77,6 +77,7 @@ class GridRun:
 
     @property
     def poison_set(self) -> str:
+        """The poison set's file stem, or '' for a clean run."""
         return self.poisons.stem if self.poisons is not None else ""
 
 

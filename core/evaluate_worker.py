@@ -11,6 +11,18 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    """Train one grid run from a config file; return the exit status.
+
+    Parameters
+    ----------
+    argv : list of str
+        ``CONFIG.json RUN_DIR [--resume]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on a usage or input error.
+    """
     from core.config import TrainConfig
     from core.errors import InputError
     from core.train import train

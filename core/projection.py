@@ -395,6 +395,7 @@ def job_path(run_dir: str | Path, method: str) -> Path:
 
 
 def write_job(run_dir: str | Path, method: str, **fields) -> None:
+    """Write the job file of a map: ``fields`` plus the method and the time now."""
     atomic_write_json(job_path(run_dir, method), {**fields, "method": method, "updated": time.time()})
 
 
@@ -449,6 +450,7 @@ _CHILDREN: list[subprocess.Popen] = []  # reaped by poll() in reap_children (no 
 
 
 def reap_children() -> None:
+    """Forget background map processes that have exited, so none stays a zombie."""
     for child in list(_CHILDREN):
         if child.poll() is not None:
             _CHILDREN.remove(child)

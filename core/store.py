@@ -68,12 +68,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
+    """Write ``obj`` as sorted, indented JSON to ``path`` atomically."""
     atomic_write_bytes(
         path, json.dumps(obj, indent=2, sort_keys=True, default=json_default).encode()
     )
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as a zstd Parquet file to ``path`` atomically."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
     others = [f.name for f in table.schema if f.name not in floats]
@@ -115,6 +117,7 @@ def atomic_write_parquet_columns(
 
 
 def atomic_write_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a ``.npy`` file (no pickled objects) to ``path`` atomically."""
     _atomic(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
@@ -137,6 +140,7 @@ def _read_json(path: Path) -> dict:
 
 
 def snapshot_path(run_dir: Path, epoch: int) -> Path:
+    """The path of the snapshot file of ``epoch`` in ``run_dir``."""
     return Path(run_dir) / SNAPSHOTS / f"epoch_{epoch:04d}.parquet"
 
 
@@ -177,6 +181,10 @@ class RunWriter:
         )
 
     def set_status(self, status: str, error: str | None = None) -> None:
+        """Set the run's status (one of ``STATUSES``) and error in run.json.
+
+        A status other than 'running' also records when the run finished.
+        """
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
         meta = _read_json(self.dir / RUN_JSON)
@@ -186,23 +194,37 @@ class RunWriter:
         atomic_write_json(self.dir / RUN_JSON, meta)
 
     def write_progress(self, **fields) -> None:
+        """Replace progress.json with ``fields`` and the time now."""
         atomic_write_json(self.dir / PROGRESS_JSON, {**fields, "updated": time.time()})
 
     def write_examples(self, frame: pd.DataFrame) -> None:
+        """Write the per-example table (examples.parquet)."""
         atomic_write_parquet(self.dir / EXAMPLES, frame)
 
     def write_images(self, images: np.ndarray, target_image: np.ndarray | None) -> None:
+        """Write the training images and, if given, the target test image.
+
+        Parameters
+        ----------
+        images : ndarray of shape (n_samples, height, width, channels)
+            The training images as the victim sees them.
+        target_image : ndarray of shape (height, width, channels) or None
+            The attack's target test image; None for a clean run.
+        """
         atomic_write_npy(self.dir / IMAGES, images)
         if target_image is not None:
             atomic_write_npy(self.dir / TARGET_IMAGE, target_image)
 
     def write_metrics(self, frame: pd.DataFrame) -> None:
+        """Write the per-epoch metrics table (metrics.parquet)."""
         atomic_write_parquet(self.dir / METRICS, frame)
 
     def write_targets(self, frame: pd.DataFrame) -> None:
+        """Write the target-prediction table (targets.parquet)."""
         atomic_write_parquet(self.dir / TARGETS, frame)
 
     def write_snapshot(self, epoch: int, frame: pd.DataFrame) -> None:
+        """Write the snapshot table of ``epoch``."""
         atomic_write_parquet(snapshot_path(self.dir, epoch), frame)
 
     def write_snapshot_columns(self, epoch: int, columns: dict[str, np.ndarray]) -> None:
@@ -225,6 +247,7 @@ class RunWriter:
         self.write_metrics(metrics)
 
     def write_projection(self, name: str, frame: pd.DataFrame) -> None:
+        """Write the 2-D map ``name`` to ``projections/<name>.parquet``."""
         atomic_write_parquet(self.dir / PROJECTIONS / f"{name}.parquet", frame)
 
 
@@ -456,6 +479,7 @@ class Run:
     # metadata
     @property
     def meta(self) -> dict:
+        """The checked contents of run.json; DamagedFile when it is missing or malformed."""
         path = self.file(RUN_JSON)
         try:
             meta = read_json(path)
@@ -466,14 +490,17 @@ class Run:
 
     @property
     def config(self) -> dict:
+        """The training configuration recorded in run.json."""
         return self.meta["config"]
 
     @property
     def name(self) -> str:
+        """The run's name."""
         return self.meta["name"]
 
     @property
     def class_names(self) -> list[str]:
+        """The data set's class names, as text (empty when none were recorded)."""
         return [str(c) for c in self.meta.get("class_names", [])]
 
     @property
@@ -552,6 +579,7 @@ class Run:
         return _read_table(self._snapshot_file(epoch), columns=columns)
 
     def snapshot_columns(self, epoch: int) -> list[str]:
+        """The column names of the snapshot of ``epoch``, read from the file's footer."""
         return _table_info(self._snapshot_file(epoch))[1]
 
     def gradients(self, epoch: int) -> np.ndarray:

@@ -100,21 +100,25 @@ def run_stamp(path: str | Path) -> float:
 
 @st.cache_data(ttl=2, show_spinner=False)
 def cached_run_list(roots: tuple[str, ...]) -> list[dict]:
+    """The runs under ``roots``, as dicts (cached for two seconds)."""
     return [info.__dict__ for info in list_runs(*roots)]
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def load_metrics(path: str, stamp: float) -> pd.DataFrame:
+    """A run's metrics table (``stamp`` keys the cache to the run's last change)."""
     return open_run(path).metrics()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def load_targets(path: str, stamp: float) -> pd.DataFrame:
+    """A run's target-prediction table (``stamp`` keys the cache to the run's last change)."""
     return open_run(path).targets()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def load_examples(path: str) -> pd.DataFrame:
+    """A run's per-example table."""
     return open_run(path).examples()
 
 
@@ -144,11 +148,13 @@ def load_snapshot(path: str, epoch: int, columns: tuple[str, ...] | None = None)
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def load_snapshot_columns(path: str, epoch: int) -> list[str]:
+    """The column names of a run's snapshot of ``epoch``."""
     return open_run(path).snapshot_columns(epoch)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def projection_by_epoch(path: str, method: str, mtime: float) -> dict[int, pd.DataFrame]:
+    """A run's stored map, split by epoch ({} when there is none); ``mtime`` keys the cache."""
     frame = open_run(path).projection(method)
     if frame is None:
         return {}
@@ -156,6 +162,7 @@ def projection_by_epoch(path: str, method: str, mtime: float) -> dict[int, pd.Da
 
 
 def projection_mtime(path: str, method: str) -> float:
+    """The modification time of a run's map file, 0.0 when there is none."""
     try:
         return (Path(path) / "projections" / f"{method}.parquet").stat().st_mtime
     except FileNotFoundError:
@@ -477,11 +484,13 @@ def damage_ui(err: InputError, consequence: str = "", *, fatal: bool = False) ->
 
 
 def page_header(title: str, explanation: str) -> None:
+    """Show a page's title and the caption that explains it."""
     st.title(title)
     st.caption(explanation)
 
 
 def glossary_ui() -> None:
+    """Show the glossary in a sidebar expander."""
     with st.sidebar.expander("Words used here"):
         for word, meaning in GLOSSARY.items():
             st.markdown(f"**{word}**: {meaning}")
@@ -493,6 +502,7 @@ def dropped_text(dropped_epoch: pd.Series) -> pd.Series:
 
 
 def class_name_list(run: Run, n_classes: int | None = None) -> list[str]:
+    """The run's class names, padded with class numbers up to ``n_classes``."""
     names = run.class_names
     if n_classes is not None and len(names) < n_classes:
         names = names + [str(c) for c in range(len(names), n_classes)]

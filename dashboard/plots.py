@@ -58,6 +58,7 @@ LOG_FIELDS = ("loss", "drift", "cluster_size")
 
 
 def class_colors(n_classes: int) -> list[str]:
+    """One colour per class, from a palette large enough for ``n_classes``."""
     palette = CLASS10 if n_classes <= 10 else pc.qualitative.Light24 if n_classes <= 24 else pc.qualitative.Alphabet
     return [palette[c % len(palette)] for c in range(n_classes)]
 
@@ -503,6 +504,7 @@ CHANCE_MARKER = dict(symbol="line-ew-open", size=30, color="#d62728", line=dict(
 
 
 def defense_label_text(defense: str) -> str:
+    """The defense's name as shown in plots ('clean' is marked as the control)."""
     return "clean (control)" if defense == "clean" else defense
 
 

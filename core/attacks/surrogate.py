@@ -38,6 +38,7 @@ class SurrogateOptions:
     ensemble: int = 1  # independently seeded surrogates (x len(surrogate_epochs) members)
 
     def train_config(self, seed: int) -> TrainConfig:
+        """The training configuration of one surrogate seeded with ``seed``."""
         return TrainConfig(
             model=self.model, width=self.width, epochs=max(self.surrogate_epochs), seed=seed
         )

@@ -23,6 +23,7 @@ CONTROL_DIR = "control"
 
 
 def add_parser(subparsers) -> None:
+    """Add the ``craft`` subcommand and its options to ``subparsers``."""
     p = subparsers.add_parser(
         "craft",
         help="craft a poison set (gradient matching, bullseye polytope, feature collision, "
@@ -120,6 +121,7 @@ def parse_params(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Craft a poison set and write it to ``--out``; return 0."""
     from core.attacks import AttackGoal, attack_class, build_attack, check_within_eps, clean_control
     from core.attacks.base import validate_goal
     from core.attacks.surrogate import load_surrogate, save_surrogate, train_surrogates

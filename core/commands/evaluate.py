@@ -25,6 +25,7 @@ D = TrainConfig()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` subcommand and its options to ``sub``."""
     p = sub.add_parser(
         "evaluate",
         help="train every defense on every poison set, seed and scenario; write results tables",
@@ -76,6 +77,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train the grid of defenses, poison sets, seeds and scenarios; write the tables; return 0."""
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     for d in defenses:
         parse_defense(d)

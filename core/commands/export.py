@@ -10,6 +10,7 @@ from core.store import atomic_write_bytes, open_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``export`` subcommand and its options to ``sub``."""
     p = sub.add_parser(
         "export",
         help="write the examples dropped or flagged up to an epoch as CSV",
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write a run's dropped (and flagged) examples up to an epoch as CSV; return 0."""
     run = open_run(args.run)
     epoch = check_epoch(run, args.epoch, source="--epoch")  # before anything is written
     table = suspects_table(run, epoch, include_flagged=not args.dropped_only)

@@ -11,6 +11,7 @@ from core.projection import METHODS, compute_projection, write_job
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``project`` subcommand and its options to ``sub``."""
     p = sub.add_parser(
         "project",
         help="precompute the 2-D gradient map the dashboard shows",
@@ -32,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Compute and store a run's 2-D gradient map; return 0."""
     started, last = time.time(), [0.0]
 
     def progress(fraction: float, message: str) -> None:

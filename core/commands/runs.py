@@ -14,6 +14,7 @@ SAMPLE_HINT = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``runs`` subcommand and its options to ``sub``."""
     p = sub.add_parser(
         "runs",
         help="list runs with status and headline metrics",
@@ -56,6 +57,7 @@ def format_runs(infos) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the runs in ``--runs-dir`` with status and headline metrics; return 0."""
     infos = list_runs(args.runs_dir)
     if not infos:
         print(f"no runs in {args.runs_dir} {SAMPLE_HINT}")

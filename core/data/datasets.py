@@ -71,10 +71,12 @@ class ImageDataset:
 
     @property
     def n_classes(self) -> int:
+        """The number of classes."""
         return len(self.class_names)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """The shape of one image, (height, width, channels)."""
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
 

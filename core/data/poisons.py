@@ -68,6 +68,7 @@ class PoisonSet:
 
     @property
     def n_poisons(self) -> int:
+        """The number of poisons."""
         return int(len(self.x))
 
 
@@ -94,6 +95,7 @@ class PoisonedDataset:
 
     @property
     def n_samples(self) -> int:
+        """The number of training examples."""
         return int(len(self.y_train))
 
 

@@ -96,9 +96,11 @@ class _Pending:
         self.value, self.done, self.memo_keys = None, False, []
 
     def build(self, machine: _Machine, state: object) -> object:
+        """Fill in the object from its BUILD ``state``; return the finished value."""
         raise NotImplementedError
 
     def unbuilt(self) -> object:
+        """The value when no BUILD came; refused by default."""
         raise _Refused(f"a {self.kind} without its content (no BUILD)")
 
     kind = "object"
@@ -109,6 +111,7 @@ class _PendingImage(_Pending):
     kind = "PIL image"
 
     def build(self, machine: _Machine, state: object) -> object:
+        """Make the PIL image from its pickled state."""
         return machine.make_image(state)
 
 
@@ -121,9 +124,11 @@ class _PendingDType(_Pending):
         self.name = name
 
     def build(self, machine: _Machine, state: object) -> object:
+        """Make the numpy dtype from its pickled state."""
         return _dtype_from_state(self.name, state)
 
     def unbuilt(self) -> object:
+        """The dtype named, without the state a BUILD would add."""
         return np.dtype(self.name)
 
 
@@ -132,6 +137,7 @@ class _PendingArray(_Pending):
     kind = "numpy array"
 
     def build(self, machine: _Machine, state: object) -> object:
+        """Make the array from its (shape, dtype, fortran, bytes) state."""
         if not isinstance(state, tuple) or len(state) not in (4, 5):
             raise _Refused("numpy array state is not (shape, dtype, fortran, bytes)")
         shape, dtype, fortran, raw = state[-4:]
@@ -350,6 +356,7 @@ class _Machine:
         return self.view[start : self.pos]
 
     def read(self, n: int) -> bytes:
+        """The next ``n`` bytes; _Malformed when fewer are left."""
         if n < 0 or self.pos + n > len(self.data):
             raise _Malformed(
                 f"truncated: an opcode wants {n:,} bytes, {self.remaining():,} are left"
@@ -358,9 +365,11 @@ class _Machine:
         return self.data[start : self.pos]
 
     def remaining(self) -> int:
+        """The number of bytes not read yet."""
         return len(self.data) - self.pos
 
     def readline(self) -> bytes:
+        """The next line, without its newline; _Malformed when too long or unterminated."""
         end = self.data.find(b"\n", self.pos, self.pos + _MAX_TEXT_LINE)
         if end < 0:
             if self.remaining() > _MAX_TEXT_LINE:
@@ -370,32 +379,38 @@ class _Machine:
         return line
 
     def read_uint(self, n: int) -> int:
+        """The next ``n`` bytes as a little-endian unsigned integer."""
         return int.from_bytes(self.read(n), "little")
 
     # -- stack, values and containers
 
     def pop(self) -> object:
+        """Pop the top of the stack, as a value; _Malformed when the stack is empty."""
         if not self.stack:
             raise _Malformed("stack underflow (not a pickle?)")
         return self.value(self.stack.pop())
 
     def pop_mark(self) -> list:
+        """Pop the items above the last MARK, as values, and restore the stack below it."""
         if not self.marks:
             raise _Malformed("no MARK on the stack (not a pickle?)")
         items, self.stack = self.stack, self.marks.pop()
         return [self.value(x) for x in items]
 
     def top(self) -> object:
+        """The top of the stack, left on it; _Malformed when the stack is empty."""
         if not self.stack:
             raise _Malformed("stack underflow (not a pickle?)")
         return self.stack[-1]
 
     def value(self, x: object) -> object:
+        """``x`` itself, or for a pending object its built (or unbuilt) value."""
         if isinstance(x, _Pending):
             return x.value if x.done else x.unbuilt()
         return x
 
     def depth_of(self, x: object) -> int:
+        """The nesting depth recorded for container ``x`` (0 when none is)."""
         entry = self.depth.get(id(x))
         return entry[0] if entry is not None and entry[1] is x else 0
 
@@ -440,6 +455,21 @@ class _Machine:
     def set_weight(
         self, container: object, deepest: int, n_all: int, n_bytes: int, *, add_level: bool
     ) -> None:
+        """Record the depth and weight of ``container``; refused past the limits.
+
+        Parameters
+        ----------
+        container : object
+            The container.
+        deepest : int
+            The deepest nesting among its items.
+        n_all : int
+            Items it holds, counting repeated references.
+        n_bytes : int
+            Bytes of arrays and images it references.
+        add_level : bool
+            Whether the container adds a level above ``deepest``.
+        """
         depth = deepest + 1 if add_level else deepest
         if depth > self.limits.max_depth:
             raise _Refused(f"nested more than {self.limits.max_depth} deep (raise --max-depth)")
@@ -476,6 +506,7 @@ class _Machine:
         self.set_weight(container, deepest, n_all, n_bytes, add_level=False)
 
     def hashable(self, items: list) -> None:
+        """Refuse dict keys or set items whose hashes a file could make collide."""
         # only keys whose hashes a file cannot make collide: str and bytes hashes are salted
         # per process, an int64 shares its hash with at most 7 others. Python's int hash is
         # n mod 2^61-1, so 40,000 keys k*(2^61-1), or complex or tuple keys built to one
@@ -495,6 +526,7 @@ class _Machine:
     # -- constructors the allowed globals map to
 
     def make_set(self, kind: type, args: tuple) -> object:
+        """Make a set or frozenset of ``kind`` from a REDUCE's ``args``."""
         if not args:
             return self.record(kind(), [])
         if len(args) != 1 or not isinstance(args[0], (list, tuple, set, frozenset)):
@@ -504,6 +536,7 @@ class _Machine:
         return self.record(kind(items), items)
 
     def make_bytes(self, kind: type, args: tuple) -> object:
+        """Make bytes or bytearray of ``kind`` from bytes or latin-1 text, never from a size."""
         # never bytearray(n): an int argument is how a few bytes ask for gigabytes
         if not args:
             return kind()
@@ -514,6 +547,7 @@ class _Machine:
         raise _Refused(f"{kind.__name__}() of something other than bytes")
 
     def make_ordered_dict(self, args: tuple) -> object:
+        """Make an empty OrderedDict; its items come later."""
         if args:
             raise _Refused("OrderedDict() with arguments")
         return self.record(OrderedDict(), [])
@@ -562,6 +596,24 @@ class _Machine:
             )
 
     def make_array(self, raw: bytes, dtype: np.dtype, shape: object, *, order: str) -> np.ndarray:
+        """A new array of ``shape`` and ``dtype`` copied from ``raw``; refused past the limits.
+
+        Parameters
+        ----------
+        raw : bytes
+            Exactly the bytes the array needs.
+        dtype : numpy.dtype
+            Its element type (returned in native byte order).
+        shape : object
+            An int or a tuple of ints, checked here.
+        order : {'C', 'F'}
+            The memory order of ``raw``.
+
+        Returns
+        -------
+        ndarray of shape ``shape``
+            A writable, C-contiguous copy.
+        """
         shape, n_bytes = self.check_array(dtype, shape)
         if len(raw) != n_bytes:
             raise _Refused(
@@ -575,6 +627,7 @@ class _Machine:
         ).copy()
 
     def make_scalar(self, args: tuple) -> object:
+        """Make a numpy scalar from a (dtype, bytes) pair."""
         if len(args) != 2 or not isinstance(args[0], np.dtype):
             raise _Refused("numpy scalar without a numeric dtype")
         raw = _latin1(args[1]) if isinstance(args[1], str) else args[1]
@@ -583,6 +636,7 @@ class _Machine:
         return np.frombuffer(raw, dtype=args[0])[0].astype(args[0].newbyteorder("="))
 
     def make_frombuffer(self, args: tuple) -> np.ndarray:
+        """Make an array from numpy's _frombuffer(bytes, dtype, shape, order) arguments."""
         if len(args) != 4 or not isinstance(args[1], np.dtype) or args[3] not in ("C", "F"):
             raise _Refused("numpy _frombuffer with unexpected arguments")
         if not isinstance(args[0], (bytes, bytearray)):
@@ -590,11 +644,13 @@ class _Machine:
         return self.make_array(bytes(args[0]), args[1], args[2], order=args[3])
 
     def make_storage(self, args: tuple) -> _Storage:
+        """Read a legacy torch storage from _load_from_bytes' bytes."""
         if len(args) != 1 or not isinstance(args[0], bytes):
             raise _Refused("torch _load_from_bytes of something other than bytes")
         return _Storage(_read_torch_legacy_storage(args[0], self))
 
     def make_tensor(self, args: tuple) -> np.ndarray:
+        """Make a contiguous torch tensor (as an ndarray) from _rebuild_tensor_v2's arguments."""
         # _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])
         if len(args) not in (6, 7) or not isinstance(args[0], _Storage):
             raise _Refused("torch tensor without a storage read from its bytes")
@@ -617,6 +673,7 @@ class _Machine:
         return storage[offset : offset + n].reshape(shape).copy()
 
     def make_image(self, state: object) -> Image.Image:
+        """Make a PIL image (L, RGB, RGBA or P) from its pickled state; refused past the limits."""
         # PIL's __getstate__: [info, mode, size, palette, bytes]; info is not read
         # an image-file class adds its file name (never opened), JPEG its layers (unused)
         if not (isinstance(state, (list, tuple)) and 5 <= len(state) <= 8):
@@ -661,6 +718,7 @@ class _Machine:
     # -- the loop
 
     def load(self) -> object:
+        """Run the opcodes up to STOP; return the unpickled object."""
         dispatch, data, end = _DISPATCH, self.data, len(self.data)
         while True:
             if self.pos >= end:
@@ -684,6 +742,7 @@ class _Machine:
             op(self)
 
     def find_global(self, module: object, name: object) -> _Global:
+        """The allowed global ``module.name``; refused when it is not on the list."""
         if not isinstance(module, str) or not isinstance(name, str):
             raise _Malformed("a global whose name is not text")
         canonical = _canonical(module, name)

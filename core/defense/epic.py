@@ -279,6 +279,21 @@ class _Decisions:
     def record(
         self, c: int, members: np.ndarray, fit: Clustering, seconds: float, thresh: float
     ) -> None:
+        """Store the clustering of class ``c`` and which of its examples to drop.
+
+        Parameters
+        ----------
+        c : int
+            The class.
+        members : ndarray of shape (n_members,)
+            Indices of the class's examples.
+        fit : Clustering
+            The clustering of those examples.
+        seconds : float
+            Time the clustering took.
+        thresh : float
+            Clusters of at most this many examples (and at least one) are isolated and dropped.
+        """
         sizes = np.bincount(fit.assignment, minlength=len(fit.order))
         lonely = (sizes > 0) & (sizes <= thresh)
         self.medoid[members] = members[fit.order][fit.assignment]
@@ -291,6 +306,7 @@ class _Decisions:
         self.seconds[c] = seconds
 
     def selection(self, k: np.ndarray) -> Selection:
+        """The recorded decisions as a Selection, with ``k`` clusters per class."""
         return Selection(
             self.medoid,
             self.cluster_size,

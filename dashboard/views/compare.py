@@ -41,6 +41,7 @@ FOLDER, PICKED = "an evaluate output folder", "runs I pick"
 
 
 def results_root() -> Path:
+    """The folder searched for evaluate results (``RESULTS_ENV`` or ``results/``)."""
     return Path(os.environ.get(RESULTS_ENV) or REPO / "results").expanduser()
 
 
@@ -62,11 +63,13 @@ def evaluate_folders(root: Path) -> list[Path]:
 
 @st.cache_data(max_entries=16, show_spinner="Reading the runs…")
 def table_of(paths: tuple[str, ...], stamps: tuple[float, ...]) -> pd.DataFrame:
+    """The comparison table of the runs at ``paths`` (``stamps`` key the cache)."""
     return comparison_table(paths)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def overlap_of(paths: tuple[str, ...], stamps: tuple[float, ...]) -> pd.DataFrame:
+    """Which poisons each run dropped by its last snapshot (``stamps`` key the cache)."""
     return poison_overlap(paths)
 
 
@@ -138,6 +141,7 @@ def picked_ui() -> list[str]:
 
 
 def source_ui() -> list[str]:
+    """Let the user compare an evaluate folder or picked runs; return the run paths."""
     if "cmp_source" not in st.session_state:
         folders = st.query_params.get("folder") or evaluate_folders(results_root())
         st.session_state["cmp_source"] = FOLDER if folders else PICKED
@@ -211,6 +215,7 @@ def scenario_ui(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def bars_ui(done: pd.DataFrame) -> None:
+    """Show the per-defense bar chart of finished runs and its caption."""
     st.markdown("##### Per defense")
     summary = per_defense_summary(done)
     fig = fit_labels(plots.defense_bars_figure(summary), x_labels=summary["defense"])
@@ -235,6 +240,7 @@ def bars_ui(done: pd.DataFrame) -> None:
 
 
 def table_ui(table: pd.DataFrame) -> None:
+    """Show the table of every run."""
     st.markdown("##### Every run")
     order = ["run", "poison_set", "defense", "seed", "status", "test_acc", "attack_success"]
     order += ["controlled_success", "target_prob_adv", "recall", "precision", "n_dropped"]
@@ -291,6 +297,7 @@ def table_ui(table: pd.DataFrame) -> None:
 
 
 def overlap_ui(done: pd.DataFrame) -> None:
+    """Show which poisons of one poison set each defense catches."""
     st.markdown("##### Which poisons each defense catches")
     sets = sorted(done.loc[done["n_poisons"] > 0, "poison_set"].unique().tolist())
     if not sets:
@@ -350,6 +357,7 @@ def overlap_ui(done: pd.DataFrame) -> None:
 
 
 def main() -> None:
+    """Draw the Compare page."""
     page_header(
         "Compare",
         "Several training runs side by side: per defense, how often the attack still succeeded, how "

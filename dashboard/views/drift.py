@@ -67,6 +67,14 @@ def drift_summary(path: str, stamp: float) -> pd.DataFrame:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def drift_tracks(path: str, stamp: float, indices: tuple[int, ...]) -> pd.DataFrame:
+    """The drift of the examples ``indices`` at every readable snapshot.
+
+    Returns
+    -------
+    DataFrame
+        One row per example and snapshot, drift clipped below at ``SHOW_FLOOR``
+        so that it can be drawn on a log scale.
+    """
     idx = np.asarray(indices, dtype=np.int64)
     frames = [drift_at(path, e, stamp).iloc[idx] for e in load_snapshot_epochs(path, stamp)]
     out = pd.concat(frames, ignore_index=True)
@@ -98,6 +106,7 @@ def followed_ui(n_samples: int, poisons: np.ndarray) -> tuple[list[int], list[in
 
 
 def main() -> None:
+    """Draw the Drift page."""
     page_header("Drift", "Does an example move away from its own class, or towards the target, as training goes on? "
                 "Poisons are followed one by one and compared with the spread of clean examples.")
     glossary_ui()

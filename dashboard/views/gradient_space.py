@@ -122,6 +122,7 @@ def targets_placed(run, have: dict[int, pd.DataFrame], epochs: list[int]) -> boo
 
 
 def start_map(path: str, method: str) -> None:
+    """Start computing a run's map with ``method`` in the background."""
     launch_projection(path, method=method)
 
 
@@ -186,6 +187,7 @@ def progress_ui(path: str, method: str, label: str) -> None:
 
 
 def map_caption(path: str, method: str, n_points: int, n_snapshots: int) -> str:
+    """The caption saying how the map of ``method`` was made."""
     job = read_job(path, method) or {}
     label = METHOD_NAMES[method]
     if method == "pca":
@@ -222,6 +224,7 @@ def apply_event(event, mode: str, shown: pd.DataFrame) -> None:
 
 
 def selection_table_ui(path: str, points: pd.DataFrame, class_names: list[str]) -> None:
+    """Show the selected examples as a table with thumbnails, or how to select some."""
     selected = st.session_state.get("_selected", [])
     if not selected:
         st.caption("Select examples with the **box** or **lasso** tool (top right of the map) or type their indices; "
@@ -311,6 +314,7 @@ def sample_panel_ui(path: str, index: int, epochs: list[int], class_names: list[
 
 
 def add_typed(n_samples: int) -> None:
+    """Add the typed example indices to the selection (the error is kept to show)."""
     st.session_state["_gs_typed_error"] = None
     try:
         typed = parse_indices(st.session_state.get("gs_typed", ""), n_samples)
@@ -335,6 +339,7 @@ def find_example(n_samples: int) -> None:
 
 
 def toggle_play(epochs: list[int]) -> None:
+    """Start or stop playing through ``epochs``; play starts over from the first."""
     playing = not st.session_state.get("gs_playing", False)
     st.session_state["gs_playing"] = playing
     if playing and st.session_state.get("_epoch") == epochs[-1]:
@@ -353,12 +358,17 @@ def snapshot_columns(path: str, epochs: list[int]) -> set[str]:
 
 
 def color_choices(have: set[str], has_truth: bool) -> list[str]:
+    """The fields the map can be coloured by, given the snapshot columns ``have``."""
     out = ["class", "prediction", "correct"] + (["poison"] if has_truth else []) + ["dropped_epoch", "loss"]
     out += [c for c in ("score", "cluster_size") if c in have] + ["drift"]
     return out
 
 
 def zoomed_ranges(points: pd.DataFrame, index: int, x_range, y_range):
+    """The axis ranges zoomed around the point at row ``index`` of ``points``.
+
+    The ranges are returned unchanged when that point has no finite position.
+    """
     x, y = float(points["x"].iat[index]), float(points["y"].iat[index])
     if not (np.isfinite(x) and np.isfinite(y)):
         return x_range, y_range
@@ -367,6 +377,7 @@ def zoomed_ranges(points: pd.DataFrame, index: int, x_range, y_range):
 
 
 def main() -> None:
+    """Draw the Gradient space page."""
     page_header("Gradient space", "Each dot is a training example, placed by its last-layer gradient (softmax − one-hot label) "
                 "at one snapshot: examples the model treats alike sit together. EPIC splits each class into clusters around "
                 "medoids and drops medoids that stand alone (isolated). One layout serves the whole run, so as you move "

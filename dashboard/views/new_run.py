@@ -301,6 +301,7 @@ def follow_started_run() -> None:
 
 
 def main() -> None:
+    """Draw the New run page."""
     page_header(
         "New run",
         "Train a model under a defense in the background. Parameters are checked before "

@@ -51,6 +51,7 @@ def detection_by_snapshot(path: str, stamp: float) -> pd.DataFrame:
 
 
 def config_ui(run) -> None:
+    """Show the run's configuration (and its target, if any) as a table."""
     cfg = run.config
     params = ", ".join(f"{k}={v}" for k, v in cfg.get("defense_params", {}).items()) or "defaults"
     target = run.target
@@ -76,6 +77,7 @@ def config_ui(run) -> None:
 
 
 def headline_ui(run, metrics: pd.DataFrame, examples: pd.DataFrame, detection: pd.DataFrame) -> None:
+    """Show the run's headline metrics: accuracy, the attack, drops, recall and precision."""
     last = metrics.iloc[-1]
     n = len(examples)
     n_poisons = int(examples["is_poison"].sum())
@@ -150,6 +152,7 @@ def live_ui(path: str, stamp: float) -> None:
 
 
 def main() -> None:
+    """Draw the Overview page."""
     page_header("Overview", "What the defense did to one training run: accuracy, the attack, and how many examples "
                 "(and poisons) it dropped at each gradient snapshot.")
     glossary_ui()

@@ -35,11 +35,13 @@ def suspects(path: str, epoch: int, include_flagged: bool, stamp: float) -> pd.D
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def suspects_csv(path: str, epoch: int, include_flagged: bool, stamp: float) -> str:
+    """The suspects table of ``epoch`` as spreadsheet-safe CSV text."""
     return to_safe_csv(suspects(path, epoch, include_flagged, stamp))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def descriptions(path: str, epoch: int) -> dict[str, str]:
+    """Descriptions of the suspects table's columns, by column name."""
     return column_descriptions(open_run(path), epoch)
 
 
@@ -57,6 +59,7 @@ def drift_of(path: str, table: pd.DataFrame, epoch: int, readable: list[int], st
 
 
 def filters_ui(table: pd.DataFrame, has_truth: bool) -> pd.DataFrame:
+    """Show the status, class and ground-truth filters; return the filtered table."""
     c1, c2, c3 = st.columns(3)
     status = c1.radio("Show", ["all", "dropped", "flagged, not dropped"], horizontal=True, key="su_status")
     if status == "dropped":
@@ -76,6 +79,7 @@ def filters_ui(table: pd.DataFrame, has_truth: bool) -> pd.DataFrame:
 
 
 def main() -> None:
+    """Draw the Suspects page."""
     page_header("Suspects", "Every example the defense dropped up to the chosen epoch (and those flagged at that "
                 "snapshot), most suspicious first, with what the defense knew about it when it dropped it. The "
                 "download is the same file as `poisonlens export`.")
