@@ -203,6 +203,40 @@ def to_uint8_within(x: torch.Tensor, base: np.ndarray, eps: float) -> np.ndarray
     ).astype(np.uint8)
 
 
+def targeted_poison_set(
+    dataset: ImageDataset,
+    goal: AttackGoal,
+    x: np.ndarray,
+    base_indices: np.ndarray,
+    *,
+    attack: str,
+    eps: float,
+    extra: dict,
+) -> PoisonSet:
+    """The poison set of a targeted clean-label attack: poisons keep their bases' labels.
+
+    Parameters
+    ----------
+    dataset : the training and test data the attack was crafted on
+    goal : the target test image and the class the attacker wants it read as
+    x : uint8 poisons of shape (n_poisons, height, width, channels)
+    base_indices : training rows the poisons replace, of shape (n_poisons,)
+    attack, eps, extra : recorded with the set (``extra``: the attack's own figures)
+    """
+    return PoisonSet(
+        x=x,
+        y=dataset.y_train[base_indices].copy(),
+        base_indices=base_indices,
+        target_x=dataset.x_test[goal.target_index].copy(),
+        target_label=int(dataset.y_test[goal.target_index]),
+        adv_label=goal.adv_label,
+        attack=attack,
+        eps=eps,
+        target_index=goal.target_index,
+        extra=extra,
+    )
+
+
 def max_perturbation(poisons: PoisonSet, dataset: ImageDataset) -> np.ndarray:
     """Per-poison l-inf distance (0-255 units) from its base image; float array of shape (P,)."""
     base = dataset.x_train[poisons.base_indices].astype(np.int16)

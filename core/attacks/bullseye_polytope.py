@@ -28,6 +28,7 @@ from core.attacks.base import (
     project_linf,
     register,
     seeded_generator,
+    targeted_poison_set,
     to_uint8_within,
     validate_goal,
 )
@@ -125,16 +126,13 @@ class BullseyePolytope(SurrogateOptions):
         poisons_u8 = to_uint8_within(base + delta, base_u8, self.eps)
         with torch.no_grad():
             loss_end = float(bullseye_loss(models, to_tensor(poisons_u8).to(device), target))
-        return PoisonSet(
-            x=poisons_u8,
-            y=dataset.y_train[base_indices].copy(),
-            base_indices=base_indices,
-            target_x=target_x.copy(),
-            target_label=int(dataset.y_test[goal.target_index]),
-            adv_label=goal.adv_label,
+        return targeted_poison_set(
+            dataset,
+            goal,
+            poisons_u8,
+            base_indices,
             attack=self.name,
             eps=self.eps,
-            target_index=goal.target_index,
             extra={
                 "feature_distance_start": loss_start,
                 "feature_distance": loss_end,

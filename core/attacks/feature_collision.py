@@ -30,6 +30,7 @@ from core.attacks.base import (
     n_poisons_for,
     project_linf,
     register,
+    targeted_poison_set,
     to_uint8_within,
     validate_goal,
 )
@@ -157,16 +158,13 @@ class FeatureCollision(SurrogateOptions):
             dist_end = float(
                 relative_distance(models, to_tensor(poisons_u8).to(device), target).mean()
             )
-        return PoisonSet(
-            x=poisons_u8,
-            y=dataset.y_train[base_indices].copy(),
-            base_indices=base_indices,
-            target_x=target_x.copy(),
-            target_label=int(dataset.y_test[goal.target_index]),
-            adv_label=goal.adv_label,
+        return targeted_poison_set(
+            dataset,
+            goal,
+            poisons_u8,
+            base_indices,
             attack=self.name,
             eps=self.eps,
-            target_index=goal.target_index,
             extra={
                 "feature_distance_start": dist_start,
                 "feature_distance": dist_end,

@@ -30,6 +30,7 @@ from core.attacks.base import (
     project_linf,
     register,
     seeded_generator,
+    targeted_poison_set,
     to_uint8_within,
     validate_goal,
 )
@@ -175,16 +176,13 @@ class GradientMatching(SurrogateOptions):
             per_restart.append(reached)
             bar.set_postfix(alignment=f"{max(per_restart):.3f}")
         bar.close()
-        return PoisonSet(
-            x=best,
-            y=dataset.y_train[base_indices].copy(),
-            base_indices=base_indices,
-            target_x=target_x.copy(),
-            target_label=int(dataset.y_test[goal.target_index]),
-            adv_label=goal.adv_label,
+        return targeted_poison_set(
+            dataset,
+            goal,
+            best,
+            base_indices,
             attack=self.name,
             eps=self.eps,
-            target_index=goal.target_index,
             extra={
                 "alignment_start": alignment_start,
                 "alignment": max(per_restart),
