@@ -87,3 +87,16 @@ def test_harness_catches_a_hang(tmp_path):
 
     result = untrusted.run_python(["-c", "import time; time.sleep(60)"], timeout=1)
     assert result.killed == "timeout" and result.seconds < 10
+
+
+def test_harness_does_not_charge_a_fresh_child_for_the_test_process_memory():
+    # CI defect: the watcher sampled the child between fork and exec, when it still held a
+    # copy of a pytest process grown past 1 GiB, and killed a 30 MiB child "for memory"
+    from tests import untrusted
+
+    ballast = bytearray(1400 * 2**20)
+    ballast[:: 4096] = b"\x01" * len(ballast[:: 4096])  # touch every page: resident, anonymous
+    results = [untrusted.run_python(["-c", "pass"], max_rss_mb=1024) for _ in range(5)]
+    del ballast
+    assert all(r.killed is None and r.returncode == 0 for r in results), results
+    assert max(r.peak_mb for r in results) < 200

@@ -179,10 +179,14 @@ def run_python(
 
 def _spawn(argv: list[str], env: dict, cwd: str, null, out_f, err_f) -> int:
     # files, not pipes: a chatty child can never block on a full pipe; its own session, so
-    # the whole group is killed; reaped by wait4 (not subprocess) to read its CPU time
+    # the whole group is killed; reaped by wait4 (not subprocess) to read its CPU time.
+    # Returns only once the child has exec'd: between fork and exec it still holds a copy
+    # of this (possibly large) test process's memory, which the watcher must not count.
+    ready_r, ready_w = os.pipe()  # close-on-exec: EOF on ready_r means the exec happened
     pid = os.fork()
     if pid == 0:  # the child: become its own session, wire the files, exec python
         try:
+            os.close(ready_r)
             os.setsid()
             os.chdir(cwd)
             os.dup2(null.fileno(), 0)
@@ -191,6 +195,12 @@ def _spawn(argv: list[str], env: dict, cwd: str, null, out_f, err_f) -> int:
             os.execve(sys.executable, [sys.executable, *argv], env)
         finally:
             os._exit(127)
+    os.close(ready_w)
+    try:
+        while os.read(ready_r, 1):
+            pass
+    finally:
+        os.close(ready_r)
     return pid
 
 
