@@ -13,6 +13,9 @@ What crosses processes, and why (docs/distributed.md has the full picture):
 - the gradients, inside ``DistributedDataParallel`` (not here);
 - at a snapshot, each rank's rows of logits and features: :func:`gather_rows` puts them in
   index order on rank 0, which runs the defense;
+- for a defense that splits its work (EPIC's GreeDi, :func:`run_defense`): the gradients,
+  broadcast from rank 0 to every rank (:func:`broadcast_array`), and each partition's picks,
+  gathered back to rank 0 (:func:`gather_picks`);
 - the defense's decision: :func:`broadcast_mask` sends rank 0's drop mask to every rank, and
   :func:`check_same_mask` proves with a digest that they all hold the same one.
 """
@@ -25,6 +28,7 @@ import hashlib
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -397,6 +401,88 @@ def take_snapshot_sharded(
     return snap, target
 
 
+def run_defense(
+    ctx: DistContext | None,
+    defense,
+    snap,
+    labels: np.ndarray,
+    active: np.ndarray,
+    *,
+    n_classes: int,
+):
+    """The defense's decision at a snapshot: rank 0 decides; the ranks share a first round.
+
+    A defense that splits its work into independent pieces offers three methods (EPIC does,
+    for GreeDi's partitions; :class:`core.defense.epic.Epic`):
+
+    - ``partitions(labels, active, n_classes=)``: the pieces, computed alike on every rank
+      from what every rank holds (the labels and the active mask), so no rank waits to learn
+      them; an empty list when there is nothing to split;
+    - ``first_round(grads, parts)``: the picks (int arrays of global indices, at most
+      ``part.budget`` each) of the given pieces;
+    - ``finish(snapshot, active, parts, picks, info=)``: the DefenseResult from every piece's
+      picks, ``info`` added to its own.
+
+    Under torchrun with more than one process, when such a defense has pieces at this
+    snapshot, rank 0 broadcasts the (n_samples, n_classes) float32 gradients
+    (:func:`broadcast_array`), rank r runs the pieces i with ``i % world_size == r``, the
+    picks are gathered to rank 0 (:func:`gather_picks`), and rank 0 finishes. Its
+    ``info`` gains ``partitions_per_rank``: how many pieces each rank ran, as reported by the
+    rank that ran them. Otherwise (one process, another defense, no pieces) rank 0 calls
+    ``defense(snap, active)`` alone, as a single process does.
+
+    Every rank must call this at the same snapshots, as its collectives pair up across ranks;
+    whether they run depends only on the labels, the mask and the defense's options, which
+    every rank shares.
+
+    Parameters
+    ----------
+    ctx : this process's place, or None alone
+    defense : the run's Defense
+    snap : Snapshot on rank 0 (from :func:`take_snapshot_sharded`), None on the other ranks
+    labels : int array of shape (n_samples,), the training labels (every rank holds them)
+    active : bool array of shape (n_samples,), the examples still trained on (the same on
+        every rank: :func:`check_same_mask` proves it after every snapshot)
+    n_classes : number of classes (columns of the gradients)
+
+    Returns
+    -------
+    DefenseResult on rank 0, None on the other ranks
+    """
+    spread = ctx is not None and ctx.world_size > 1 and _active() and _splits(defense)
+    labels = np.asarray(labels, dtype=np.int64)
+    parts = defense.partitions(labels, active, n_classes=n_classes) if spread else []
+    if not parts:
+        return None if snap is None else defense(snap, active)
+    grads = broadcast_array(
+        None if snap is None else snap.grads, (len(labels), n_classes), np.float32
+    )
+    mine = share(len(parts), ctx.world_size, ctx.rank)
+    done = defense.first_round(grads, [parts[i] for i in mine])
+    picks, ranks = gather_picks(dict(zip(mine, done, strict=True)), [p.budget for p in parts])
+    if snap is None:
+        return None
+    per_rank = np.bincount(ranks, minlength=ctx.world_size).tolist()
+    return defense.finish(snap, active, parts, picks, info={"partitions_per_rank": per_rank})
+
+
+def _splits(defense) -> bool:
+    return all(callable(getattr(defense, m, None)) for m in ("partitions", "first_round", "finish"))
+
+
+def share(n_items: int, world_size: int, rank: int) -> list[int]:
+    """The pieces of work this rank runs: ``i % world_size == rank`` (round-robin).
+
+    GreeDi's plan lists each class's partitions together and its classes in order, so
+    round-robin deals every rank a mix of classes and sizes that differ by at most one.
+
+    Returns
+    -------
+    list of int, ascending
+    """
+    return list(range(rank, n_items, world_size))
+
+
 def _leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -599,6 +685,78 @@ def broadcast_mask(mask: np.ndarray, *, src: int = 0) -> np.ndarray:
     t = torch.from_numpy(mask.astype(np.uint8)).to(_comm_device())
     dist.broadcast(t, src=src)
     return t.cpu().numpy().astype(bool)
+
+
+def broadcast_array(
+    array: np.ndarray | None, shape: tuple[int, ...], dtype, *, src: int = 0
+) -> np.ndarray:
+    """Rank ``src``'s array on every rank; the others pass None and the shape they expect.
+
+    Parameters
+    ----------
+    array : array of shape ``shape`` on rank ``src`` (read as ``dtype``); ignored elsewhere
+    shape : tuple of int, the same on every rank
+    dtype : a numeric numpy dtype, the same on every rank
+
+    Returns
+    -------
+    array of shape ``shape`` and dtype ``dtype`` (on ``src``, ``array`` itself when it has
+    that dtype and is contiguous)
+    """
+    dtype = np.dtype(dtype)
+    if not _active() or dist.get_rank() == src:
+        out = np.ascontiguousarray(array, dtype=dtype)
+        if out.shape != tuple(shape):
+            raise ValueError(f"array of shape {out.shape}, expected {tuple(shape)}")
+        if not _active():
+            return out
+        dist.broadcast(torch.from_numpy(out).to(_comm_device()), src=src)
+        return out
+    t = torch.empty(tuple(shape), dtype=_torch_dtype(dtype), device=_comm_device())
+    dist.broadcast(t, src=src)
+    return t.cpu().numpy()
+
+
+def gather_picks(
+    local: dict[int, np.ndarray], sizes: Sequence[int]
+) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
+    """Every piece's picks on rank 0, in piece order, and which rank computed each.
+
+    Every rank calls this with the pieces it ran; together the ranks must cover every piece.
+    Piece i's picks fill its ``sizes[i]`` slots of one int64 table (short picks padded with
+    -1), which :func:`gather_rows` assembles on rank 0: fixed-size tensors, no pickles.
+
+    Parameters
+    ----------
+    local : {piece index: int array of shape (<= sizes[i],)}, the picks this rank computed
+    sizes : ints >= 1, the most picks each piece may have (GreeDi: the partition's budget)
+
+    Returns
+    -------
+    picks : list of int64 arrays, ``picks[i]`` as the rank that ran piece i gave it, on rank 0
+        (alone: on the one process); None elsewhere
+    ranks : int64 array of shape (len(sizes),), the rank that ran each piece; None elsewhere
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if (sizes < 1).any():
+        raise ValueError("every piece must have room for at least one pick")
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    rank = dist.get_rank() if _active() else 0
+    rows, index = [np.empty((0, 2), np.int64)], [np.empty(0, np.int64)]
+    for i, chosen in sorted(local.items()):
+        chosen = np.asarray(chosen, dtype=np.int64)
+        if len(chosen) > sizes[i]:
+            raise ValueError(f"piece {i} has {len(chosen)} picks, room for {sizes[i]}")
+        block = np.full((sizes[i], 2), -1, dtype=np.int64)
+        block[: len(chosen), 0], block[:, 1] = chosen, rank
+        rows.append(block)
+        index.append(np.arange(offsets[i], offsets[i + 1]))
+    table = gather_rows(np.concatenate(rows), np.concatenate(index), int(offsets[-1]))
+    if table is None:
+        return None, None
+    ends = zip(offsets[:-1], offsets[1:], strict=True)
+    picks = [table[a:b, 0][table[a:b, 0] >= 0] for a, b in ends]
+    return picks, table[offsets[:-1], 1].copy()
 
 
 def mask_digest(mask: np.ndarray) -> str:

@@ -554,11 +554,14 @@ def snapshot_phase(state: TrainState, epoch: int) -> SnapshotPhase:
         batch_size=config.snapshot_batch_size,
     )
     t1 = time.perf_counter()
-    if snap is None:  # a rank other than 0: rank 0 decides, the drops come by broadcast
+    # rank 0 decides; under torchrun every rank may run a share of the work (EPIC's GreeDi)
+    n_classes = state.data.dataset.n_classes
+    result = distributed.run_defense(state.dist, state.defense, snap, state.data.y_train,
+                                     state.active.copy(), n_classes=n_classes)  # fmt: skip
+    t2 = time.perf_counter()
+    if snap is None:  # a rank other than 0: the drops come by broadcast
         new = distributed.broadcast_mask(np.zeros_like(state.active))
         return SnapshotPhase({}, new, None, NO_SNAPSHOT)
-    result = state.defense(snap, state.active.copy())
-    t2 = time.perf_counter()
     # The last snapshot drops nothing: no training is left for a drop to change.
     in_window = config.drop_after <= epoch < min(config.stop_after, config.epochs)
     new = result.suspect & state.active if in_window else np.zeros_like(state.active)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,11 @@ CIFAR_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# No per-example deadline: speed is measured in bench/, never by tests, and a loaded machine
+# made hypothesis fail test_roc_auc_equals_sklearn on time alone (DeadlineExceeded).
+hypothesis.settings.register_profile("poisonlens", deadline=None)
+hypothesis.settings.load_profile("poisonlens")
 
 
 def pytest_configure(config):

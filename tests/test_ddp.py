@@ -166,6 +166,71 @@ def test_augmentation_seeds_differ_per_rank_and_rank0_keeps_the_run_seed():
     assert D.rank_seed(5, ctx[1]) != 5
 
 
+# --- GreeDi's first round shared by the ranks, checked in one process ----------------------------
+
+
+def greedi_snapshot():
+    """The driver's synthetic snapshot and the EPIC defense it runs (several partitions a class)."""
+    from core.defense.base import Snapshot
+    from core.defense.epic import Epic
+    from tests.ddp_greedi_driver import N_CLASSES, PARAMS, synthetic
+
+    grads, labels, active = synthetic()
+    zeros = np.zeros(len(labels), np.float32)
+    snap = Snapshot(0, labels, grads, np.zeros((len(labels), 1), np.float32), zeros, zeros, labels)
+    return snap, active, Epic(**PARAMS), N_CLASSES
+
+
+def assert_same_result(a, b):
+    np.testing.assert_array_equal(a.suspect, b.suspect)
+    np.testing.assert_array_equal(a.score, b.score)
+    assert a.columns.keys() == b.columns.keys()
+    for name in a.columns:
+        np.testing.assert_array_equal(a.columns[name], b.columns[name])
+
+
+def test_alone_gather_picks_keeps_piece_order_and_strips_the_padding():
+    local = {1: np.array([7, 3]), 0: np.array([5]), 2: np.array([9, 8, 1])}
+    picks, ranks = D.gather_picks(local, [2, 2, 3])  # piece 0 chose one of its two slots
+    assert [p.tolist() for p in picks] == [[5], [7, 3], [9, 8, 1]]
+    assert ranks.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="piece 0 has 3 picks, room for 2"):
+        D.gather_picks({0: np.arange(3), 1: np.arange(2)}, [2, 2])
+    with pytest.raises(ValueError, match="2 of 4"):  # piece 1 (two slots) ran nowhere
+        D.gather_picks({0: np.arange(2)}, [2, 2])
+
+
+def test_share_deals_every_piece_to_one_rank_round_robin():
+    shares = [D.share(11, 3, r) for r in range(3)]
+    assert sorted(sum(shares, [])) == list(range(11))
+    assert [len(s) for s in shares] == [4, 4, 3] and shares[1][:2] == [1, 4]
+
+
+def test_epic_finished_from_the_ranks_shares_of_picks_is_its_one_process_decision():
+    snap, active, epic, n_classes = greedi_snapshot()
+    parts = epic.partitions(snap.labels, active, n_classes=n_classes)
+    assert len(parts) >= 2 * n_classes  # several partitions a class: something to share
+    local = {}
+    for rank in range(2):  # what each of two ranks runs, then what rank 0 gathers
+        mine = D.share(len(parts), 2, rank)
+        local.update(zip(mine, epic.first_round(snap.grads, [parts[i] for i in mine]), strict=True))
+    picks, _ = D.gather_picks(local, [p.budget for p in parts])
+    finished = epic.finish(snap, active, parts, picks, info={"partitions_per_rank": [8, 7]})
+    alone = epic(snap, active)
+    assert_same_result(finished, alone)
+    timeless = {k: v for k, v in alone.info.items() if k != "seconds"}
+    assert {k: finished.info[k] for k in timeless} == timeless
+    assert finished.info["partitions_per_rank"] == [8, 7]
+
+
+def test_alone_run_defense_is_the_defense_called_on_the_snapshot():
+    snap, active, epic, n_classes = greedi_snapshot()
+    result = D.run_defense(None, epic, snap, snap.labels, active, n_classes=n_classes)
+    assert_same_result(result, epic(snap, active))
+    assert "partitions_per_rank" not in result.info
+    assert D.run_defense(None, epic, None, snap.labels, active, n_classes=n_classes) is None
+
+
 # --- two real processes on gloo -----------------------------------------------------------------
 
 
@@ -203,6 +268,28 @@ def test_collectives_in_two_torchrun_processes(tmp_path):
     lines = sorted(digests.read_text().split("\n")[:-1])
     same = [ln for ln in lines if ln.startswith("7 ")]
     assert len(same) == 2 and len({ln.split()[2] for ln in same}) == 1
+
+
+@pytest.mark.slow
+def test_greedi_spread_over_two_torchrun_processes_decides_as_one_process(tmp_path):
+    import json
+
+    proc = torchrun(2, "tests/ddp_greedi_driver.py", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
+    snap, active, epic, n_classes = greedi_snapshot()
+    # the broadcast gave rank 1 rank 0's gradients, bit for bit
+    np.testing.assert_array_equal(r1["received"], snap.grads)
+    assert bool(r1["result_is_none"]) and not bool(r0["result_is_none"])
+    alone = epic(snap, active)
+    np.testing.assert_array_equal(r0["suspect"], alone.suspect)
+    np.testing.assert_array_equal(r0["score"], alone.score)
+    for name in ("medoid", "cluster_size", "is_medoid", "isolated"):
+        np.testing.assert_array_equal(r0[name], alone.columns[name])
+    info = json.loads(str(r0["info"]))
+    n_parts = len(epic.partitions(snap.labels, active, n_classes=n_classes))
+    assert sum(info["partitions_per_rank"]) == n_parts
+    assert info["partitions_per_rank"] == [(n_parts + 1) // 2, n_parts // 2]
 
 
 # --- poisonlens train under torchrun: digits, EPIC, two gloo processes ---------------------------
@@ -332,3 +419,40 @@ def test_a_killed_rank_fails_the_run_which_resumes_with_two_processes_or_one(tmp
 
         metrics = open_run(tmp_path / name).metrics()
         assert list(metrics["epoch"]) == list(range(13))
+
+
+@pytest.mark.slow
+def test_greedi_under_two_gloo_processes_shares_the_partitions_and_decides_as_one(tmp_path):
+    import json
+
+    from core.defense.epic import Epic, select
+    from core.store import open_run
+
+    # partitions of 40 split each digits class (~135 examples) into about 4
+    args = [*TRAIN, "--epochs", "4", "--runs-dir", str(tmp_path), "--name", "greedi",
+            "--defense-param", "method=greedi", "--defense-param", "partition_size=40"]  # fmt: skip
+    proc = torchrun(2, "--no-python", POISONLENS, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = read_json(tmp_path / "greedi" / "run.json")
+    assert (meta["status"], meta["world_size"]) == ("finished", 2)
+    epic = Epic(**meta["config"]["defense_params"])
+    assert epic.config.method == "greedi" and epic.config.partition_size == 40
+    run = open_run(tmp_path / "greedi")
+    metrics = run.metrics().set_index("epoch")
+    assert run.snapshot_epochs() == [0, 2, 4]
+    for epoch in run.snapshot_epochs():
+        snap = run.snapshot(epoch)
+        grads = snap.filter(regex="^g_").to_numpy()
+        labels, active = snap["label"].to_numpy(), snap["active"].to_numpy()
+        parts = epic.partitions(labels, active, n_classes=grads.shape[1])
+        assert len(parts) >= 3 * grads.shape[1]
+        per_rank = json.loads(metrics.loc[epoch, "defense_info"])["partitions_per_rank"]
+        assert len(per_rank) == 2 and min(per_rank) > 0 and sum(per_rank) == len(parts)
+        # the same snapshot selected in one process decides the same suspects and medoids
+        alone = select(grads, labels, active=active, config=epic.config)
+        np.testing.assert_array_equal(snap["suspect"].to_numpy(), alone.drop)
+        np.testing.assert_array_equal(snap["isolated"].to_numpy(), alone.isolated)
+        np.testing.assert_array_equal(snap["medoid"].to_numpy(), alone.medoid)
+        dropping = epoch == 2  # drop_after 2 <= epoch < epochs 4
+        np.testing.assert_array_equal(snap["drop"].to_numpy(), alone.drop & active & dropping)
+    assert metrics.loc[4, "n_dropped"] == metrics.loc[2, "n_dropped"] > 0

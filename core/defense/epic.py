@@ -400,20 +400,86 @@ class Epic:
             ``score`` and ``suspect`` of shape (n_samples,); ``columns`` as declared in ``output_columns``; ``info`` with per-class ``k``, ``objective``, ``seconds`` and ``n_isolated``, ``n_dropped``.
         """
         chosen = select(snapshot.grads, snapshot.labels, active=active, config=self.config)
-        return DefenseResult(
-            score=chosen.score,
-            suspect=chosen.drop,
-            columns={
-                "medoid": chosen.medoid,
-                "cluster_size": chosen.cluster_size,
-                "is_medoid": chosen.is_medoid,
-                "isolated": chosen.isolated,
-            },
-            info={
-                "k": chosen.k.tolist(),
-                "objective": chosen.objective.tolist(),
-                "seconds": chosen.seconds.tolist(),
-                "n_isolated": int(chosen.isolated.sum()),
-                "n_dropped": int(chosen.drop.sum()),
-            },
-        )
+        return _result(chosen)
+
+    # The three methods below let core.distributed.run_defense spread GreeDi's first round over
+    # the ranks of a torchrun run; __call__ is the same computation in one process.
+
+    def partitions(self, labels: np.ndarray, active: np.ndarray, *, n_classes: int) -> list:
+        """GreeDi's partitions at a snapshot (:func:`plan`): every rank computes the same ones.
+
+        Parameters
+        ----------
+        labels : int array of shape (n_samples,)
+        active : bool array of shape (n_samples,), the examples still in training
+        n_classes : number of classes
+
+        Returns
+        -------
+        list of Partition, empty when every class runs exact greedy (nothing to spread)
+        """
+        labels, active = np.asarray(labels, dtype=np.int64), np.asarray(active, dtype=bool)
+        return plan(labels, active=active, config=self.config, n_classes=n_classes)[0]
+
+    def first_round(self, grads: np.ndarray, parts: Sequence[Partition]) -> list[np.ndarray]:
+        """Greedy on each of ``parts`` (``n_jobs`` threads), as :func:`select` runs them.
+
+        Parameters
+        ----------
+        grads : float array of shape (n_samples, n_classes), the whole snapshot's gradients
+        parts : some of the partitions of :meth:`partitions`
+
+        Returns
+        -------
+        picks : list of int64 arrays, ``picks[i]`` of shape (parts[i].budget,), global indices
+        """
+        return run_partitions(grads, parts, metric=self.config.metric, n_jobs=self.config.n_jobs)
+
+    def finish(
+        self,
+        snapshot: Snapshot,
+        active: np.ndarray,
+        parts: Sequence[Partition],
+        picks: Sequence[np.ndarray],
+        *,
+        info: dict | None = None,
+    ) -> DefenseResult:
+        """The decisions from every partition's picks (:func:`finish_selection`), as ``__call__``.
+
+        Parameters
+        ----------
+        snapshot : Snapshot, uses ``grads`` (n_samples, n_classes) and ``labels``
+        active : bool ndarray of shape (n_samples,), as given to :meth:`partitions`
+        parts : all the partitions of :meth:`partitions`, in order
+        picks : ``picks[i]``, the global indices :meth:`first_round` chose in ``parts[i]``
+        info : more facts for ``DefenseResult.info`` (e.g. ``partitions_per_rank``)
+
+        Returns
+        -------
+        DefenseResult, as ``__call__`` returns it, ``info`` added
+        """
+        grads, labels, active = _check_arrays(snapshot.grads, snapshot.labels, active)
+        chosen = finish_selection(grads, labels, parts, picks, active=active, config=self.config)
+        return _result(chosen, info)
+
+
+def _result(chosen: Selection, info: dict | None = None) -> DefenseResult:
+    # A Selection as the trainer stores it: the score, the drops, EPIC's columns and facts.
+    return DefenseResult(
+        score=chosen.score,
+        suspect=chosen.drop,
+        columns={
+            "medoid": chosen.medoid,
+            "cluster_size": chosen.cluster_size,
+            "is_medoid": chosen.is_medoid,
+            "isolated": chosen.isolated,
+        },
+        info={
+            "k": chosen.k.tolist(),
+            "objective": chosen.objective.tolist(),
+            "seconds": chosen.seconds.tolist(),
+            "n_isolated": int(chosen.isolated.sum()),
+            "n_dropped": int(chosen.drop.sum()),
+            **(info or {}),
+        },
+    )
