@@ -7,6 +7,8 @@ set -euo pipefail
 export OMP_NUM_THREADS=1
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
+DATASET=${DATASET:-digits}  # any --dataset spec; e.g. imagefolder:../shared/data/cifar10-subset
+RESULTS=${RESULTS:-$HERE}  # where the tables are copied
 OUT=${OUT:-/work/evalruns/scenarios-digits}
 PY="$ROOT/.venv/bin/python"
 PL="$ROOT/.venv/bin/poisonlens"
@@ -17,9 +19,10 @@ cd "$ROOT"
 mkdir -p "$OUT/poisons"/{scratch,transfer,finetune}
 t0=$(date +%s)
 # the pretrained model: 30 epochs on the pretraining split (fixed, whatever the victim's SCHED)
-$PL evaluate --dataset digits --pretrain-only --pretrain-epochs 30 --epochs 20 --out "$OUT"
-MODEL="$OUT/pretrained/digits/seed0/checkpoints/model.pt"
-[ -f "$OUT/pairs.txt" ] || $PY "$HERE/pick_targets.py" "$MODEL" digits "$N_SETS" > "$OUT/pairs.txt"
+$PL evaluate --dataset "$DATASET" --pretrain-only --pretrain-epochs 30 --epochs 20 --out "$OUT"
+KEY=$(echo "$DATASET" | sed -E 's/[^A-Za-z0-9]+/-/g; s/^-+//; s/-+$//' | tail -c 61)  # core.evaluate.dataset_key
+MODEL="$OUT/pretrained/$KEY/seed0/checkpoints/model.pt"
+[ -f "$OUT/pairs.txt" ] || $PY "$HERE/pick_targets.py" "$MODEL" "$DATASET" "$N_SETS" > "$OUT/pairs.txt"
 echo "pretrain + pick: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
 # craft SCENARIO: one poison set per picked pair (skips sets already crafted)
 craft() {
@@ -34,7 +37,7 @@ craft() {
       finetune) args=(--attack gradient-matching --eps 32 --surrogate "$MODEL" --param restarts=1) ;;
       scratch)  args=(--attack gradient-matching --eps 32 --param restarts=1 --param 'surrogate_epochs=[20]') ;;
     esac
-    $PL craft --dataset digits "${args[@]}" --target-index "$target" --adv-class "$adv" \
+    $PL craft --dataset "$DATASET" "${args[@]}" --target-index "$target" --adv-class "$adv" \
       --budget 0.05 --seed $i --out "$OUT/craft/$scen/$name" --overwrite --quiet < /dev/null
     cp "$OUT/craft/$scen/$name/poisons.npz" "$dest.npz.tmp" && mv "$dest.npz.tmp" "$dest.npz"
     echo "craft $scen $name target $target adv $adv: $(( $(date +%s) - t1 )) s" | tee -a "$OUT/times.txt"
@@ -44,7 +47,7 @@ craft() {
 evaluate() {
   local t1
   t1=$(date +%s)
-  $PL evaluate --dataset digits --poisons "$OUT/poisons" --scenarios "$1" --seeds 0,1,2 \
+  $PL evaluate --dataset "$DATASET" --poisons "$OUT/poisons" --scenarios "$1" --seeds 0,1,2 \
     --defenses $DEFENSES $SCHED --jobs "${JOBS:-2}" --quiet --out "$OUT" > "$OUT/summary-$1.md"
   echo "evaluate $1: $(( $(date +%s) - t1 )) s" | tee -a "$OUT/times.txt"
 }
@@ -56,8 +59,8 @@ for step in $STEPS; do
     craft:*) craft "${step#craft:}" ;;
     eval:*) evaluate "${step#eval:}" ;;
     tables)
-$PL evaluate --dataset digits --poisons "$OUT/poisons" --scenarios transfer,finetune,scratch \
+$PL evaluate --dataset "$DATASET" --poisons "$OUT/poisons" --scenarios ${SCENARIOS:-transfer,finetune,scratch} \
   --seeds 0,1,2 --defenses $DEFENSES $SCHED --quiet --out "$OUT" > /dev/null
-      cp "$OUT"/{runs.csv,detection.csv,summary.csv,summary.md,pairs.txt,times.txt} "$HERE/" ;;
+      mkdir -p "$RESULTS" && cp "$OUT"/{runs.csv,detection.csv,summary.csv,summary.md,pairs.txt,times.txt} "$RESULTS/" ;;
   esac
 done

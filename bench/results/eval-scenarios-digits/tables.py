@@ -1,6 +1,6 @@
 """Write the tables of the finished runs only (for a grid cut off by the deadline).
 
-usage: python tables.py OUT DEST  — reads OUT/runs/<scenario>/*, writes runs.csv, detection.csv,
+usage: python tables.py OUT DEST [DATASET]  — reads OUT/runs/<scenario>/*, writes runs.csv, detection.csv,
 summary.csv and summary.md to DEST. A cell counts only once its run.json says 'finished'.
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from core.evaluate import (
     SCENARIOS,
     cell_state,
+    dataset_key,
     plan_grid,
     poison_sets_for,
     write_results,
@@ -17,7 +18,8 @@ from core.evaluate import (
 
 out, dest = Path(sys.argv[1]), Path(sys.argv[2])
 defenses = ["clean", "none", "epic-0.2", "random-0.2", "deepknn", "spectral"]
-pretrained = {s: out / "pretrained/digits/seed0/checkpoints/model.pt" for s in (0, 1, 2)}
+key = dataset_key(sys.argv[3] if len(sys.argv) > 3 else "digits")
+pretrained = {s: out / "pretrained" / key / "seed0/checkpoints/model.pt" for s in (0, 1, 2)}
 grid = []
 for scenario in SCENARIOS:
     if not (out / "runs" / scenario).is_dir():
