@@ -172,11 +172,12 @@ class RunLock:
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK
         self.held = False
-        self.made_dir = False
+        self.made_dirs: list[Path] = []  # the folders this lock created, innermost first
 
     def __enter__(self) -> RunLock:
-        self.made_dir = not self.path.parent.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        self.made_dirs = [d for d in (folder, *folder.parents) if not d.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(3):
             try:
@@ -202,8 +203,12 @@ class RunLock:
         if self.held and _read_lock(self.path).get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
         self.held = False
-        if self.made_dir and not any(self.path.parent.iterdir()):
-            self.path.parent.rmdir()  # a run that failed before writing anything leaves no folder
+        # a run that failed before writing anything leaves no folder, nor a runs folder made
+        # for it (a refused `--runs-dir new/place` leaves nothing behind)
+        for folder in self.made_dirs:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def _read_lock(path: Path) -> dict:

@@ -103,6 +103,14 @@ def test_runs_dir_naming_a_file_is_refused(tmp_path, capsys):
     assert "is a file" in err
 
 
+def test_a_refused_run_leaves_no_runs_folder_behind(tmp_path, capsys):
+    # the data set is refused after the run's lock was taken: the folders made for it go too
+    runs = tmp_path / "new" / "runs"
+    code, err = call(["train", "--runs-dir", str(runs), "--dataset", "nosuch:x", "--quiet"], capsys)
+    assert_one_line(code, err, "nosuch:x")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "content, problem",
     [
