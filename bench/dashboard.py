@@ -12,8 +12,11 @@
 2. Computes each run's UMAP map in the background process the page starts
    (``python -m core.projection``), measuring its wall time and peak memory (max RSS).
 3. Starts the dashboard and drives headless Chromium: time from asking for the page to the map
-   drawn (first render), then moves the epoch slider ``--moves`` times and times each redraw,
-   counting the bytes the server sends over the websocket per redraw.
+   drawn (first render, the browser's cache cleared first), then moves the epoch slider
+   ``--moves`` times and times each redraw, counting the bytes the server sends over the
+   websocket and, over HTTP, the map component's files (its page, plotly.js, the positions file).
+   The map is found in the map component's iframe, or in the page (Streamlit's own chart: the
+   density route, and versions of the page before the component).
 4. Writes the table to ``--out`` and, with ``--screenshots``, the 50,000-point map and the
    sample panel.
 
@@ -148,8 +151,15 @@ def compute_map(run_dir: Path, method: str = "umap") -> dict:
 
 # --- the browser ---------------------------------------------------------------------------
 
+# the map: the plotly graph inside the map component's (same-origin) iframe, or Streamlit's own
+# chart in the page (the density route, and earlier versions of the page)
 SIGNATURE = """
-const gd = document.querySelector('.js-plotly-plot');
+let gd = null;
+for (const f of document.querySelectorAll('iframe')) {
+  try { gd = f.contentDocument && f.contentDocument.querySelector('.js-plotly-plot'); } catch (e) {}
+  if (gd) break;
+}
+gd = gd || document.querySelector('.js-plotly-plot');
 if (!gd || !gd.data || !gd.data.length) return null;
 const parts = gd.data.map(t => t.name + ':' + (t.x && t.x.length) + ':' + (t.x && t.x.length ? String(t.x[0]) : ''));
 const imgs = (gd.layout.images || []).map(i => (i.source || '').slice(-60));
@@ -198,14 +208,29 @@ def browser():
 
 def ws_bytes(driver) -> int:
     """Bytes received over websockets since the last call (Chromium's performance log)."""
-    total = 0
+    return received(driver)["websocket"]
+
+
+def received(driver) -> dict[str, int]:
+    """Bytes received since the last call (Chromium's performance log): over websockets, and
+    over HTTP from the map component's folder (its page, plotly.js, the positions file)."""
+    totals = {"websocket": 0, "component": 0, "positions": 0}
+    urls = {}
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
-        if message.get("method") == "Network.webSocketFrameReceived":
-            payload = message["params"]["response"]
+        method, params = message.get("method"), message.get("params", {})
+        if method == "Network.webSocketFrameReceived":
+            payload = params["response"]
             data = payload.get("payloadData", "")
-            total += len(data) * 3 // 4 if payload.get("opcode") == 2 else len(data)
-    return total
+            totals["websocket"] += len(data) * 3 // 4 if payload.get("opcode") == 2 else len(data)
+        elif method == "Network.responseReceived":
+            urls[params["requestId"]] = params["response"]["url"]
+        elif method == "Network.loadingFinished" and "/component/" in urls.get(params["requestId"], ""):
+            size = int(params.get("encodedDataLength", 0))
+            totals["component"] += size
+            if urls[params["requestId"]].endswith(".f32"):
+                totals["positions"] += size
+    return totals
 
 
 def wait(driver, condition, timeout: float = 120):
@@ -228,7 +253,9 @@ def time_page(driver, url: str, run: str, moves: int, shots: Path | None, shot_n
     health = time.perf_counter()
     urllib.request.urlopen(f"{url}/_stcore/health", timeout=10)
     answered = time.perf_counter() - health
-    ws_bytes(driver)
+    received(driver)
+    # a first-time visitor: nothing in the browser's cache (Streamlit's scripts, plotly.js, positions)
+    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
     start = time.perf_counter()
     # from the last snapshot, so each slider move asks for an epoch not sent yet (Streamlit sends a
     # message the browser already has as a short reference, which would flatter the figures)
@@ -236,7 +263,7 @@ def time_page(driver, url: str, run: str, moves: int, shots: Path | None, shot_n
     wait(driver, lambda d: d.execute_script(SIGNATURE) is not None, timeout=300)
     first = time.perf_counter() - start
     wait(driver, idle, timeout=300)
-    first_bytes = ws_bytes(driver)
+    first_bytes = received(driver)
     redraws, sizes = [], []
     for _ in range(moves):
         before = driver.execute_script(SIGNATURE)
@@ -247,7 +274,8 @@ def time_page(driver, url: str, run: str, moves: int, shots: Path | None, shot_n
         wait(driver, lambda d, before=before: d.execute_script(SIGNATURE) not in (None, before), timeout=120)
         redraws.append(time.perf_counter() - t0)
         wait(driver, idle, timeout=120)
-        sizes.append(ws_bytes(driver))
+        got = received(driver)
+        sizes.append(got["websocket"] + got["component"])
     if shots is not None:
         time.sleep(1.0)
         driver.save_screenshot(str(shots / f"{shot_name}.png"))
@@ -276,10 +304,12 @@ def sample_panel_shot(driver, shots: Path) -> None:
 def row(name: str, timing: dict) -> str:
     if "error" in timing:
         return f"| {name} | not measured: {timing['error']} | | | |"
-    r = timing["redraw_s"]
+    r, first = timing["redraw_s"], timing["first_bytes"]
+    files = (f" + {first['component'] / 1e6:.2f} MB of component files (positions {first['positions'] / 1e6:.2f} MB)"
+             if first["component"] else "")
     return (f"| {name} | {timing['first_render_s']:.2f} s | {statistics.median(r):.2f} s "
             f"({min(r):.2f}–{max(r):.2f}) | {statistics.median(timing['redraw_bytes']) / 1e6:.2f} MB | "
-            f"{timing['first_bytes'] / 1e6:.2f} MB |")
+            f"{first['websocket'] / 1e6:.2f} MB over the websocket{files} |")
 
 
 def main() -> None:
@@ -360,7 +390,8 @@ def main() -> None:
               f"with other jobs (load average {load[0]:.1f} at the end of this run"
               + "".join(f"; {lab} measured at a 1-minute load of {ld[0]:.1f}" for lab, ld in loads.items() if lab)
               + f"), one thread per process, headless Chromium ({' '.join(FLAGS[:-1])}; software WebGL). Each page "
-              "is visited once before it is timed (the server's caches warm, as after a user's first visit).", "",
+              "is visited once before it is timed (the server's caches warm, as after a user's first visit); the browser's "
+              "cache is cleared before each timed visit (a first-time visitor downloads everything).", "",
               "| run | first render (page asked → map drawn) | epoch slider → map redrawn, median (range) | "
               "sent per redraw | sent for the first render |", "|---|---|---|---|---|"]
     for name, _, _ in names:

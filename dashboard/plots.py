@@ -305,13 +305,19 @@ def gradient_map_figure(points: pd.DataFrame, *, class_names: list[str], x_range
         ))
     fig.update_layout(
         height=height, margin=dict(l=10, r=10, t=30, b=10), font=PLOT_FONT,
-        legend=dict(title=dict(text="click an entry to hide / show it:"), itemsizing="constant", orientation="h",
-                    yanchor="top", y=-0.04, xanchor="left", x=0),
+        # no legend title (the page says how to use the legend): plotly.js 4 indents a horizontal
+        # legend by its title's width and lets the last entries overflow the frame; y=-0.08 puts
+        # it below the axis title (a paper fraction: about 30 px at this height)
+        legend=dict(font=dict(size=12), itemsizing="constant", orientation="h", yanchor="top", y=-0.08,
+                    xanchor="left", x=0),
         uirevision=f"map-{by_cluster}-{x_range}-{y_range}", plot_bgcolor="#fafafa", dragmode="pan",  # click = open; box / lasso from the modebar
         images=images, meta=dict(notes=notes),
     )
-    fig.update_xaxes(range=x_range, title_text=f"{method} 1", showticklabels=False, zeroline=False, showgrid=False)
-    fig.update_yaxes(range=y_range, title_text=f"{method} 2", showticklabels=False, zeroline=False, showgrid=False)
+    axis_title = dict(size=12, color="#808495")  # quiet, as Streamlit's theme draws axis titles
+    fig.update_xaxes(range=x_range, title_text=f"{method} 1", title_font=axis_title, title_standoff=4,
+                     showticklabels=False, zeroline=False, showgrid=False)
+    fig.update_yaxes(range=y_range, title_text=f"{method} 2", title_font=axis_title, title_standoff=4,
+                     showticklabels=False, zeroline=False, showgrid=False)
     return fig
 
 

@@ -56,6 +56,12 @@ def figure(at: AppTest, n: int = 0) -> dict:
     return json.loads(at.get("plotly_chart")[n].proto.spec)
 
 
+def map_figure(at: AppTest) -> dict:  # the Gradient space map (a component since the map stays mounted)
+    from tests.test_map import map_figure
+
+    return map_figure(at)
+
+
 def markdown(at: AppTest) -> str:
     return "\n".join(m.value for m in at.markdown)
 
@@ -116,11 +122,11 @@ def test_overview_of_a_clean_run_says_there_is_no_ground_truth(runs_env):
 def test_moving_the_epoch_slider_moves_the_examples_not_the_map(runs_env):
     epochs = open_run(runs_env / POISON_RUN).snapshot_epochs()
     at = app("views/gradient_space.py", POISON_RUN, _epoch=epochs[-1])
-    last = figure(at)
+    last = map_figure(at)
     assert f"**Epoch {epochs[-1]}**" in markdown(at)
     at.select_slider(key="gs_epoch").set_value(epochs[0]).run()
     assert not at.exception
-    first = figure(at)
+    first = map_figure(at)
     assert f"**Epoch {epochs[0]}**" in markdown(at)
     assert first["data"][0]["x"] != last["data"][0]["x"]
     assert first["layout"]["xaxis"]["range"] == last["layout"]["xaxis"]["range"]
@@ -129,12 +135,12 @@ def test_moving_the_epoch_slider_moves_the_examples_not_the_map(runs_env):
 
 def test_the_map_draws_each_group_as_its_own_trace(runs_env):
     at = app("views/gradient_space.py", POISON_RUN)
-    names = [t["name"] for t in figure(at)["data"]]
+    names = [t["name"] for t in map_figure(at)["data"]]
     assert any(n.startswith("class ") for n in names)
     assert any(n.startswith("poison") for n in names)
     assert any(n.startswith("target") for n in names)
     assert any(n.startswith("medoid") for n in names)
-    assert all(t["type"] == "scattergl" for t in figure(at)["data"])
+    assert all(t["type"] == "scattergl" for t in map_figure(at)["data"])
 
 
 def test_a_kept_selection_fills_the_table(runs_env):
@@ -143,7 +149,7 @@ def test_a_kept_selection_fills_the_table(runs_env):
     table = at.dataframe[0].value
     assert table["index"].tolist() == [0, 1, poisons[0]]
     assert table["image"].str.startswith("data:image/png;base64,").all()
-    assert any(t["name"].startswith("selected") for t in figure(at)["data"])
+    assert any(t["name"].startswith("selected") for t in map_figure(at)["data"])
     at.button(key="gs_clear").click().run()
     assert at.session_state["_selected"] == []
 
@@ -159,8 +165,8 @@ def test_the_per_class_view_shows_cluster_sizes(runs_env):
     at.radio(key="gs_view").set_value("one class").run()
     at.selectbox(key="gs_class").set_value(3).run()
     assert not at.exception
-    assert len(at.get("plotly_chart")) == 2
-    assert "Cluster sizes" in figure(at, 1)["layout"]["title"]["text"]
+    assert len(at.get("plotly_chart")) == 1 and at.get("component_instance")  # bars below the map
+    assert "Cluster sizes" in figure(at, 0)["layout"]["title"]["text"]
 
 
 def test_play_advances_the_epoch(runs_env):

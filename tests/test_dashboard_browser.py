@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -170,10 +171,32 @@ def open_page(driver, title: str) -> None:
     wait(driver, lambda d: heading(d) == title and idle(d))
 
 
+# the Gradient space map is a custom component: its plotly graph lives in a same-origin iframe
+FIND_MAP = ("const mapGd = () => { for (const f of document.querySelectorAll('iframe')) {"
+            " try { const g = f.contentDocument && f.contentDocument.querySelector('.js-plotly-plot');"
+            " if (g) return g; } catch (e) {} } return document.querySelector('.js-plotly-plot'); };")
+
+
 def first_trace_x(driver) -> str | None:
     return driver.execute_script(
-        "const gd = document.querySelector('.js-plotly-plot');"
+        FIND_MAP + "const gd = mapGd();"
         "return gd && gd.data && gd.data.length ? JSON.stringify(gd.data[0].x).slice(0, 400) : null;")
+
+
+@contextmanager
+def map_frame(driver):
+    """Work inside the map component's iframe (plotly's modebar and drag layer live there)."""
+    for frame in driver.find_elements(By.TAG_NAME, "iframe"):
+        driver.switch_to.frame(frame)
+        if driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"):
+            break
+        driver.switch_to.default_content()
+    else:
+        raise AssertionError("no map component on the page")
+    try:
+        yield driver
+    finally:
+        driver.switch_to.default_content()
 
 
 def shoot(driver, name: str) -> None:
@@ -238,14 +261,16 @@ def test_typed_indices_fill_the_selection_table(server, browser, shown_run):
     assert f"{len(poisons)} selected" in browser.find_element(By.TAG_NAME, "body").text
     shoot(browser, "gradient-space-selection")
     browser.find_element(By.XPATH, "//label[.//p[text()='one class']]").click()
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) == 2 and idle(d), timeout=30)
+    # the cluster-size bars (Streamlit's chart) below the map (the component)
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) == 1 and idle(d)
+         and first_trace_x(d) is not None, timeout=30)
     shoot(browser, "gradient-space-one-class")
 
 
 def legend_count(driver, group: str) -> int | None:
     """The count in a map legend entry, e.g. 'selected by you (107)' -> 107."""
     return driver.execute_script(
-        "const gd = document.querySelector('.js-plotly-plot');"
+        FIND_MAP + "const gd = mapGd();"
         "const t = gd && gd.data.find(t => t.legendgroup === arguments[0]);"
         "return t ? parseInt(t.name.split('(').pop().replace(/,/g, '')) : null;", group)
 
@@ -258,21 +283,23 @@ def selected_in_table(driver) -> int | None:
 def test_a_box_drawn_on_the_map_is_the_selection_drawn_and_listed(server, browser, shown_run):
     browser.get(f"{server}/gradient_space?run={shown_run.name}")
     wait(browser, lambda d: first_trace_x(d) is not None and idle(d), timeout=120)
-    browser.find_element(By.CSS_SELECTOR, '.js-plotly-plot .modebar-btn[data-title="Box Select"]').click()
-    drag = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .nsewdrag")
-    w, h = drag.size["width"], drag.size["height"]
-    ActionChains(browser).move_to_element_with_offset(drag, -w // 3, -h // 3).click_and_hold() \
-        .move_by_offset(w // 2, h // 2).release().perform()
+    with map_frame(browser):
+        browser.find_element(By.CSS_SELECTOR, '.js-plotly-plot .modebar-btn[data-title="Box Select"]').click()
+        drag = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .nsewdrag")
+        w, h = drag.size["width"], drag.size["height"]
+        ActionChains(browser).move_to_element_with_offset(drag, -w // 3, -h // 3).click_and_hold() \
+            .move_by_offset(w // 2, h // 2).release().perform()
     wait(browser, lambda d: selected_in_table(d) and idle(d), timeout=60)
     wait(browser, lambda d: legend_count(d, "selected") == selected_in_table(d), timeout=30)
     first = selected_in_table(browser)
     assert first > 0
     browser.find_element(By.XPATH, "//label[.//p[text()='add']]").click()
     wait(browser, idle)
-    browser.find_element(By.CSS_SELECTOR, '.js-plotly-plot .modebar-btn[data-title="Box Select"]').click()
-    drag = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .nsewdrag")
-    ActionChains(browser).move_to_element_with_offset(drag, w // 5, h // 5).click_and_hold() \
-        .move_by_offset(w // 4, h // 4).release().perform()
+    with map_frame(browser):
+        browser.find_element(By.CSS_SELECTOR, '.js-plotly-plot .modebar-btn[data-title="Box Select"]').click()
+        drag = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .nsewdrag")
+        ActionChains(browser).move_to_element_with_offset(drag, w // 5, h // 5).click_and_hold() \
+            .move_by_offset(w // 4, h // 4).release().perform()
     wait(browser, lambda d: (selected_in_table(d) or 0) > first and idle(d), timeout=60)
     # the map marks exactly the examples the table lists, in the same rerun (not one action behind)
     wait(browser, lambda d: legend_count(d, "selected") == selected_in_table(d), timeout=30)
@@ -283,16 +310,29 @@ def test_clicking_a_point_opens_its_sample_panel(server, browser, shown_run):
     browser.get(f"{server}/gradient_space?run={shown_run.name}")
     wait(browser, lambda d: first_trace_x(d) is not None and idle(d), timeout=120)
     # where the first poison is drawn, in pixels from the plot area's top left
-    where = browser.execute_script(
-        "const gd = document.querySelector('.js-plotly-plot');"
-        "const t = gd._fullData.find(t => t.legendgroup === 'poison');"  # decoded typed arrays
-        "const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;"
-        "return [xa.l2p(t.x[0]), ya.l2p(t.y[0]), Number(t.customdata[0])];")
-    drag = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .nsewdrag")
-    w, h = drag.size["width"], drag.size["height"]
-    # hover first (plotly clicks the point it hovers), then click
-    ActionChains(browser).move_to_element_with_offset(drag, int(where[0] - w / 2) - 1, int(where[1] - h / 2)) \
-        .pause(0.5).move_by_offset(1, 0).pause(0.5).click().perform()
+    with map_frame(browser):
+        # the poison farthest (in pixels) from any other drawn example, so that the click
+        # cannot land on a neighbour: [x, y, its index, the distance to its nearest neighbour]
+        where = browser.execute_script(
+            "const gd = document.querySelector('.js-plotly-plot');"
+            "const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;"  # decoded typed arrays
+            "const drawn = [];"
+            "for (const t of gd._fullData) { if (t.visible !== true || !t.customdata || !t.x) continue;"
+            "  for (let k = 0; k < t.x.length; k++)"
+            "    drawn.push([xa.l2p(t.x[k]), ya.l2p(t.y[k]), Number(t.customdata[k])]); }"
+            "const t = gd._fullData.find(t => t.legendgroup === 'poison');"
+            "let best = null;"
+            "for (let k = 0; k < t.x.length; k++) {"
+            "  const x = xa.l2p(t.x[k]), y = ya.l2p(t.y[k]), i = Number(t.customdata[k]);"
+            "  let near = Infinity;"
+            "  for (const p of drawn) if (p[2] !== i) near = Math.min(near, Math.hypot(p[0] - x, p[1] - y));"
+            "  if (!best || near > best[3]) best = [x, y, i, near]; }"
+            "return best;")
+        drag = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot .nsewdrag")
+        w, h = drag.size["width"], drag.size["height"]
+        # hover first (plotly clicks the point it hovers), then click
+        ActionChains(browser).move_to_element_with_offset(drag, int(where[0] - w / 2) - 1, int(where[1] - h / 2)) \
+            .pause(0.5).move_by_offset(1, 0).pause(0.5).click().perform()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]') and idle(d),
          timeout=120)
     panel = browser.find_element(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]')

@@ -8,6 +8,7 @@ state, exactly where a browser's selection lands.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -28,6 +29,7 @@ from core.projection import (
 )
 from core.store import open_run, snapshot_path
 from dashboard import plots
+from dashboard.components.gradient_map import SERVED
 from dashboard.selection import clicked_index, indices_in_shapes, inside_polygon, selection_shapes
 from tests.dashboard_runs import POISON_RUN, runs_folder
 
@@ -66,8 +68,33 @@ def app(run: str, **state) -> AppTest:
     return at.run()
 
 
+def map_args(at: AppTest) -> dict:
+    """What the page sent the map: the mounted component's arguments (``figure`` parsed), or
+    Streamlit's plotly chart's spec and config where the page draws that (density maps)."""
+    found = at.get("component_instance")
+    if found:
+        args = json.loads(found[0].proto.json_args)
+        return args | {"figure": json.loads(args["figure"])}
+    chart = at.get("plotly_chart")[0].proto
+    return {"figure": json.loads(chart.spec), "config": json.loads(chart.config)}
+
+
+def map_figure(at: AppTest) -> dict:
+    """The map's figure as the browser draws it: the traces the component fills in from the
+    positions file it serves get their ``x``/``y`` from that file, as its JavaScript does."""
+    args = map_args(at)
+    fig = args["figure"]
+    if args.get("positions"):
+        xy = np.fromfile(SERVED / args["positions"], "<f4").reshape(-1, args["n_samples"], 2)[args["slot"]]
+        for number in args["fill"]:
+            custom = fig["data"][number]["customdata"]
+            index = np.frombuffer(base64.b64decode(custom["bdata"]), np.dtype(custom["dtype"]).newbyteorder("<"))
+            fig["data"][number] |= {"x": xy[index, 0].tolist(), "y": xy[index, 1].tolist()}
+    return fig
+
+
 def traces(at: AppTest) -> list[dict]:
-    return json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    return map_figure(at)["data"]
 
 
 def text(at: AppTest) -> str:
@@ -182,10 +209,10 @@ def test_a_click_opens_the_sample_panel_with_every_snapshot(runs_env):
 
 def test_finding_an_example_rings_and_zooms_to_it(runs_env):
     at = app(POISON_RUN)
-    whole = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]["range"]
+    whole = map_args(at)["figure"]["layout"]["xaxis"]["range"]
     at.text_input(key="gs_find").input("42").run()
     assert not at.exception
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    spec = map_args(at)["figure"]
     zoomed = spec["layout"]["xaxis"]["range"]
     assert zoomed[1] - zoomed[0] < 0.5 * (whole[1] - whole[0])
     assert legend_count(at, "found") == 1
@@ -217,22 +244,52 @@ def test_colour_groups_split_every_example_once():
     assert codes.tolist() == [0, 1, 0, 0]
 
 
-# --- the browser gets binary arrays, no per-point text --------------------------------------
+# --- the browser gets binary arrays, no per-point text, positions once per run ------------
 
 
-def test_the_map_sends_positions_and_indices_as_binary_arrays(runs_env):
+def test_the_map_sends_indices_as_binary_arrays_and_positions_once_per_run(runs_env):
     at = app(POISON_RUN)
-    first = traces(at)[0]
-    assert first["x"]["dtype"] == "f4" and "bdata" in first["x"]
+    args = map_args(at)
+    epoch = at.select_slider(key="gs_epoch").value
+    first = args["figure"]["data"][0]
+    # the examples' positions are not in the figure: the browser reads them from one file per run
+    assert "x" not in first and "y" not in first and 0 in args["fill"]
     assert first["customdata"]["dtype"] in ("i4", "u2", "i2")
     assert "thumb" not in json.dumps(first) and "<br>label" not in json.dumps(first)
+    n = len(open_run(runs_env / POISON_RUN).examples())
+    xy = np.fromfile(SERVED / args["positions"], "<f4").reshape(-1, n, 2)
+    assert len(xy) == len(open_run(runs_env / POISON_RUN).snapshot_epochs()) and args["n_samples"] == n
+    want = positions(runs_env / POISON_RUN, epoch)
+    np.testing.assert_array_equal(xy[args["slot"], want.index, 0], want["x"].to_numpy(np.float32))
+    np.testing.assert_array_equal(xy[args["slot"], want.index, 1], want["y"].to_numpy(np.float32))
+    # another epoch: the same file, another row of it
+    epochs = open_run(runs_env / POISON_RUN).snapshot_epochs()
+    other = epochs[0] if epoch != epochs[0] else epochs[-1]
+    at.select_slider(key="gs_epoch").set_value(other).run()
+    moved = map_args(at)
+    assert moved["positions"] == args["positions"] and moved["slot"] != args["slot"]
+    want = positions(runs_env / POISON_RUN, other)
+    np.testing.assert_array_equal(xy[moved["slot"], want.index, 0], want["x"].to_numpy(np.float32))
+
+
+def test_the_map_stays_one_mounted_element_across_epochs(runs_env):
+    # Streamlit's plotly chart puts the figure into its element id, so each epoch remounted it
+    # (a new WebGL context per redraw); the map component keeps its id, so the browser updates it
+    at = app(POISON_RUN)
+    before = at.get("component_instance")[0].proto
+    epochs = open_run(runs_env / POISON_RUN).snapshot_epochs()
+    other = epochs[0] if at.select_slider(key="gs_epoch").value != epochs[0] else epochs[-1]
+    at.select_slider(key="gs_epoch").set_value(other).run()
+    after = at.get("component_instance")[0].proto
+    assert after.id == before.id
+    assert json.loads(after.json_args)["figure"] != json.loads(before.json_args)["figure"]
+    assert not at.get("plotly_chart") or all(json.loads(c.proto.spec)["data"][0].get("customdata") is None
+                                             for c in at.get("plotly_chart"))
 
 
 def test_the_map_is_drawn_at_one_gl_pixel_per_pixel(runs_env):
-    # every redraw is a new chart element (Streamlit puts the figure in its id), so each builds a
-    # fresh WebGL canvas: at plotly's default ratio of 2 it would draw four times the pixels
-    chart = app(POISON_RUN).get("plotly_chart")[0].proto
-    assert json.loads(chart.config)["plotGlPixelRatio"] == 1
+    # where WebGL is software-rendered, plotly's default ratio of 2 draws four times the pixels
+    assert map_args(app(POISON_RUN))["config"]["plotGlPixelRatio"] == 1
 
 
 def test_rings_of_kept_isolated_medoids_use_a_colour_no_class_has():

@@ -1,10 +1,13 @@
 """Gradient space: a 2-D map of every example's last-layer gradient at one snapshot.
 
 The map is computed once per run by a background process (``core.projection``) and only read
-here. The browser gets positions and indices as binary arrays (no per-point text); past
-``DENSITY_ABOVE`` examples the examples are drawn as one density image, with poisons, drops
-and the selection as points. Selections are read from the drawn box or lasso and computed
-on the server, so they work the same at every size.
+here. Up to ``DENSITY_ABOVE`` examples it is drawn by the map component
+(:mod:`dashboard.components.gradient_map`), which stays mounted between epochs: the browser
+fetches every snapshot's positions once per run and gets, per epoch, the figure without them
+(indices as binary arrays, no per-point text). Past ``DENSITY_ABOVE`` examples the examples
+are drawn as one density image (an image per epoch: Streamlit's own plotly chart), with
+poisons, drops and the selection as points. Selections are read from the drawn box or lasso
+and computed on the server, so they work the same at every size and on both routes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dashboard.common import (
     snapshot_epochs_ui,
     thumbnails,
 )
+from dashboard.components.gradient_map import gradient_map, write_positions
 from dashboard.selection import (
     clicked_index,
     indices_in_shapes,
@@ -57,9 +61,8 @@ TABLE_LIMIT = 500  # rows with thumbnails in the selection table
 DENSITY_ABOVE = 200_000  # examples; above this the map is a density image plus overlay points
 ZOOM = 0.08  # share of the map's width shown around a looked-up example
 PANEL_PIXELS = 192  # the sample panel's image width
-# Streamlit (1.67) makes every new figure a new chart element (the figure is part of its id), so
-# each redraw builds a fresh WebGL canvas; plotly's default plotGlPixelRatio of 2 would draw four
-# times the pixels there, costly where WebGL is software-rendered
+# plotly's default plotGlPixelRatio of 2 draws four times the pixels, costly where WebGL is
+# software-rendered (headless or GPU-less browsers)
 MAP_CONFIG = {"displaylogo": False, "plotGlPixelRatio": 1}
 
 # --- cached data ---------------------------------------------------------------------------
@@ -94,6 +97,29 @@ def map_points(path: str, method: str, epoch: int, mtime: float) -> tuple[pd.Dat
     dropped = points["dropped_epoch"].to_numpy()
     points["dropped_before"] = (dropped >= 0) & (dropped < epoch)
     return points, proj[index == TARGET_INDEX][["x", "y"]]
+
+
+# cache_resource: 4.4 MB at 50,000 examples x 11 snapshots, not copied on every rerun
+@st.cache_resource(max_entries=4, show_spinner=False)
+def map_positions(path: str, method: str, mtime: float) -> tuple[np.ndarray, dict[int, int]]:
+    """Every snapshot's map positions, for the file the map component serves to the browser.
+
+    Returns
+    -------
+    (float32 ndarray of shape (n_snapshots, n_samples, 2), NaN where an example has no position;
+    {epoch: its row})
+    """
+    frames = load_map(path, method, mtime)
+    n_samples = len(load_examples(path))
+    epochs = sorted(frames)
+    xy = np.full((len(epochs), n_samples, 2), np.nan, np.float32)
+    for slot, epoch in enumerate(epochs):
+        proj = frames[epoch]
+        index = proj["index"].to_numpy()
+        rows = (index >= 0) & (index < n_samples)
+        xy[slot, index[rows], 0] = proj["x"].to_numpy()[rows]
+        xy[slot, index[rows], 1] = proj["y"].to_numpy()[rows]
+    return xy, {e: s for s, e in enumerate(epochs)}
 
 
 # --- the projection ------------------------------------------------------------------------
@@ -450,18 +476,30 @@ def main() -> None:
         zoom = st.session_state.get("_gs_zoom")
         if zoom is not None and zoom < len(points):
             xr, yr = zoomed_ranges(points, zoom, xr, yr)
+        density = len(shown) > DENSITY_ABOVE
         fig = plots.gradient_map_figure(
             shown, class_names=class_names, x_range=xr, y_range=yr, target=target, selected=selected,
             found=zoom, color_by=color_by, method=METHOD_NAMES[method],
             by_cluster=one_class is not None and has_medoids,
             show_medoids=True if one_class is not None else "legendonly",
-            kept_label=kept_label(run.config, epoch), density=len(shown) > DENSITY_ABOVE)
+            kept_label=kept_label(run.config, epoch), density=density)
         fig.update_layout(uirevision=f"{fig.layout.uirevision}-{zoom}")
         left, right = st.columns([3, 1])
         with left:
-            st.plotly_chart(fig, key="gs_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            width="stretch", config=MAP_CONFIG)
-            for note in fig.layout.meta.get("notes", []):
+            notes = fig.layout.meta.get("notes", [])
+            if density:
+                # the density image changes with every epoch anyway (it is the picture): Streamlit's chart
+                st.plotly_chart(fig, key="gs_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                                width="stretch", config=MAP_CONFIG)
+            else:
+                # kept mounted between epochs; the browser holds every snapshot's positions
+                xy, slots = map_positions(path, method, mtime)
+                # written once per map (checked on every rerun: another server may have pruned it)
+                file = write_positions(xy, key=f"{path}|{method}|{mtime}")
+                gradient_map(fig, key="gs_map", config=MAP_CONFIG, positions=file, slot=slots[epoch],
+                             n_samples=xy.shape[1])
+            st.caption("Click a legend entry to hide or show it; double-click one to show it alone.")
+            for note in notes:
                 st.caption(f"Subsampled: {note}." if "sample" in note else f"Drawn as a density: {note}.")
         right.radio("A new selection", ["replace", "add", "remove"], horizontal=True, key="gs_mode",
                     help="How a box or lasso selection combines with the examples already selected.")

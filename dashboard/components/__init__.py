@@ -1,0 +1,1 @@
+"""Custom Streamlit components of the dashboard (static HTML and JavaScript, no build step)."""

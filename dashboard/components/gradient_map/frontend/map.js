@@ -1,0 +1,137 @@
+// The gradient map, kept mounted: Streamlit sends a new figure per epoch and this frame updates
+// the same plotly graph with Plotly.react, so its WebGL context is made once, not per epoch.
+// The protocol is Streamlit's components v1 (postMessage), written out here: no build step.
+"use strict";
+
+const gd = document.getElementById("map");
+const positions = {};   // file name -> Promise of a Float32Array (n_snapshots * n_samples * 2)
+let drawn = false;      // whether Plotly.newPlot ran (then Plotly.react)
+let queue = Promise.resolve();
+let latest = 0;         // the newest render message; older ones still waiting are skipped
+let revision = 0;       // changes every figure, so a user's box or lasso does not dim the next one
+let sent = 0;
+
+// plotly.js (4.8 MB) is parsed while Streamlit sends the first figure and the positions file
+// downloads, instead of before this frame can say it is ready
+const plotlyReady = new Promise((resolve, reject) => {
+  const script = document.createElement("script");
+  script.src = "plotly.min.js";
+  script.onload = () => { performance.mark("map:plotly-loaded"); resolve(); };
+  script.onerror = () => reject(new Error("plotly.min.js could not be loaded"));
+  document.head.appendChild(script);
+});
+
+function post(type, data) {
+  window.parent.postMessage(Object.assign({isStreamlitMessage: true, type: type}, data), "*");
+}
+
+function send(selection) {
+  // the shape of Streamlit's own plotly selection event, so the server reads both the same way
+  sent += 1;
+  post("streamlit:setComponentValue", {value: {selection: selection, n: sent}, dataType: "json"});
+}
+
+const TYPED = {i1: Int8Array, u1: Uint8Array, i2: Int16Array, u2: Uint16Array, i4: Int32Array,
+               u4: Uint32Array, f4: Float32Array, f8: Float64Array};
+
+function decode(value) {
+  // plotly.py sends numpy arrays as {dtype, bdata: base64}; plain lists pass through
+  if (!value || value.bdata === undefined) return value;
+  const raw = atob(value.bdata);
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  return new TYPED[value.dtype](bytes.buffer);
+}
+
+function loadPositions(name) {
+  if (!positions[name]) {
+    positions[name] = fetch(name).then(r => {
+      if (!r.ok) throw new Error(name + ": HTTP " + r.status);
+      return r.arrayBuffer();
+    }).then(b => new Float32Array(b));
+    positions[name].catch(() => delete positions[name]);  // a later render tries again
+  }
+  return positions[name];
+}
+
+function fill(trace, xy, offset) {
+  // positions of the examples this trace draws (its customdata) from the snapshot's row
+  const index = decode(trace.customdata);
+  const n = index.length;
+  const x = new Float32Array(n), y = new Float32Array(n);
+  for (let k = 0; k < n; k++) {
+    const at = offset + 2 * index[k];
+    x[k] = xy[at];
+    y[k] = xy[at + 1];
+  }
+  trace.customdata = index;
+  trace.x = x;
+  trace.y = y;
+}
+
+async function render(args, theme, id) {
+  if (id !== latest) return;  // a newer figure is already waiting
+  performance.mark("map:render-" + id);
+  const fig = JSON.parse(args.figure);
+  const [xy] = await Promise.all([args.positions ? loadPositions(args.positions) : null, plotlyReady]);
+  if (id !== latest) return;
+  performance.mark("map:data-" + id);
+  if (xy) {
+    const offset = args.slot * args.n_samples * 2;
+    for (const number of args.fill) fill(fig.data[number], xy, offset);
+  }
+  const layout = fig.layout || {};
+  layout.height = args.height;
+  layout.autosize = true;
+  if (theme && theme.font) layout.font = Object.assign({family: theme.font}, layout.font || {});
+  revision += 1;
+  layout.selectionrevision = revision;
+  layout.datarevision = revision;
+  const config = Object.assign({responsive: true}, args.config || {});
+  if (drawn) {
+    await Plotly.react(gd, fig.data, layout, config);
+  } else {
+    await Plotly.newPlot(gd, fig.data, layout, config);
+    drawn = true;
+    listen();
+  }
+  performance.mark("map:drawn-" + id);  // timings for the benchmark (bench/dashboard.py)
+  post("streamlit:setFrameHeight", {height: args.height});
+}
+
+function listen() {
+  gd.on("plotly_selected", event => {
+    if (!event) return;  // a double click clears the drawn shape: nothing to report
+    const selection = {points: [], box: [], lasso: []};
+    if (event.range && event.range.x) {
+      selection.box.push({xref: "x", yref: "y", x: event.range.x, y: event.range.y});
+    }
+    if (event.lassoPoints && event.lassoPoints.x) {
+      selection.lasso.push({xref: "x", yref: "y", x: event.lassoPoints.x, y: event.lassoPoints.y});
+    }
+    // the examples inside are computed on the server from the shape: no point list is sent
+    if (selection.box.length || selection.lasso.length) send(selection);
+  });
+  gd.on("plotly_click", event => {
+    const point = event && event.points && event.points[0];
+    if (!point || point.customdata === undefined) return;
+    send({points: [{curve_number: point.curveNumber, point_index: point.pointIndex,
+                    customdata: Number(point.customdata)}], box: [], lasso: []});
+  });
+}
+
+window.addEventListener("message", event => {
+  const data = event.data;
+  if (!data || data.type !== "streamlit:render") return;
+  const id = ++latest;
+  queue = queue.then(() => render(data.args, data.theme, id)).catch(err => {
+    console.error(err);
+    if (window.Plotly) Plotly.purge(gd);
+    drawn = false;
+    gd.textContent = "The map could not be drawn: " + err;
+    post("streamlit:setFrameHeight", {height: 60});
+  });
+});
+
+post("streamlit:componentReady", {apiVersion: 1});
+post("streamlit:setFrameHeight", {height: 620});
