@@ -207,6 +207,26 @@ def test_a_click_opens_the_sample_panel_with_every_snapshot(runs_env):
     assert not any(h.value.startswith("Example ") for h in at.subheader)
 
 
+def test_the_sample_panel_says_when_an_example_is_dropped_even_before_that_snapshot(runs_env):
+    # Seen on the real CIFAR-10 run: at epoch 0 the panel of an example dropped at epoch 2 said
+    # "never dropped" while its own table ticked "dropped here" at epoch 2.
+    run = open_run(runs_env / POISON_RUN)
+    epochs = run.snapshot_epochs()
+    last = run.snapshot(epochs[-1], columns=["index", "dropped_epoch"])
+    later = last[last["dropped_epoch"] > epochs[0]]
+    index, dropped = int(later["index"].iloc[0]), int(later["dropped_epoch"].iloc[0])
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = POISON_RUN
+    at.query_params["epoch"] = str(epochs[0])
+    at.session_state["_gs_focus"] = index
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception
+    assert any(h.value == f"Example {index}" for h in at.subheader)
+    assert f"**dropped at epoch {dropped}**" in text(at)
+    assert "never dropped" not in text(at)
+
+
 def test_finding_an_example_rings_and_zooms_to_it(runs_env):
     at = app(POISON_RUN)
     whole = map_args(at)["figure"]["layout"]["xaxis"]["range"]

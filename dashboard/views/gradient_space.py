@@ -298,6 +298,16 @@ def example_history(path: str, index: int, epochs: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def dropped_at(history: pd.DataFrame, here: int) -> int:
+    """The epoch an example was dropped at over the whole run (-1: never), not only up to the
+    snapshot shown: its first ``drop`` in ``history``, else ``here`` (this snapshot's
+    ``dropped_epoch``) when no snapshot can say."""
+    if history.empty or "drop" not in history:
+        return here
+    drops = history.loc[history["drop"].astype(bool), "epoch"]
+    return int(drops.iloc[0]) if len(drops) else (here if here >= 0 else -1)
+
+
 def sample_panel_ui(path: str, index: int, epochs: list[int], class_names: list[str], points: pd.DataFrame) -> None:
     """The example's image at a readable size, what the model made of it at every snapshot,
     and when it was dropped."""
@@ -305,7 +315,8 @@ def sample_panel_ui(path: str, index: int, epochs: list[int], class_names: list[
     names = np.asarray(class_names, dtype=object)
     with st.container(border=True, key="gs_sample_panel"):
         head, close = st.columns([6, 1])
-        dropped = int(row["dropped_epoch"])
+        history = example_history(path, index, epochs)
+        dropped = dropped_at(history, int(row["dropped_epoch"]))
         head.subheader(f"Example {index}")
         close.button("Close", key="gs_close_panel", on_click=lambda: st.session_state.update(_gs_focus=None))
         left, right = st.columns([1, 3])
@@ -321,7 +332,6 @@ def sample_panel_ui(path: str, index: int, epochs: list[int], class_names: list[
                  "**poison** (ground truth)" if row["is_poison"] else "clean (no poison recorded)",
                  f"**dropped at epoch {dropped}**" if dropped >= 0 else "never dropped"]
         right.markdown(" · ".join(facts))
-        history = example_history(path, index, epochs)
         if history.empty:
             right.warning("No snapshot of this example can be read.")
             return
