@@ -17,7 +17,7 @@ from core.evaluate import (
 )
 
 out, dest = Path(sys.argv[1]), Path(sys.argv[2])
-defenses = ["clean", "none", "epic-0.2", "random-0.2", "deepknn", "spectral"]
+defenses = ["clean", "none", "epic-0.2", "random-0.2", "deepknn", "spectral", "activation-clustering", "loss"]
 key = dataset_key(sys.argv[3] if len(sys.argv) > 3 else "digits")
 pretrained = {s: out / "pretrained" / key / "seed0/checkpoints/model.pt" for s in (0, 1, 2)}
 grid = []
