@@ -166,6 +166,15 @@ def idle(driver) -> bool:
     return not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
 
 
+def panel_text(driver) -> str:
+    """The Gradient space sample panel's text ("" while it is absent or being redrawn)."""
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]')
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""
+
+
 def open_page(driver, title: str) -> None:
     driver.find_element(By.PARTIAL_LINK_TEXT, title).click()
     wait(driver, lambda d: heading(d) == title and idle(d))
@@ -257,8 +266,10 @@ def test_typed_indices_fill_the_selection_table(server, browser, shown_run):
     wait(browser, lambda d: first_trace_x(d) is not None and idle(d), timeout=120)
     box = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Add examples by index"]')
     box.send_keys(", ".join(map(str, poisons)) + Keys.ENTER)
-    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]') and idle(d), timeout=30)
-    assert f"{len(poisons)} selected" in browser.find_element(By.TAG_NAME, "body").text
+    # wait for the table and its count, not the table alone: a box can be drawn before its text
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')
+         and selected_in_table(d) is not None and idle(d), timeout=30)
+    assert selected_in_table(browser) == len(poisons)
     shoot(browser, "gradient-space-selection")
     browser.find_element(By.XPATH, "//label[.//p[text()='one class']]").click()
     # the cluster-size bars (Streamlit's chart) below the map (the component)
@@ -333,8 +344,9 @@ def test_clicking_a_point_opens_its_sample_panel(server, browser, shown_run):
         # hover first (plotly clicks the point it hovers), then click
         ActionChains(browser).move_to_element_with_offset(drag, int(where[0] - w / 2) - 1, int(where[1] - h / 2)) \
             .pause(0.5).move_by_offset(1, 0).pause(0.5).click().perform()
-    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]') and idle(d),
-         timeout=120)
+    # the panel's box can be drawn a moment before its contents (and before Streamlit shows its
+    # running widget), so wait for its heading, then check it names the clicked example
+    wait(browser, lambda d: "Example " in panel_text(d) and idle(d), timeout=120)
     panel = browser.find_element(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]')
     assert f"Example {where[2]}" in panel.text
     assert "poison" in panel.text
