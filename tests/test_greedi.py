@@ -313,3 +313,55 @@ def test_a_sampled_merge_maximises_f_on_its_sample():
     assert fit.assignment.tolist() == [0] * 6  # every example, sampled or not, is assigned
     near = [s for s in range(200) if np.random.default_rng(s).choice(rest, 1, False)[0] != 5]
     assert greedi.merge_picks(X, candidates, 1, sample=1, random_state=near[0]).order == [0]
+
+
+def test_the_vectorised_exp_is_exp_to_a_float32_ulp_on_both_sides_of_its_polynomial_range():
+    # squared distances whose -sqrt/d spans the polynomial's range [-0.35, 0] and far past it
+    d2 = np.concatenate([np.linspace(0, 40, 20_001), [0.0, 1e-30, 1e4, 1e30]]).astype(np.float32)
+    for d in (10, 2, 1000):
+        scale = np.float32(-1.0 / d)
+        out = np.empty_like(d2)
+        greedi._exp_of_distances(d2, scale, out)
+        x = (np.sqrt(d2) * scale).astype(np.float32)
+        truth = np.exp(x.astype(np.float64)).astype(np.float32)
+        ulps = np.abs(out.view(np.int32).astype(np.int64) - truth.view(np.int32))
+        assert ulps.max() <= 1, d
+        assert (ulps > 0).mean() < 1e-3, d  # correctly rounded but for rare double roundings
+
+
+def test_the_symmetric_candidate_scores_equal_the_numpy_path():
+    # every candidate's estimated gain over the candidates (each pair computed once) and a
+    # weighted sample of the others, against whole kernel rows from numpy
+    grads, labels = snapshot_grads(3000, seed=13)
+    kernel = Kernel(grads[labels == 1], metric="euclidean")
+    rng = np.random.default_rng(0)
+    picked = rng.permutation(len(kernel))
+    mine, theirs = np.sort(picked[:2500]), np.sort(picked[2500:2800])  # 2,500 > one chunk
+    columns = np.concatenate([mine, theirs])
+    cur = rng.uniform(0, 1, len(columns)).astype(np.float32)
+    cur[:40] = 0  # some uncovered
+    weight = rng.uniform(1, 5, len(columns))
+    c, o = slice(0, len(mine)), slice(len(mine), None)
+    fused = np.empty(len(mine))
+    greedi._candidate_scores(np.ascontiguousarray(kernel.Z[mine].T), weight[c], cur[c],
+                             np.ascontiguousarray(kernel.Z[theirs].T), weight[o], cur[o], fused)
+    Zt = np.ascontiguousarray(kernel.Z[columns].T)
+    numpy_path = np.empty(len(mine))
+    rows = greedi._cross_rows(kernel, Zt, np.full(len(kernel), -1), mine)
+    greedi._weighted_gains(rows, cur, weight, numpy_path)
+    np.testing.assert_allclose(fused, numpy_path, rtol=1e-6)
+    assert (fused > 0).all() and (fused < weight.sum()).all()
+
+
+def test_a_merge_whose_row_cache_overflows_decides_as_one_that_fits(monkeypatch):
+    # A pool too small for the short lists: rows are recomputed instead of cached, and the pool
+    # is compacted only when a quarter of it is garbage, never once per row.
+    grads, labels = snapshot_grads(4000, seed=14)
+    X = grads[labels == 0]
+    candidates = np.arange(0, len(X), 2)
+    roomy = greedi.merge_picks(X, candidates, 60, sample=300, random_state=3)
+    monkeypatch.setattr(greedi, "_POOL_ENTRIES", 64)
+    tight = greedi.merge_picks(X, candidates, 60, sample=300, random_state=3)
+    assert np.array_equal(roomy.order, tight.order)
+    assert np.array_equal(roomy.assignment, tight.assignment)
+    np.testing.assert_allclose(roomy.gains, tight.gains, rtol=1e-12)

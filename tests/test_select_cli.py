@@ -266,3 +266,24 @@ def test_select_never_imports_torch(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert len(pd.read_csv(tmp_path / "d.csv")) == 120
+
+
+def test_the_printed_time_is_the_selection_s_wall_time_not_the_sum_over_classes(tmp_path, capsys, monkeypatch):
+    # classes merged in threads overlap: their seconds summed would overstate the wait
+    import re
+    from dataclasses import replace
+
+    import core.defense.epic as epic
+
+    grads, labels = write_grads(tmp_path / "g.npz", seed=2)
+    real = epic.select
+
+    def slow_classes(*args, **kwargs):
+        chosen = real(*args, **kwargs)
+        return replace(chosen, seconds=np.full_like(chosen.seconds, 500.0))
+
+    monkeypatch.setattr(epic, "select", slow_classes)
+    argv = ["select", "--input", str(tmp_path / "g.npz"), "--subset-size", "0.3", "--out", str(tmp_path / "d.csv")]
+    assert main(argv) == 0
+    seconds = float(re.search(r"selection ([\d.]+) s", capsys.readouterr().out).group(1))
+    assert seconds < 60

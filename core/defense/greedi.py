@@ -147,42 +147,99 @@ def greedy_on_partition(
 
 
 _jit = numba.njit(cache=True, nogil=True)
-# Rows of the merge are cached sparsely once few of their entries can still add gain; the
-# cache holds at most this many (index, similarity) pairs per class (8 bytes each).
-_POOL_ENTRIES = 16_000_000
-SPARSE_DIV = 64
+# Rows of the merge are cached sparsely once at most 1/SPARSE_DIV of their entries can still
+# add gain; the cache holds at most this many (index, similarity) pairs per class (8 bytes
+# each, so 384 MB per merging thread at most). Measured on one class of the 1,000,000 x 10
+# input (100,000 examples, K_c = 10,000, bench/results/select.md): n/64 and 16M pairs 8.5 CPU-s
+# in the lazy greedy, n/16 and 32M 7.5, n/8 and 40-96M 5.9-6.7, n/4 and 64M 7.1.
+_POOL_ENTRIES = 48_000_000
+SPARSE_DIV = 8
 # Merge steps run as plain greedy over numpy row blocks before the compiled lazy greedy.
 BATCH_STEPS = 2
 
 
+_CHUNK = 2048  # examples per pass of _eval_row: 8 KB of squared distances stay in L1
+
+
+# exp(x) on [_EXP_LOW, 0] as its Taylor polynomial of degree 9 in float64 (truncation error below
+# 1e-11 relative, far under a float32 ulp), so that the loop vectorises; the float32 result is
+# the correctly rounded exp(x) but for double rounding (as rare as ~1e-8 of entries, 1 ulp).
+_EXP_LOW = -0.35
+_EXP_COEF = tuple(1.0 / math.factorial(p) for p in range(10))
+
+
 @_jit
-def _eval_row(Z, Zt, j, col, euclidean, self_sim, cur, rad2, w, acc):  # pragma: no cover
+def _exp_of_distances(d2, scale, out):  # pragma: no cover - compiled
+    # out[e] = float32(exp(float32(sqrt(d2[e])) * scale)), what Kernel.rows computes, over
+    # contiguous memory so that the polynomial vectorises; arguments below _EXP_LOW (far
+    # examples, few features) are redone with libm's exp.
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = _EXP_COEF
+    for e in range(d2.shape[0]):
+        x = np.float64(np.float32(math.sqrt(d2[e])) * scale)
+        p = c9
+        p = p * x + c8
+        p = p * x + c7
+        p = p * x + c6
+        p = p * x + c5
+        p = p * x + c4
+        p = p * x + c3
+        p = p * x + c2
+        p = p * x + c1
+        p = p * x + c0
+        out[e] = np.float32(p)
+    low = np.float32(_EXP_LOW / scale) ** 2  # squared distances past which x < _EXP_LOW
+    for e in range(d2.shape[0]):
+        if d2[e] > low:
+            out[e] = np.float32(math.exp(np.float32(math.sqrt(d2[e])) * scale))
+
+
+@_jit
+def _eval_row(Z, Zt, j, col, euclidean, self_sim, cur, rad2, w, acc, live, vals):  # pragma: no cover
     # Row j of the kernel (Z's row j against Zt's columns; Zt's column col is the same example,
-    # -1 if none) where it may exceed the cover, -1 elsewhere, into acc; returns its
-    # gain sum_i w_i max(0, s_ji - cur_i) (ascending i, float64) and how many entries add to it.
-    # s_ji is computed as Kernel.rows does (float32); under euclidean only for the examples
-    # closer than rad2 (squared), past which s_ji cannot exceed cur_i: exp costs more than
-    # the distance, and late in the greedy almost every example is already covered better.
+    # -1 if none). Returns its gain sum_i w_i max(0, s_ji - cur_i) (ascending i, float64), how
+    # many entries add to it, and m: live[:m] are the columns (ascending) where s_ji may exceed
+    # the cover, acc[i] = s_ji there (acc elsewhere is scratch). s_ji is computed as
+    # Kernel.rows does (float32); under euclidean only for the examples closer than rad2
+    # (squared), past which s_ji cannot exceed cur_i: exp costs more than the distance, and
+    # late in the greedy almost every example is already covered better. The columns are
+    # taken in chunks that stay in L1, and the live ones are gathered without a branch (the
+    # test is a coin flip early in the greedy, where a branch mispredicts half the time).
     d, n = Zt.shape
-    acc[:] = 0.0
-    for f in range(d):
-        zj = Z[j, f]
+    scale = np.float32(-1.0 / d)
+    m = 0
+    for lo in range(0, n, _CHUNK):
+        hi = min(n, lo + _CHUNK)
+        a = acc[lo:hi]  # slices: indexing Zt[f, i] over a sub-range does not vectorise
+        a[:] = 0.0
+        for f in range(d):
+            zj = Z[j, f]
+            z = Zt[f, lo:hi]
+            if euclidean:
+                for i in range(hi - lo):
+                    diff = z[i] - zj
+                    a[i] += diff * diff
+            else:
+                for i in range(hi - lo):
+                    a[i] += z[i] * zj
         if euclidean:
-            for i in range(n):
-                diff = Zt[f, i] - zj
-                acc[i] += diff * diff
+            for i in range(lo, hi):
+                live[m] = i
+                m += 1 if acc[i] < rad2[i] else 0
         else:
-            for i in range(n):
-                acc[i] += Zt[f, i] * zj
+            for i in range(lo, hi):
+                live[m] = i
+                m += 1
+    if euclidean:
+        d2 = vals[n:]  # vals holds 2 n: the live squared distances, then their similarities
+        for e in range(m):
+            d2[e] = acc[live[e]]
+        _exp_of_distances(d2[:m], scale, vals[:m])
     g = 0.0
     count = 0
-    scale = np.float32(-1.0 / d)
-    for i in range(n):
+    for e in range(m):
+        i = live[e]
         if euclidean:
-            if acc[i] >= rad2[i]:
-                acc[i] = -1.0
-                continue
-            s = np.float32(math.exp(np.float32(math.sqrt(acc[i])) * scale))
+            s = vals[e]
         elif i == col:
             s = self_sim[j]
         else:
@@ -192,7 +249,7 @@ def _eval_row(Z, Zt, j, col, euclidean, self_sim, cur, rad2, w, acc):  # pragma:
         if v > 0.0:
             g += v * w[i]  # w_i is 1.0 (exact) unless the class is sampled
             count += 1
-    return g, count
+    return g, count, m
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
@@ -206,6 +263,73 @@ def _weighted_gains(S, cur, weight, out):  # pragma: no cover - compiled
             if v > 0.0:
                 g += v * weight[i]
         out[r] = g
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
+def _sum_weighted_excess(vals, cur, weight):  # pragma: no cover - compiled
+    # sum_i w_i max(0, vals[i] - cur[i]), reassociated (vectorised): as _weighted_gains.
+    g = 0.0
+    for i in range(vals.shape[0]):
+        v = np.float64(vals[i]) - np.float64(cur[i])
+        if v > 0.0:
+            g += v * weight[i]
+    return g
+
+
+@_jit
+def _add_excess(vals, cur_j, w_j, out):  # pragma: no cover - compiled
+    # out[i] += w_j max(0, vals[i] - cur_j): the pairs of one row, credited to their columns.
+    for i in range(vals.shape[0]):
+        v = np.float64(vals[i]) - cur_j
+        if v > 0.0:
+            out[i] += v * w_j
+
+
+@_jit
+def _candidate_scores(Zc, wc, cc, Zr, wr, cr, out):  # pragma: no cover - compiled
+    # Estimated gains sum_i w_i max(0, s_ji - cur_i), euclidean, of every candidate j over the
+    # evaluated examples: the candidates themselves (features Zc, weights wc, covers cc) and
+    # the others (Zr, wr, cr). Chunk by chunk in L1, with the vectorised exp, never writing a
+    # row out. Candidate x candidate is symmetric (the squared differences are the same bit
+    # for bit either way round), so each pair is computed once, from the upper triangle, and
+    # credited to both rows: 3/5 of the pairs at 3 K_c candidates and 5,000 others.
+    d, m = Zc.shape
+    r = Zr.shape[1]
+    scale = np.float32(-1.0 / d)
+    acc = np.empty(_CHUNK, np.float32)
+    vals = np.empty(_CHUNK, np.float32)
+    out[:] = 0.0
+    for j in range(m):
+        g = 0.0
+        for lo in range(j, m, _CHUNK):
+            hi = min(m, lo + _CHUNK)
+            a = acc[: hi - lo]
+            a[:] = 0.0
+            for f in range(d):
+                zj = Zc[f, j]
+                z = Zc[f, lo:hi]
+                for i in range(hi - lo):
+                    diff = z[i] - zj
+                    a[i] += diff * diff
+            v = vals[: hi - lo]
+            _exp_of_distances(a, scale, v)
+            g += _sum_weighted_excess(v, cc[lo:hi], wc[lo:hi])
+            first = 1 if lo == j else 0  # the diagonal counts once, in its row
+            _add_excess(v[first:], np.float64(cc[j]), wc[j], out[lo + first : hi])
+        for lo in range(0, r, _CHUNK):
+            hi = min(r, lo + _CHUNK)
+            a = acc[: hi - lo]
+            a[:] = 0.0
+            for f in range(d):
+                zj = Zc[f, j]
+                z = Zr[f, lo:hi]
+                for i in range(hi - lo):
+                    diff = z[i] - zj
+                    a[i] += diff * diff
+            v = vals[: hi - lo]
+            _exp_of_distances(a, scale, v)
+            g += _sum_weighted_excess(v, cr[lo:hi], wr[lo:hi])
+        out[j] += g
 
 
 @_jit
@@ -268,11 +392,14 @@ def _merge_greedy(Z, Zt, col, weight, cand, keys, state, t0, pool_entries, spars
     m = cand.shape[0]
     d = Z.shape[1]
     acc = np.empty(n, np.float32)
+    live = np.empty(n, np.int64)
+    vals = np.empty(2 * n, np.float32)
     pidx = np.empty(pool_entries, np.int32)
     pval = np.empty(pool_entries, np.float32)
     start = np.full(m, -1, np.int64)
     length = np.zeros(m, np.int64)
     end = 0
+    garbage = 0  # pool entries no list holds any more (shrunk or chosen)
     idx = np.arange(m)
     fresh_at = np.full(m, t0 - 1, np.int64)
     size = m
@@ -292,16 +419,23 @@ def _merge_greedy(Z, Zt, col, weight, cand, keys, state, t0, pool_entries, spars
                         pidx[w] = i
                         pval[w] = pval[e]
                         w += 1
+                garbage += start[q] + length[q] - w
                 length[q] = w - start[q]
             else:
                 j = cand[q]
-                g, count = _eval_row(Z, Zt, j, col[j], euclidean, self_sim, cur, rad2, weight, acc)
+                g, count, m_live = _eval_row(
+                    Z, Zt, j, col[j], euclidean, self_sim, cur, rad2, weight, acc, live, vals
+                )
                 if count <= sparse_max:
-                    if end + count > pool_entries:
+                    # compact only when a quarter of the pool is garbage: a full pool of
+                    # live lists would otherwise be compacted for every row that does not fit
+                    if end + count > pool_entries and 4 * garbage >= pool_entries:
                         end = _compact(start, length, pidx, pval)
+                        garbage = 0
                     if end + count <= pool_entries:
                         start[q] = end
-                        for i in range(n):
+                        for e in range(m_live):
+                            i = live[e]
                             if acc[i] > cur[i]:
                                 pidx[end] = i
                                 pval[end] = acc[i]
@@ -329,8 +463,10 @@ def _merge_greedy(Z, Zt, col, weight, cand, keys, state, t0, pool_entries, spars
             )
         else:
             j = cand[q]
-            _eval_row(Z, Zt, j, col[j], euclidean, self_sim, cur, rad2, weight, acc)
-            _cover(acc, np.arange(n), state, t, d)
+            _, _, m_live = _eval_row(Z, Zt, j, col[j], euclidean, self_sim, cur, rad2, weight, acc, live, vals)
+            _cover(acc[live[:m_live]], live[:m_live], state, t, d)
+        if start[q] >= 0:
+            garbage += length[q]
         start[q] = -1  # chosen: its list is garbage now
 
 
@@ -520,26 +656,37 @@ def merge_picks(
     # stale bound is far above every fresh gain), and every entry needs its exp: numpy
     # computes those several times faster (SIMD) than the compiled loop's scalar exp, so these
     # steps run as plain greedy over row blocks, in the arithmetic of the exact path.
-    left = candidates
     rows = max(1, min(_BLOCK_ROWS, (1 << 22) // max(n, 1)))  # blocks of at most 16 MB
     t0 = min(k, BATCH_STEPS)
+    if sampled and euclidean:  # every candidate is an evaluated column (see above)
+        mine = col[candidates]
+        theirs = np.setdiff1d(np.arange(n), mine, assume_unique=True)
+        Zc, Zr = np.ascontiguousarray(Zt[:, mine]), np.ascontiguousarray(Zt[:, theirs])
+    pos = np.arange(len(candidates))  # the candidates not chosen yet
     keys = np.empty(0)
     for t in range(t0):
-        keys = np.empty(len(left), dtype=np.float64)
-        for start in range(0, len(left), rows):
-            block = left[start : start + rows]
-            S = _cross_rows(kernel, Zt, col, block)
-            if sampled:
-                scored = np.empty(len(block), dtype=np.float64)
-                _weighted_gains(S, state[2], weight, scored)
-            else:
-                scored = gains(S, state[2], np.arange(len(block)))
-            keys[start : start + len(block)] = scored
+        if sampled and euclidean:
+            every = np.empty(len(candidates), dtype=np.float64)
+            cur = state[2]
+            _candidate_scores(Zc, weight[mine], cur[mine], Zr, weight[theirs], cur[theirs], every)
+            keys = every[pos]
+        else:
+            keys = np.empty(len(pos), dtype=np.float64)
+            for start in range(0, len(pos), rows):
+                block = candidates[pos[start : start + rows]]
+                S = _cross_rows(kernel, Zt, col, block)
+                if sampled:
+                    scored = np.empty(len(block), dtype=np.float64)
+                    _weighted_gains(S, state[2], weight, scored)
+                else:
+                    scored = gains(S, state[2], np.arange(len(block)))
+                keys[start : start + len(block)] = scored
         q = int(np.argmax(keys))  # the first maximum: the lowest index
-        order[t], state[1][t] = left[q], keys[q]
-        chosen_row = _cross_rows(kernel, Zt, col, left[q : q + 1])[0]
+        order[t], state[1][t] = candidates[pos[q]], keys[q]
+        chosen_row = _cross_rows(kernel, Zt, col, candidates[pos[q : q + 1]])[0]
         _cover(chosen_row, np.arange(n), state, t, kernel.Z.shape[1])
-        left, keys = np.delete(left, q), np.delete(keys, q)
+        pos, keys = np.delete(pos, q), np.delete(keys, q)
+    left = candidates[pos]
     if k > t0:  # the gains of step t0 - 1 are upper bounds from step t0 on
         _merge_greedy(kernel.Z, Zt, col, weight, left, keys, state, t0, pool, sparse_max)
     if sampled:
