@@ -154,7 +154,7 @@ _jit = numba.njit(cache=True, nogil=True)
 # in the lazy greedy, n/16 and 32M 7.5, n/8 and 40-96M 5.9-6.7, n/4 and 64M 7.1.
 _POOL_ENTRIES = 48_000_000
 SPARSE_DIV = 8
-# Merge steps run as plain greedy over numpy row blocks before the compiled lazy greedy.
+# Merge steps run as plain greedy over every candidate before the compiled lazy greedy.
 BATCH_STEPS = 2
 
 
@@ -595,7 +595,7 @@ def merge_picks(
 
     Kernel rows (candidate x evaluated examples) are computed when scored, one at a time; once
     few of a row's entries can still add gain, those are cached as a short list. Memory is
-    O(n_class + 16M pairs), never n_class^2. Ties go to the lowest class-local index, so when
+    O(n_class + 48M pairs), never n_class^2. Ties go to the lowest class-local index, so when
     F is on the whole class and ``candidates`` holds a prefix of exact greedy's sequence on X
     the first ``k`` chosen are exact greedy's (up to float rounding of the gain sums in near
     ties).
@@ -653,9 +653,10 @@ def merge_picks(
         euclidean,
     )
     # The first BATCH_STEPS steps re-score every candidate anyway (after the first medoid every
-    # stale bound is far above every fresh gain), and every entry needs its exp: numpy
-    # computes those several times faster (SIMD) than the compiled loop's scalar exp, so these
-    # steps run as plain greedy over row blocks, in the arithmetic of the exact path.
+    # stale bound is far above every fresh gain), and every entry needs its exp, so these steps
+    # run as plain greedy over all candidates: a sampled euclidean merge (F is an estimate)
+    # through _candidate_scores, each candidate pair once; a whole-class merge over numpy row
+    # blocks, in the arithmetic of the exact path.
     rows = max(1, min(_BLOCK_ROWS, (1 << 22) // max(n, 1)))  # blocks of at most 16 MB
     t0 = min(k, BATCH_STEPS)
     if sampled and euclidean:  # every candidate is an evaluated column (see above)
