@@ -163,7 +163,8 @@ _CHUNK = 2048  # examples per pass of _eval_row: 8 KB of squared distances stay 
 
 # exp(x) on [_EXP_LOW, 0] as its Taylor polynomial of degree 9 in float64 (truncation error below
 # 1e-11 relative, far under a float32 ulp), so that the loop vectorises; the float32 result is
-# the correctly rounded exp(x) but for double rounding (as rare as ~1e-8 of entries, 1 ulp).
+# the correctly rounded exp(x) but for double rounding (8 in 5,000,000 measured, 1 ulp;
+# numba's libm exp misses by 1 ulp about 1 in 1,300, numpy's SIMD exp on 45% of entries).
 _EXP_LOW = -0.35
 _EXP_COEF = tuple(1.0 / math.factorial(p) for p in range(10))
 
