@@ -1,9 +1,11 @@
 """Write the tables of the finished runs only (for a grid cut off by the deadline).
 
-usage: python tables.py OUT DEST [DATASET]  — reads OUT/runs/<scenario>/*, writes runs.csv, detection.csv,
-summary.csv and summary.md to DEST. A cell counts only once its run.json says 'finished'.
+usage: [DEFENSES=a,b,...] python tables.py OUT DEST [DATASET]  — reads OUT/runs/<scenario>/*, writes
+runs.csv, detection.csv, summary.csv and summary.md to DEST. A cell counts only once its run.json
+says 'finished'; a defense not run in a scenario is left out of its table.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from core.evaluate import (
 )
 
 out, dest = Path(sys.argv[1]), Path(sys.argv[2])
-defenses = ["clean", "none", "epic-0.2", "random-0.2", "deepknn", "spectral", "activation-clustering", "loss"]
+defenses = os.environ.get(
+    "DEFENSES", "clean,none,epic-0.2,random-0.2,deepknn,spectral,activation-clustering,loss").split(",")
 key = dataset_key(sys.argv[3] if len(sys.argv) > 3 else "digits")
 pretrained = {s: out / "pretrained" / key / "seed0/checkpoints/model.pt" for s in (0, 1, 2)}
 grid = []
