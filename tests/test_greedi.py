@@ -56,7 +56,7 @@ def assert_same(a, b) -> None:
 def assert_same_decisions(a, b) -> None:
     """The same medoids, clusters and drops; similarities may differ by a float32 ulp.
 
-    The merge computes kernel entries with numba's exp, the dense kernel with numpy's.
+    The merge computes kernel entries with its polynomial exp, the dense kernel with numpy's.
     """
     for name in ("medoid", "cluster_size", "is_medoid", "isolated", "drop", "k"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
@@ -329,6 +329,20 @@ def test_the_vectorised_exp_is_exp_to_a_float32_ulp_on_both_sides_of_its_polynom
         assert (ulps > 0).mean() < 1e-3, d  # correctly rounded but for rare double roundings
 
 
+def test_the_assignment_s_exp_is_the_greedy_s_bit_for_bit():
+    # the assignment takes exp one entry at a time; the merge's greedy in vectorised loops
+    rng = np.random.default_rng(4)
+    for d in (10, 2, 1000):
+        scale = np.float32(-1.0 / d)
+        far = np.float32(0.35 * d) ** 2  # where the polynomial hands over to libm's exp
+        d2 = np.concatenate([rng.uniform(0, 3 * far, 3000), np.nextafter(far, [0, np.inf]), [far, 0.0]])
+        d2 = d2.astype(np.float32)
+        out = np.empty_like(d2)
+        greedi._exp_of_distances(d2, scale, out)
+        one = np.array([greedi._exp_of_distance(v, scale) for v in d2], dtype=np.float32)
+        assert np.array_equal(out.view(np.int32), one.view(np.int32)), d
+
+
 def test_the_symmetric_candidate_scores_equal_the_numpy_path():
     # every candidate's estimated gain over the candidates (each pair computed once) and a
     # weighted sample of the others, against whole kernel rows from numpy
@@ -365,3 +379,14 @@ def test_a_merge_whose_row_cache_overflows_decides_as_one_that_fits(monkeypatch)
     assert np.array_equal(roomy.order, tight.order)
     assert np.array_equal(roomy.assignment, tight.assignment)
     np.testing.assert_allclose(roomy.gains, tight.gains, rtol=1e-12)
+
+
+def test_the_assignment_reproduces_the_greedy_s_own_cover_bit_for_bit():
+    # A whole-class merge keeps the cover its greedy built; assign() recomputes it from the
+    # medoids alone. Both take the same exp, so every similarity agrees exactly.
+    grads, labels = snapshot_grads(9000, seed=15)
+    X = grads[labels == 0]
+    fit = greedi.merge_picks(X, np.arange(0, len(X), 2), 150)
+    position, best = greedi.assign(Kernel(X, metric="euclidean"), fit.order)
+    assert np.array_equal(position, fit.assignment)
+    assert np.array_equal(best.view(np.int32), fit.similarity.view(np.int32))

@@ -170,28 +170,47 @@ _EXP_COEF = tuple(1.0 / math.factorial(p) for p in range(10))
 
 
 @_jit
+def _poly_exp(x):  # pragma: no cover - compiled
+    # exp(x) for x in [_EXP_LOW, 0]: Horner on the Taylor coefficients, in float64.
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = _EXP_COEF
+    p = c9
+    p = p * x + c8
+    p = p * x + c7
+    p = p * x + c6
+    p = p * x + c5
+    p = p * x + c4
+    p = p * x + c3
+    p = p * x + c2
+    p = p * x + c1
+    return p * x + c0
+
+
+@_jit
+def _far_d2(scale):  # pragma: no cover - compiled
+    # Squared distances past which -sqrt(d2) / d < _EXP_LOW: redone with libm's exp.
+    return np.float32(_EXP_LOW / scale) ** 2
+
+
+@_jit
 def _exp_of_distances(d2, scale, out):  # pragma: no cover - compiled
     # out[e] = float32(exp(float32(sqrt(d2[e])) * scale)), what Kernel.rows computes, over
     # contiguous memory so that the polynomial vectorises; arguments below _EXP_LOW (far
-    # examples, few features) are redone with libm's exp.
-    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = _EXP_COEF
+    # examples, few features) are redone with libm's exp. _exp_of_distance is the same, one
+    # at a time, bit for bit.
     for e in range(d2.shape[0]):
-        x = np.float64(np.float32(math.sqrt(d2[e])) * scale)
-        p = c9
-        p = p * x + c8
-        p = p * x + c7
-        p = p * x + c6
-        p = p * x + c5
-        p = p * x + c4
-        p = p * x + c3
-        p = p * x + c2
-        p = p * x + c1
-        p = p * x + c0
-        out[e] = np.float32(p)
-    low = np.float32(_EXP_LOW / scale) ** 2  # squared distances past which x < _EXP_LOW
+        out[e] = np.float32(_poly_exp(np.float64(np.float32(math.sqrt(d2[e])) * scale)))
+    far = _far_d2(scale)
     for e in range(d2.shape[0]):
-        if d2[e] > low:
+        if d2[e] > far:
             out[e] = np.float32(math.exp(np.float32(math.sqrt(d2[e])) * scale))
+
+
+@_jit
+def _exp_of_distance(d2, scale):  # pragma: no cover - compiled
+    # One entry of _exp_of_distances, for loops that take exp rarely (the assignment).
+    if d2 > _far_d2(scale):
+        return np.float32(math.exp(np.float32(math.sqrt(d2)) * scale))
+    return np.float32(_poly_exp(np.float64(np.float32(math.sqrt(d2)) * scale)))
 
 
 @_jit
@@ -476,8 +495,8 @@ def _assign_block(Mt, X, medoid, col_base, euclidean, self_sim, best_acc, best, 
     # Medoids Mt[:, b] (chosen at position col_base + b, class row medoid[b]) against every
     # row of X: move an example to a medoid only where it is strictly more similar than its
     # medoid so far, so ties stay with the medoid chosen first, as in the greedy's cover.
-    # Distances are summed as _eval_row sums them (same operands, same order, no fast math),
-    # so the similarities agree with the greedy's bit for bit. exp is taken only where the
+    # Distances are summed as _eval_row sums them (same operands, same order, no fast math)
+    # and exp is the same function, so the similarities agree with the greedy's bit for bit. exp is taken only where the
     # squared distance beats the best one so far, which late in the block is almost never.
     d, b = Mt.shape
     acc = np.empty(b, np.float32)
@@ -498,7 +517,7 @@ def _assign_block(Mt, X, medoid, col_base, euclidean, self_sim, best_acc, best, 
                 continue
             for e in range(b):
                 if acc[e] < best_acc[i]:
-                    s = np.float32(math.exp(np.float32(math.sqrt(acc[e])) * scale))
+                    s = _exp_of_distance(acc[e], scale)
                     if s > best[i]:
                         best[i] = s
                         best_acc[i] = acc[e]
@@ -665,6 +684,8 @@ def merge_picks(
         theirs = np.setdiff1d(np.arange(n), mine, assume_unique=True)
         Zc, Zr = np.ascontiguousarray(Zt[:, mine]), np.ascontiguousarray(Zt[:, theirs])
     pos = np.arange(len(candidates))  # the candidates not chosen yet
+    scratch = (np.empty(n, dtype=np.float32), np.empty(2 * n, dtype=np.float32))
+    live = np.empty(n, dtype=np.int64)
     keys = np.empty(0)
     for t in range(t0):
         if sampled and euclidean:
@@ -684,9 +705,13 @@ def merge_picks(
                     scored = gains(S, state[2], np.arange(len(block)))
                 keys[start : start + len(block)] = scored
         q = int(np.argmax(keys))  # the first maximum: the lowest index
-        order[t], state[1][t] = candidates[pos[q]], keys[q]
-        chosen_row = _cross_rows(kernel, Zt, col, candidates[pos[q : q + 1]])[0]
-        _cover(chosen_row, np.arange(n), state, t, kernel.Z.shape[1])
+        j = candidates[pos[q]]
+        order[t], state[1][t] = j, keys[q]
+        # the chosen row as the lazy greedy computes its rows (same exp), so that the cover,
+        # and the assignment computed from the medoids alone, agree bit for bit
+        _, _, m = _eval_row(kernel.Z, Zt, j, col[j], euclidean, kernel.self_similarity, state[2],
+                            state[5], weight, scratch[0], live, scratch[1])
+        _cover(scratch[0][live[:m]], live[:m], state, t, kernel.Z.shape[1])
         pos, keys = np.delete(pos, q), np.delete(keys, q)
     left = candidates[pos]
     if k > t0:  # the gains of step t0 - 1 are upper bounds from step t0 on
