@@ -214,6 +214,20 @@ def _exp_of_distance(d2, scale):  # pragma: no cover - compiled
 
 
 @_jit
+def _squared_distances(z, Zt, lo, hi, out):  # pragma: no cover - compiled
+    # out[i - lo] = sum_f (Zt[f, i] - z[f])^2 for lo <= i < hi, summed over f in order, as
+    # _fill_rows sums them (no fast math: the kernel's entries are the same bit for bit).
+    a = out[: hi - lo]  # slices: indexing Zt[f, i] over a sub-range does not vectorise
+    a[:] = 0.0
+    for f in range(Zt.shape[0]):
+        zf = z[f]
+        col = Zt[f, lo:hi]
+        for i in range(hi - lo):
+            diff = col[i] - zf
+            a[i] += diff * diff
+
+
+@_jit
 def _eval_row(Z, Zt, j, col, euclidean, self_sim, cur, rad2, w, acc, live, vals):  # pragma: no cover
     # Row j of the kernel (Z's row j against Zt's columns; Zt's column col is the same example,
     # -1 if none). Returns its gain sum_i w_i max(0, s_ji - cur_i) (ascending i, float64), how
@@ -229,16 +243,14 @@ def _eval_row(Z, Zt, j, col, euclidean, self_sim, cur, rad2, w, acc, live, vals)
     m = 0
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
-        a = acc[lo:hi]  # slices: indexing Zt[f, i] over a sub-range does not vectorise
-        a[:] = 0.0
-        for f in range(d):
-            zj = Z[j, f]
-            z = Zt[f, lo:hi]
-            if euclidean:
-                for i in range(hi - lo):
-                    diff = z[i] - zj
-                    a[i] += diff * diff
-            else:
+        if euclidean:
+            _squared_distances(Z[j], Zt, lo, hi, acc[lo:hi])
+        else:
+            a = acc[lo:hi]
+            a[:] = 0.0
+            for f in range(d):
+                zj = Z[j, f]
+                z = Zt[f, lo:hi]
                 for i in range(hi - lo):
                     a[i] += z[i] * zj
         if euclidean:
@@ -324,13 +336,7 @@ def _candidate_scores(Zc, wc, cc, Zr, wr, cr, out):  # pragma: no cover - compil
         for lo in range(j, m, _CHUNK):
             hi = min(m, lo + _CHUNK)
             a = acc[: hi - lo]
-            a[:] = 0.0
-            for f in range(d):
-                zj = Zc[f, j]
-                z = Zc[f, lo:hi]
-                for i in range(hi - lo):
-                    diff = z[i] - zj
-                    a[i] += diff * diff
+            _squared_distances(Zc[:, j], Zc, lo, hi, a)
             v = vals[: hi - lo]
             _exp_of_distances(a, scale, v)
             g += _sum_weighted_excess(v, cc[lo:hi], wc[lo:hi])
@@ -339,13 +345,7 @@ def _candidate_scores(Zc, wc, cc, Zr, wr, cr, out):  # pragma: no cover - compil
         for lo in range(0, r, _CHUNK):
             hi = min(r, lo + _CHUNK)
             a = acc[: hi - lo]
-            a[:] = 0.0
-            for f in range(d):
-                zj = Zc[f, j]
-                z = Zr[f, lo:hi]
-                for i in range(hi - lo):
-                    diff = z[i] - zj
-                    a[i] += diff * diff
+            _squared_distances(Zc[:, j], Zr, lo, hi, a)
             v = vals[: hi - lo]
             _exp_of_distances(a, scale, v)
             g += _sum_weighted_excess(v, cr[lo:hi], wr[lo:hi])
