@@ -162,8 +162,16 @@ def heading(driver) -> str:
 
 
 def idle(driver) -> bool:
-    """No script run in progress (Streamlit shows a 'running' status widget while it works)."""
-    return not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+    """No script run in progress: the app root says its script is not running, and no 'running'
+    status widget shows. (The widget alone is not enough: Streamlit draws new elements, such as
+    a container's box, before the widget appears.)"""
+    try:
+        root = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stApp"]')
+        state = root[0].get_attribute("data-test-script-state") if root else None
+    except StaleElementReferenceException:
+        return False
+    return state in (None, "notRunning") and not driver.find_elements(
+        By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
 
 
 def panel_text(driver) -> str:
@@ -344,9 +352,9 @@ def test_clicking_a_point_opens_its_sample_panel(server, browser, shown_run):
         # hover first (plotly clicks the point it hovers), then click
         ActionChains(browser).move_to_element_with_offset(drag, int(where[0] - w / 2) - 1, int(where[1] - h / 2)) \
             .pause(0.5).move_by_offset(1, 0).pause(0.5).click().perform()
-    # the panel's box can be drawn a moment before its contents (and before Streamlit shows its
-    # running widget), so wait for its heading, then check it names the clicked example
-    wait(browser, lambda d: "Example " in panel_text(d) and idle(d), timeout=120)
+    # the panel is drawn piece by piece (box, heading, image, facts): wait for its last fact
+    # and for the run to end, then check that it is the clicked example's
+    wait(browser, lambda d: "dropped" in panel_text(d) and idle(d), timeout=120)
     panel = browser.find_element(By.CSS_SELECTOR, '[class*="st-key-gs_sample_panel"]')
     assert f"Example {where[2]}" in panel.text
     assert "poison" in panel.text
