@@ -318,6 +318,17 @@ def _add_excess(vals, cur_j, w_j, out):  # pragma: no cover - compiled
 
 
 @_jit
+def _chunk_similarities(z, Zt, lo, hi, scale, acc, vals):  # pragma: no cover - compiled
+    # The euclidean kernel entries of z against Zt's columns lo..hi-1, into vals[: hi - lo]
+    # (acc is scratch for the squared distances); returns that slice.
+    a = acc[: hi - lo]
+    _squared_distances(z, Zt, lo, hi, a)
+    v = vals[: hi - lo]
+    _exp_of_distances(a, scale, v)
+    return v
+
+
+@_jit
 def _candidate_scores(Zc, wc, cc, Zr, wr, cr, out):  # pragma: no cover - compiled
     # Estimated gains sum_i w_i max(0, s_ji - cur_i), euclidean, of every candidate j over the
     # evaluated examples: the candidates themselves (features Zc, weights wc, covers cc) and
@@ -335,19 +346,13 @@ def _candidate_scores(Zc, wc, cc, Zr, wr, cr, out):  # pragma: no cover - compil
         g = 0.0
         for lo in range(j, m, _CHUNK):
             hi = min(m, lo + _CHUNK)
-            a = acc[: hi - lo]
-            _squared_distances(Zc[:, j], Zc, lo, hi, a)
-            v = vals[: hi - lo]
-            _exp_of_distances(a, scale, v)
+            v = _chunk_similarities(Zc[:, j], Zc, lo, hi, scale, acc, vals)
             g += _sum_weighted_excess(v, cc[lo:hi], wc[lo:hi])
             first = 1 if lo == j else 0  # the diagonal counts once, in its row
             _add_excess(v[first:], np.float64(cc[j]), wc[j], out[lo + first : hi])
         for lo in range(0, r, _CHUNK):
             hi = min(r, lo + _CHUNK)
-            a = acc[: hi - lo]
-            _squared_distances(Zc[:, j], Zr, lo, hi, a)
-            v = vals[: hi - lo]
-            _exp_of_distances(a, scale, v)
+            v = _chunk_similarities(Zc[:, j], Zr, lo, hi, scale, acc, vals)
             g += _sum_weighted_excess(v, cr[lo:hi], wr[lo:hi])
         out[j] += g
 
