@@ -287,3 +287,21 @@ def test_the_printed_time_is_the_selection_s_wall_time_not_the_sum_over_classes(
     assert main(argv) == 0
     seconds = float(re.search(r"selection ([\d.]+) s", capsys.readouterr().out).group(1))
     assert seconds < 60
+
+
+def test_an_npz_whose_header_claims_40_gb_is_refused_before_allocating(tmp_path, capsys):
+    # 16 bytes of data behind an .npy header claiming 10^9 x 10 float32: the bounded reader
+    # compares the claim with --max-array-bytes before it allocates anything
+    import struct
+    import zipfile
+
+    def npy(descr: str, shape: tuple) -> bytes:
+        header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+        header = header.ljust(118) + "\n"
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + bytes(16)
+
+    with zipfile.ZipFile(tmp_path / "g.npz", "w") as archive:
+        archive.writestr("grads.npy", npy("<f4", (10**9, 10)))
+        archive.writestr("labels.npy", npy("<i8", (2,)))
+    err = run_bad(tmp_path, capsys, tmp_path / "g.npz")
+    assert "field 'grads' size in bytes 40,000,000,000 exceeds the limit" in err

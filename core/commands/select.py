@@ -172,25 +172,24 @@ def load_grads(path: Path) -> tuple[np.ndarray, np.ndarray]:
     grads : array of shape (n_samples, n_classes), as stored
     labels : array of shape (n_samples,), as stored
     """
-    import numpy as np
+    from core.data.datasets import read_npz
 
     if not path.is_file():
         raise InputError(path, "no such file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(path, f"not a readable .npz archive ({err})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise InputError(path, "is a single .npy array; expected an .npz with 'grads' and 'labels'")
-    with archive:
-        missing = [key for key in ("grads", "labels") if key not in archive.files]
-        if missing:
-            found = ", ".join(archive.files) or "nothing"
-            raise InputError(path, f"missing array {missing[0]!r} (found: {found})")
-        try:
-            return archive["grads"], archive["labels"]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise InputError(path, f"unreadable array ({err})") from None
+    with open(path, "rb") as handle:
+        if handle.read(6) == b"\x93NUMPY":
+            raise InputError(
+                path, "is a single .npy array; expected an .npz with 'grads' and 'labels'"
+            )
+    if not zipfile.is_zipfile(path):
+        raise InputError(path, "not a readable .npz archive (not a zip file, or truncated)")
+    # the project's bounded reader: sizes checked against the limits before allocating
+    arrays = read_npz(path)
+    missing = [key for key in ("grads", "labels") if key not in arrays]
+    if missing:
+        found = ", ".join(arrays) or "nothing"
+        raise InputError(path, f"missing array {missing[0]!r} (found: {found})")
+    return arrays["grads"], arrays["labels"]
 
 
 def write_decisions(path: Path, labels: np.ndarray, chosen: Selection) -> None:
