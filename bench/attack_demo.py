@@ -29,12 +29,12 @@ from dataclasses import asdict, replace  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.attacks import AttackGoal, build_attack, check_within_eps  # noqa: E402
-from core.attacks.surrogate import SurrogateOptions, train_surrogates  # noqa: E402
-from core.commands.craft import parse_params  # noqa: E402
-from core.data import apply_poisons, load_dataset  # noqa: E402
-from core.models import Classifier, to_tensor  # noqa: E402
-from core.train import (  # noqa: E402
+from poisonlens.attacks import AttackGoal, build_attack, check_within_eps  # noqa: E402
+from poisonlens.attacks.surrogate import SurrogateOptions, train_surrogates  # noqa: E402
+from poisonlens.commands.craft import parse_params  # noqa: E402
+from poisonlens.data import apply_poisons, load_dataset  # noqa: E402
+from poisonlens.models import Classifier, to_tensor  # noqa: E402
+from poisonlens.train import (  # noqa: E402
     TrainConfig,
     accuracy,
     epoch_generator,

@@ -10,7 +10,7 @@
      and poisoned examples off them, 1% poisons, medoids, isolated drops);
    - 1,000,000 examples, 3 snapshots, 8x8 grey images, the same synthetic gradients.
 2. Computes each run's UMAP map in the background process the page starts
-   (``python -m core.projection``), measuring its wall time and peak memory (max RSS).
+   (``python -m poisonlens.projection``), measuring its wall time and peak memory (max RSS).
 3. Starts the dashboard and drives headless Chromium: time from asking for the page to the map
    drawn (first render, the browser's cache cleared first), then moves the epoch slider
    ``--moves`` times and times each redraw, counting the bytes the server sends over the
@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.store import RunWriter
+from poisonlens.store import RunWriter
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -122,7 +122,7 @@ def build_run(run_dir: Path, *, labels: np.ndarray, images: np.ndarray, epochs: 
 
 def cifar_or_random(root: str | None, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     if root and (Path(root) / "train").is_dir():
-        from core.data import load_dataset
+        from poisonlens.data import load_dataset
 
         data = load_dataset(f"imagefolder:{root}")
         return data.y_train[:n].astype(np.int64), np.ascontiguousarray(data.x_train[:n]), f"CIFAR-10 images ({root})"
@@ -134,11 +134,11 @@ def cifar_or_random(root: str | None, n: int, seed: int = 0) -> tuple[np.ndarray
 
 
 def compute_map(run_dir: Path, method: str = "umap") -> dict:
-    """Run ``python -m core.projection`` as the page does; wall time and the child's peak RSS."""
+    """Run ``python -m poisonlens.projection`` as the page does; wall time and the child's peak RSS."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before, cpu0 = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "core.projection", str(run_dir), "--method", method], check=True,
+    subprocess.run([sys.executable, "-m", "poisonlens.projection", str(run_dir), "--method", method], check=True,
                    cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
                    stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -401,7 +401,7 @@ def main() -> None:
             lines.append(row(f"{title}{', ' + which[label] if label else ''}", timings[label, name]))
     lines.append("")
     if maps:
-        lines += ["The UMAP map, computed once per run by the background process (`python -m core.projection`):", "",
+        lines += ["The UMAP map, computed once per run by the background process (`python -m poisonlens.projection`):", "",
                   "| run | wall time | CPU time (what an unloaded core would take) | peak memory (max RSS) | "
                   "rows fitted | rows placed by nearest neighbours |", "|---|---|---|---|---|---|"]
         for name, m in maps.items():

@@ -7,7 +7,7 @@ time of the whole command (process start, data loading and rendezvous included).
 
 Usage: python -m bench.ddp [--dataset imagefolder:../shared/data/cifar10-subset] [--epochs 3]
 
-``--greedi`` measures EPIC's GreeDi selection alone instead (``core.distributed.run_defense``
+``--greedi`` measures EPIC's GreeDi selection alone instead (``poisonlens.distributed.run_defense``
 on a synthetic snapshot, ``--n-samples`` x 10 classes, subset 0.1, ``method=greedi``): one
 process with one thread, one process with two threads (``n_jobs=2``) and two gloo processes
 of one thread each, alternating; every configuration must reach the same suspects.
@@ -48,7 +48,7 @@ def one_run(nproc: int, args: list[str], runs: Path, name: str) -> dict:
     # CPU time of every process of the command (torchrun's workers are waited for by its
     # agent, so they count): on a shared machine, wall time also measures the neighbours
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    from core.store import open_run
+    from poisonlens.store import open_run
 
     m = open_run(runs / name).metrics()
     trained = m[m["epoch"] > 0]
@@ -68,9 +68,9 @@ def greedi_worker(n_samples: int, partition_size: int, n_jobs: int) -> None:
     import torch
 
     from bench.select import softmax_minus_onehot
-    from core import distributed as D
-    from core.defense.base import Snapshot
-    from core.defense.epic import Epic, select
+    from poisonlens import distributed as D
+    from poisonlens.defense.base import Snapshot
+    from poisonlens.defense.epic import Epic, select
 
     torch.set_num_threads(1)
     ctx = D.init_distributed("cpu")
@@ -116,8 +116,8 @@ def greedi_phases(n_samples: int, partition_size: int) -> tuple[float, float]:
     import numpy as np
 
     from bench.select import softmax_minus_onehot
-    from core.defense.epic import EpicConfig, finish_selection, plan, select
-    from core.defense.greedi import run_partitions
+    from poisonlens.defense.epic import EpicConfig, finish_selection, plan, select
+    from poisonlens.defense.greedi import run_partitions
 
     select(*softmax_minus_onehot(2000), method="greedi", partition_size=100)  # warm numba
     grads, labels = softmax_minus_onehot(n_samples)
@@ -140,7 +140,7 @@ def greedi_main(args) -> None:
             rows[c].append(greedi_run(*c, args.n_samples, args.partition_size))
     digests = {x["suspects"] for v in rows.values() for x in v}
     assert len(digests) == 1, f"the configurations chose different suspects: {rows}"
-    print(f"EPIC selection (`core.distributed.run_defense`) on softmax - onehot of {args.n_samples:,}"
+    print(f"EPIC selection (`poisonlens.distributed.run_defense`) on softmax - onehot of {args.n_samples:,}"
           f" x 10 classes, subset 0.1, method=greedi, partition_size {args.partition_size}; "
           f"median of {args.repeats} alternating runs, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")  # fmt: skip

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from core.store import open_run
-from core.train import TrainConfig, train
+from poisonlens.store import open_run
+from poisonlens.train import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 

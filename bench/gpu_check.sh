@@ -40,9 +40,9 @@ from pathlib import Path
 
 import torch
 
-from core.models import build_model
-from core.store import CHECKPOINTS, open_run
-from core.train import TrainConfig, train
+from poisonlens.models import build_model
+from poisonlens.store import CHECKPOINTS, open_run
+from poisonlens.train import TrainConfig, train
 
 cifar, run_dir, step = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 rank = int(os.environ.get("RANK", "0"))

@@ -25,13 +25,13 @@ import numpy as np
 mode, root = sys.argv[1], Path(sys.argv[2])
 t0 = time.perf_counter()
 if mode == "old":
-    from core.data import datasets as d
+    from poisonlens.data import datasets as d
     names = sorted(e.name for e in os.scandir(root / "train") if e.is_dir())
     tr, s_tr, _ = d._read_split(root / "train", names, every_class=True)
     te, s_te, _ = d._read_split(root / "test", names, every_class=False)
     x = d.images_to_array(tr + te, s_tr + s_te)
 else:
-    from core.data.datasets import load_imagefolder
+    from poisonlens.data.datasets import load_imagefolder
     x = load_imagefolder(root).x_train
 seconds = time.perf_counter() - t0
 usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from core.data.safe_pickle import safe_loads
+from poisonlens.data.safe_pickle import safe_loads
 
 
 def cifar_batch() -> bytes:

@@ -183,7 +183,7 @@ def _memory_mb(field: str) -> float:
 
 
 def _poisonlens(name: str):
-    from core.defense.epic import select
+    from poisonlens.defense.epic import select
 
     def run(grads: np.ndarray, labels: np.ndarray, subset: float):
         return select(
@@ -200,7 +200,7 @@ def _poisonlens(name: str):
 
 def worker(name: str, n: int, subset: float, out: str) -> None:
     """Run one implementation in this (fresh) process; save its medoids and costs to ``out``."""
-    from core.defense.epic import budgets
+    from poisonlens.defense.epic import budgets
 
     grads, labels = softmax_minus_onehot(n)
     k = budgets(np.bincount(labels, minlength=N_CLASSES), subset, random_state=0)
@@ -265,7 +265,7 @@ def evaluate(results: dict, grads: np.ndarray, labels: np.ndarray) -> None:
     Every example joins its most similar medoid (ties: the lowest index); a medoid is isolated
     when exactly one example joins it.
     """
-    from core.defense.facility_location import Kernel
+    from poisonlens.defense.facility_location import Kernel
 
     ok = {name: res for name, res in results.items() if "error" not in res}
     for res in ok.values():
@@ -344,7 +344,7 @@ def kernel_check() -> str:
         return "- submodlib is not installed: no kernel comparison."
     from submodlib import FacilityLocationFunction
 
-    from core.defense.facility_location import Kernel
+    from poisonlens.defense.facility_location import Kernel
 
     grads, labels = softmax_minus_onehot(50_000)
     X = grads[labels == 0]
@@ -360,8 +360,8 @@ def epoch_share(cifar: Path, epochs: int) -> list[str]:
     """Train under EPIC (subset 0.1, a snapshot every epoch) and time the selection."""
     import torch
 
-    from core.store import open_run
-    from core.train import TrainConfig, train
+    from poisonlens.store import open_run
+    from poisonlens.train import TrainConfig, train
 
     torch.set_num_threads(1)
     cases = [("digits", "digits")]
@@ -400,7 +400,7 @@ def epoch_share(cifar: Path, epochs: int) -> list[str]:
 
 def greedi_worker(spec: str, n: int, subset: float, out: str) -> None:
     """One EPIC selection in this fresh process: ``spec`` is 'exact' or 'greedi:P:JOBS:SAMPLE'."""
-    from core.defense.epic import select
+    from poisonlens.defense.epic import select
 
     grads, labels = softmax_minus_onehot(n)
     if spec == "exact":

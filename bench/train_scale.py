@@ -43,7 +43,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 def cifar_npz(source: Path, out: Path) -> tuple[Path, float, int]:
     """Decode an ImageFolder once into ``out`` (npz); returns the path, seconds, n_train."""
-    from core.data import load_dataset
+    from poisonlens.data import load_dataset
 
     t0 = time.perf_counter()
     ds = load_dataset(f"imagefolder:{source}")
@@ -54,7 +54,7 @@ def cifar_npz(source: Path, out: Path) -> tuple[Path, float, int]:
 
 def plain_epoch(npz: Path, *, width: int, batch_size: int, seed: int = 0) -> float:
     """Seconds of one epoch of a plain PyTorch loop over the uint8 training array."""
-    from core.models import build_model
+    from poisonlens.models import build_model
 
     data = np.load(npz)
     x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"].astype(np.int64))
@@ -74,8 +74,8 @@ def plain_epoch(npz: Path, *, width: int, batch_size: int, seed: int = 0) -> flo
 
 def trainer_epoch(npz: Path, run_dir: Path, *, width: int, batch_size: int, augment: str) -> dict:
     """The trainer on ``npz`` for 1 epoch (snapshots at 0 and 1); its phase seconds from metrics."""
-    from core.store import open_run
-    from core.train import TrainConfig, train
+    from poisonlens.store import open_run
+    from poisonlens.train import TrainConfig, train
 
     config = TrainConfig(dataset=f"npz:{npz}", epochs=1, width=width, batch_size=batch_size,
                          augment=augment, device="cpu", snapshot_every=1)  # fmt: skip
@@ -88,11 +88,11 @@ def trainer_epoch(npz: Path, run_dir: Path, *, width: int, batch_size: int, augm
 
 def snapshot_vs_forward(npz: Path, out_dir: Path, *, width: int, batch_size: int) -> dict:
     """Seconds of one plain eval forward pass and of a full snapshot (with its Parquet file)."""
-    from core.defense.base import DefenseResult
-    from core.models import build_model
-    from core.snapshot import take_snapshot
-    from core.store import RunWriter
-    from core.train import snapshot_table
+    from poisonlens.defense.base import DefenseResult
+    from poisonlens.models import build_model
+    from poisonlens.snapshot import take_snapshot
+    from poisonlens.store import RunWriter
+    from poisonlens.train import snapshot_table
 
     data = np.load(npz)
     x, y = data["x_train"], data["y_train"].astype(np.int64)
@@ -136,7 +136,7 @@ def peak_rss(npz: Path, run_dir: Path, *, width: int) -> dict:
     own process."""
     code = (
         "import sys, torch; torch.set_num_threads(1)\n"
-        "from core.train import TrainConfig, train\n"
+        "from poisonlens.train import TrainConfig, train\n"
         "train(TrainConfig(dataset='npz:' + sys.argv[1], epochs=1, width=int(sys.argv[3]),"
         " batch_size=1024, snapshot_batch_size=2048, snapshot_every=1, device='cpu'), sys.argv[2],"
         " show_progress=False)\n"

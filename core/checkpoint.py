@@ -4,11 +4,11 @@
   plain containers only and is read with ``torch.load(weights_only=True, map_location=...)``,
   so a run started on a GPU resumes on a CPU and the other way round. Any file torch refuses
   (truncated, empty, not a checkpoint, or one that asks to build Python objects) becomes one
-  :class:`~core.errors.InputError` line naming the file, never torch's multi-line message.
+  :class:`~poisonlens.errors.InputError` line naming the file, never torch's multi-line message.
 - :class:`RunLock`: ``<run>/writer.lock`` holds the writing process's pid and host. A second
   writer is refused while that process lives; a lock left by a dead process is taken over.
 - :func:`remove_temp_files`: temporaries left by an atomic write that was killed midway
-  (``.<name>.<random>.tmp``, see :mod:`core.store`) are removed when a writer opens the run.
+  (``.<name>.<random>.tmp``, see :mod:`poisonlens.store`) are removed when a writer opens the run.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from core.errors import InputError
-from core.store import CHECKPOINTS, SNAPSHOTS, atomic_write_bytes, read_parquet
+from poisonlens.errors import InputError
+from poisonlens.store import CHECKPOINTS, SNAPSHOTS, atomic_write_bytes, read_parquet
 
 LAST = "last.pt"
 FINAL = "model.pt"

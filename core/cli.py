@@ -8,12 +8,12 @@ imports (torch, the trainer) inside ``run``.
 
 Every failure ends as one line on standard error, never a traceback (``--debug`` shows one):
 
-- bad input (argparse's own errors, :class:`core.errors.InputError`, and an ``OSError`` naming
+- bad input (argparse's own errors, :class:`poisonlens.errors.InputError`, and an ``OSError`` naming
   a file): ``poisonlens: <file or option>: <problem>``, exit status 2;
 - anything else, a bug rather than bad input: ``poisonlens: error: <Type>: <first line>``,
   exit status 1.
 
-Messages are made printable and bounded (:func:`core.errors.one_line`).
+Messages are made printable and bounded (:func:`poisonlens.errors.one_line`).
 """
 
 from __future__ import annotations
@@ -25,33 +25,33 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from core.errors import InputError, one_line
+from poisonlens.errors import InputError, one_line
 
 # name -> (module, one-line help), in the order `poisonlens --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": (
-        "core.commands.train",
+        "poisonlens.commands.train",
         "train a model under a defense, recording snapshots in a run directory",
     ),
-    "runs": ("core.commands.runs", "list runs with status and headline metrics"),
-    "export": ("core.commands.export", "write the examples dropped or flagged up to an epoch as CSV"),
+    "runs": ("poisonlens.commands.runs", "list runs with status and headline metrics"),
+    "export": ("poisonlens.commands.export", "write the examples dropped or flagged up to an epoch as CSV"),
     "select": (
-        "core.commands.select",
+        "poisonlens.commands.select",
         "run EPIC's selection on saved gradients and write its decisions to a CSV",
     ),
     "craft": (
-        "core.commands.craft",
+        "poisonlens.commands.craft",
         "craft a poison set (gradient matching, bullseye polytope, feature collision, patch backdoor, "
         "label flip)",
     ),
     "evaluate": (
-        "core.commands.evaluate",
+        "poisonlens.commands.evaluate",
         "train every defense on every poison set, seed and scenario; write results tables",
     ),
-    "project": ("core.commands.project", "precompute the 2-D gradient map the dashboard shows"),
+    "project": ("poisonlens.commands.project", "precompute the 2-D gradient map the dashboard shows"),
 }
 PROG = "poisonlens"
-# core.limits.Limits fields as flags (--max-images ...): read by main() wherever they appear.
+# poisonlens.limits.Limits fields as flags (--max-images ...): read by main() wherever they appear.
 LIMIT_FLAGS = (
     "--max-file-bytes",
     "--max-array-bytes",
@@ -138,7 +138,7 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
     limits = parser.add_argument_group(
         "limits on untrusted files (any position; see docs/security.md)"
     )
-    from core.limits import Limits  # light: no numpy, no torch
+    from poisonlens.limits import Limits  # light: no numpy, no torch
 
     for name in LIMIT_FLAGS:
         default = getattr(Limits(), name[2:].replace("-", "_"))
@@ -209,7 +209,7 @@ def apply_limit_flags(argv: list[str]) -> None:
         argv.pop(i)
         overrides[flag[2:].replace("-", "_")] = value
     if overrides:
-        from core.limits import set_limits
+        from poisonlens.limits import set_limits
 
         set_limits(**overrides)
 

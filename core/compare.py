@@ -4,7 +4,7 @@ The runs come from an evaluate output folder (``<out>/runs/<scenario>/<set>__<de
 a folder of runs, or any list of run directories. A run's identity (scenario, poison set,
 defense, seed) is read from the ``tags`` evaluate stores in its run.json; the directory name is
 only a label. Every number is recomputed from the run stores with
-:func:`core.evaluate.run_summary`, the function behind ``runs.csv``. Pure functions of run
+:func:`poisonlens.evaluate.run_summary`, the function behind ``runs.csv``. Pure functions of run
 directories, no Streamlit.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.errors import InputError
-from core.evaluate import (
+from poisonlens.errors import InputError
+from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
     SUMMARY_COLUMNS,
     control_readout,
@@ -27,7 +27,7 @@ from core.evaluate import (
     run_summary,
     summarise,
 )
-from core.store import RUN_JSON, Run, open_run
+from poisonlens.store import RUN_JSON, Run, open_run
 
 NO_POISONS = "(no poisons)"
 GRID_NAME = re.compile(r"^(?P<set>.+)__(?P<defense>.+)__seed(?P<seed>-?\d+)$")  # plan_grid's names
@@ -87,7 +87,7 @@ def _as_runs(runs: Iterable[Run | str | Path] | str | Path) -> list[Run]:
 
 def defense_label(config: dict) -> str:
     """A name for a run's defense from its configuration, as the evaluate grid names it (see
-    :func:`core.evaluate.parse_defense`): ``clean`` for the clean control, ``epic-<subset_size>``,
+    :func:`poisonlens.evaluate.parse_defense`): ``clean`` for the clean control, ``epic-<subset_size>``,
     ``random-<match_subset>``, the defense's name, with any other parameters in brackets
     (``random(fraction=0.05)``); a random defense that copied another run's drops is
     ``random (matched drops)``."""
@@ -158,7 +158,7 @@ def comparison_table(runs: Iterable[Run | str | Path] | str | Path) -> pd.DataFr
     """A row per run with at least one finished epoch (columns :data:`TABLE_COLUMNS`).
 
     ``runs``: runs or run directories, or a folder (see :func:`find_runs`). The numbers are
-    those of ``runs.csv`` (:func:`core.evaluate.run_summary`, at the run's last finished epoch);
+    those of ``runs.csv`` (:func:`poisonlens.evaluate.run_summary`, at the run's last finished epoch);
     ``status`` says whether the run finished. Where an evaluate clean control of the same
     scenario and seed is among the runs, ``control_flip`` is whether it predicts a poisoned
     run's target as the attacker's class and ``controlled_success`` counts only flips it does
@@ -219,7 +219,7 @@ def _control_flip(table: pd.DataFrame, row: pd.Series) -> float:
 def per_defense_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (scenario, defense), over poison sets and seeds, of the finished runs of ``table``.
 
-    The columns of ``summary.csv`` (:func:`core.evaluate.summarise`: n_runs, success counts with
+    The columns of ``summary.csv`` (:func:`poisonlens.evaluate.summarise`: n_runs, success counts with
     Wilson intervals, ``<x>_mean``, ``<x>_std``), plus what dropping the same number of
     examples at random would give, on average, on the runs with poisons: ``random_recall_mean``
     (share of all examples dropped) and ``base_rate_mean`` (share of poisons in the training

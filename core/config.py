@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 
-from core.errors import InputError
+from poisonlens.errors import InputError
 
 MODEL_NAMES = ("smallcnn", "resnet18")
 SCENARIOS = ("scratch", "transfer", "finetune")
@@ -222,7 +222,7 @@ class TrainConfig:
         Imports the defense registry (numpy and scikit-learn, no torch), so it is called where
         a run is about to start, not at import time.
         """
-        from core.defense import build_defense, defense_names
+        from poisonlens.defense import build_defense, defense_names
 
         names = defense_names()
         if self.defense not in names:

@@ -2,7 +2,7 @@
 
 ``auto`` means CUDA when present, else the CPU (MPS only when asked for by name: its kernels
 are not all deterministic and some dtypes are missing). Asking for a device that is not there
-is an :class:`~core.errors.InputError` naming ``--device``, raised before a run directory is
+is an :class:`~poisonlens.errors.InputError` naming ``--device``, raised before a run directory is
 made.
 """
 
@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from core.errors import InputError
+from poisonlens.errors import InputError
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.errors import InputError
+from poisonlens.errors import InputError
 
 #: Environment variable naming a file to which every rank appends one line
 #: ``<epoch> <rank> <digest>`` per snapshot (the DDP tests read it to check that all ranks
@@ -58,7 +58,7 @@ class DistContext:
         Number of processes of the run (1 without torchrun).
     device : torch.device or None
         Where this process trains under torchrun; None for a single process, which resolves
-        ``--device`` as it always has (``core.device.resolve_device``).
+        ``--device`` as it always has (``poisonlens.device.resolve_device``).
     backend : str or None
         ``'nccl'`` (CUDA) or ``'gloo'`` (CPU); None when no process group was started.
     """
@@ -111,7 +111,7 @@ def device_spec(config, run_dir: Path, *, resume: bool, device: str | None) -> s
         return device
     if not resume:
         return config.device
-    from core.store import read_json  # bounded: a run folder may come from someone else
+    from poisonlens.store import read_json  # bounded: a run folder may come from someone else
 
     try:
         return str(read_json(Path(run_dir) / "run.json")["config"]["device"])
@@ -232,7 +232,7 @@ def record_world(run_dir: Path, ctx: DistContext) -> None:
 
     A resumed run records the numbers it continues with.
     """
-    from core.store import atomic_write_json, read_json
+    from poisonlens.store import atomic_write_json, read_json
 
     if not ctx.is_main:
         return
@@ -342,7 +342,7 @@ def take_snapshot_sharded(
     labels: np.ndarray,
     **kwargs,
 ):
-    """:func:`core.snapshot.take_snapshot`, with the forward passes split across the ranks.
+    """:func:`poisonlens.snapshot.take_snapshot`, with the forward passes split across the ranks.
 
     Each rank passes its contiguous block of all examples (:func:`snapshot_shard`) forward;
     the per-example rows (gradients, embeddings, loss, confidence, prediction: n_classes +
@@ -359,8 +359,8 @@ def take_snapshot_sharded(
     -------
     (Snapshot, target) on rank 0, as ``take_snapshot`` returns them; (None, None) elsewhere.
     """
-    from core.defense.base import Snapshot
-    from core.snapshot import take_snapshot
+    from poisonlens.defense.base import Snapshot
+    from poisonlens.snapshot import take_snapshot
 
     if ctx is None or not ctx.distributed:
         return take_snapshot(model, images, labels, **kwargs)
@@ -413,7 +413,7 @@ def run_defense(
     """The defense's decision at a snapshot: rank 0 decides; the ranks share a first round.
 
     A defense that splits its work into independent pieces offers three methods (EPIC does,
-    for GreeDi's partitions; :class:`core.defense.epic.Epic`):
+    for GreeDi's partitions; :class:`poisonlens.defense.epic.Epic`):
 
     - ``partitions(labels, active, n_classes=)``: the pieces, computed alike on every rank
       from what every rank holds (the labels and the active mask), so no rank waits to learn

@@ -21,7 +21,7 @@ order) of every class of the clean training set, as the poisoning benchmark (Sch
 al., 2021) pretrains on data of the task's own domain that the attacker does not touch. The
 victim then trains on the whole (poisoned) training set, which contains that split.
 
-Every run is its own process (``python -m core.evaluate_worker``), ``jobs`` at a time, and
+Every run is its own process (``python -m poisonlens.evaluate_worker``), ``jobs`` at a time, and
 carries its identity in run.json's ``config.tags``; finished runs are never redone, a killed one
 resumes from its checkpoint.
 """
@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.config import TrainConfig
-from core.defense import defense_names
-from core.errors import InputError
-from core.metrics import detection_metrics
-from core.store import CHECKPOINTS, RUN_JSON, atomic_write_bytes, atomic_write_json, open_run
+from poisonlens.config import TrainConfig
+from poisonlens.defense import defense_names
+from poisonlens.errors import InputError
+from poisonlens.metrics import detection_metrics
+from poisonlens.store import CHECKPOINTS, RUN_JSON, atomic_write_bytes, atomic_write_json, open_run
 
 DEFAULT_DEFENSES = (
     "clean",
@@ -170,7 +170,7 @@ def pretrain_split(labels: np.ndarray) -> np.ndarray:
 
 def write_pretrain_data(dataset_spec: str, folder: Path) -> Path:
     """Write the pretraining split of ``dataset_spec`` as ``folder/pretrain-split.npz`` (once)."""
-    from core.data import load_dataset
+    from poisonlens.data import load_dataset
 
     path = folder / "pretrain-split.npz"
     if path.is_file():
@@ -366,7 +366,7 @@ def run_cells(
         cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
         config_path = cell.run_dir.parent / f".{cell.run_dir.name}.config.json"
         atomic_write_json(config_path, config.to_json())
-        argv = [sys.executable, "-m", "core.evaluate_worker", str(config_path), str(cell.run_dir)]
+        argv = [sys.executable, "-m", "poisonlens.evaluate_worker", str(config_path), str(cell.run_dir)]
         if state == "resume":
             argv.append("--resume")
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -474,9 +474,9 @@ def control_readout(control_dir: Path, poison_path: Path) -> dict:
     """The clean control's final model applied to a poison set's target: prediction and p_adv."""
     import torch
 
-    from core.data import load_dataset, load_poisons
-    from core.models import build_model
-    from core.snapshot import forward_batched
+    from poisonlens.data import load_dataset, load_poisons
+    from poisonlens.models import build_model
+    from poisonlens.snapshot import forward_batched
 
     run = open_run(control_dir)
     config = TrainConfig.from_json(run.config)

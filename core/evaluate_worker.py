@@ -1,4 +1,4 @@
-"""One grid cell in its own process: ``python -m core.evaluate_worker CONFIG.json RUN_DIR [--resume]``.
+"""One grid cell in its own process: ``python -m poisonlens.evaluate_worker CONFIG.json RUN_DIR [--resume]``.
 
 ``poisonlens evaluate`` starts one of these per run, so a run's numbers never depend on what an
 earlier run left behind in the same process (allocator state, thread pools, cached kernels).
@@ -23,12 +23,12 @@ def main(argv: list[str]) -> int:
     int
         0 on success, 2 on a usage or input error.
     """
-    from core.config import TrainConfig
-    from core.errors import InputError
-    from core.train import train
+    from poisonlens.config import TrainConfig
+    from poisonlens.errors import InputError
+    from poisonlens.train import train
 
     if len(argv) not in (2, 3) or (len(argv) == 3 and argv[2] != "--resume"):
-        print("usage: python -m core.evaluate_worker CONFIG.json RUN_DIR [--resume]", file=sys.stderr)
+        print("usage: python -m poisonlens.evaluate_worker CONFIG.json RUN_DIR [--resume]", file=sys.stderr)
         return 2
     config_path, run_dir = Path(argv[0]), Path(argv[1])
     try:

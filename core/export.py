@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.errors import InputError
-from core.store import Run
+from poisonlens.errors import InputError
+from poisonlens.store import Run
 
 # Leading characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -35,7 +35,7 @@ _NOT_DEFENSE = {"index", "label", "active", "suspect", "drop", "dropped_epoch", 
 def defense_columns(run: Run, epoch: int) -> dict[str, str]:
     """The defense's own output columns present in the snapshot of ``epoch``, with descriptions.
 
-    Read from the defense's declaration (``core.defense.output_columns(name)``) when it has one;
+    Read from the defense's declaration (``poisonlens.defense.output_columns(name)``) when it has one;
     otherwise every snapshot column that is not one of the format's own (docs/run-format.md),
     with an empty description. Nothing here names a particular defense's columns.
     """
@@ -48,7 +48,7 @@ def defense_columns(run: Run, epoch: int) -> dict[str, str]:
 
 def _declared_columns(defense: str) -> dict[str, str] | None:
     try:
-        from core.defense import output_columns
+        from poisonlens.defense import output_columns
     except ImportError:  # a defense registry without declarations
         return None
     try:
@@ -96,7 +96,7 @@ def suspects_table(
     include_flagged : also list examples the defense flagged at ``epoch`` but did not drop
     skip_damaged : when an earlier snapshot that dropped examples cannot be read, keep those
         rows with empty facts and name the file in ``table.attrs["damaged"]`` instead of
-        raising :class:`core.store.DamagedFile`
+        raising :class:`poisonlens.store.DamagedFile`
 
     Returns
     -------

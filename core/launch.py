@@ -2,7 +2,7 @@
 
 The dashboard's *New run* page calls :func:`launch_training`: it checks every parameter first
 (so a bad one is a clear message, not a dead process), writes ``launch.json`` and
-``train.log`` into the new run directory, and starts ``python -m core.launch <run_dir>`` in its
+``train.log`` into the new run directory, and starts ``python -m poisonlens.launch <run_dir>`` in its
 own session, so that training survives page reloads, closed browsers and a restarted
 dashboard. ``launch.json`` carries the checked config as JSON (``TrainConfig.to_json``, every
 field, nothing rebuilt as an argv); the child trains from it and then precomputes the run's
@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.config import TrainConfig
-from core.errors import InputError
-from core.store import RUN_JSON, RunWriter, _alive, atomic_write_json, open_run
+from poisonlens.config import TrainConfig
+from poisonlens.errors import InputError
+from poisonlens.store import RUN_JSON, RunWriter, _alive, atomic_write_json, open_run
 
 LAUNCH_JSON = "launch.json"
 LOG = "train.log"
@@ -96,7 +96,7 @@ def check_run_name(name: str) -> str:
 def display_command(config: TrainConfig, *, runs_dir: str | Path, name: str) -> str:
     """A ``poisonlens train`` command that reproduces ``config`` (shown to the user; the child
     itself reads the JSON). Fields without an option (``tags``) are left out of it."""
-    from core.commands._options import config_to_argv
+    from poisonlens.commands._options import config_to_argv
 
     argv = ["train", *config_to_argv(replace(config, tags={}))]
     return "poisonlens " + shlex.join(argv + ["--runs-dir", str(runs_dir), "--name", name])
@@ -141,8 +141,8 @@ def check_launch(
     if poisons:
         if not Path(poisons).exists():
             raise InputError(poisons, "poison set not found")
-        from core.data import load_dataset, load_poisons
-        from core.data.poisons import validate_poisons
+        from poisonlens.data import load_dataset, load_poisons
+        from poisonlens.data.poisons import validate_poisons
 
         poison_set = load_poisons(poisons)
         if kind in ("digits", "npz"):
@@ -181,7 +181,7 @@ def launch_training(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "core.launch", str(run_dir)],
+            [sys.executable, "-m", "poisonlens.launch", str(run_dir)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -211,7 +211,7 @@ def _child_main(run_dir: str) -> int:
 
     Errors are printed as one line to train.log (which launch_status shows), as the CLI would.
     """
-    from core.cli import guarded, main
+    from poisonlens.cli import guarded, main
 
     run_dir_path = Path(run_dir)
     for _ in range(100):  # the launcher writes launch.json just after starting us
@@ -225,7 +225,7 @@ def _child_main(run_dir: str) -> int:
         config = TrainConfig.from_json(launch["config"])
         # the config exactly as this process trains it (tests compare it with the launched one)
         print(CONFIG_LINE + json.dumps(config.to_json(), sort_keys=True), flush=True)
-        from core.train import train
+        from poisonlens.train import train
 
         train(config, run_dir_path, show_progress=False)
         return 0

@@ -2,7 +2,7 @@
 
 poisonlens opens data that someone may have crafted against it, so every reader asks
 :func:`current_limits` how many images, pixels, bytes and nesting levels it may accept,
-and refuses with an :class:`~core.errors.InputError` *before* allocating anything a file
+and refuses with an :class:`~poisonlens.errors.InputError` *before* allocating anything a file
 claims. The defaults fit real use (CIFAR-10 whole, an ``.npz`` of a million images,
 ImageNet-sized pictures) and stop a file that claims terabytes. ``docs/security.md``
 lists them with the CLI flags that override them.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO
 
-from core.errors import InputError
+from poisonlens.errors import InputError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 

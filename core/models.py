@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from core.config import MODEL_NAMES  # noqa: E402,F401  (one list of networks)
+from poisonlens.config import MODEL_NAMES  # noqa: E402,F401  (one list of networks)
 
 
 class Classifier(nn.Module):

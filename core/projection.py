@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core.errors import InputError
-from core.store import PROJECTIONS, Run, RunWriter, _alive, _read_json, atomic_write_json, open_run
+from poisonlens.errors import InputError
+from poisonlens.store import PROJECTIONS, Run, RunWriter, _alive, _read_json, atomic_write_json, open_run
 
 METHODS = ("umap", "pca")
 TARGET_INDEX = -1  # the `index` of the target's rows in a projection table
@@ -384,8 +384,8 @@ def read_projection(run: Run, method: str) -> pd.DataFrame | None:
 
 # --- the background process ----------------------------------------------------------------
 #
-# The dashboard never fits a map inside a page rerun: it starts ``python -m core.projection``
-# in its own session (as core.launch does for training) and polls the job file it writes.
+# The dashboard never fits a map inside a page rerun: it starts ``python -m poisonlens.projection``
+# in its own session (as poisonlens.launch does for training) and polls the job file it writes.
 
 
 def job_path(run_dir: str | Path, method: str) -> Path:
@@ -430,7 +430,7 @@ def launch_projection(run_dir: str | Path, *, method: str = "umap", max_fit: int
     log = open(folder / f"{method}.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "core.projection", str(run_dir), "--method", method,
+            [sys.executable, "-m", "poisonlens.projection", str(run_dir), "--method", method,
              "--max-fit", str(max_fit)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
@@ -457,7 +457,7 @@ def reap_children() -> None:
 
 
 def _job_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.projection")
+    parser = argparse.ArgumentParser(prog="python -m poisonlens.projection")
     parser.add_argument("run_dir")
     parser.add_argument("--method", choices=METHODS, default="umap")
     parser.add_argument("--max-fit", type=int, default=5000)

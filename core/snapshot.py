@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.defense.base import Snapshot
-from core.models import Classifier, to_tensor
+from poisonlens.defense.base import Snapshot
+from poisonlens.models import Classifier, to_tensor
 
 
 def fold_batchnorm(body: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.errors import InputError
+from poisonlens.errors import InputError
 
 FORMAT_VERSION = 1
 RUN_JSON = "run.json"

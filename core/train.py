@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-import core
-from core import distributed
-from core.augment import augment_batch, resolve_augment  # noqa: F401  (re-exported for attacks)
-from core.checkpoint import (
+import poisonlens
+from poisonlens import distributed
+from poisonlens.augment import augment_batch, resolve_augment  # noqa: F401  (re-exported for attacks)
+from poisonlens.checkpoint import (
     FINAL,
     LAST,
     RunLock,
@@ -38,15 +38,15 @@ from core.checkpoint import (
     read_table,
     save_checkpoint,
 )
-from core.config import AUGMENTS, SCENARIOS, TrainConfig  # noqa: F401  (re-exported)
-from core.data import PoisonedDataset, apply_poisons, load_dataset, load_poisons
-from core.defense import build_defense
-from core.defense.base import Defense, DefenseResult, Snapshot
-from core.device import fits_on_device, resolve_device, seeded_generator
-from core.errors import InputError
-from core.models import Classifier, build_model
-from core.snapshot import forward_batched, model_device, storage_projection
-from core.store import (
+from poisonlens.config import AUGMENTS, SCENARIOS, TrainConfig  # noqa: F401  (re-exported)
+from poisonlens.data import PoisonedDataset, apply_poisons, load_dataset, load_poisons
+from poisonlens.defense import build_defense
+from poisonlens.defense.base import Defense, DefenseResult, Snapshot
+from poisonlens.device import fits_on_device, resolve_device, seeded_generator
+from poisonlens.errors import InputError
+from poisonlens.models import Classifier, build_model
+from poisonlens.snapshot import forward_batched, model_device, storage_projection
+from poisonlens.store import (
     CHECKPOINTS,
     METRICS,
     RUN_JSON,
@@ -82,7 +82,7 @@ def versions() -> dict:
     import sklearn
 
     return {
-        "poisonlens": core.__version__,
+        "poisonlens": poisonlens.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,

@@ -3,14 +3,14 @@
 This file only routes; each page is one file in dashboard/views/.
 """
 
-import sys
-from pathlib import Path
+import importlib.util
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also works without `pip install -e .`
-
-import streamlit as st  # noqa: E402
+import streamlit as st
 
 st.set_page_config(page_title="poisonlens", page_icon=":material/biotech:", layout="wide")
+if importlib.util.find_spec("poisonlens") is None:  # a checkout that was never installed
+    st.error("poisonlens is not installed: run `make run`, or `pip install -e .` in the checkout.")
+    st.stop()
 st.navigation([
     st.Page("views/overview.py", title="Overview", icon=":material/monitoring:", default=True),
     st.Page("views/gradient_space.py", title="Gradient space", icon=":material/scatter_plot:"),

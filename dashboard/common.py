@@ -1,7 +1,7 @@
 """What every page shares: where runs are, the run and epoch pickers, cached loaders, thumbnails.
 
-Pages read runs only through :mod:`core.store` and ask core for every computation; the
-loaders here only cache. A file of a run that cannot be read raises :class:`core.store.DamagedFile`
+Pages read runs only through :mod:`poisonlens.store` and ask core for every computation; the
+loaders here only cache. A file of a run that cannot be read raises :class:`poisonlens.store.DamagedFile`
 (an InputError naming the file); :func:`damage_ui` shows it as one short message, and the
 helpers here (snapshot list, thumbnails, target image) skip what they cannot read. Cached functions take run paths, epochs and a modification stamp,
 never arrays (``st.cache_data`` pickles its arguments and copies its value on every call).
@@ -20,9 +20,9 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.drift import drift_scores
-from core.errors import InputError
-from core.store import METRICS, RUN_JSON, DamagedFile, Run, list_runs, open_run
+from poisonlens.drift import drift_scores
+from poisonlens.errors import InputError
+from poisonlens.store import METRICS, RUN_JSON, DamagedFile, Run, list_runs, open_run
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = "runs"
@@ -200,7 +200,7 @@ def projection_extent(path: str, method: str, mtime: float, label: int | None = 
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def drift_at(path: str, epoch: int, stamp: float) -> pd.DataFrame:
-    """Drift and similarity to the target of every example at one snapshot (core.drift)."""
+    """Drift and similarity to the target of every example at one snapshot (poisonlens.drift)."""
     grad_cols = tuple(c for c in load_snapshot_columns(path, epoch) if c.startswith("g_"))
     snap = load_snapshot(path, epoch, ("label", "active", "is_medoid", *grad_cols))
     try:

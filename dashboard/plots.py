@@ -1,6 +1,6 @@
 """Figure builders: each takes DataFrames and returns a plotly figure, testable without a server.
 
-Every map trace carries the example index as ``customdata`` (see :mod:`dashboard.selection`)
+Every map trace carries the example index as ``customdata`` (see :mod:`poisonlens.dashboard.selection`)
 and uses WebGL (``Scattergl``) with numpy arrays, which plotly sends as binary typed arrays, so
 that 50,000 points stay interactive; past that, the examples are drawn as a density image.
 """
@@ -518,7 +518,7 @@ def defense_bars_figure(summary: pd.DataFrame, *, height: int = 640) -> go.Figur
     """Mean ± std per defense of attack success, clean accuracy, recall and precision (error bars
     cut at 0 and 1; the hover gives the full std).
 
-    ``summary``: core.compare.per_defense_summary (defense, n_runs, ``<x>_mean``, ``<x>_std``,
+    ``summary``: poisonlens.compare.per_defense_summary (defense, n_runs, ``<x>_mean``, ``<x>_std``,
     random_recall_mean, base_rate_mean), a row per defense in drawing order. A missing mean is
     written on the axis (e.g. "nothing dropped") instead of an empty slot.
     """
@@ -623,7 +623,7 @@ def defense_bars_figure(summary: pd.DataFrame, *, height: int = 640) -> go.Figur
 
 
 def overlap_figure(overlap: pd.DataFrame, *, max_tick_labels: int = 80) -> go.Figure:
-    """Which poisons each run caught: a column per poison, a row per run (core.compare.poison_overlap,
+    """Which poisons each run caught: a column per poison, a row per run (poisonlens.compare.poison_overlap,
     transposed); green = dropped by the run's last snapshot, grey = kept (missed)."""
     z = overlap.T.to_numpy(dtype=int)
     x = [str(i) for i in overlap.index]

@@ -46,11 +46,11 @@ def poisonlens(*args: str) -> None:
     # A fresh process per step, as a user runs them: results then depend on nothing left over
     # from an earlier step in the same process.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "core.cli", *args], check=True, cwd=REPO, env=env)
+    subprocess.run([sys.executable, "-m", "poisonlens.cli", *args], check=True, cwd=REPO, env=env)
 
 
 def make(out: Path) -> None:
-    from core.evaluate import drop_schedule
+    from poisonlens.evaluate import drop_schedule
 
     poisons = out / "poisons" / "demo"
     poisonlens("craft", "--quiet", *CRAFT, "--overwrite", "--out", str(poisons))

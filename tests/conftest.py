@@ -31,7 +31,7 @@ def pytest_configure(config):
 
 def tiny_config(**overrides):
     """A digits run that trains in a second or two."""
-    from core.train import TrainConfig
+    from poisonlens.train import TrainConfig
 
     base = dict(epochs=4, width=4, snapshot_every=2, drop_after=0, stop_after=100, batch_size=256)
     base.update(overrides)

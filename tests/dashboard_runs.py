@@ -22,8 +22,8 @@ _MADE: dict[str, Path] = {}
 
 def make_label_flip(path: Path) -> Path:
     """A label-flip poison set on digits: class-1 training images relabelled as ``ADV_LABEL``."""
-    from core.data import load_dataset
-    from core.data.poisons import PoisonSet, save_poisons_npz
+    from poisonlens.data import load_dataset
+    from poisonlens.data.poisons import PoisonSet, save_poisons_npz
 
     data = load_dataset("digits")
     base = np.flatnonzero(data.y_train == 1)[:N_POISONS]
@@ -38,8 +38,8 @@ def make_label_flip(path: Path) -> Path:
 def make_runs(root: Path) -> Path:
     """Two finished runs in ``root/runs``: EPIC on a poisoned set (with a stored UMAP map) and a
     clean run under the random defense (no map yet)."""
-    from core.projection import compute_projection
-    from core.train import train
+    from poisonlens.projection import compute_projection
+    from poisonlens.train import train
 
     runs = root / "runs"
     poisons = make_label_flip(root / "label-flip.npz")

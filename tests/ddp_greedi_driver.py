@@ -1,5 +1,5 @@
 """Run by tests/test_ddp.py under ``torchrun --nproc-per-node 2``: EPIC's GreeDi spread over the
-ranks by ``core.distributed.run_defense`` on a seeded synthetic snapshot; each rank writes what
+ranks by ``poisonlens.distributed.run_defense`` on a seeded synthetic snapshot; each rank writes what
 it saw to ``<out>/rank<r>.npz`` (rank 0: the decisions; every rank: the gradients it received).
 
 Usage: torchrun --standalone --nproc-per-node 2 tests/ddp_greedi_driver.py OUT_DIR
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import distributed as D
-from core.defense.base import Snapshot
-from core.defense.epic import Epic
+from poisonlens import distributed as D
+from poisonlens.defense.base import Snapshot
+from poisonlens.defense.epic import Epic
 
 N, N_CLASSES = 900, 3
 PARAMS = dict(subset_size=0.15, method="greedi", partition_size=60, random_state=2)

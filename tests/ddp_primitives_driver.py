@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py under ``torchrun --nproc-per-node 2``: exercises core.distributed's
+"""Run by tests/test_ddp.py under ``torchrun --nproc-per-node 2``: exercises poisonlens.distributed's
 collectives in real processes on gloo and writes what each rank saw to ``<out>/rank<r>.npz``.
 
 Usage: torchrun --standalone --nproc-per-node 2 tests/ddp_primitives_driver.py OUT_DIR
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import distributed as D
+from poisonlens import distributed as D
 
 N = 101  # odd, so the snapshot shards differ in length
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.attacks import (
+from poisonlens.attacks import (
     AttackGoal,
     attack_names,
     build_attack,
@@ -16,13 +16,13 @@ from core.attacks import (
     choose_bases,
     clean_control,
 )
-from core.attacks.base import max_perturbation, project_linf, to_uint8_within, validate_goal
-from core.attacks.gradient_matching import gradient_alignment
-from core.attacks.surrogate import train_surrogates
-from core.data import apply_poisons, load_poisons
-from core.data.datasets import ImageDataset, load_dataset
-from core.data.poisons import save_poisons_folder, save_poisons_npz
-from core.errors import InputError
+from poisonlens.attacks.base import max_perturbation, project_linf, to_uint8_within, validate_goal
+from poisonlens.attacks.gradient_matching import gradient_alignment
+from poisonlens.attacks.surrogate import train_surrogates
+from poisonlens.data import apply_poisons, load_poisons
+from poisonlens.data.datasets import ImageDataset, load_dataset
+from poisonlens.data.poisons import save_poisons_folder, save_poisons_npz
+from poisonlens.errors import InputError
 
 torch.set_num_threads(1)
 

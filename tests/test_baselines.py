@@ -12,14 +12,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from core.defense import SCORE_COLUMN, defense_names, extra_columns, output_columns
-from core.defense.activation_clustering import ActivationClustering
-from core.defense.base import DefenseResult, Snapshot, build_defense
-from core.defense.deepknn import DeepKNN
-from core.defense.loss import LossFilter
-from core.defense.spectral import SpectralSignatures
-from core.errors import InputError
-from core.metrics import detection_metrics
+from poisonlens.defense import SCORE_COLUMN, defense_names, extra_columns, output_columns
+from poisonlens.defense.activation_clustering import ActivationClustering
+from poisonlens.defense.base import DefenseResult, Snapshot, build_defense
+from poisonlens.defense.deepknn import DeepKNN
+from poisonlens.defense.loss import LossFilter
+from poisonlens.defense.spectral import SpectralSignatures
+from poisonlens.errors import InputError
+from poisonlens.metrics import detection_metrics
 
 N_PER_CLASS = 300
 N_CLASSES = 3

@@ -9,11 +9,11 @@ import re
 import pandas as pd
 import pytest
 
-import core.commands
-from core.cli import COMMANDS, build_parser, main
-from core.export import neutralise_formula, suspects_table, to_safe_csv
-from core.store import open_run
-from core.train import train
+import poisonlens.commands
+from poisonlens.cli import COMMANDS, build_parser, main
+from poisonlens.export import neutralise_formula, suspects_table, to_safe_csv
+from poisonlens.store import open_run
+from poisonlens.train import train
 from tests.conftest import tiny_config
 from tests.test_train import FirstActive  # noqa: F401  (registers the test defense)
 
@@ -31,12 +31,12 @@ def test_every_command_has_help_that_names_its_defaults(capsys):
 def test_the_command_table_lists_every_command_module_with_its_own_help():
     import pkgutil
 
-    modules = {m.name for m in pkgutil.iter_modules(core.commands.__path__) if not m.name.startswith("_")}
+    modules = {m.name for m in pkgutil.iter_modules(poisonlens.commands.__path__) if not m.name.startswith("_")}
     assert {module.rsplit(".", 1)[1] for module, _ in COMMANDS.values()} == modules
     sub = build_parser()._subparsers._group_actions[0]
     shown = {a.dest: a.help for a in sub._choices_actions}
     # `poisonlens --help` shows the table's line without importing the module: keep them equal
-    assert shown == {name: helptext for name, (_, helptext) in COMMANDS.items()}, "update core.cli.COMMANDS"
+    assert shown == {name: helptext for name, (_, helptext) in COMMANDS.items()}, "update poisonlens.cli.COMMANDS"
 
 
 def test_no_help_prints_a_default_twice_or_a_none_default(capsys):
@@ -92,14 +92,14 @@ def test_the_dashboard_does_not_import_cli_code():
     root = Path(__file__).resolve().parents[1] / "dashboard"
     for path in root.rglob("*.py"):
         text = path.read_text()
-        assert "core.commands" not in text and "core.cli" not in text, path
+        assert "poisonlens.commands" not in text and "poisonlens.cli" not in text, path
 
 
 def test_a_limit_flag_in_any_position_changes_what_a_reader_accepts(tmp_path, capsys):
     """--max-images lowers the limit for this command only; the npz reader then refuses."""
     import numpy as np
 
-    from core.limits import current_limits, set_limits
+    from poisonlens.limits import current_limits, set_limits
 
     path = tmp_path / "data.npz"
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Bad command-line input ends as one line ``poisonlens: <option or file>: <problem>``, exit 2.
 
 The cases of issue 9 (sections 5 and 6) for ``poisonlens train``'s options. Most fail while the
-arguments are parsed, so they run in-process through ``core.cli.main`` (cheap); a batch runs the
+arguments are parsed, so they run in-process through ``poisonlens.cli.main`` (cheap); a batch runs the
 real CLI in subprocesses, which also shows that no traceback and nothing outside the runs
 folder comes out of them, and that ``select`` and ``--help`` never import torch.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import guarded, main
+from poisonlens.cli import guarded, main
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_POISONS = REPO / "sample_data" / "poisons" / "demo" / "poisons.npz"
@@ -157,7 +157,7 @@ def test_a_file_the_system_refuses_is_input_with_status_2(tmp_path, capsys):
 def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "poisonlens.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -200,12 +200,12 @@ def test_select_with_a_folder_as_output_is_one_line(tmp_path):
 
 DRIVER = """
 import json, sys
-from core.cli import main
+from poisonlens.cli import main
 try:
     code = main(sys.argv[1:])
 except SystemExit as done:
     code = done.code
-heavy = [m for m in ("torch", "core.train", "core.commands.train", "core.commands.select")
+heavy = [m for m in ("torch", "poisonlens.train", "poisonlens.commands.train", "poisonlens.commands.select")
          if m in sys.modules]
 print(json.dumps({"code": code, "loaded": heavy}), file=sys.stderr)
 """
@@ -215,10 +215,10 @@ print(json.dumps({"code": code, "loaded": heavy}), file=sys.stderr)
     "argv, code, loaded",
     [
         (["--help"], 0, []),
-        (["train", "--help"], 0, ["core.commands.train"]),
-        (["select", "--help"], 0, ["core.commands.select"]),
+        (["train", "--help"], 0, ["poisonlens.commands.train"]),
+        (["select", "--help"], 0, ["poisonlens.commands.select"]),
         (["select", "--input", "g.npz", "--subset-size", "0.5", "--out", "d.csv"], 0,
-         ["core.commands.select"]),
+         ["poisonlens.commands.select"]),
     ],
     ids=["help", "train-help", "select-help", "select"],
 )

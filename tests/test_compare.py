@@ -1,6 +1,6 @@
-"""Comparing runs (core.compare) and the Compare page, on a small real evaluate output.
+"""Comparing runs (poisonlens.compare) and the Compare page, on a small real evaluate output.
 
-The output is made once per module with core.evaluate: two label-flip poison sets on digits,
+The output is made once per module with poisonlens.evaluate: two label-flip poison sets on digits,
 2-epoch runs of a 4-channel CNN (a few seconds in all).
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.compare import (
+from poisonlens.compare import (
     comparison_table,
     defense_label,
     find_runs,
@@ -23,9 +23,9 @@ from core.compare import (
     per_defense_summary,
     poison_overlap,
 )
-from core.errors import InputError
-from core.evaluate import parse_defense, plan_grid, run_grid, write_results
-from core.store import RunWriter, open_run
+from poisonlens.errors import InputError
+from poisonlens.evaluate import parse_defense, plan_grid, run_grid, write_results
+from poisonlens.store import RunWriter, open_run
 from tests.conftest import tiny_config
 from tests.test_evaluate import label_flip_set
 

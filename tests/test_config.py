@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.cli import build_parser
-from core.commands._options import add_config_arguments, config_from_args, config_to_argv
-from core.config import (
+from poisonlens.cli import build_parser
+from poisonlens.commands._options import add_config_arguments, config_from_args, config_to_argv
+from poisonlens.config import (
     TrainConfig,
     option_fields,
     option_name,
     parse_defense_param,
     parse_defense_params,
 )
-from core.errors import InputError, one_line
+from poisonlens.errors import InputError, one_line
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_POISONS = REPO / "sample_data" / "poisons" / "demo" / "poisons.npz"
@@ -32,7 +32,7 @@ DEMO_POISONS = REPO / "sample_data" / "poisons" / "demo" / "poisons.npz"
 
 def digits_npz(folder: Path) -> Path:
     """The digits data set as an ``npz:`` file (same split, so the demo poison set fits it)."""
-    from core.data import load_dataset
+    from poisonlens.data import load_dataset
 
     d = load_dataset("digits")
     path = folder / "digits.npz"

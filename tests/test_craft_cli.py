@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.attacks import check_within_eps
-from core.cli import main
-from core.data import load_dataset, load_poisons
+from poisonlens.attacks import check_within_eps
+from poisonlens.cli import main
+from poisonlens.data import load_dataset, load_poisons
 
 torch.set_num_threads(1)
 

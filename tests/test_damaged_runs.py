@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.cli import main
-from core.store import METRICS, RUN_JSON, DamagedFile, list_runs, open_run, snapshot_path
+from poisonlens.cli import main
+from poisonlens.store import METRICS, RUN_JSON, DamagedFile, list_runs, open_run, snapshot_path
 from tests.dashboard_runs import CLEAN_RUN, POISON_RUN, runs_folder
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
@@ -182,10 +182,10 @@ def test_hostile_run_json_is_refused_with_a_reason(source, tmp_path, text, probl
 def test_a_parquet_file_declaring_a_huge_table_is_refused_before_reading(
     source, tmp_path, monkeypatch
 ):
-    import core.store
+    import poisonlens.store
 
     run_dir = copy_run(source, tmp_path / "r")
-    monkeypatch.setattr(core.store, "MAX_TABLE_BYTES", 1000)
+    monkeypatch.setattr(poisonlens.store, "MAX_TABLE_BYTES", 1000)
     with pytest.raises(DamagedFile, match="larger than"):
         open_run(run_dir).examples()
 
@@ -336,7 +336,7 @@ def test_a_target_image_whose_header_claims_58_tib_is_one_damaged_file_error(tmp
     """The .npy header is checked against the file's size before any allocation."""
     import numpy as np
 
-    from core.store import DamagedFile, _read_npy
+    from poisonlens.store import DamagedFile, _read_npy
 
     path = tmp_path / "target.npy"
     header = {"descr": "|u1", "fortran_order": False, "shape": (4_000_000, 4_000_000, 4)}

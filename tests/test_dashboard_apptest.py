@@ -17,10 +17,10 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 
-from core.cli import main as cli_main
-from core.export import FORMULA_PREFIXES, suspects_table, to_safe_csv
-from core.launch import launch_status, launch_training, list_launches
-from core.store import RunWriter, open_run
+from poisonlens.cli import main as cli_main
+from poisonlens.export import FORMULA_PREFIXES, suspects_table, to_safe_csv
+from poisonlens.launch import launch_status, launch_training, list_launches
+from poisonlens.store import RunWriter, open_run
 from tests.conftest import tiny_config
 from tests.dashboard_runs import CLEAN_RUN, N_POISONS, POISON_RUN, runs_folder
 

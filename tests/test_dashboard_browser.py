@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from core.export import suspects_table, to_safe_csv
-from core.store import list_runs, open_run
+from poisonlens.export import suspects_table, to_safe_csv
+from poisonlens.store import list_runs, open_run
 from tests.dashboard_runs import POISON_RUN, runs_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -84,7 +84,7 @@ def shown_run(dashboard_runs) -> Path:
 @pytest.fixture(scope="module")
 def results_root(tmp_path_factory) -> Path:
     """A small evaluate output folder for the Compare page (two label-flip sets, four defenses)."""
-    from core.evaluate import plan_grid, run_grid, write_results
+    from poisonlens.evaluate import plan_grid, run_grid, write_results
     from tests.conftest import tiny_config
     from tests.test_evaluate import label_flip_set
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data.datasets import (
+from poisonlens.data.datasets import (
     ImageDataset,
     image_pixels,
     load_cifar10_batches,
@@ -19,8 +19,8 @@ from core.data.datasets import (
     load_npz_dataset,
     read_npz,
 )
-from core.errors import InputError
-from core.limits import Limits
+from poisonlens.errors import InputError
+from poisonlens.limits import Limits
 
 CIFAR10_SUBSET = Path(__file__).resolve().parents[2] / "shared/data/cifar10-subset"
 

@@ -1,4 +1,4 @@
-"""Data-parallel training: core.distributed's primitives, alone and in real torchrun processes."""
+"""Data-parallel training: poisonlens.distributed's primitives, alone and in real torchrun processes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from core import distributed as D
-from core.errors import InputError
+from poisonlens import distributed as D
+from poisonlens.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_unavailable_devices_are_one_line_errors():
 
 
 def test_a_resume_under_torchrun_picks_the_device_of_run_json(tmp_path):
-    from core.config import TrainConfig
+    from poisonlens.config import TrainConfig
 
     (tmp_path / "run.json").write_text('{"config": {"device": "cpu"}}')
     spec = D.device_spec(TrainConfig(device="cuda"), tmp_path, resume=True, device=None)
@@ -147,8 +147,8 @@ def test_other_ranks_write_nothing(tmp_path):
 
 
 def test_alone_the_sharded_snapshot_is_the_snapshot():
-    from core.models import build_model
-    from core.snapshot import take_snapshot
+    from poisonlens.models import build_model
+    from poisonlens.snapshot import take_snapshot
 
     torch.manual_seed(0)
     model = build_model("smallcnn", n_classes=3, in_channels=1, width=4)
@@ -171,8 +171,8 @@ def test_augmentation_seeds_differ_per_rank_and_rank0_keeps_the_run_seed():
 
 def greedi_snapshot():
     """The driver's synthetic snapshot and the EPIC defense it runs (several partitions a class)."""
-    from core.defense.base import Snapshot
-    from core.defense.epic import Epic
+    from poisonlens.defense.base import Snapshot
+    from poisonlens.defense.epic import Epic
     from tests.ddp_greedi_driver import N_CLASSES, PARAMS, synthetic
 
     grads, labels, active = synthetic()
@@ -318,7 +318,7 @@ def digests_by_epoch(path: Path) -> dict[int, dict[int, str]]:
 def test_epic_under_two_gloo_processes_is_one_run_like_a_single_process(tmp_path):
     import pandas as pd
 
-    from core.store import open_run
+    from poisonlens.store import open_run
 
     digests = tmp_path / "digests.txt"
     args = [*TRAIN, "--epochs", "6", "--runs-dir", str(tmp_path)]
@@ -415,7 +415,7 @@ def test_a_killed_rank_fails_the_run_which_resumes_with_two_processes_or_one(tmp
     for name, world in (("k", 2), ("k1", 1)):
         meta = read_json(tmp_path / name / "run.json")
         assert (meta["status"], meta["world_size"]) == ("finished", world)
-        from core.store import open_run
+        from poisonlens.store import open_run
 
         metrics = open_run(tmp_path / name).metrics()
         assert list(metrics["epoch"]) == list(range(13))
@@ -425,8 +425,8 @@ def test_a_killed_rank_fails_the_run_which_resumes_with_two_processes_or_one(tmp
 def test_greedi_under_two_gloo_processes_shares_the_partitions_and_decides_as_one(tmp_path):
     import json
 
-    from core.defense.epic import Epic, select
-    from core.store import open_run
+    from poisonlens.defense.epic import Epic, select
+    from poisonlens.store import open_run
 
     # partitions of 40 split each digits class (~135 examples) into about 4
     args = [*TRAIN, "--epochs", "4", "--runs-dir", str(tmp_path), "--name", "greedi",

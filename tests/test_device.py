@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from core.device import resolve_device, seeded_generator
-from core.errors import InputError
+from poisonlens.device import resolve_device, seeded_generator
+from poisonlens.errors import InputError
 from tests.conftest import REPO
 
 MISSING = [d for d in ("cuda:7", "mps") if not (
@@ -40,7 +40,7 @@ def test_cuda_without_cuda_says_so():
 
 @pytest.mark.parametrize("device", MISSING)
 def test_the_cli_refuses_a_missing_device_in_one_line_before_making_a_run(tmp_path, device):
-    cmd = [sys.executable, "-m", "core.cli", "train", "--device", device, "--epochs", "1",
+    cmd = [sys.executable, "-m", "poisonlens.cli", "train", "--device", device, "--epochs", "1",
            "--runs-dir", str(tmp_path), "--name", "r", "--quiet"]  # fmt: skip
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from core.defense import build_defense, defense_names
-from core.defense.base import Snapshot
-from core.defense.epic import Epic, EpicConfig, budgets, select
+from poisonlens.defense import build_defense, defense_names
+from poisonlens.defense.base import Snapshot
+from poisonlens.defense.epic import Epic, EpicConfig, budgets, select
 
 SETTINGS = settings(max_examples=25, deadline=None)
 

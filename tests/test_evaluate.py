@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.cli import main
-from core.data import load_dataset
-from core.data.poisons import PoisonSet, save_poisons_npz
-from core.errors import InputError
-from core.evaluate import (
+from poisonlens.cli import main
+from poisonlens.data import load_dataset
+from poisonlens.data.poisons import PoisonSet, save_poisons_npz
+from poisonlens.errors import InputError
+from poisonlens.evaluate import (
     cell_config,
     controlled,
     find_poison_sets,
@@ -25,8 +25,8 @@ from core.evaluate import (
     summarise,
     wilson_interval,
 )
-from core.store import RUN_JSON, open_run
-from core.train import train
+from poisonlens.store import RUN_JSON, open_run
+from poisonlens.train import train
 from tests.conftest import tiny_config
 
 

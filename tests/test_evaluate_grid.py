@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.cli import main
-from core.evaluate import cell_config, plan_grid, run_cells
-from core.store import RUN_JSON, open_run
+from poisonlens.cli import main
+from poisonlens.evaluate import cell_config, plan_grid, run_cells
+from poisonlens.store import RUN_JSON, open_run
 from tests.conftest import REPO, tiny_config
 from tests.test_evaluate import label_flip_set
 
@@ -83,7 +83,7 @@ def test_a_killed_grid_resumes_where_it_stopped(one_set, tmp_path):
     args = ["evaluate", "--poisons", str(one_set), "--defenses", "none,loss,spectral",
             "--epochs", "4", "--width", "4", "--seeds", "0", "--jobs", "1", "--quiet",
             "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from core.cli import main; "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from poisonlens.cli import main; "
                              "sys.exit(main(sys.argv[1:]))", *args], cwd=REPO,
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

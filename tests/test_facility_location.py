@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.defense import facility_location as fl
+from poisonlens.defense import facility_location as fl
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.attacks import AttackGoal, build_attack, check_within_eps
-from core.attacks.base import max_perturbation
-from core.attacks.feature_collision import relative_distance
-from core.attacks.surrogate import train_surrogates
-from core.data import load_dataset
-from core.errors import InputError
-from core.models import to_tensor
+from poisonlens.attacks import AttackGoal, build_attack, check_within_eps
+from poisonlens.attacks.base import max_perturbation
+from poisonlens.attacks.feature_collision import relative_distance
+from poisonlens.attacks.surrogate import train_surrogates
+from poisonlens.data import load_dataset
+from poisonlens.errors import InputError
+from poisonlens.models import to_tensor
 
 GOAL = AttackGoal(target_index=0, adv_label=3, budget=0.005, random_state=0)  # 7 poisons
 

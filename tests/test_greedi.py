@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.defense import greedi
-from core.defense.epic import EpicConfig, budgets, finish_selection, plan, select
-from core.defense.facility_location import Kernel
+from poisonlens.defense import greedi
+from poisonlens.defense.epic import EpicConfig, budgets, finish_selection, plan, select
+from poisonlens.defense.facility_location import Kernel
 
 SETTINGS = settings(max_examples=20, deadline=None)
 FIELDS = ("medoid", "cluster_size", "is_medoid", "isolated", "drop", "score", "k", "objective")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import cache
-from core.data.datasets import load_imagefolder
-from core.errors import InputError
+from poisonlens.data import cache
+from poisonlens.data.datasets import load_imagefolder
+from poisonlens.errors import InputError
 
 
 def make_folder(root: Path, *, n_train: int = 3, n_test: int = 2, colour: bool = True) -> Path:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import TrainConfig
-from core.errors import InputError
-from core.launch import (
+from poisonlens.config import TrainConfig
+from poisonlens.errors import InputError
+from poisonlens.launch import (
     CONFIG_LINE,
     LAUNCH_JSON,
     LOG,
@@ -21,7 +21,7 @@ from core.launch import (
     launch_training,
     list_launches,
 )
-from core.store import list_runs, open_run
+from poisonlens.store import list_runs, open_run
 from tests.conftest import tiny_config
 from tests.test_config import DEMO_POISONS, digits_npz, every_field_changed
 
@@ -126,7 +126,7 @@ def test_a_run_that_dies_before_its_store_exists_shows_the_error(tmp_path):
 
 
 def test_the_map_phase_reports_the_projection_progress():
-    from core.launch import _map_progress
+    from poisonlens.launch import _map_progress
 
     tail = "$ poisonlens train ...\n[ 10%] loading 8 snapshots\n[ 70%] layout fitted in 3 s; placing every snapshot"
     assert _map_progress(tail) == {"map_fraction": 0.7, "map_message": "layout fitted in 3 s; placing every snapshot"}

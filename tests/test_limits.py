@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from core.errors import InputError
-from core.limits import (
+from poisonlens.errors import InputError
+from poisonlens.limits import (
     Limits,
     current_limits,
     json_depth,

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from core.metrics import DetectionMetrics, detection_metrics, roc_auc
+from poisonlens.metrics import DetectionMetrics, detection_metrics, roc_auc
 
 # Labels with both kinds present, and scores from a small pool (many ties) or anywhere.
 labels_and_scores = st.integers(2, 60).flatmap(

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from core.models import build_model
-from core.snapshot import fold_batchnorm
+from poisonlens.models import build_model
+from poisonlens.snapshot import fold_batchnorm
 
 
 @pytest.mark.parametrize(("channels", "size"), [(1, 8), (1, 28), (3, 32)])

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
-from core.store import open_run  # noqa: E402
+from poisonlens.store import open_run  # noqa: E402
 
 DEMO = "sample_data/poisons/demo/poisons.npz"
 NAME = "browser-run"

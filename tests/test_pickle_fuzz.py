@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core.data.safe_pickle import safe_loads
-from core.errors import InputError
-from core.limits import Limits
+from poisonlens.data.safe_pickle import safe_loads
+from poisonlens.errors import InputError
+from poisonlens.limits import Limits
 from tests.untrusted import run_python
 
 # small limits, so a mutation that slips past a check would show as a breach here
@@ -195,8 +195,8 @@ def mutants(n: int, seed: int = 0) -> list[bytes]:
 CHILD = """
 import sys
 from pathlib import Path
-from core.data.safe_pickle import safe_loads
-from core.errors import InputError
+from poisonlens.data.safe_pickle import safe_loads
+from poisonlens.errors import InputError
 loaded = refused = 0
 for path in sorted(Path(sys.argv[1]).iterdir()):
     try:

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core.data.datasets import ImageDataset
-from core.data.poisons import (
+from poisonlens.data.datasets import ImageDataset
+from poisonlens.data.poisons import (
     PoisonSet,
     apply_poisons,
     load_poisons,
@@ -23,7 +23,7 @@ from core.data.poisons import (
     save_poisons_npz,
     validate_poisons,
 )
-from core.errors import InputError
+from poisonlens.errors import InputError
 
 
 def make_dataset(n_train: int = 10, channels: int = 3) -> ImageDataset:

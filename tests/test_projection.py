@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.cli import main as cli_main
-from core.drift import MIN_SCALE, cosine_to, drift_scores, group_quantiles
-from core.errors import InputError
-from core.projection import (
+from poisonlens.cli import main as cli_main
+from poisonlens.drift import MIN_SCALE, cosine_to, drift_scores, group_quantiles
+from poisonlens.errors import InputError
+from poisonlens.projection import (
     TARGET_INDEX,
     compute_projection,
     ensure_projection,
@@ -27,8 +27,8 @@ from core.projection import (
     project_snapshots,
     projection_is_current,
 )
-from core.store import open_run
-from dashboard.selection import parse_indices, selection_to_indices, update_selection
+from poisonlens.store import open_run
+from poisonlens.dashboard.selection import parse_indices, selection_to_indices, update_selection
 from tests.dashboard_runs import CLEAN_RUN, POISON_RUN, runs_folder
 
 

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.defense import build_defense, defense_names
-from core.defense.base import Snapshot
-from core.defense.epic import select
-from core.defense.random import RandomDrop
+from poisonlens.defense import build_defense, defense_names
+from poisonlens.defense.base import Snapshot
+from poisonlens.defense.epic import select
+from poisonlens.defense.random import RandomDrop
 
 
 def snapshot(n: int = 200, *, epoch: int = 2, seed: int = 0) -> Snapshot:

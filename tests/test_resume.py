@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import tests.train_driver  # noqa: F401  (registers the 'test-slow' defense)
-from core.checkpoint import LOCK, load_checkpoint, load_weights, save_checkpoint
-from core.errors import InputError
-from core.store import CHECKPOINTS, METRICS, RUN_JSON, TARGETS, open_run
-from core.train import TrainConfig, train
+from poisonlens.checkpoint import LOCK, load_checkpoint, load_weights, save_checkpoint
+from poisonlens.errors import InputError
+from poisonlens.store import CHECKPOINTS, METRICS, RUN_JSON, TARGETS, open_run
+from poisonlens.train import TrainConfig, train
 from tests.conftest import REPO, tiny_config
 
 POISONS = REPO / "sample_data" / "poisons" / "demo" / "poisons.npz"
@@ -141,7 +141,7 @@ def test_the_cli_refuses_a_malicious_checkpoint_in_one_line_without_running_it(t
     stopped_run = train(tiny_config(epochs=3), tmp_path / "r", show_progress=False, stop_at_epoch=1)
     marker = tmp_path / "payload-ran"
     torch.save({"epoch": 1, "model": Payload(marker)}, stopped_run / CHECKPOINTS / "last.pt")
-    out = subprocess.run([sys.executable, "-m", "core.cli", "train", "--quiet", "--resume", str(stopped_run)],
+    out = subprocess.run([sys.executable, "-m", "poisonlens.cli", "train", "--quiet", "--resume", str(stopped_run)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and "last.pt" in out.stderr, out.stderr
@@ -213,7 +213,7 @@ def test_a_bad_pretrained_file_gives_one_line_naming_it(tmp_path, kind):
 
 def test_the_cli_resumes_on_the_device_it_is_given(tmp_path):
     run = train(tiny_config(epochs=2), tmp_path / "r", show_progress=False, stop_at_epoch=1)
-    cli = [sys.executable, "-m", "core.cli", "train", "--quiet", "--resume", str(run), "--device"]
+    cli = [sys.executable, "-m", "poisonlens.cli", "train", "--quiet", "--resume", str(run), "--device"]
     missing = subprocess.run([*cli, "cuda:7"], cwd=REPO, capture_output=True, text=True, timeout=120)
     if torch.cuda.device_count() <= 7:
         lines = missing.stderr.strip().splitlines()

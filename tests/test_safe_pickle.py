@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data.safe_pickle import safe_load, safe_loads
-from core.errors import InputError
-from core.limits import Limits
+from poisonlens.data.safe_pickle import safe_load, safe_loads
+from poisonlens.errors import InputError
+from poisonlens.limits import Limits
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.data import load_poisons
-from core.store import list_runs, open_run
+from poisonlens.data import load_poisons
+from poisonlens.store import list_runs, open_run
 from sample_data.make_sample import MANIFEST, RUNS, recipe
 from sample_data.manifest import checksums, differences
 
@@ -41,7 +41,7 @@ def test_every_sample_run_is_finished_with_a_map(manifest):
 
 def test_sample_poison_set_is_clean_label_within_eps():
     poisons = load_poisons(SAMPLE / "poisons" / "demo" / "poisons.npz")
-    from core.data import load_dataset
+    from poisonlens.data import load_dataset
 
     base = load_dataset("digits").x_train[poisons.base_indices].astype(int)
     assert (abs(poisons.x.astype(int) - base).max()) <= poisons.eps

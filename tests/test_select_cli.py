@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.cli import build_parser, main
-from core.commands.select import COLUMNS
-from core.defense.epic import select
-from core.defense.epic_config import flag_of, option_fields
+from poisonlens.cli import build_parser, main
+from poisonlens.commands.select import COLUMNS
+from poisonlens.defense.epic import select
+from poisonlens.defense.epic_config import flag_of, option_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -255,10 +255,10 @@ def test_select_never_imports_torch(tmp_path):
     argv += ["--method", "greedi", "--partition-size", "20", "--out", str(tmp_path / "d.csv")]
     code = (
         "import sys\n"
-        "from core.cli import main\n"
+        "from poisonlens.cli import main\n"
         f"assert main({argv!r}) == 0\n"
-        "import core.defense\n"
-        "core.defense.defense_names()\n"
+        "import poisonlens.defense\n"
+        "poisonlens.defense.defense_names()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     done = subprocess.run(
@@ -273,7 +273,7 @@ def test_the_printed_time_is_the_selection_s_wall_time_not_the_sum_over_classes(
     import re
     from dataclasses import replace
 
-    import core.defense.epic as epic
+    import poisonlens.defense.epic as epic
 
     grads, labels = write_grads(tmp_path / "g.npz", seed=2)
     real = epic.select

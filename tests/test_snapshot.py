@@ -4,8 +4,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.models import build_model
-from core.snapshot import last_layer_stats, storage_projection, take_snapshot
+from poisonlens.models import build_model
+from poisonlens.snapshot import last_layer_stats, storage_projection, take_snapshot
 
 
 def test_snapshot_gradient_equals_autograd_gradient_of_loss_wrt_logits(rng):
@@ -59,7 +59,7 @@ def test_snapshot_columns_stream_in_row_groups_and_read_back_as_the_table(tmp_pa
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from core.store import atomic_write_parquet_columns, read_parquet
+    from poisonlens.store import atomic_write_parquet_columns, read_parquet
 
     cols = {
         "index": np.arange(10, dtype=np.int64),
@@ -74,8 +74,8 @@ def test_snapshot_columns_stream_in_row_groups_and_read_back_as_the_table(tmp_pa
 
 
 def test_a_trained_runs_snapshot_has_the_documented_columns_in_order(tmp_path):
-    from core.store import open_run
-    from core.train import train
+    from poisonlens.store import open_run
+    from poisonlens.train import train
     from tests.conftest import tiny_config
 
     run = open_run(train(tiny_config(epochs=1, defense="epic"), tmp_path / "r", show_progress=False))

@@ -16,22 +16,22 @@ import pyarrow as pa
 import pytest
 import torch
 
-from core.errors import InputError
-from core.store import (
+from poisonlens.errors import InputError
+from poisonlens.store import (
     CHECKPOINTS,
     RUN_JSON,
     atomic_write_parquet,
     list_runs,
     open_run,
 )
-from core.train import TrainConfig, train
+from poisonlens.train import TrainConfig, train
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def start_training(run_dir: Path, epochs: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "core.cli", "train", "--quiet", "--epochs", str(epochs), "--width", "8",
+    cmd = [sys.executable, "-m", "poisonlens.cli", "train", "--quiet", "--epochs", str(epochs), "--width", "8",
            "--snapshot-every", "1", "--runs-dir", str(run_dir.parent), "--name", run_dir.name]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -123,7 +123,7 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tm
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert open_run(run_dir).status == "interrupted"
-    subprocess.run([sys.executable, "-m", "core.cli", "train", "--quiet", "--resume", str(run_dir)],
+    subprocess.run([sys.executable, "-m", "poisonlens.cli", "train", "--quiet", "--resume", str(run_dir)],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     # the uninterrupted twin also runs as its own process, as a user would run it
     whole = tmp_path / "whole"

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.cli import main
-from core.export import suspects_table, to_safe_csv
-from core.store import RunWriter, open_run
+from poisonlens.cli import main
+from poisonlens.export import suspects_table, to_safe_csv
+from poisonlens.store import RunWriter, open_run
 from tests.dashboard_runs import POISON_RUN, runs_folder
 
 N = 8
@@ -179,7 +179,7 @@ def test_on_a_real_epic_run_every_dropped_row_carries_its_dropping_snapshots_fac
 
 
 def test_a_defense_that_declares_its_columns_is_read_by_its_declaration(tmp_path, planted):
-    from core.defense import output_columns
+    from poisonlens.defense import output_columns
 
     run_dir = tmp_path / "declared"
     writer = RunWriter(run_dir)

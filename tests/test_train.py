@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from core.defense.base import DefenseResult, register
-from core.errors import InputError
-from core.store import CHECKPOINTS, open_run
-from core.train import (
+from poisonlens.defense.base import DefenseResult, register
+from poisonlens.errors import InputError
+from poisonlens.store import CHECKPOINTS, open_run
+from poisonlens.train import (
     METRICS_COLUMNS,
     TrainConfig,
     augment_batch,

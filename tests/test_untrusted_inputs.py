@@ -6,8 +6,8 @@ own process (tests/untrusted.py), which must end with exit status 2, one line on
 error naming the file and the problem, no traceback, no effect of the payload (a file it
 would create is absent, a file it would read is not echoed or stored), within 30 CPU
 seconds and 1 GiB of anonymous resident memory. Every case runs in a fork of this process
-calling ``core.cli.main`` (a fraction of a second each); a few also run in a fresh
-``python -m core.cli`` exactly as a user would (seconds each, most of it importing torch).
+calling ``poisonlens.cli.main`` (a fraction of a second each); a few also run in a fresh
+``python -m poisonlens.cli`` exactly as a user would (seconds each, most of it importing torch).
 """
 
 from __future__ import annotations

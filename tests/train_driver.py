@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from core.defense.base import DefenseResult, register
+from poisonlens.defense.base import DefenseResult, register
 
 
 @register("test-slow")
@@ -37,7 +37,7 @@ class Slow:
 
 
 def main(argv: list[str]) -> int:
-    from core.train import TrainConfig, train
+    from poisonlens.train import TrainConfig, train
 
     torch.set_num_threads(1)
     run_dir, config = argv[0], TrainConfig.from_json(json.loads(argv[1]))

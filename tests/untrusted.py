@@ -10,10 +10,10 @@ Shared by the tests of untrusted inputs (files, options, run folders)::
 Two ways to run it, both in a separate process, so a segfault, a hang or a memory blow-up is
 the child's and never the test runner's:
 
-- :func:`run_cli`: ``python -m core.cli ...`` in a fresh interpreter, exactly what a user
+- :func:`run_cli`: ``python -m poisonlens.cli ...`` in a fresh interpreter, exactly what a user
   runs. It pays the interpreter start and the torch import (5-30 s on a loaded machine).
 - :func:`run_cli_forked`: a ``fork()`` of the test process (torch already imported) that
-  calls ``core.cli.main(args)`` and exits with its status. The same code from argument
+  calls ``poisonlens.cli.main(args)`` and exits with its status. The same code from argument
   parsing on, at a fraction of a second a case; use it for large corpora.
 
 Memory is watched by polling the child's anonymous resident memory (``RssAnon`` in
@@ -143,7 +143,7 @@ def run_python(
 
     Parameters
     ----------
-    argv : arguments of the interpreter (``["-m", "core.cli", ...]``, ``["script.py"]``)
+    argv : arguments of the interpreter (``["-m", "poisonlens.cli", ...]``, ``["script.py"]``)
     timeout : wall-clock seconds before the child's process group is killed
     cpu_timeout : CPU seconds before it is killed (default: ``timeout``)
     max_rss_mb : anonymous resident MiB before it is killed
@@ -213,7 +213,7 @@ def run_cli(
     cwd: str | os.PathLike | None = None,
     env: dict[str, str] | None = None,
 ) -> CliResult:
-    """Run ``python -m core.cli *args`` (the ``poisonlens`` command) and watch it.
+    """Run ``python -m poisonlens.cli *args`` (the ``poisonlens`` command) and watch it.
 
     Parameters
     ----------
@@ -221,7 +221,7 @@ def run_cli(
     timeout, cpu_timeout, max_rss_mb, cwd, env : as in :func:`run_python`
     """
     return run_python(
-        ["-m", "core.cli", *args],
+        ["-m", "poisonlens.cli", *args],
         timeout=timeout,
         cpu_timeout=cpu_timeout,
         max_rss_mb=max_rss_mb,
@@ -237,9 +237,9 @@ def run_cli_forked(
     cpu_timeout: float | None = None,
     max_rss_mb: float = 1024,
     cwd: str | os.PathLike | None = None,
-    preload: tuple[str, ...] = ("core.train",),
+    preload: tuple[str, ...] = ("poisonlens.train",),
 ) -> CliResult:
-    """``core.cli.main(args)`` in a ``fork()`` of this process, watched as :func:`run_cli`.
+    """``poisonlens.cli.main(args)`` in a ``fork()`` of this process, watched as :func:`run_cli`.
 
     The child starts with everything this process imported: the command's module and the
     modules in ``preload`` are imported here first (the trainer, with torch, by default),
@@ -249,9 +249,9 @@ def run_cli_forked(
     """
     import importlib
 
-    import core.cli  # imported before the fork, so each child need not
+    import poisonlens.cli  # imported before the fork, so each child need not
 
-    command = core.cli.COMMANDS.get(args[0]) if args else None
+    command = poisonlens.cli.COMMANDS.get(args[0]) if args else None
     for module in (*preload, *([command[0]] if command else [])):
         importlib.import_module(module)
     _warm_registries()
@@ -283,7 +283,7 @@ def run_cli_forked(
 def _warm_registries() -> None:
     # the defense registry imports every built-in defense on first use (seconds of imports)
     try:
-        from core.defense.base import defense_names
+        from poisonlens.defense.base import defense_names
 
         defense_names()
     except (ImportError, AttributeError):  # another layout: the child imports what it needs
@@ -305,7 +305,7 @@ def _forked_main(args: list[str], workdir: str, out: Path, err: Path) -> None:
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
         sys.argv = ["poisonlens", *args]
-        from core.cli import main
+        from poisonlens.cli import main
 
         try:
             code = int(main(args) or 0)

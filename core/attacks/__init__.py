@@ -1,10 +1,10 @@
-"""Attacks: each crafts a :class:`core.data.PoisonSet` for one target from a clean data set.
+"""Attacks: each crafts a :class:`poisonlens.data.PoisonSet` for one target from a clean data set.
 
 An attack is one module holding a frozen config dataclass (its paper defaults) registered with
 :func:`register`; ``build_attack(name, **params)(dataset, goal)`` crafts the poisons.
 """
 
-from core.attacks.base import (
+from poisonlens.attacks.base import (
     Attack,
     AttackGoal,
     attack_class,

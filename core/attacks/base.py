@@ -1,7 +1,7 @@
 """What every attack shares: the goal it is given, the registry, base choice and the eps ball.
 
 Pixel units: images are uint8 0-255 on disk; inside crafting they are float tensors of shape
-(P, C, H, W) in [0, 1] (see :func:`core.models.to_tensor`); ``eps`` is always in 0-255 units.
+(P, C, H, W) in [0, 1] (see :func:`poisonlens.models.to_tensor`); ``eps`` is always in 0-255 units.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from core.data.datasets import ImageDataset
-from core.data.poisons import PoisonSet
-from core.errors import InputError
+from poisonlens.data.datasets import ImageDataset
+from poisonlens.data.poisons import PoisonSet
+from poisonlens.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,11 @@ def _load_builtin() -> None:
     import importlib
     import pkgutil
 
-    import core.attacks as pkg
+    import poisonlens.attacks as pkg
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name not in {"base", "surrogate"}:
-            importlib.import_module(f"core.attacks.{mod.name}")
+            importlib.import_module(f"poisonlens.attacks.{mod.name}")
 
 
 def attack_names() -> list[str]:

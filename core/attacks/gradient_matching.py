@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from core.attacks.base import (
+from poisonlens.attacks.base import (
     AttackGoal,
     check_params,
     choose_bases,
@@ -34,12 +34,12 @@ from core.attacks.base import (
     to_uint8_within,
     validate_goal,
 )
-from core.attacks.surrogate import SurrogateOptions, feature_distances, train_surrogates
-from core.augment import augment_batch, resolve_augment
-from core.data.datasets import ImageDataset
-from core.data.poisons import PoisonSet
-from core.errors import InputError
-from core.models import Classifier, to_tensor
+from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances, train_surrogates
+from poisonlens.augment import augment_batch, resolve_augment
+from poisonlens.data.datasets import ImageDataset
+from poisonlens.data.poisons import PoisonSet
+from poisonlens.errors import InputError
+from poisonlens.models import Classifier, to_tensor
 
 BASE_CHOICES = ("random", "closest")
 

@@ -12,10 +12,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from core.attacks.base import AttackGoal, choose_bases, n_poisons_for, register, validate_goal
-from core.data.datasets import ImageDataset
-from core.data.poisons import PoisonSet
-from core.errors import InputError
+from poisonlens.attacks.base import AttackGoal, choose_bases, n_poisons_for, register, validate_goal
+from poisonlens.data.datasets import ImageDataset
+from poisonlens.data.poisons import PoisonSet
+from poisonlens.errors import InputError
 
 SELECTIONS = ("nearest", "random")
 

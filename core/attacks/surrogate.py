@@ -1,6 +1,6 @@
 """Surrogate models: what the attacker trains on the clean training split to craft against.
 
-Training reuses the victim's loop pieces from :mod:`core.train` (same optimiser, schedule and
+Training reuses the victim's loop pieces from :mod:`poisonlens.train` (same optimiser, schedule and
 augmentation) but writes no run store; it never sees the test split.
 """
 
@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core.data.datasets import ImageDataset
-from core.errors import InputError
-from core.models import Classifier, build_model, to_tensor
-from core.train import (
+from poisonlens.data.datasets import ImageDataset
+from poisonlens.errors import InputError
+from poisonlens.models import Classifier, build_model, to_tensor
+from poisonlens.train import (
     TrainConfig,
     epoch_generator,
     iter_batches,

@@ -1,12 +1,12 @@
-"""Command-line options generated from :class:`core.config.TrainConfig`, and argparse types with ranges.
+"""Command-line options generated from :class:`poisonlens.config.TrainConfig`, and argparse types with ranges.
 
 One definition per option: every config field with ``cli=True`` becomes ``--kebab-case`` with
-the field's help, choices and range (``core.config.option_fields``), so ``poisonlens train``,
+the field's help, choices and range (``poisonlens.config.option_fields``), so ``poisonlens train``,
 ``poisonlens evaluate`` and the background launcher cannot disagree on a name or a rule.
 
 For command modules::
 
-    from core.commands._options import add_config_arguments, config_from_args
+    from poisonlens.commands._options import add_config_arguments, config_from_args
 
     def add_parser(sub):
         p = sub.add_parser("mine", help="...")
@@ -20,7 +20,7 @@ Options not given on the command line are *absent* from ``args`` (argparse's ``S
 explicit options override it, and the help still shows each default once (in the help text).
 
 Every value is checked where it is parsed: a bad one ends as one line
-``poisonlens: --option: problem`` with exit status 2 (see ``core.cli``). This module imports
+``poisonlens: --option: problem`` with exit status 2 (see ``poisonlens.cli``). This module imports
 neither torch nor numpy.
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import MISSING, Field, replace
 from pathlib import Path
 
-from core.config import (
+from poisonlens.config import (
     DEVICE_PATTERN,
     Range,
     TrainConfig,
@@ -41,11 +41,11 @@ from core.config import (
     parse_defense_param,
     parse_json_text,
 )
-from core.errors import InputError, one_line
+from poisonlens.errors import InputError, one_line
 
 MAX_TEXT = 4096  # characters of a path or spec given on the command line
 MAX_CONFIG_BYTES = 1_000_000  # a --config file is a small JSON object
-SUBSET_SIZE = Range(0, 1, open_low=True)  # EPIC's subset_size: (0, 1], as core.defense.epic checks
+SUBSET_SIZE = Range(0, 1, open_low=True)  # EPIC's subset_size: (0, 1], as poisonlens.defense.epic checks
 
 
 # --- argparse types ------------------------------------------------------------------------
@@ -123,12 +123,12 @@ def text(value: str) -> str:
 
 
 def plain_name(value: str) -> str:
-    """An argparse type: a run name that is a plain file name (``core.launch.NAME_PATTERN``).
+    """An argparse type: a run name that is a plain file name (``poisonlens.launch.NAME_PATTERN``).
 
     Refuses ``..``, ``.``, ``a/b``, absolute paths and anything over 100 characters, so a run
     is always created inside its runs folder.
     """
-    from core.launch import check_run_name  # light; imported here so `--help` stays fast
+    from poisonlens.launch import check_run_name  # light; imported here so `--help` stays fast
 
     try:
         return check_run_name(value)
@@ -163,7 +163,7 @@ def device(value: str) -> str:
 
 
 def defense_param(value: str) -> tuple[str, object]:
-    """An argparse type: one ``KEY=VALUE`` defense parameter (:func:`core.config.parse_defense_param`)."""
+    """An argparse type: one ``KEY=VALUE`` defense parameter (:func:`poisonlens.config.parse_defense_param`)."""
     try:
         return parse_defense_param(value)
     except InputError as err:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import InputError
+from poisonlens.errors import InputError
 
 NPZ_FILE = "poisons.npz"
 SURROGATE_FILE = "surrogate.pt"
@@ -122,11 +122,11 @@ def parse_params(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Craft a poison set and write it to ``--out``; return 0."""
-    from core.attacks import AttackGoal, attack_class, build_attack, check_within_eps, clean_control
-    from core.attacks.base import validate_goal
-    from core.attacks.surrogate import load_surrogate, save_surrogate, train_surrogates
-    from core.data import load_dataset
-    from core.device import resolve_device
+    from poisonlens.attacks import AttackGoal, attack_class, build_attack, check_within_eps, clean_control
+    from poisonlens.attacks.base import validate_goal
+    from poisonlens.attacks.surrogate import load_surrogate, save_surrogate, train_surrogates
+    from poisonlens.data import load_dataset
+    from poisonlens.device import resolve_device
 
     device = resolve_device(args.device)
     out = Path(args.out)
@@ -195,9 +195,9 @@ def write_both(poisons, folder: Path, dataset) -> float:
 
     Returns the largest change of a poison from its base, 0-255 units.
     """
-    from core.attacks import check_within_eps
-    from core.data import load_poisons
-    from core.data.poisons import save_poisons_folder, save_poisons_npz
+    from poisonlens.attacks import check_within_eps
+    from poisonlens.data import load_poisons
+    from poisonlens.data.poisons import save_poisons_folder, save_poisons_npz
 
     folder.mkdir(parents=True, exist_ok=True)
     save_poisons_folder(poisons, folder)

@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from core.commands.train import add_schedule_arguments
-from core.errors import InputError
-from core.evaluate import (
+from poisonlens.commands.train import add_schedule_arguments
+from poisonlens.errors import InputError
+from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
     ensure_pretrained,
     parse_defense,
@@ -19,7 +19,7 @@ from core.evaluate import (
     to_markdown,
     write_results,
 )
-from core.train import TrainConfig
+from poisonlens.train import TrainConfig
 
 D = TrainConfig()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.export import check_epoch, suspects_table, to_safe_csv
-from core.store import atomic_write_bytes, open_run
+from poisonlens.export import check_epoch, suspects_table, to_safe_csv
+from poisonlens.store import atomic_write_bytes, open_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from core.projection import METHODS, compute_projection, write_job
+from poisonlens.projection import METHODS, compute_projection, write_job
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

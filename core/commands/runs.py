@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from core.store import list_runs
+from poisonlens.store import list_runs
 
 SAMPLE_HINT = (
     "(the dashboard also lists the bundled sample runs in sample_data/runs; "

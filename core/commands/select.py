@@ -13,19 +13,19 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.defense.epic_config import (
+from poisonlens.defense.epic_config import (
     EpicConfig,
     check_option,
     describe_range,
     flag_of,
     option_fields,
 )
-from core.errors import InputError
+from poisonlens.errors import InputError
 
 if TYPE_CHECKING:  # numpy and numba load only when the command runs, not for --help
     import numpy as np
 
-    from core.defense.epic import Selection
+    from poisonlens.defense.epic import Selection
 
 COLUMNS = ["index", "label", "medoid", "cluster_size", "is_medoid", "isolated", "score"]
 
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.parent.is_dir():
         raise InputError(args.out, "its folder does not exist")
     grads, labels = load_grads(args.input)
-    from core.defense.epic import select
+    from poisonlens.defense.epic import select
 
     start = time.perf_counter()
     try:
@@ -172,7 +172,7 @@ def load_grads(path: Path) -> tuple[np.ndarray, np.ndarray]:
     grads : array of shape (n_samples, n_classes), as stored
     labels : array of shape (n_samples,), as stored
     """
-    from core.data.datasets import read_npz
+    from poisonlens.data.datasets import read_npz
 
     if not path.is_file():
         raise InputError(path, "no such file")

@@ -1,6 +1,6 @@
 """``poisonlens train``: train a model on a (poisoned) data set under a defense, into a run directory.
 
-Its options are generated from :class:`core.config.TrainConfig` (``core.commands._options``);
+Its options are generated from :class:`poisonlens.config.TrainConfig` (``poisonlens.commands._options``);
 this module adds only what is not part of a run's config: where the run goes, ``--config``,
 ``--resume`` and ``--quiet``. The trainer (and torch) is imported when the command runs.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.commands._options import (
+from poisonlens.commands._options import (
     add_config_arguments,
     config_file,
     config_from_args,
@@ -29,7 +29,7 @@ def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
     Unlike :func:`add_config_arguments`, the parsed namespace holds every one of them (the
     default when not given), as ``evaluate``'s ``run`` reads them as attributes.
     """
-    from core.config import TrainConfig
+    from poisonlens.config import TrainConfig
 
     add_config_arguments(p, include=SCHEDULE_FIELDS)
     p.set_defaults(**{name: getattr(TrainConfig(), name) for name in SCHEDULE_FIELDS})
@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) the run; print its directory."""
     if args.resume:
-        from core.train import TrainConfig, train
+        from poisonlens.train import TrainConfig, train
 
         # --device may move a resumed run (a GPU run resumes on a CPU); 'auto' keeps run.json's
         device = getattr(args, "device", "auto")
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = config_from_args(args)
     config.check_defense()  # before the trainer loads data and creates the run folder
-    from core.launch import default_name
-    from core.train import train
+    from poisonlens.launch import default_name
+    from poisonlens.train import train
 
     run_dir = args.runs_dir / (args.name or default_name(config))
     train(config, run_dir, show_progress=not args.quiet)

@@ -1,7 +1,7 @@
 """Data sets and poison sets."""
 
-from core.data.datasets import ImageDataset, load_dataset
-from core.data.poisons import PoisonedDataset, PoisonSet, apply_poisons, load_poisons
+from poisonlens.data.datasets import ImageDataset, load_dataset
+from poisonlens.data.poisons import PoisonedDataset, PoisonSet, apply_poisons, load_poisons
 
 __all__ = [
     "ImageDataset",

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.datasets import (
+from poisonlens.data.datasets import (
     check_decoded_size,
     class_folders,
     find_image_files,
     open_image,
 )
-from core.errors import InputError
+from poisonlens.errors import InputError
 
 #: Environment variable naming the cache root (default ``~/.cache/poisonlens``).
 CACHE_ENV = "POISONLENS_CACHE"
@@ -75,7 +75,7 @@ def cache_root() -> Path:
 def _list_split(
     split_dir: Path, class_names: Sequence[str], *, root: Path, every_class: bool
 ) -> tuple[list[tuple[str, os.stat_result]], list[int]]:
-    # the readers' walk (core.data.datasets): links stay inside root, loops and FIFOs refused
+    # the readers' walk (poisonlens.data.datasets): links stay inside root, loops and FIFOs refused
     classes = set(class_folders(split_dir, root=root))
     unknown = sorted(classes - set(class_names))
     if unknown:
@@ -129,7 +129,7 @@ def decode_images(paths: Sequence[Path], *, n_threads: int | None = None) -> np.
     """Decode image files straight into one preallocated uint8 array, in parallel threads.
 
     No list of decoded images is ever held (that list was the loading spike: about 14 KB per
-    32x32 image on top of the array). Each file is read by ``core.data.datasets.open_image``
+    32x32 image on top of the array). Each file is read by ``poisonlens.data.datasets.open_image``
     (its checks and modes); if any image is colour the grey ones are repeated over three
     channels, else the result has one channel (the rules of ``images_to_array``).
 

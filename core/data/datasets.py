@@ -6,7 +6,7 @@ Every loader returns an :class:`ImageDataset` whose images are uint8 of shape
 described field by field in docs/data-formats.md.
 
 The files are untrusted (docs/security.md): every reader checks the sizes a file declares
-against :func:`core.limits.current_limits` before allocating, folder walks read only
+against :func:`poisonlens.limits.current_limits` before allocating, folder walks read only
 regular files and follow no link out of the data set's folder, and each problem is one
 :class:`InputError` naming the file.
 """
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.data.safe_pickle import safe_load
-from core.errors import InputError
-from core.limits import Limits, check_count, current_limits, open_regular, resolve_inside
+from poisonlens.data.safe_pickle import safe_load
+from poisonlens.errors import InputError
+from poisonlens.limits import Limits, check_count, current_limits, open_regular, resolve_inside
 
 #: File endings read as images, as in torchvision's ``ImageFolder``.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -596,7 +596,7 @@ def load_imagefolder(root: str | os.PathLike, *, name: str | None = None) -> Ima
         raise InputError(root / "train", "no class folders")
     # decoded once into one array (both splits, so sizes and colour mode are chosen together),
     # then read back from the user cache while the folder is unchanged (core/data/cache.py)
-    from core.data.cache import load_imagefolder_pixels
+    from poisonlens.data.cache import load_imagefolder_pixels
 
     x, listing = load_imagefolder_pixels(root, class_names)
     n_train = listing.n_train

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.data.datasets import ImageDataset, as_images, as_labels, images_to_array, read_npz
-from core.data.safe_pickle import safe_load
-from core.errors import InputError
-from core.limits import current_limits, parse_json, read_regular
+from poisonlens.data.datasets import ImageDataset, as_images, as_labels, images_to_array, read_npz
+from poisonlens.data.safe_pickle import safe_load
+from poisonlens.errors import InputError
+from poisonlens.limits import current_limits, parse_json, read_regular
 
 FORMAT_VERSION = 1  # of the .npz and of poisonlens.json; newer versions are refused
 

@@ -11,7 +11,7 @@ constructor of ours (:data:`ALLOWED`), which rebuilds
 
 - a plain numeric numpy array from dtype name + shape + bytes: a fixed set of dtypes
   (bool, ints, floats), no flags or fields taken from the file, size checked against
-  :class:`core.limits.Limits` before anything is allocated, always a fresh contiguous copy;
+  :class:`poisonlens.limits.Limits` before anything is allocated, always a fresh contiguous copy;
 - a PIL image from mode + size + bytes: modes L, RGB, RGBA, P (palette checked), size limited;
 - a torch tensor (the benchmark's backdoor patch) as a numpy array, read from torch's legacy
   storage bytes by this same machine;
@@ -40,8 +40,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from core.errors import InputError
-from core.limits import Limits, current_limits, open_regular
+from poisonlens.errors import InputError
+from poisonlens.limits import Limits, current_limits, open_regular
 
 # Python 2's spellings of module names, as ``pickle`` maps them when reading old pickles.
 _PY2_NAMES = _compat_pickle.NAME_MAPPING
@@ -1220,7 +1220,7 @@ def safe_load(
     encoding : how to decode Python 2 ``str`` objects, as in :func:`pickle.load`
         (``"latin1"`` for CIFAR-10's batches, ``"bytes"`` to keep them as bytes)
     root : with a path: refuse it if its links lead outside this folder
-    limits : defaults to :func:`core.limits.current_limits`
+    limits : defaults to :func:`poisonlens.limits.current_limits`
 
     Returns
     -------

@@ -6,7 +6,7 @@ per-example columns it writes (:func:`output_columns`); 'score' is always the su
 score, higher = more suspicious.
 """
 
-from core.defense.base import (
+from poisonlens.defense.base import (
     BASE_COLUMNS,
     SCORE_COLUMN,
     DefenseResult,

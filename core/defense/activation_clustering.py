@@ -22,8 +22,8 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 
-from core.defense.base import DefenseResult, Snapshot, active_mask, register
-from core.errors import InputError
+from poisonlens.defense.base import DefenseResult, Snapshot, active_mask, register
+from poisonlens.errors import InputError
 
 
 @register("activation-clustering")

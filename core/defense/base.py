@@ -148,11 +148,11 @@ def _load_builtin() -> None:
     import importlib
     import pkgutil
 
-    import core.defense as pkg
+    import poisonlens.defense as pkg
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name not in {"base"}:
-            importlib.import_module(f"core.defense.{mod.name}")
+            importlib.import_module(f"poisonlens.defense.{mod.name}")
 
 
 def output_columns(name: str) -> dict[str, str]:

@@ -18,8 +18,8 @@ from typing import ClassVar
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from core.defense.base import DefenseResult, Snapshot, active_mask, register
-from core.errors import InputError
+from poisonlens.defense.base import DefenseResult, Snapshot, active_mask, register
+from poisonlens.errors import InputError
 
 
 @register("deepknn")

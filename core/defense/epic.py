@@ -2,7 +2,7 @@
 
 At a snapshot, each class's active examples are clustered around medoids chosen by greedy
 facility location on their gradients G = softmax(logits) - onehot(label) (see
-:mod:`core.defense.facility_location` for the similarity, the greedy and the assignment). A
+:mod:`poisonlens.defense.facility_location` for the similarity, the greedy and the assignment). A
 medoid whose cluster has at most ``cluster_thresh`` examples is *isolated*, and the examples
 of its cluster are dropped. :func:`select` is the pure computation; :class:`Epic` plugs it
 into the trainer.
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.defense.base import DefenseResult, Snapshot, register
-from core.defense.epic_config import EpicConfig
-from core.defense.facility_location import Clustering, cluster
-from core.defense.greedi import Partition, partition_plan, run_partitions, timed_merges
+from poisonlens.defense.base import DefenseResult, Snapshot, register
+from poisonlens.defense.epic_config import EpicConfig
+from poisonlens.defense.facility_location import Clustering, cluster
+from poisonlens.defense.greedi import Partition, partition_plan, run_partitions, timed_merges
 
 __all__ = ["EpicConfig", "Epic", "Selection", "budgets", "finish_selection", "plan", "select"]
 
@@ -216,7 +216,7 @@ def finish_selection(
     labels : int64 array of shape (n_samples,)
     parts : the partitions of :func:`plan`
     picks : ``picks[i]``, int array of global indices chosen in ``parts[i]``
-        (:func:`core.defense.greedi.greedy_on_partition`)
+        (:func:`poisonlens.defense.greedi.greedy_on_partition`)
     active : bool array of shape (n_samples,)
     config : EpicConfig, the same as for :func:`plan`
 
@@ -402,7 +402,7 @@ class Epic:
         chosen = select(snapshot.grads, snapshot.labels, active=active, config=self.config)
         return _result(chosen)
 
-    # The three methods below let core.distributed.run_defense spread GreeDi's first round over
+    # The three methods below let poisonlens.distributed.run_defense spread GreeDi's first round over
     # the ranks of a torchrun run; __call__ is the same computation in one process.
 
     def partitions(self, labels: np.ndarray, active: np.ndarray, *, n_classes: int) -> list:

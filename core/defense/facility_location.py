@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from core.defense.epic_config import GREEDY, METRICS
+from poisonlens.defense.epic_config import GREEDY, METRICS
 
 # Rows of the kernel computed per block: 128 rows of a 5,000-example class is 2.5 MB, which
 # stays in cache between the distance pass and the exp pass.

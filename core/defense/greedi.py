@@ -5,7 +5,7 @@ Exact greedy facility location holds (or recomputes) an n_c x n_c kernel per cla
 
 1. :func:`partition_plan` splits each class's active examples into seeded random partitions of
    at most ``partition_size``; :func:`greedy_on_partition` runs the exact lazy greedy of
-   :mod:`core.defense.facility_location` on one partition's dense kernel, choosing
+   :mod:`poisonlens.defense.facility_location` on one partition's dense kernel, choosing
    ``ceil(OVERSAMPLE * K_c * |P| / n_c)`` examples (``OVERSAMPLE`` times its share of the
    class's budget, so the second round has a choice to make).
 2. :func:`merge_picks` runs exact lazy greedy again with the union of a class's picks as the
@@ -22,7 +22,7 @@ Round 1 is embarrassingly parallel: :func:`run_partitions` runs the partitions i
 pool (the compiled kernels release the GIL). Under torch DDP rank ``r`` runs the partitions
 ``i % world_size == r`` of the same plan (it depends only on the labels, the active mask and
 the seed), the picks are gathered, and rank 0 merges and decides (see
-:func:`core.defense.epic.plan` and :func:`core.defense.epic.finish_selection`)::
+:func:`poisonlens.defense.epic.plan` and :func:`poisonlens.defense.epic.finish_selection`)::
 
     parts, _ = plan(labels, active=active, config=config, n_classes=n_classes)
     mine = {i: greedy_on_partition(grads, parts[i]) for i in range(rank, len(parts), world)}
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from core.defense.facility_location import (
+from poisonlens.defense.facility_location import (
     _BLOCK_ROWS,
     Clustering,
     Kernel,

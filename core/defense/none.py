@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.defense.base import DefenseResult, Snapshot, register
+from poisonlens.defense.base import DefenseResult, Snapshot, register
 
 
 @register("none")

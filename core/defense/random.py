@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.defense.base import DefenseResult, Snapshot, register
-from core.defense.epic import select
+from poisonlens.defense.base import DefenseResult, Snapshot, register
+from poisonlens.defense.epic import select
 
 
 @register("random")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import GLOSSARY, page_header, run_picker_ui
+from poisonlens.dashboard.common import GLOSSARY, page_header, run_picker_ui
 
 page_header("How to read this", "What the defense does, in plain words, and what each page shows.")
 st.markdown("""

@@ -8,17 +8,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.compare import (
+from poisonlens.compare import (
     comparison_table,
     find_runs,
     overlap_summary,
     per_defense_summary,
     poison_overlap,
 )
-from core.errors import InputError
-from core.evaluate import SCENARIOS, to_markdown
-from dashboard import plots
-from dashboard.common import (
+from poisonlens.errors import InputError
+from poisonlens.evaluate import SCENARIOS, to_markdown
+from poisonlens.dashboard import plots
+from poisonlens.dashboard.common import (
     REPO,
     STATUS_ICONS,
     cached_run_list,
@@ -58,7 +58,7 @@ def evaluate_folders(root: Path) -> list[Path]:
     return [f for _, f in sorted(found, reverse=True)]
 
 
-# --- cached computations (core.compare) ----------------------------------------------------
+# --- cached computations (poisonlens.compare) ----------------------------------------------------
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the runs…")

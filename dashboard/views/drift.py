@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.drift import MIN_SCALE, group_quantiles
-from core.export import defense_columns
-from core.store import DamagedFile
-from dashboard import plots
-from dashboard.common import (
+from poisonlens.drift import MIN_SCALE, group_quantiles
+from poisonlens.export import defense_columns
+from poisonlens.store import DamagedFile
+from poisonlens.dashboard import plots
+from poisonlens.dashboard.common import (
     class_name_list,
     damage_ui,
     default_epoch,
@@ -28,7 +28,7 @@ from dashboard.common import (
     snapshot_epochs_ui,
     thumbnails,
 )
-from dashboard.selection import parse_indices
+from poisonlens.dashboard.selection import parse_indices
 
 SHOW_FLOOR = 0.01  # drift is drawn on a log axis; 0 (a medoid itself) is drawn here
 MAX_TRACKS = 60  # lines per group in the track plots

@@ -1,8 +1,8 @@
 """Gradient space: a 2-D map of every example's last-layer gradient at one snapshot.
 
-The map is computed once per run by a background process (``core.projection``) and only read
+The map is computed once per run by a background process (``poisonlens.projection``) and only read
 here. Up to ``DENSITY_ABOVE`` examples it is drawn by the map component
-(:mod:`dashboard.components.gradient_map`), which stays mounted between epochs: the browser
+(:mod:`poisonlens.dashboard.components.gradient_map`), which stays mounted between epochs: the browser
 fetches every snapshot's positions once per run and gets, per epoch, the figure without them
 (indices as binary arrays, no per-point text). Past ``DENSITY_ABOVE`` examples the examples
 are drawn as one density image (an image per epoch: Streamlit's own plotly chart), with
@@ -19,11 +19,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.errors import InputError
-from core.projection import METHODS, TARGET_INDEX, launch_projection, read_job, read_projection
-from core.store import open_run
-from dashboard import common, plots
-from dashboard.common import (
+from poisonlens.errors import InputError
+from poisonlens.projection import METHODS, TARGET_INDEX, launch_projection, read_job, read_projection
+from poisonlens.store import open_run
+from poisonlens.dashboard import common, plots
+from poisonlens.dashboard.common import (
     class_name_list,
     damage_ui,
     default_epoch,
@@ -41,8 +41,8 @@ from dashboard.common import (
     snapshot_epochs_ui,
     thumbnails,
 )
-from dashboard.components.gradient_map import gradient_map, write_positions
-from dashboard.selection import (
+from poisonlens.dashboard.components.gradient_map import gradient_map, write_positions
+from poisonlens.dashboard.selection import (
     clicked_index,
     indices_in_shapes,
     parse_indices,

@@ -1,8 +1,8 @@
 """New run: a form built from TrainConfig's fields that starts training in the background.
 
-The form has one widget per command-line field of :class:`core.config.TrainConfig`, made from
+The form has one widget per command-line field of :class:`poisonlens.config.TrainConfig`, made from
 the field's metadata (help, choices, range): a field added to the config appears here (under
-"More options") without touching this page. :func:`core.launch.launch_training` checks the
+"More options") without touching this page. :func:`poisonlens.launch.launch_training` checks the
 config and starts the run; its progress is shown at the top of the page, and once the run
 store exists the sidebar's run picker switches to it.
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.config import Range, TrainConfig, option_fields, parse_defense_params
-from core.errors import InputError
-from core.launch import LaunchStatus, launch_status, launch_training, list_launches
-from core.store import RUN_JSON
-from dashboard.common import (
+from poisonlens.config import Range, TrainConfig, option_fields, parse_defense_params
+from poisonlens.errors import InputError
+from poisonlens.launch import LaunchStatus, launch_status, launch_training, list_launches
+from poisonlens.store import RUN_JSON
+from poisonlens.dashboard.common import (
     REPO,
     STATUS_ICONS,
     cached_run_list,
@@ -57,7 +57,7 @@ def poison_files() -> list[str]:
 @st.cache_data(show_spinner=False)
 def defenses() -> list[str]:
     """The registered defenses."""
-    from core.defense import defense_names
+    from poisonlens.defense import defense_names
 
     return defense_names()
 

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.metrics import detection_metrics
-from core.store import DamagedFile, open_run
-from dashboard import plots
-from dashboard.common import (
+from poisonlens.metrics import detection_metrics
+from poisonlens.store import DamagedFile, open_run
+from poisonlens.dashboard import plots
+from poisonlens.dashboard.common import (
     STATUS_ICONS,
     damage_ui,
     glossary_ui,

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.export import column_descriptions, suspects_table, to_safe_csv
-from core.store import DamagedFile, open_run
-from dashboard.common import (
+from poisonlens.export import column_descriptions, suspects_table, to_safe_csv
+from poisonlens.store import DamagedFile, open_run
+from poisonlens.dashboard.common import (
     damage_ui,
     drift_at,
     dropped_text,
@@ -28,7 +28,7 @@ THUMB_ROWS = 1000  # rows shown with thumbnails; the download always holds every
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def suspects(path: str, epoch: int, include_flagged: bool, stamp: float) -> pd.DataFrame:
-    """core.export.suspects_table: the very table `poisonlens export` writes (rows dropped by a
+    """poisonlens.export.suspects_table: the very table `poisonlens export` writes (rows dropped by a
     damaged snapshot keep empty facts; ``attrs["damaged"]`` names the file)."""
     return suspects_table(open_run(path), epoch, include_flagged=include_flagged, skip_damaged=True)
 

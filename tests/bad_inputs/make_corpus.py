@@ -645,7 +645,7 @@ def case_npz_member_lies_about_its_compressed_size(folder: Path) -> Case:
 def case_imagefolder_links_to_one_big_png(folder: Path) -> Case:
     # 40 links to one 4096x4096 PNG of one colour (25 KB): 1 MB on disk decoding to 2.2 GB
     # (the cache's array for all images); fixed by checking the decoded total against
-    # the files' size before allocating (core.data.datasets.check_decoded_size)
+    # the files' size before allocating (poisonlens.data.datasets.check_decoded_size)
     root = image_folder(folder / "images", side=4096)
     for i in range(40):
         os.symlink("0.png", root / "train" / "a" / f"link{i}.png")

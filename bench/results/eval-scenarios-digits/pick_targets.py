@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import torch
 
-from core.data import load_dataset
-from core.models import build_model, to_tensor
+from poisonlens.data import load_dataset
+from poisonlens.models import build_model, to_tensor
 
 path, spec, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 width = int(sys.argv[5]) if len(sys.argv) > 5 else 32

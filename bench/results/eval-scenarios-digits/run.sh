@@ -20,7 +20,7 @@ mkdir -p "$OUT/poisons"/{scratch,transfer,finetune}
 t0=$(date +%s)
 # the pretrained model: 30 epochs on the pretraining split (fixed, whatever the victim's SCHED)
 $PL evaluate --dataset "$DATASET" --pretrain-only --pretrain-epochs 30 --epochs 20 --out "$OUT"
-KEY=$(echo "$DATASET" | sed -E 's/[^A-Za-z0-9]+/-/g; s/^-+//; s/-+$//' | tail -c 61)  # core.evaluate.dataset_key
+KEY=$(echo "$DATASET" | sed -E 's/[^A-Za-z0-9]+/-/g; s/^-+//; s/-+$//' | tail -c 61)  # poisonlens.evaluate.dataset_key
 MODEL="$OUT/pretrained/$KEY/seed0/checkpoints/model.pt"
 [ -f "$OUT/pairs.txt" ] || $PY "$HERE/pick_targets.py" "$MODEL" "$DATASET" "$N_SETS" > "$OUT/pairs.txt"
 echo "pretrain + pick: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"

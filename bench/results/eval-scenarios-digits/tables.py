@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from core.evaluate import (
+from poisonlens.evaluate import (
     SCENARIOS,
     cell_state,
     dataset_key,

@@ -9,8 +9,8 @@ import sys, json
 sys.path.insert(0, "/work/main")
 import numpy as np, pandas as pd, torch
 torch.set_num_threads(1)
-from core.data import load_dataset, load_poisons
-from core.models import to_tensor
+from poisonlens.data import load_dataset, load_poisons
+from poisonlens.models import to_tensor
 
 ev, times_csv, ds_spec, seed, last_drop = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 clean_model = sys.argv[6] if len(sys.argv) > 6 else None
@@ -26,7 +26,7 @@ clean = {}
 for _, r in runs[runs.defense == "clean"].iterrows():
     clean[r.poison_set] = (r.target_prob_adv, r.attack_success)
 if clean_model:
-    from core.attacks.surrogate import SurrogateOptions, load_surrogate
+    from poisonlens.attacks.surrogate import SurrogateOptions, load_surrogate
     ds = load_dataset(ds_spec)
     m = load_surrogate(clean_model, ds, SurrogateOptions()).eval()
     for _, t in times.iterrows():

@@ -3,8 +3,8 @@ import sys, json
 sys.path.insert(0, "/work/main"); sys.path.append("/work/main/bench")  # append: bench/select.py would shadow stdlib select
 import torch
 torch.set_num_threads(1)
-from core.data import load_dataset
-from core.attacks.surrogate import SurrogateOptions, train_surrogates, load_surrogate
+from poisonlens.data import load_dataset
+from poisonlens.attacks.surrogate import SurrogateOptions, train_surrogates, load_surrogate
 from attack_demo import pick_pairs
 ds_spec, n = sys.argv[1], int(sys.argv[2])
 ds = load_dataset(ds_spec)

@@ -1,12 +1,12 @@
-"""Tables from the finished runs of an evaluate folder only (core.evaluate.write_results on those cells).
+"""Tables from the finished runs of an evaluate folder only (poisonlens.evaluate.write_results on those cells).
 
 usage: tables.py EVAL_DIR  -- writes runs.csv, detection.csv, summary.csv, summary.md into EVAL_DIR/final/
 """
 import sys
 from pathlib import Path
 sys.path.insert(0, "/work/main")
-from core.evaluate import DEFAULT_DEFENSES, GridRun, to_markdown, write_results
-from core.store import open_run
+from poisonlens.evaluate import DEFAULT_DEFENSES, GridRun, to_markdown, write_results
+from poisonlens.store import open_run
 
 ev = Path(sys.argv[1])
 grid, skipped = [], []

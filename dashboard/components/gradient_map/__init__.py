@@ -9,12 +9,12 @@ Every snapshot's positions are written once per run to a binary file the compone
 (float32 of shape (n_snapshots, n_samples, 2)); the browser fetches it once and caches it.
 A figure's large traces are then sent without ``x``/``y``: the browser fills them in from the
 file by the example indices the traces carry as ``customdata``. The figure itself is the one
-:func:`dashboard.plots.gradient_map_figure` builds, so what is drawn does not depend on the
+:func:`poisonlens.dashboard.plots.gradient_map_figure` builds, so what is drawn does not depend on the
 route.
 
 The component's value is the selection event in the shape Streamlit's plotly chart reports
 (``{"selection": {"points": [...], "box": [...], "lasso": [...]}}``), so
-:mod:`dashboard.selection` reads both.
+:mod:`poisonlens.dashboard.selection` reads both.
 
 Plotly.js comes from the installed plotly package; it is copied with the frontend into a served
 folder created at import (``build/`` next to this file, git-ignored; a temporary folder when the
@@ -116,7 +116,7 @@ def gradient_map(fig: go.Figure, *, key: str, config: dict, positions: str | Non
 
     Parameters
     ----------
-    fig : the gradient map (:func:`dashboard.plots.gradient_map_figure`)
+    fig : the gradient map (:func:`poisonlens.dashboard.plots.gradient_map_figure`)
     key : the widget key (its value, the latest selection event, is kept under it)
     config : plotly config (modebar, pixel ratio)
     positions : a file from :func:`write_positions`; when given, the large traces' ``x``/``y``

@@ -1,0 +1,1 @@
+"""One Streamlit page per module; app.py routes to them by file."""
