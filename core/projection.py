@@ -29,7 +29,15 @@ import pandas as pd
 import pyarrow as pa
 
 from poisonlens.errors import InputError
-from poisonlens.store import PROJECTIONS, Run, RunWriter, _alive, _read_json, atomic_write_json, open_run
+from poisonlens.store import (
+    PROJECTIONS,
+    Run,
+    RunWriter,
+    _alive,
+    _read_json,
+    atomic_write_json,
+    open_run,
+)
 
 METHODS = ("umap", "pca")
 TARGET_INDEX = -1  # the `index` of the target's rows in a projection table

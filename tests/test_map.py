@@ -20,6 +20,14 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from poisonlens.dashboard import plots
+from poisonlens.dashboard.components.gradient_map import SERVED
+from poisonlens.dashboard.selection import (
+    clicked_index,
+    indices_in_shapes,
+    inside_polygon,
+    selection_shapes,
+)
 from poisonlens.projection import (
     compute_projection,
     job_path,
@@ -28,9 +36,6 @@ from poisonlens.projection import (
     read_projection,
 )
 from poisonlens.store import open_run, snapshot_path
-from poisonlens.dashboard import plots
-from poisonlens.dashboard.components.gradient_map import SERVED
-from poisonlens.dashboard.selection import clicked_index, indices_in_shapes, inside_polygon, selection_shapes
 from tests.dashboard_runs import POISON_RUN, runs_folder
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")

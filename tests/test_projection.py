@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poisonlens.cli import main as cli_main
+from poisonlens.dashboard.selection import parse_indices, selection_to_indices, update_selection
 from poisonlens.drift import MIN_SCALE, cosine_to, drift_scores, group_quantiles
 from poisonlens.errors import InputError
 from poisonlens.projection import (
@@ -28,7 +29,6 @@ from poisonlens.projection import (
     projection_is_current,
 )
 from poisonlens.store import open_run
-from poisonlens.dashboard.selection import parse_indices, selection_to_indices, update_selection
 from tests.dashboard_runs import CLEAN_RUN, POISON_RUN, runs_folder
 
 

@@ -122,7 +122,13 @@ def parse_params(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Craft a poison set and write it to ``--out``; return 0."""
-    from poisonlens.attacks import AttackGoal, attack_class, build_attack, check_within_eps, clean_control
+    from poisonlens.attacks import (
+        AttackGoal,
+        attack_class,
+        build_attack,
+        check_within_eps,
+        clean_control,
+    )
     from poisonlens.attacks.base import validate_goal
     from poisonlens.attacks.surrogate import load_surrogate, save_surrogate, train_surrogates
     from poisonlens.data import load_dataset

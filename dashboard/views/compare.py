@@ -15,8 +15,6 @@ from poisonlens.compare import (
     per_defense_summary,
     poison_overlap,
 )
-from poisonlens.errors import InputError
-from poisonlens.evaluate import SCENARIOS, to_markdown
 from poisonlens.dashboard import plots
 from poisonlens.dashboard.common import (
     REPO,
@@ -27,6 +25,8 @@ from poisonlens.dashboard.common import (
     run_stamp,
     runs_dirs,
 )
+from poisonlens.errors import InputError
+from poisonlens.evaluate import SCENARIOS, to_markdown
 
 SCENARIO_HELP = {
     "scratch": "the victim trains from random weights",

@@ -6,9 +6,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from poisonlens.drift import MIN_SCALE, group_quantiles
-from poisonlens.export import defense_columns
-from poisonlens.store import DamagedFile
 from poisonlens.dashboard import plots
 from poisonlens.dashboard.common import (
     class_name_list,
@@ -29,6 +26,9 @@ from poisonlens.dashboard.common import (
     thumbnails,
 )
 from poisonlens.dashboard.selection import parse_indices
+from poisonlens.drift import MIN_SCALE, group_quantiles
+from poisonlens.export import defense_columns
+from poisonlens.store import DamagedFile
 
 SHOW_FLOOR = 0.01  # drift is drawn on a log axis; 0 (a medoid itself) is drawn here
 MAX_TRACKS = 60  # lines per group in the track plots

@@ -19,9 +19,6 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from poisonlens.errors import InputError
-from poisonlens.projection import METHODS, TARGET_INDEX, launch_projection, read_job, read_projection
-from poisonlens.store import open_run
 from poisonlens.dashboard import common, plots
 from poisonlens.dashboard.common import (
     class_name_list,
@@ -50,6 +47,15 @@ from poisonlens.dashboard.selection import (
     selection_to_indices,
     update_selection,
 )
+from poisonlens.errors import InputError
+from poisonlens.projection import (
+    METHODS,
+    TARGET_INDEX,
+    launch_projection,
+    read_job,
+    read_projection,
+)
+from poisonlens.store import open_run
 
 PLAY_SECONDS = 1.2
 MAP_COLUMNS = ("label", "prediction", "loss", "active", "drop", "dropped_epoch", "score",

@@ -15,9 +15,6 @@ from pathlib import Path
 import streamlit as st
 
 from poisonlens.config import Range, TrainConfig, option_fields, parse_defense_params
-from poisonlens.errors import InputError
-from poisonlens.launch import LaunchStatus, launch_status, launch_training, list_launches
-from poisonlens.store import RUN_JSON
 from poisonlens.dashboard.common import (
     REPO,
     STATUS_ICONS,
@@ -26,6 +23,9 @@ from poisonlens.dashboard.common import (
     page_header,
     run_picker_ui,
 )
+from poisonlens.errors import InputError
+from poisonlens.launch import LaunchStatus, launch_status, launch_training, list_launches
+from poisonlens.store import RUN_JSON
 
 OTHER = "other file…"
 NONE = "none (clean run)"

@@ -6,8 +6,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from poisonlens.metrics import detection_metrics
-from poisonlens.store import DamagedFile, open_run
 from poisonlens.dashboard import plots
 from poisonlens.dashboard.common import (
     STATUS_ICONS,
@@ -23,6 +21,8 @@ from poisonlens.dashboard.common import (
     snapshot_listing,
     target_thumbnail,
 )
+from poisonlens.metrics import detection_metrics
+from poisonlens.store import DamagedFile, open_run
 
 # --- cached computations -------------------------------------------------------------------
 

@@ -6,8 +6,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from poisonlens.export import column_descriptions, suspects_table, to_safe_csv
-from poisonlens.store import DamagedFile, open_run
 from poisonlens.dashboard.common import (
     damage_ui,
     drift_at,
@@ -22,6 +20,8 @@ from poisonlens.dashboard.common import (
     snapshot_epochs_ui,
     thumbnails,
 )
+from poisonlens.export import column_descriptions, suspects_table, to_safe_csv
+from poisonlens.store import DamagedFile, open_run
 
 THUMB_ROWS = 1000  # rows shown with thumbnails; the download always holds every row
 
