@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train every defense on every poison set, seed and scenario; write results tables",
     ),
     "project": ("poisonlens.commands.project", "precompute the 2-D gradient map the dashboard shows"),
+    "help": (
+        "poisonlens.commands.help",
+        "show a command's help, or `help limits`: the limits on untrusted files",
+    ),
 }
 PROG = "poisonlens"
 # poisonlens.limits.Limits fields as flags (--max-images ...): read by main() wherever they appear.
@@ -129,20 +133,15 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
         prog=PROG,
         description="Train image classifiers under the EPIC poisoning defense and inspect "
         "what it drops.",
-        epilog="`poisonlens COMMAND --help` lists a command's options; --debug shows the "
+        epilog="`poisonlens COMMAND --help` lists a command's options; `poisonlens help limits` "
+        "the limits on untrusted files (--max-*, accepted by every command); --debug shows the "
         "traceback of an error.",
     )
     parser.add_argument(
         "--debug", action="store_true", help="on an error, show the traceback (any position)"
     )
-    limits = parser.add_argument_group(
-        "limits on untrusted files (any position; see docs/security.md)"
-    )
-    from poisonlens.limits import Limits  # light: no numpy, no torch
-
-    for name in LIMIT_FLAGS:
-        default = getattr(Limits(), name[2:].replace("-", "_"))
-        limits.add_argument(name, metavar="N", help=f"default {default:,} (suffixes K, M, G)")
+    # The --max-* limits are taken out of argv before parsing (apply_limit_flags), so they are
+    # not parser options: `poisonlens help limits` lists them, keeping the commands first here.
     parser.command = command
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, helptext) in COMMANDS.items():

@@ -127,3 +127,37 @@ def test_a_bad_limit_value_is_one_line_naming_the_flag(capsys):
     assert main(["select", "--max-depth", "-3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("poisonlens: --max-depth:") and len(err.splitlines()) == 1
+
+
+def test_top_level_help_lists_the_commands_and_leaves_the_limits_to_help_limits(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "--max-" not in text.split("`poisonlens help")[0]  # the commands come first, no limits
+    assert text.index("train") < text.index("help limits")
+
+
+def test_help_limits_lists_every_limit_flag_with_its_default(capsys):
+    from poisonlens.cli import LIMIT_FLAGS
+    from poisonlens.limits import Limits
+
+    assert main(["help", "limits"]) == 0
+    text = capsys.readouterr().out
+    for flag in LIMIT_FLAGS:
+        default = getattr(Limits(), flag[2:].replace("-", "_"))
+        assert re.search(rf"{flag} N\s+default {default:,}", text), flag
+
+
+def test_help_of_a_command_and_of_an_unknown_topic(capsys):
+    assert main(["help", "export"]) == 0
+    assert "usage: poisonlens export" in capsys.readouterr().out
+    assert main(["help", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown topic" in err
+
+
+def test_limit_flags_still_work_at_any_position(tmp_path, capsys):
+    assert main(["runs", "--runs-dir", str(tmp_path), "--max-json-bytes", "1K"]) == 0
+    assert main(["--max-json-bytes", "oops", "runs", "--runs-dir", str(tmp_path)]) == 2
+    assert "--max-json-bytes" in capsys.readouterr().err
