@@ -33,7 +33,8 @@ from poisonlens.attacks import AttackGoal, build_attack, check_within_eps  # noq
 from poisonlens.attacks.surrogate import SurrogateOptions, train_surrogates  # noqa: E402
 from poisonlens.commands.craft import parse_params  # noqa: E402
 from poisonlens.data import apply_poisons, load_dataset  # noqa: E402
-from poisonlens.models import Classifier, to_tensor  # noqa: E402
+from poisonlens.models import Classifier  # noqa: E402
+from poisonlens.targets import class_probabilities, pick_targets  # noqa: E402
 from poisonlens.train import (  # noqa: E402
     TrainConfig,
     accuracy,
@@ -68,20 +69,9 @@ def train_victim(dataset, poisons, config: TrainConfig, *, clean: bool) -> dict:
 
 @torch.no_grad()
 def pick_pairs(dataset, model: Classifier, n_pairs: int, *, rule: str, seed: int) -> list[tuple[int, int]]:
-    """(target index, adv class) pairs; adv is the surrogate's runner-up class for the target.
-
-    rule 'low-margin': correctly classified targets with the smallest top-2 probability gap;
-    'random': correctly classified targets drawn at random.
-    """
-    probs = model.eval()(to_tensor(dataset.x_test)).softmax(1).numpy()
-    order = np.argsort(-probs, axis=1)
-    correct = np.flatnonzero(order[:, 0] == dataset.y_test)
-    margin = probs[correct, order[correct, 0]] - probs[correct, order[correct, 1]]
-    if rule == "low-margin":
-        chosen = correct[np.argsort(margin, kind="stable")[:n_pairs]]
-    else:
-        chosen = np.random.default_rng(seed).choice(correct, size=n_pairs, replace=False)
-    return [(int(t), int(order[t, 1])) for t in chosen]
+    """(target index, adv class) pairs by ``rule`` (:func:`poisonlens.targets.pick_targets`)."""
+    probs = class_probabilities(model, dataset.x_test)
+    return [(t.index, t.adv_class) for t in pick_targets(probs, dataset.y_test, n_pairs, rule=rule, random_state=seed)]
 
 
 def state_file(model: Classifier, folder: Path) -> str:

@@ -44,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "craft a poison set (gradient matching, bullseye polytope, feature collision, patch backdoor, "
         "label flip)",
     ),
+    "targets": (
+        "poisonlens.commands.targets",
+        "choose (target, adversarial class) pairs to attack, from a clean model's predictions",
+    ),
     "evaluate": (
         "poisonlens.commands.evaluate",
         "train every defense on every poison set, seed and scenario; write results tables",

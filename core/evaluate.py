@@ -592,6 +592,75 @@ def to_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+PAIR_KEY = ["scenario", "poison_set", "seed"]
+
+
+def twin_pairs(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(epic-X, random-X)`` defense pairs that both appear in ``runs`` (EPIC and its twin)."""
+    present = set(runs["defense"]) if "defense" in runs else set()
+    return [(d, "random-" + d[len("epic-"):]) for d in sorted(present)
+            if d.startswith("epic-") and "random-" + d[len("epic-"):] in present]
+
+
+def paired(runs: pd.DataFrame) -> pd.DataFrame:
+    """EPIC against its random twin, cell by cell (same scenario, poison set and victim seed).
+
+    Parameters
+    ----------
+    runs : the rows of ``runs.csv`` (:func:`run_rows`)
+
+    Returns
+    -------
+    DataFrame, one row per (scenario, EPIC defense) with a twin: ``cells`` paired, the
+    controlled successes of ``none`` (on the same cells, when run), of EPIC and of the twin,
+    ``epic_only_stops`` (cells where EPIC stops a flip its twin lets through) and
+    ``twin_only_stops`` (the reverse), and the mean clean accuracy, poison recall and
+    examples dropped of each. Empty when no EPIC defense has its twin.
+    """
+    out = []
+    for epic, twin in twin_pairs(runs):
+        cols = [*PAIR_KEY, "controlled_success", "test_acc", "recall", "n_dropped"]
+        a = runs[runs["defense"] == epic][cols]
+        b = runs[runs["defense"] == twin][cols]
+        both = a.merge(b, on=PAIR_KEY, suffixes=("_epic", "_twin")).dropna(
+            subset=["controlled_success_epic", "controlled_success_twin"])
+        none = runs[runs["defense"] == "none"][[*PAIR_KEY, "controlled_success"]]
+        for scenario, g in both.groupby("scenario", sort=False):
+            n = g.merge(none, on=PAIR_KEY)["controlled_success"]
+            e, r = g["controlled_success_epic"], g["controlled_success_twin"]
+            out.append({
+                "scenario": scenario, "epic": epic, "twin": twin, "cells": len(g),
+                "none_success": int(n.sum()) if len(n) == len(g) else np.nan,
+                "epic_success": int(e.sum()), "twin_success": int(r.sum()),
+                "epic_only_stops": int(((e == 0) & (r == 1)).sum()),
+                "twin_only_stops": int(((e == 1) & (r == 0)).sum()),
+                **{f"{col}_{who}": g[f"{col}_{who}"].mean()
+                   for col in ("test_acc", "recall", "n_dropped") for who in ("epic", "twin")},
+            })
+    columns = ["scenario", "epic", "twin", "cells", "none_success", "epic_success", "twin_success",
+               "epic_only_stops", "twin_only_stops"] + [
+        f"{col}_{who}" for col in ("test_acc", "recall", "n_dropped") for who in ("epic", "twin")]
+    return pd.DataFrame(out, columns=columns)
+
+
+def paired_markdown(pairs: pd.DataFrame) -> str:
+    """The :func:`paired` table as Markdown (empty text when there is nothing to pair)."""
+    if pairs.empty:
+        return ""
+    lines = ["#### EPIC against its random twin, cell by cell", "",
+             "| scenario | EPIC | cells | controlled successes: none / EPIC / twin | EPIC stops, twin does not | twin stops, EPIC does not | clean acc EPIC / twin | poison recall EPIC / twin | dropped EPIC / twin |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in pairs.iterrows():
+        none = "–" if pd.isna(r["none_success"]) else str(int(r["none_success"]))
+        lines.append(
+            f"| {r['scenario']} | {r['epic']} | {r['cells']} | {none} / {r['epic_success']} / "
+            f"{r['twin_success']} | {r['epic_only_stops']} | {r['twin_only_stops']} | "
+            f"{r['test_acc_epic']:.3f} / {r['test_acc_twin']:.3f} | "
+            f"{r['recall_epic']:.2f} / {r['recall_twin']:.2f} | "
+            f"{r['n_dropped_epic']:.0f} / {r['n_dropped_twin']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def detection_rows(cell: GridRun) -> list[dict]:
     """Per snapshot: precision, recall and ROC-AUC of the defense's score among the active rows."""
     run = open_run(cell.run_dir)
@@ -609,7 +678,8 @@ def detection_rows(cell: GridRun) -> list[dict]:
 
 
 def write_results(grid: list[GridRun], defenses: list[str], out: Path) -> pd.DataFrame:
-    """runs.csv, detection.csv, summary.csv and summary.md under ``out``; returns the summary."""
+    """runs.csv, detection.csv, summary.csv, paired.csv (:func:`paired`) and summary.md under
+    ``out``; returns the summary."""
     scenarios = list(dict.fromkeys(c.scenario for c in grid))
     runs = pd.concat([run_rows([c for c in grid if c.scenario == s]) for s in scenarios],
                      ignore_index=True)
@@ -618,5 +688,8 @@ def write_results(grid: list[GridRun], defenses: list[str], out: Path) -> pd.Dat
     atomic_write_bytes(out / "runs.csv", runs.to_csv(index=False).encode())
     atomic_write_bytes(out / "detection.csv", detection.to_csv(index=False).encode())
     atomic_write_bytes(out / "summary.csv", summary.to_csv(index=False).encode())
-    atomic_write_bytes(out / "summary.md", to_markdown(summary).encode())
+    pairs = paired(runs)
+    atomic_write_bytes(out / "paired.csv", pairs.to_csv(index=False).encode())
+    text = to_markdown(summary) + ("\n" + paired_markdown(pairs) if not pairs.empty else "")
+    atomic_write_bytes(out / "summary.md", text.encode())
     return summary

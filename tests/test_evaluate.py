@@ -161,3 +161,23 @@ def test_a_flip_the_clean_control_also_shows_is_not_a_controlled_success():
     runs["controlled_success"] = [controlled(a, c) for a, c in zip(runs.attack_success, runs.control_flip, strict=True)]
     row = summarise(runs, ["none"]).iloc[0]
     assert (row.attack_success_k, row.controlled_success_k, row.controlled_success_n) == (3, 2, 4)
+
+
+def test_paired_counts_where_epic_and_its_twin_differ_cell_by_cell():
+    from poisonlens.evaluate import paired
+
+    rows = []
+    for seed, (none, epic, twin) in enumerate([(1, 0, 1), (1, 1, 0), (1, 1, 1), (0, 0, 0)]):
+        for defense, success in (("none", none), ("epic-0.2", epic), ("random-0.2", twin)):
+            rows.append({"scenario": "scratch", "poison_set": "a", "seed": seed, "defense": defense,
+                         "controlled_success": float(success), "test_acc": 0.9, "recall": 0.5,
+                         "n_dropped": 10 * (seed + 1)})
+    rows.append({"scenario": "scratch", "poison_set": "b", "seed": 0, "defense": "epic-0.2",
+                 "controlled_success": 1.0, "test_acc": 0.9, "recall": 0.5, "n_dropped": 1})  # no twin
+    table = paired(pd.DataFrame(rows))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row.cells, row.none_success, row.epic_success, row.twin_success) == (4, 3, 2, 2)
+    assert (row.epic_only_stops, row.twin_only_stops) == (1, 1)
+    assert row.n_dropped_epic == row.n_dropped_twin == 25
+    assert paired(pd.DataFrame(rows[:1])).empty

@@ -106,3 +106,28 @@ def test_a_killed_grid_resumes_where_it_stopped(one_set, tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 3
     assert all(open_run(p).status == "finished" for p in root.glob("*/"))
+
+
+def test_epic_and_its_twin_are_paired_and_finished_only_rebuilds_the_tables(one_set, tmp_path):
+    out = tmp_path / "out"
+    grid = ["evaluate", "--poisons", str(one_set), "--defenses", "clean,none,epic-0.3,random-0.3",
+            *TINY, "--out", str(out)]
+    assert main(grid) == 0
+    pairs = pd.read_csv(out / "paired.csv")
+    assert list(pairs[["scenario", "epic", "twin", "cells"]].itertuples(index=False, name=None)) == [
+        ("scratch", "epic-0.3", "random-0.3", 1)]
+    runs = pd.read_csv(out / "runs.csv").set_index("defense")
+    assert pairs.n_dropped_epic[0] == runs.n_dropped["epic-0.3"] == runs.n_dropped["random-0.3"] > 0
+    assert "EPIC against its random twin" in (out / "summary.md").read_text()
+    tables = {name: (out / name).read_bytes() for name in ("runs.csv", "paired.csv", "summary.md")}
+    # a run left unfinished is skipped, and nothing is trained
+    twin = out / "runs" / "scratch" / "a__random-0.3__seed0" / RUN_JSON
+    meta = json.loads(twin.read_text())
+    twin.write_text(json.dumps({**meta, "status": "running", "pid": None}))
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    assert main([*grid, "--finished-only"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == mtimes
+    assert len(pd.read_csv(out / "runs.csv")) == 3 and pd.read_csv(out / "paired.csv").empty
+    twin.write_text(json.dumps(meta))
+    assert main([*grid, "--finished-only"]) == 0
+    assert {name: (out / name).read_bytes() for name in tables} == tables

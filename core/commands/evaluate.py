@@ -10,11 +10,14 @@ from poisonlens.commands.train import add_schedule_arguments
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
+    cell_state,
     ensure_pretrained,
     parse_defense,
     parse_scenarios,
     plan_grid,
     poison_sets_for,
+    pretrain_cell,
+    pretrained_model,
     run_grid,
     to_markdown,
     write_results,
@@ -31,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train every defense on every poison set, seed and scenario; write results tables",
         description="Train each defense on each poison set, seed and scenario, one process per "
         "run (finished runs are skipped, killed ones resumed), then write runs.csv, "
-        "detection.csv, summary.csv and summary.md. For transfer and finetune a clean model is "
+        "detection.csv, summary.csv, paired.csv (EPIC against its random twin, cell by cell) and "
+        "summary.md. For transfer and finetune a clean model is "
         "first pretrained on half of every class of the training set (cached in "
         "<out>/pretrained). --poisons may hold one subfolder per scenario.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -61,6 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--pretrain-only", action="store_true",
                    help="only train the pretrained models and print their paths (to craft against)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: write the tables from the grid's finished runs only (a "
+                   "grid cut off by a deadline; resume it later without this flag)")
     p.add_argument("--out", required=True, help="results folder (runs go to <out>/runs/<scenario>)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
@@ -99,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     pretrained: dict[int, Path] = {}
-    if args.pretrain_only or set(scenarios) - {"scratch"}:
+    if args.finished_only and not args.pretrain_only:  # the paths only: nothing is trained
+        pretrained = {s: pretrained_model(pretrain_cell(base, out, p, args.pretrain_epochs or args.epochs)[0].run_dir)
+                      for s in seeds for p in [s if args.pretrain_seed < 0 else args.pretrain_seed]}
+    elif args.pretrain_only or set(scenarios) - {"scratch"}:
         pre_seeds = seeds if args.pretrain_seed < 0 else [args.pretrain_seed]
         models = ensure_pretrained(
             base, out, pre_seeds, epochs=args.pretrain_epochs or args.epochs, n_jobs=args.jobs,
@@ -117,7 +127,12 @@ def run(args: argparse.Namespace) -> int:
         sets = poison_sets_for(args.poisons, scenario)
         grid += plan_grid(sets, defenses, seeds, out, scenario=scenario,
                           pretrained=pretrained if scenario != "scratch" else None)
-    run_grid(base, grid, n_jobs=args.jobs, show_progress=not args.quiet)
+    if args.finished_only:
+        grid = [c for c in grid if cell_state(c.run_dir) == "finished"]
+        if not grid:
+            raise InputError("--out", f"no finished run of this grid under {out}")
+    else:
+        run_grid(base, grid, n_jobs=args.jobs, show_progress=not args.quiet)
     summary = write_results(grid, defenses, out)
     print(to_markdown(summary), end="")
     print(f"{len(grid)} runs, {time.perf_counter() - t0:.0f} s; tables in {out}")

@@ -22,7 +22,7 @@ t0=$(date +%s)
 $PL evaluate --dataset "$DATASET" --pretrain-only --pretrain-epochs 30 --epochs 20 --out "$OUT"
 KEY=$(echo "$DATASET" | sed -E 's/[^A-Za-z0-9]+/-/g; s/^-+//; s/-+$//' | tail -c 61)  # poisonlens.evaluate.dataset_key
 MODEL="$OUT/pretrained/$KEY/seed0/checkpoints/model.pt"
-[ -f "$OUT/pairs.txt" ] || $PY "$HERE/pick_targets.py" "$MODEL" "$DATASET" "$N_SETS" > "$OUT/pairs.txt"
+[ -f "$OUT/pairs.txt" ] || $PL targets --dataset "$DATASET" --surrogate "$MODEL" --n "$N_SETS" --rule low-margin > "$OUT/pairs.txt"
 echo "pretrain + pick: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
 # craft SCENARIO: one poison set per picked pair (skips sets already crafted)
 craft() {
