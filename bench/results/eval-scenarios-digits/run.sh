@@ -60,7 +60,7 @@ for step in $STEPS; do
     eval:*) evaluate "${step#eval:}" ;;
     tables)
 $PL evaluate --dataset "$DATASET" --poisons "$OUT/poisons" --scenarios ${SCENARIOS:-transfer,finetune,scratch} \
-  --seeds 0,1,2 --defenses $DEFENSES $SCHED --quiet --out "$OUT" > /dev/null
-      mkdir -p "$RESULTS" && cp "$OUT"/{runs.csv,detection.csv,summary.csv,summary.md,pairs.txt,times.txt} "$RESULTS/" ;;
+  --seeds 0,1,2 --defenses $DEFENSES $SCHED --finished-only --quiet --out "$OUT" > /dev/null
+      mkdir -p "$RESULTS" && cp "$OUT"/{runs.csv,detection.csv,summary.csv,paired.csv,summary.md,pairs.txt,times.txt} "$RESULTS/" ;;
   esac
 done
