@@ -181,3 +181,30 @@ def test_paired_counts_where_epic_and_its_twin_differ_cell_by_cell():
     assert (row.epic_only_stops, row.twin_only_stops) == (1, 1)
     assert row.n_dropped_epic == row.n_dropped_twin == 25
     assert paired(pd.DataFrame(rows[:1])).empty
+
+
+def test_evaluate_takes_every_train_option_except_what_the_grid_sets():
+    from poisonlens.cli import build_parser
+    from poisonlens.commands.evaluate import GRID_FIELDS
+    from poisonlens.config import option_fields, option_name
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    flags = {a: {s for x in sub[a]._actions for s in x.option_strings} for a in ("train", "evaluate")}
+    config_flags = {option_name(f.name) for f in option_fields() if f.name not in GRID_FIELDS}
+    assert config_flags - {"--defense-params"} <= flags["evaluate"]
+    assert {"--config", "--batch-size", "--augment", "--lr-milestones", "--device"} <= flags["evaluate"]
+    assert not {"--defense", "--seed", "--scenario", "--pretrained"} & flags["evaluate"]
+
+
+def test_evaluate_options_reach_every_run_of_the_grid(tmp_path):
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    label_flip_set(folder / "a.npz", 20, 0)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--poisons", str(folder), "--defenses", "none", "--seeds", "0",
+                 "--epochs", "1", "--width", "4", "--batch-size", "64", "--augment", "none",
+                 "--lr", "0.05", "--lr-milestones", "0.5", "--weight-decay", "0.001", "--quiet",
+                 "--out", str(out)]) == 0
+    config = json.loads((out / "runs" / "scratch" / "a__none__seed0" / "run.json").read_text())["config"]
+    assert (config["batch_size"], config["augment"], config["lr"], config["lr_milestones"],
+            config["weight_decay"], config["width"]) == (64, "none", 0.05, [0.5], 0.001, 4)

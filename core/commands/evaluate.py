@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from poisonlens.commands.train import add_schedule_arguments
+from poisonlens.commands._options import add_config_arguments, config_file, config_from_args
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
@@ -22,9 +22,11 @@ from poisonlens.evaluate import (
     to_markdown,
     write_results,
 )
-from poisonlens.train import TrainConfig
 
-D = TrainConfig()
+# What the grid sets per run: the poison set and its control, the scenario and its pretrained
+# model, the defense, the victim seed. Every other TrainConfig field is an option of evaluate,
+# as of train.
+GRID_FIELDS = ("poisons", "clean_control", "scenario", "pretrained", "defense", "defense_params", "seed")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "<out>/pretrained). --poisons may hold one subfolder per scenario.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", default=D.dataset, help="data set the poison sets were made for")
+    p.add_argument(
+        "--config",
+        type=config_file,
+        metavar="FILE.json",
+        help="start every run from a saved config (a run.json, or TrainConfig.to_json()); "
+        "the grid sets its poison set, scenario, defense and seed",
+    )
+    add_config_arguments(p, exclude=GRID_FIELDS)
     p.add_argument(
         "--poisons",
         help="a poison set, or a folder of them (or of scratch/, transfer/, finetune/ subfolders)",
@@ -59,9 +68,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "pretrained model per victim seed")
     p.add_argument("--pretrain-epochs", type=int, default=None,
                    help="epochs of the pretraining run (default: --epochs)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="victim learning rate (default: 0.1 scratch/transfer, 0.01 finetune)")
-    add_schedule_arguments(p)
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--pretrain-only", action="store_true",
                    help="only train the pretrained models and print their paths (to craft against)")
@@ -92,27 +98,17 @@ def run(args: argparse.Namespace) -> int:
     seeds = _seeds(args.seeds)
     if args.jobs < 1:
         raise InputError("--jobs", "must be at least 1")
-    base = TrainConfig(
-        dataset=args.dataset,
-        epochs=args.epochs,
-        snapshot_every=args.snapshot_every,
-        drop_after=args.drop_after,
-        stop_after=args.stop_after,
-        model=args.model,
-        width=args.width,
-        lr=args.lr,
-    )
-    base.validate()
+    base = config_from_args(args)
     out = Path(args.out)
     t0 = time.perf_counter()
     pretrained: dict[int, Path] = {}
     if args.finished_only and not args.pretrain_only:  # the paths only: nothing is trained
-        pretrained = {s: pretrained_model(pretrain_cell(base, out, p, args.pretrain_epochs or args.epochs)[0].run_dir)
+        pretrained = {s: pretrained_model(pretrain_cell(base, out, p, args.pretrain_epochs or base.epochs)[0].run_dir)
                       for s in seeds for p in [s if args.pretrain_seed < 0 else args.pretrain_seed]}
     elif args.pretrain_only or set(scenarios) - {"scratch"}:
         pre_seeds = seeds if args.pretrain_seed < 0 else [args.pretrain_seed]
         models = ensure_pretrained(
-            base, out, pre_seeds, epochs=args.pretrain_epochs or args.epochs, n_jobs=args.jobs,
+            base, out, pre_seeds, epochs=args.pretrain_epochs or base.epochs, n_jobs=args.jobs,
             show_progress=not args.quiet,
         )
         pretrained = {s: models[s if args.pretrain_seed < 0 else args.pretrain_seed] for s in seeds}

@@ -19,22 +19,8 @@ from poisonlens.commands._options import (
     plain_name,
 )
 
+
 # The network and schedule options `poisonlens evaluate` shares with `train`.
-SCHEDULE_FIELDS = ("model", "width", "epochs", "snapshot_every", "drop_after", "stop_after")
-
-
-def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
-    """Epochs, the snapshot/drop schedule and the network: shared by ``train`` and ``evaluate``.
-
-    Unlike :func:`add_config_arguments`, the parsed namespace holds every one of them (the
-    default when not given), as ``evaluate``'s ``run`` reads them as attributes.
-    """
-    from poisonlens.config import TrainConfig
-
-    add_config_arguments(p, include=SCHEDULE_FIELDS)
-    p.set_defaults(**{name: getattr(TrainConfig(), name) for name in SCHEDULE_FIELDS})
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``poisonlens train``: every TrainConfig option plus the run's place."""
     p = sub.add_parser(
