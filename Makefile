@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: run test test-fast lint bench gpu-check sample screenshots clean
+.PHONY: run test test-fast lint bench gpu-check paper-check sample screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(STAMP)
 NGPUS ?=
 gpu-check: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash bench/gpu_check.sh $(NGPUS)
+
+# On a CUDA machine: a cut of the whole-of-CIFAR-10 grid with ResNet-18 (surrogate, benchmark
+# targets, gradient matching, evaluate with clean/none/EPIC-0.2/random-0.2), about 10 minutes.
+paper-check: $(STAMP)
+	PL=$(CURDIR)/$(BIN)/poisonlens bash bench/paper_check.sh
 
 screenshots: $(STAMP)
 	POISONLENS_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_dashboard_browser.py

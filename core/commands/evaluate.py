@@ -19,7 +19,6 @@ from poisonlens.evaluate import (
     pretrain_cell,
     pretrained_model,
     run_grid,
-    to_markdown,
     write_results,
 )
 
@@ -129,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--out", f"no finished run of this grid under {out}")
     else:
         run_grid(base, grid, n_jobs=args.jobs, show_progress=not args.quiet)
-    summary = write_results(grid, defenses, out)
-    print(to_markdown(summary), end="")
+    write_results(grid, defenses, out)
+    print((out / "summary.md").read_text(encoding="utf-8"), end="")  # with the paired table
     print(f"{len(grid)} runs, {time.perf_counter() - t0:.0f} s; tables in {out}")
     return 0

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# A cut of the whole-of-CIFAR-10 grid (docs/results.md, issue 20) for a CUDA machine, in about
+# 10 minutes on one H100: a clean surrogate, targets drawn as the poisoning benchmark draws them,
+# gradient matching (eps 16, 1 % poisons) against the surrogate, then `poisonlens evaluate` with
+# clean, none, EPIC-0.2 (every epoch after a short warm-up) and its random twin. Prints the
+# summary (attack success, accuracy, drops per defense) and EPIC against its twin cell by cell.
+#
+#   make paper-check                       # or: bench/paper_check.sh
+#   TARGETS=4 EPOCHS=40 bench/paper_check.sh   # the full schedule (hours, not minutes)
+#
+# Environment (defaults in brackets): CIFAR [../shared/data/cifar10], MODEL [resnet18],
+# WIDTH [64, smallcnn only], EPOCHS [8] victim epochs, SURROGATE_EPOCHS [8], TARGETS [2],
+# SEEDS [0], DEFENSES [clean,none,epic-0.2,random-0.2], OUT [a new temporary folder],
+# PL [.venv/bin/poisonlens], ALLOW_CPU [0: exit with a message where there is no CUDA;
+# 1: run anyway, e.g. DATASET=digits MODEL=smallcnn EPOCHS=2 for a smoke test],
+# DATASET [imagefolder:$CIFAR].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PL=${PL:-.venv/bin/poisonlens}
+[ -x "$PL" ] || PL=poisonlens
+PY=$(dirname "$(command -v "$PL")")/python
+[ -x "$PY" ] || PY=python3
+CIFAR=${CIFAR:-../shared/data/cifar10}
+DATASET=${DATASET:-imagefolder:$CIFAR}
+MODEL=${MODEL:-resnet18}
+WIDTH=${WIDTH:-64}
+EPOCHS=${EPOCHS:-8}
+SURROGATE_EPOCHS=${SURROGATE_EPOCHS:-8}
+TARGETS=${TARGETS:-2}
+SEEDS=${SEEDS:-0}
+DEFENSES=${DEFENSES:-clean,none,epic-0.2,random-0.2}
+
+if [ "${ALLOW_CPU:-0}" != 1 ] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    echo "paper_check: no CUDA device on this machine; nothing run (ALLOW_CPU=1 runs it on the CPU)"
+    exit 0
+fi
+if [[ $DATASET == imagefolder:* ]] && [ ! -d "${DATASET#imagefolder:}/train" ]; then
+    echo "paper_check: ${DATASET#imagefolder:}: no train/ folder (set CIFAR=<ImageFolder with train/ and test/>)" >&2
+    exit 2
+fi
+OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/paper_check.XXXXXX")}
+mkdir -p "$OUT"
+ARCH=(--model "$MODEL")
+[ "$MODEL" = smallcnn ] && ARCH+=(--width "$WIDTH")
+# the paper's schedule shape: SGD, lr decayed x0.1 at fixed fractions (TrainConfig's
+# lr_milestones), crop-flip augmentation, EPIC every epoch (T = 1) after a 1-epoch warm-up
+SCHED=(--epochs "$EPOCHS" --snapshot-every 1 --drop-after 2 --stop-after "$EPOCHS" --augment auto)
+say() { echo "paper_check: $*"; }
+t0=$(date +%s)
+say "$MODEL, $DATASET, $TARGETS target(s) x seed(s) $SEEDS, $EPOCHS victim epochs (the paper: 200;" \
+    "the full grid here: 30-40), surrogate $SURROGATE_EPOCHS epochs; runs in $OUT"
+
+"$PL" train --dataset "$DATASET" "${ARCH[@]}" --epochs "$SURROGATE_EPOCHS" --seed 1000 --quiet \
+    --runs-dir "$OUT" --name surrogate
+SURROGATE="$OUT/surrogate/checkpoints/model.pt"
+say "surrogate trained: $(( $(date +%s) - t0 )) s"
+
+SURROGATE_ARCH=(--arch "$MODEL")
+[ "$MODEL" = smallcnn ] && SURROGATE_ARCH+=(--width "$WIDTH")
+"$PL" targets --dataset "$DATASET" --surrogate "$SURROGATE" "${SURROGATE_ARCH[@]}" --n "$TARGETS" \
+    --rule benchmark --seed 0 > "$OUT/pairs.txt"
+say "targets (test index, adversarial class): $(tr '\n' ';' < "$OUT/pairs.txt")"
+
+mkdir -p "$OUT/poisons"
+i=0
+while read -r target adv; do
+    i=$((i + 1)); name=$(printf "set%02d" $i)
+    t1=$(date +%s)
+    "$PL" craft --dataset "$DATASET" --attack gradient-matching --target-index "$target" \
+        --adv-class "$adv" --budget 0.01 --eps 16 --seed "$i" --surrogate "$SURROGATE" \
+        --param model="\"$MODEL\"" --param width="$WIDTH" --quiet --out "$OUT/craft/$name" < /dev/null
+    cp "$OUT/craft/$name/poisons.npz" "$OUT/poisons/$name.npz"
+    say "crafted $name (target $target -> class $adv): $(( $(date +%s) - t1 )) s"
+done < "$OUT/pairs.txt"
+
+t1=$(date +%s)
+"$PL" evaluate --dataset "$DATASET" --poisons "$OUT/poisons" --defenses "$DEFENSES" \
+    --seeds "$SEEDS" "${ARCH[@]}" "${SCHED[@]}" --jobs 1 --quiet --out "$OUT/eval"
+say "evaluate: $(( $(date +%s) - t1 )) s; all: $(( $(date +%s) - t0 )) s; tables in $OUT/eval"
