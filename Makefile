@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUNS ?= runs
+RUNS ?= $(or $(POISONLENS_RUNS),runs)
 
 .PHONY: run test test-fast lint bench gpu-check paper-check sample screenshots clean
 
@@ -19,8 +19,7 @@ PORT ?= 8501
 
 # Headless: no first-run e-mail prompt; open the printed URL (http://localhost:$(PORT)).
 run: $(STAMP)
-	POISONLENS_RUNS=$(RUNS) $(BIN)/streamlit run dashboard/app.py --server.headless true \
-		--server.port $(PORT) --browser.gatherUsageStats false
+	$(BIN)/poisonlens ui --runs-dir $(RUNS) --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

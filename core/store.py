@@ -193,6 +193,13 @@ class RunWriter:
         meta["finished"] = now if status != "running" else None
         atomic_write_json(self.dir / RUN_JSON, meta)
 
+    def update_config(self, config: dict) -> None:
+        """Replace the config in run.json (a run written by your own loop learns its last epoch
+        only at the end: :class:`poisonlens.tracker.EpicTracker`)."""
+        meta = _read_json(self.dir / RUN_JSON)
+        meta.update(config=config, updated=time.time())
+        atomic_write_json(self.dir / RUN_JSON, meta)
+
     def write_progress(self, **fields) -> None:
         """Replace progress.json with ``fields`` and the time now."""
         atomic_write_json(self.dir / PROGRESS_JSON, {**fields, "updated": time.time()})

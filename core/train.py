@@ -317,6 +317,8 @@ def resume_run(run_dir: str | Path, *, device: str | None = None) -> TrainState:
     """
     run_dir = Path(run_dir)
     run = open_run(run_dir)
+    if (run.config.get("tags") or {}).get("source") == "EpicTracker":
+        raise InputError(run_dir, "written by EpicTracker in your own training loop; continue it there")
     try:
         config = TrainConfig.from_json(run.config)
         config.validate()
