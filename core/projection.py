@@ -317,6 +317,9 @@ def compute_projection(
             "projection", f"method must be one of {', '.join(METHODS)}, got {method!r}"
         )
     run = open_run(run_dir)
+    damage = run.damage()
+    if damage:  # a link or special file anywhere: nothing is computed, nothing written
+        raise InputError(run.path, f"damaged run folder, no map computed: {damage}")
     epochs = run.snapshot_epochs()
     if not epochs:
         raise InputError(run.path, "no gradient snapshots yet; nothing to project")

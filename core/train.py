@@ -320,9 +320,10 @@ def resume_run(run_dir: str | Path, *, device: str | None = None) -> TrainState:
     try:
         config = TrainConfig.from_json(run.config)
         config.validate()
+        config.check_defense()  # an unknown defense in a copied run.json is its fault, not ours
     except InputError as err:
         raise InputError(run_dir / RUN_JSON, f"config: {err}") from None
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise InputError(run_dir / RUN_JSON, f"config: unusable ({err})") from None
     if device is not None:
         config = replace(config, device=device)
