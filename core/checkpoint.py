@@ -25,8 +25,12 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from poisonlens import runfs
 from poisonlens.errors import InputError
+from poisonlens.limits import current_limits
 from poisonlens.store import CHECKPOINTS, SNAPSHOTS, atomic_write_bytes, read_parquet
+
+MAX_LOCK_BYTES = 4096  # writer.lock holds {"pid": ..., "host": ...}
 
 LAST = "last.pt"
 FINAL = "model.pt"
@@ -37,8 +41,9 @@ CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "active", "dropped_epoch")
 # --- checkpoints -----------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomically write ``state`` (tensors, numbers, strings, lists and dicts only) to ``path``.
+def save_checkpoint(path: Path, state: dict, *, root: Path | None = None) -> None:
+    """Atomically write ``state`` (tensors, numbers, strings, lists and dicts only) to ``path``;
+    with ``root`` (the run directory) no folder or name on the way is followed as a link.
 
     Parameters
     ----------
@@ -49,16 +54,20 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), root=root)
 
 
-def torch_load(path: str | Path, *, map_location: torch.device | str = "cpu"):
+def torch_load(
+    path: str | Path, *, map_location: torch.device | str = "cpu", root: str | Path | None = None
+):
     """``torch.load(path, weights_only=True)`` whose every failure is one :class:`InputError` line.
 
     Parameters
     ----------
     path : a file written by ``torch.save``
     map_location : where the tensors are put (the device this process runs on)
+    root : the folder ``path`` is inside (default: its own folder); no link or special file
+        below it is followed or opened
 
     Raises
     ------
@@ -68,15 +77,24 @@ def torch_load(path: str | Path, *, map_location: torch.device | str = "cpu"):
         objects other than tensors (nothing from it is run).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "missing file")
-    if path.stat().st_size == 0:
-        raise InputError(path, "empty file (a write was interrupted?)")
+    root = path.parent if root is None else Path(root)
+    try:
+        handle = runfs.open_file(root, *runfs.parts_of(root, path),
+                                 max_bytes=current_limits().max_file_bytes)
+    except runfs.RunFileError as err:
+        raise InputError(path, "missing file" if err.missing else err.problem) from None
+    with handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise InputError(path, "empty file (a write was interrupted?)")
+        return _torch_load(handle, path, map_location)
+
+
+def _torch_load(handle, path: Path, map_location):
     try:
         with warnings.catch_warnings():
             # torch warns about foreign pickle protocols on stderr: the refusal says enough
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(handle, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's message is many lines and suggests weights_only=False, which would run the
         # file's code: never pass that on.
@@ -89,7 +107,9 @@ def torch_load(path: str | Path, *, map_location: torch.device | str = "cpu"):
         raise InputError(path, "not a readable torch file (truncated or another format)") from None
 
 
-def load_checkpoint(path: Path, *, n_samples: int, map_location: torch.device | str) -> dict:
+def load_checkpoint(
+    path: Path, *, n_samples: int, map_location: torch.device | str, root: Path | None = None
+) -> dict:
     """Read and check ``last.pt``; returns its dict with tensors on ``map_location``.
 
     Parameters
@@ -97,13 +117,14 @@ def load_checkpoint(path: Path, *, n_samples: int, map_location: torch.device | 
     path : ``<run>/checkpoints/last.pt``
     n_samples : the training set's size; the masks in the checkpoint must have this length
     map_location : the device the resumed run trains on
+    root : the run directory (links and special files below it are refused)
 
     Raises
     ------
     InputError
         naming ``path``, for any file that is not a checkpoint of this run.
     """
-    state = torch_load(path, map_location=map_location)
+    state = torch_load(path, map_location=map_location, root=root)
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         raise InputError(path, f"not a poisonlens checkpoint (needs keys {', '.join(CHECKPOINT_KEYS)})")
     masks_ok = all(
@@ -140,8 +161,9 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A Parquet table of the run (metrics, targets) that must be readable to resume.
+def read_table(path: Path, *, root: Path | None = None) -> pd.DataFrame:
+    """A Parquet table of the run (metrics, targets) that must be readable to resume (``root``:
+    the run directory; links and special files below it are refused).
 
     Raises
     ------
@@ -149,9 +171,11 @@ def read_table(path: Path) -> pd.DataFrame:
         ``<path>: unreadable Parquet (...)`` for a truncated or foreign file, in one line.
     """
     try:
-        return read_parquet(path)
+        return read_parquet(path, root=root, max_rows=1_000_001, text=True)
     except FileNotFoundError:
         raise InputError(path, "missing file") from None
+    except InputError:
+        raise
     except (OSError, pa.ArrowException, ValueError) as err:
         first = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
         raise InputError(path, f"unreadable Parquet ({first})") from None
@@ -176,13 +200,14 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         folder = self.path.parent
-        self.made_dirs = [d for d in (folder, *folder.parents) if not d.exists()]
+        self.made_dirs = [d for d in (folder, *folder.parents) if not os.path.lexists(d)]
         folder.mkdir(parents=True, exist_ok=True)
+        damage = runfs.check_tree(folder)
+        if damage:  # a link or FIFO anywhere in the run: nothing is read or written through it
+            raise InputError(folder, f"damaged run folder, not written: {damage}")
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not runfs.create_exclusive(folder, (LOCK,), json.dumps(me).encode()):
                 owner = _read_lock(self.path)
                 if _lock_is_live(owner, me["host"]):
                     where = "" if owner.get("host") == me["host"] else f" on {owner.get('host')}"
@@ -190,10 +215,8 @@ class RunLock:
                         self.path.parent,
                         f"run is being written by process {owner.get('pid')}{where}",
                     ) from None
-                self.path.unlink(missing_ok=True)  # stale: its writer is gone
+                runfs.remove(folder, (LOCK,))  # stale: its writer is gone
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self.held = True
             remove_temp_files(self.path.parent)
             return self
@@ -201,21 +224,28 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         if self.held and _read_lock(self.path).get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
+            runfs.remove(self.path.parent, (LOCK,))
         self.held = False
         # a run that failed before writing anything leaves no folder, nor a runs folder made
         # for it (a refused `--runs-dir new/place` leaves nothing behind)
         for folder in self.made_dirs:
-            if not folder.is_dir() or any(folder.iterdir()):
+            if folder.is_symlink() or not folder.is_dir() or any(folder.iterdir()):
                 break
             folder.rmdir()
 
 
 def _read_lock(path: Path) -> dict:
+    """The lock's owner; a link, FIFO or device as writer.lock is refused (never read)."""
     try:
-        owner = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # unreadable or half-written: treated as stale
+        data = runfs.read_bytes(path.parent, path.name, max_bytes=MAX_LOCK_BYTES)
+    except runfs.RunFileError as err:
+        if err.missing:
+            return {}
+        raise InputError(path, err.problem) from None
+    try:
+        owner = json.loads(data)
+    except ValueError:
+        return {}  # half-written: treated as stale
     return owner if isinstance(owner, dict) else {}
 
 
@@ -248,10 +278,12 @@ def remove_temp_files(run_dir: str | Path) -> list[Path]:
     """
     run_dir = Path(run_dir)
     removed = []
-    for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / SNAPSHOTS):
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp"):
-                if tmp.is_file() and not tmp.is_symlink():
-                    tmp.unlink(missing_ok=True)
-                    removed.append(tmp)
+    for dirs in ((), (CHECKPOINTS,), (SNAPSHOTS,)):
+        try:
+            names = runfs.listdir(run_dir, *dirs)
+        except runfs.RunFileError:
+            continue  # a linked folder: never looked into, let alone deleted from
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp") and runfs.remove(run_dir, (*dirs, name)):
+                removed.append(run_dir.joinpath(*dirs, name))
     return removed

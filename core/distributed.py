@@ -114,7 +114,7 @@ def device_spec(config, run_dir: Path, *, resume: bool, device: str | None) -> s
     from poisonlens.store import read_json  # bounded: a run folder may come from someone else
 
     try:
-        return str(read_json(Path(run_dir) / "run.json")["config"]["device"])
+        return str(read_json(Path(run_dir) / "run.json", root=Path(run_dir))["config"]["device"])
     except (OSError, ValueError, KeyError, TypeError):  # InputError is a ValueError
         return "auto"
 
@@ -237,9 +237,9 @@ def record_world(run_dir: Path, ctx: DistContext) -> None:
     if not ctx.is_main:
         return
     path = Path(run_dir) / "run.json"
-    meta = read_json(path)
+    meta = read_json(path, root=Path(run_dir))
     meta.update(world_size=ctx.world_size, backend=ctx.backend)
-    atomic_write_json(path, meta)
+    atomic_write_json(path, meta, root=Path(run_dir))
 
 
 class RankStopped(RuntimeError):

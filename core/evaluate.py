@@ -44,6 +44,7 @@ import pandas as pd
 from poisonlens.config import TrainConfig
 from poisonlens.defense import defense_names
 from poisonlens.errors import InputError
+from poisonlens.export import to_safe_csv
 from poisonlens.metrics import detection_metrics
 from poisonlens.store import CHECKPOINTS, RUN_JSON, atomic_write_bytes, atomic_write_json, open_run
 
@@ -685,11 +686,13 @@ def write_results(grid: list[GridRun], defenses: list[str], out: Path) -> pd.Dat
                      ignore_index=True)
     detection = pd.DataFrame([r for c in grid for r in detection_rows(c)])
     summary = summarise(runs, defenses)
-    atomic_write_bytes(out / "runs.csv", runs.to_csv(index=False).encode())
-    atomic_write_bytes(out / "detection.csv", detection.to_csv(index=False).encode())
-    atomic_write_bytes(out / "summary.csv", summary.to_csv(index=False).encode())
+    # the one formula-safe writer (poisonlens.export): poison file names and tags are text a
+    # spreadsheet must never run
+    atomic_write_bytes(out / "runs.csv", to_safe_csv(runs).encode())
+    atomic_write_bytes(out / "detection.csv", to_safe_csv(detection).encode())
+    atomic_write_bytes(out / "summary.csv", to_safe_csv(summary).encode())
     pairs = paired(runs)
-    atomic_write_bytes(out / "paired.csv", pairs.to_csv(index=False).encode())
+    atomic_write_bytes(out / "paired.csv", to_safe_csv(pairs).encode())
     text = to_markdown(summary) + ("\n" + paired_markdown(pairs) if not pairs.empty else "")
     atomic_write_bytes(out / "summary.md", text.encode())
     return summary

@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from poisonlens import runfs
 from poisonlens.config import TrainConfig
 from poisonlens.errors import InputError
-from poisonlens.store import RUN_JSON, RunWriter, _alive, atomic_write_json, open_run
+from poisonlens.store import RUN_JSON, RunWriter, _alive, atomic_write_json, open_run, read_json
 
 LAUNCH_JSON = "launch.json"
 LOG = "train.log"
@@ -37,6 +38,15 @@ NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # strict with
 NAME_RULE = "use letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit"
 MAP_PROGRESS = re.compile(r"\[\s*(\d{1,3})%\]\s*(.*)")  # `poisonlens project`'s progress lines
 DATASET_KINDS = ("digits", "imagefolder", "cifar10", "npz")
+REPO = Path(__file__).resolve().parents[1]
+# What the New run page may start (the page is a web form: whoever reaches it starts processes).
+MAX_RUNNING_ENV = "POISONLENS_MAX_TRAININGS"  # trainings at once from the page; default 1
+MAX_EPOCHS_ENV = "POISONLENS_FORM_MAX_EPOCHS"  # epochs one launched run may train; default 1000
+DATA_ROOTS_ENV = "POISONLENS_DATA_ROOTS"  # extra folders data and poison paths may lie in
+STATE_DIR_ENV = "POISONLENS_STATE_DIR"  # where the record of launched runs is kept
+DEFAULT_MAX_EPOCHS = 1000
+LEDGER = "launches.json"
+MAX_LOG_TAIL = 16_384
 
 # live child processes started by this process, so that finished ones are reaped (no zombies)
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -108,10 +118,48 @@ def _absolute_spec(spec: str) -> str:
     return f"{kind}:{Path(arg).expanduser().resolve()}" if sep and arg else spec
 
 
+def data_roots(runs_dir: str | Path) -> list[Path]:
+    """The folders a launched run's data set, poison set and weights may lie in: the runs
+    folder's parent, the bundled ``sample_data/``, and the folders in ``POISONLENS_DATA_ROOTS``
+    (separated by ``os.pathsep``)."""
+    extra = [Path(p).expanduser() for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p]
+    roots = [Path(runs_dir).expanduser().resolve().parent, REPO / "sample_data", *extra]
+    return [r.resolve() for r in roots]
+
+
+def max_epochs() -> int:
+    """The most epochs a run started from the page may train (``POISONLENS_FORM_MAX_EPOCHS``)."""
+    try:
+        return max(1, int(os.environ.get(MAX_EPOCHS_ENV, DEFAULT_MAX_EPOCHS)))
+    except ValueError:
+        return DEFAULT_MAX_EPOCHS
+
+
+def max_running() -> int:
+    """How many trainings the page may run at once (``POISONLENS_MAX_TRAININGS``, default 1)."""
+    try:
+        return max(1, int(os.environ.get(MAX_RUNNING_ENV, 1)))
+    except ValueError:
+        return 1
+
+
+def _check_under_roots(path: str, what: str, roots: list[Path]) -> None:
+    real = Path(path).expanduser().resolve()
+    if not any(real == r or r in real.parents for r in roots):
+        raise InputError(
+            path,
+            f"{what} outside the folders this page may read ({', '.join(map(str, roots))}); "
+            f"add a folder with {DATA_ROOTS_ENV}",
+        )
+
+
 def check_launch(
     config: TrainConfig, *, runs_dir: str | Path, name: str | None = None
 ) -> tuple[TrainConfig, Path]:
     """Check everything that can be checked before training starts.
+
+    Besides the config itself: at most :func:`max_epochs` epochs, and every data set, poison
+    set and weights path under :func:`data_roots`.
 
     Returns the config with its paths made absolute and the run directory to create.
     Raises :class:`InputError` with a one-line message naming the bad parameter.
@@ -119,8 +167,17 @@ def check_launch(
     name = check_run_name(name or default_name(config))
     runs_dir = Path(runs_dir).expanduser().resolve()
     run_dir = runs_dir / name
-    if run_dir.exists():
+    if os.path.lexists(run_dir):
         raise InputError(run_dir, "a run with this name already exists; choose another name")
+    if config.epochs > max_epochs():
+        raise InputError("--epochs", f"{config.epochs} is more than the {max_epochs()} a run started "
+                         f"here may train (set {MAX_EPOCHS_ENV} to change)")
+    roots = data_roots(runs_dir)
+    data_arg = config.dataset.partition(":")[2]
+    for path, what in ((data_arg, "data set"), (config.poisons, "poison set"),
+                       (config.pretrained, "weights file")):
+        if path:
+            _check_under_roots(path, what, roots)
     # data set
     kind, sep, arg = config.dataset.partition(":")
     if kind not in DATASET_KINDS or (kind == "digits") == bool(sep and arg):
@@ -174,10 +231,18 @@ def launch_training(
     the run directory (it holds launch.json and train.log at once; run.json follows when the
     trainer has loaded the data)
     """
+    running = [s for s in list_launches(runs_dir) if not s.done]
+    if len(running) >= max_running():
+        raise InputError(
+            running[0].name,
+            f"is still training; this page runs {max_running()} training(s) at a time "
+            f"(wait for it, or set {MAX_RUNNING_ENV})",
+        )
     config, run_dir = check_launch(config, runs_dir=runs_dir, name=name)
     command = display_command(config, runs_dir=run_dir.parent, name=run_dir.name)
     run_dir.mkdir(parents=True)
-    log = open(run_dir / LOG, "ab")  # noqa: SIM115 - handed to the child
+    _record_launch(run_dir)
+    log = runfs.open_append(run_dir, (LOG,))  # handed to the child; never through a link
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         child = subprocess.Popen(
@@ -191,7 +256,7 @@ def launch_training(
             cwd=Path(__file__).resolve().parents[1],
         )
     finally:
-        log.close()
+        os.close(log)
     _CHILDREN[child.pid] = child
     atomic_write_json(
         run_dir / LAUNCH_JSON,
@@ -202,8 +267,57 @@ def launch_training(
             "started": time.time(),
             "projection": projection,
         },
+        root=run_dir,
     )
     return run_dir
+
+
+# --- the record of launched runs -------------------------------------------------------------
+#
+# The page shows a launched run's command and log; it must never show files it did not create
+# (a copied run folder may carry a launch.json and a train.log of its own). So each launch is
+# recorded outside the runs folder, in a 0700 folder of the user, with the run folder's device
+# and inode: a folder copied, untarred or swapped in later is not a launch of this page.
+
+
+def _state_dir() -> Path:
+    base = os.environ.get(STATE_DIR_ENV) or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "poisonlens"
+    )
+    return Path(base)
+
+
+def _read_ledger() -> dict:
+    try:
+        obj = read_json(_state_dir() / LEDGER, max_bytes=16 << 20)
+    except (FileNotFoundError, InputError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _record_launch(run_dir: Path) -> None:
+    folder = _state_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    info = os.lstat(run_dir)
+    ledger = _read_ledger()
+    ledger[str(run_dir)] = {"dev": info.st_dev, "ino": info.st_ino}
+    if len(ledger) > 10_000:  # the oldest launches go first
+        ledger = dict(list(ledger.items())[-10_000:])
+    atomic_write_json(folder / LEDGER, ledger, root=folder)
+    os.chmod(folder / LEDGER, 0o600)
+
+
+def launched_here(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` is a folder this page created (recorded by :func:`launch_training`)."""
+    entry = _read_ledger().get(str(Path(run_dir).expanduser().resolve().parent / Path(run_dir).name))
+    if not isinstance(entry, dict):
+        return False
+    try:
+        info = os.lstat(run_dir)
+    except OSError:
+        return False
+    return entry.get("dev") == info.st_dev and entry.get("ino") == info.st_ino
 
 
 def _child_main(run_dir: str) -> int:
@@ -215,10 +329,10 @@ def _child_main(run_dir: str) -> int:
 
     run_dir_path = Path(run_dir)
     for _ in range(100):  # the launcher writes launch.json just after starting us
-        if (run_dir_path / LAUNCH_JSON).is_file():
+        if runfs.exists(run_dir_path, LAUNCH_JSON):
             break
         time.sleep(0.05)
-    launch = json.loads((run_dir_path / LAUNCH_JSON).read_text())
+    launch = read_json(run_dir_path / LAUNCH_JSON, root=run_dir_path)
     print("$", launch["command"], flush=True)
 
     def train_it() -> int:
@@ -249,14 +363,13 @@ def _reap() -> None:
             del _CHILDREN[pid]
 
 
-def _tail(path: Path, n_lines: int = 12, max_bytes: int = 16_384) -> str:
+def _tail(run_dir: Path, n_lines: int = 12, max_bytes: int = MAX_LOG_TAIL) -> str:
+    """The last lines of the run's train.log, read through :mod:`poisonlens.runfs` (a link or
+    FIFO as the log, or as a folder above it, is refused and its reason shown instead)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            text = f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
+        text = runfs.tail_bytes(run_dir, LOG, max_bytes=max_bytes).decode(errors="replace")
+    except runfs.RunFileError as err:
+        return "" if err.missing else f"({err})"
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
     return "\n".join(lines[-n_lines:])
 
@@ -275,21 +388,28 @@ def launch_status(run_dir: str | Path) -> LaunchStatus:
     _reap()
     run_dir = Path(run_dir)
     try:
-        launch = json.loads((run_dir / LAUNCH_JSON).read_text())
-    except (FileNotFoundError, ValueError):
+        launch = read_json(run_dir / LAUNCH_JSON, root=run_dir)
+    except (FileNotFoundError, ValueError):  # InputError is a ValueError
         launch = {}
     pid = launch.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31:
+        pid = None
     alive = bool(pid) and _alive(pid) and (pid not in _CHILDREN or _CHILDREN[pid].poll() is None)
-    tail = _tail(run_dir / LOG)
+    tail = _tail(run_dir)
+    started = launch.get("started", 0.0)
     base = dict(
         run_dir=run_dir,
         name=run_dir.name,
         pid=pid,
-        started=float(launch.get("started", 0.0)),
-        command=launch.get("command", ""),
+        started=float(started) if isinstance(started, (int, float)) else 0.0,
+        command=str(launch.get("command", "")),
         log_tail=tail,
     )
-    if not (run_dir / RUN_JSON).is_file():
+    try:
+        has_run = runfs.exists(run_dir, RUN_JSON)
+    except InputError as err:
+        return LaunchStatus(state="failed", error=str(err), **base)
+    if not has_run:
         if alive:
             return LaunchStatus(state="starting", **base)
         last = (
@@ -302,6 +422,7 @@ def launch_status(run_dir: str | Path) -> LaunchStatus:
     except (InputError, KeyError, ValueError) as err:
         return LaunchStatus(state="failed", error=str(err), **base)
     state = meta.get("status", "running")
+    epoch = progress.get("epoch")
     if state == "running" and not alive:
         state = "interrupted"
     elif state == "finished" and alive and progress.get("phase") == "projection":
@@ -310,7 +431,7 @@ def launch_status(run_dir: str | Path) -> LaunchStatus:
         base.update(_map_progress(tail))
     return LaunchStatus(
         state=state,
-        epoch=progress.get("epoch"),
+        epoch=epoch,
         epochs=meta.get("config", {}).get("epochs"),
         phase=progress.get("phase"),
         error=meta.get("error"),
@@ -319,11 +440,12 @@ def launch_status(run_dir: str | Path) -> LaunchStatus:
 
 
 def list_launches(runs_dir: str | Path) -> list[LaunchStatus]:
-    """Every launched run in ``runs_dir``, newest first."""
+    """Every run in ``runs_dir`` that this page launched (:func:`launched_here`), newest first."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    found = [launch_status(p) for p in runs_dir.iterdir() if (p / LAUNCH_JSON).is_file()]
+    found = [launch_status(p) for p in sorted(runs_dir.iterdir())
+             if not p.is_symlink() and p.is_dir() and launched_here(p)]
     return sorted(found, key=lambda s: s.started, reverse=True)
 
 

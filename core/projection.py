@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from poisonlens import runfs
 from poisonlens.errors import InputError
 from poisonlens.store import (
     PROJECTIONS,
@@ -316,6 +317,9 @@ def compute_projection(
             "projection", f"method must be one of {', '.join(METHODS)}, got {method!r}"
         )
     run = open_run(run_dir)
+    damage = run.damage()
+    if damage:  # a link or special file anywhere: nothing is computed, nothing written
+        raise InputError(run.path, f"damaged run folder, no map computed: {damage}")
     epochs = run.snapshot_epochs()
     if not epochs:
         raise InputError(run.path, "no gradient snapshots yet; nothing to project")
@@ -404,15 +408,18 @@ def job_path(run_dir: str | Path, method: str) -> Path:
 
 def write_job(run_dir: str | Path, method: str, **fields) -> None:
     """Write the job file of a map: ``fields`` plus the method and the time now."""
-    atomic_write_json(job_path(run_dir, method), {**fields, "method": method, "updated": time.time()})
+    atomic_write_json(job_path(run_dir, method), {**fields, "method": method, "updated": time.time()},
+                      root=Path(run_dir))
 
 
 def read_job(run_dir: str | Path, method: str) -> dict | None:
     """The job file of a map (None when none was started); a 'running' job whose process is
     gone reads as 'failed'."""
     try:
-        job = _read_json(job_path(run_dir, method))
+        job = _read_json(job_path(run_dir, method), root=Path(run_dir))
     except (FileNotFoundError, InputError):
+        return None
+    if not isinstance(job.get("pid", 0), int) or not isinstance(job.get("state", ""), str):
         return None
     if job.get("state") == "running" and not _alive(job.get("pid")):
         job.update(state="failed", error="the map process stopped before it finished")
@@ -430,12 +437,15 @@ def launch_projection(run_dir: str | Path, *, method: str = "umap", max_fit: int
     job = read_job(run_dir, method)
     if job and job.get("state") in ("starting", "running"):
         return int(job["pid"])
-    folder = Path(run_dir) / PROJECTIONS
-    folder.mkdir(parents=True, exist_ok=True)
+    # no link at any level: a linked projections/ or <method>.log is refused, never written
+    log = runfs.open_append(run_dir, (PROJECTIONS, f"{method}.log"))
     started = time.time()
-    write_job(run_dir, method, state="starting", fraction=0.0, message="starting", pid=os.getpid(),
-              started=started)
-    log = open(folder / f"{method}.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        write_job(run_dir, method, state="starting", fraction=0.0, message="starting",
+                  pid=os.getpid(), started=started)
+    except BaseException:
+        os.close(log)
+        raise
     try:
         child = subprocess.Popen(
             [sys.executable, "-m", "poisonlens.projection", str(run_dir), "--method", method,
@@ -445,7 +455,7 @@ def launch_projection(run_dir: str | Path, *, method: str = "umap", max_fit: int
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=Path(__file__).resolve().parents[1],
         )
     finally:
-        log.close()
+        os.close(log)
     _CHILDREN.append(child)
     job = read_job(run_dir, method) or {}
     if job.get("state") == "starting":  # the child has not written its own progress yet

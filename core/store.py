@@ -8,6 +8,7 @@ while it trains sees either the old or the new version of a file, never half of 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -20,7 +21,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poisonlens.errors import InputError
+from poisonlens import runfs
+from poisonlens.errors import InputError, one_line
+from poisonlens.limits import current_limits
 
 FORMAT_VERSION = 1
 RUN_JSON = "run.json"
@@ -40,8 +43,13 @@ STATUSES = ("running", "finished", "failed")
 # --- atomic writes ---------------------------------------------------------------------------
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, *, root: Path | None = None) -> None:
+    """Write ``path`` atomically. With ``root`` (a run directory holding ``path``) the write goes
+    through :mod:`poisonlens.runfs`: no folder on the way and no final name is a link."""
     path = Path(path)
+    if root is not None:
+        runfs.write_atomic(root, runfs.parts_of(root, path), write)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
@@ -62,20 +70,23 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers never see a partial file."""
-    _atomic(path, lambda f: f.write(data))
+def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers never see a partial file (``root``: the run
+    directory, whose links are then never followed)."""
+    _atomic(path, lambda f: f.write(data), root=root)
 
 
-def atomic_write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as sorted, indented JSON to ``path`` atomically."""
+def atomic_write_json(path: Path, obj: dict, *, root: Path | None = None) -> None:
+    """Write ``obj`` as sorted, indented JSON to ``path`` atomically (``root`` as in
+    :func:`atomic_write_bytes`)."""
     atomic_write_bytes(
-        path, json.dumps(obj, indent=2, sort_keys=True, default=json_default).encode()
+        path, json.dumps(obj, indent=2, sort_keys=True, default=json_default).encode(), root=root
     )
 
 
-def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    """Write ``frame`` as a zstd Parquet file to ``path`` atomically."""
+def atomic_write_parquet(path: Path, frame: pd.DataFrame, *, root: Path | None = None) -> None:
+    """Write ``frame`` as a zstd Parquet file to ``path`` atomically (``root`` as in
+    :func:`atomic_write_bytes`)."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
     others = [f.name for f in table.schema if f.name not in floats]
@@ -85,11 +96,13 @@ def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
         lambda f: pq.write_table(
             table, f, compression="zstd", use_dictionary=others, use_byte_stream_split=floats
         ),
+        root=root,
     )
 
 
 def atomic_write_parquet_columns(
-    path: Path, columns: dict[str, np.ndarray], *, row_group_size: int = 65_536
+    path: Path, columns: dict[str, np.ndarray], *, row_group_size: int = 65_536,
+    root: Path | None = None,
 ) -> None:
     """Write equal-length 1-D arrays as a Parquet table, ``row_group_size`` rows at a time.
 
@@ -113,12 +126,12 @@ def atomic_write_parquet_columns(
             for lo in range(0, max(n, 1), row_group_size):
                 out.write_table(part(lo, min(lo + row_group_size, n)))
 
-    _atomic(path, write)
+    _atomic(path, write, root=root)
 
 
-def atomic_write_npy(path: Path, array: np.ndarray) -> None:
+def atomic_write_npy(path: Path, array: np.ndarray, *, root: Path | None = None) -> None:
     """Write ``array`` as a ``.npy`` file (no pickled objects) to ``path`` atomically."""
-    _atomic(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+    _atomic(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), root=root)
 
 
 def json_default(obj):
@@ -132,8 +145,8 @@ def json_default(obj):
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def _read_json(path: Path) -> dict:
-    return read_json(path)
+def _read_json(path: Path, root: Path | None = None) -> dict:
+    return read_json(path, root=root)
 
 
 # --- writing (the trainer's side) ----------------------------------------------------------
@@ -150,6 +163,13 @@ class RunWriter:
     def __init__(self, run_dir: Path) -> None:
         self.dir = Path(run_dir)
 
+    # every write goes through poisonlens.runfs (root=self.dir): never through a link
+    def _json(self, name: str, obj: dict) -> None:
+        atomic_write_json(self.dir / name, obj, root=self.dir)
+
+    def _parquet(self, path: Path, frame: pd.DataFrame) -> None:
+        atomic_write_parquet(path, frame, root=self.dir)
+
     def create(
         self,
         name: str,
@@ -162,8 +182,8 @@ class RunWriter:
         """Start a run: run.json with status ``running``. ``target`` holds the poison set's
         target_label, adv_label, target_index, attack, eps and n_poisons (None for a clean run)."""
         now = time.time()
-        atomic_write_json(
-            self.dir / RUN_JSON,
+        self._json(
+            RUN_JSON,
             {
                 "format_version": FORMAT_VERSION,
                 "name": name,
@@ -187,11 +207,11 @@ class RunWriter:
         """
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
-        meta = _read_json(self.dir / RUN_JSON)
+        meta = _read_json(self.dir / RUN_JSON, root=self.dir)
         now = time.time()
         meta.update(status=status, error=error, updated=now, pid=os.getpid())
         meta["finished"] = now if status != "running" else None
-        atomic_write_json(self.dir / RUN_JSON, meta)
+        self._json(RUN_JSON, meta)
 
     def update_config(self, config: dict) -> None:
         """Replace the config in run.json (a run written by your own loop learns its last epoch
@@ -202,11 +222,11 @@ class RunWriter:
 
     def write_progress(self, **fields) -> None:
         """Replace progress.json with ``fields`` and the time now."""
-        atomic_write_json(self.dir / PROGRESS_JSON, {**fields, "updated": time.time()})
+        self._json(PROGRESS_JSON, {**fields, "updated": time.time()})
 
     def write_examples(self, frame: pd.DataFrame) -> None:
         """Write the per-example table (examples.parquet)."""
-        atomic_write_parquet(self.dir / EXAMPLES, frame)
+        self._parquet(self.dir / EXAMPLES, frame)
 
     def write_images(self, images: np.ndarray, target_image: np.ndarray | None) -> None:
         """Write the training images and, if given, the target test image.
@@ -218,25 +238,25 @@ class RunWriter:
         target_image : ndarray of shape (height, width, channels) or None
             The attack's target test image; None for a clean run.
         """
-        atomic_write_npy(self.dir / IMAGES, images)
+        atomic_write_npy(self.dir / IMAGES, images, root=self.dir)
         if target_image is not None:
-            atomic_write_npy(self.dir / TARGET_IMAGE, target_image)
+            atomic_write_npy(self.dir / TARGET_IMAGE, target_image, root=self.dir)
 
     def write_metrics(self, frame: pd.DataFrame) -> None:
         """Write the per-epoch metrics table (metrics.parquet)."""
-        atomic_write_parquet(self.dir / METRICS, frame)
+        self._parquet(self.dir / METRICS, frame)
 
     def write_targets(self, frame: pd.DataFrame) -> None:
         """Write the target-prediction table (targets.parquet)."""
-        atomic_write_parquet(self.dir / TARGETS, frame)
+        self._parquet(self.dir / TARGETS, frame)
 
     def write_snapshot(self, epoch: int, frame: pd.DataFrame) -> None:
         """Write the snapshot table of ``epoch``."""
-        atomic_write_parquet(snapshot_path(self.dir, epoch), frame)
+        self._parquet(snapshot_path(self.dir, epoch), frame)
 
     def write_snapshot_columns(self, epoch: int, columns: dict[str, np.ndarray]) -> None:
         """The snapshot table of ``epoch`` from per-column arrays, streamed in row groups."""
-        atomic_write_parquet_columns(snapshot_path(self.dir, epoch), columns)
+        atomic_write_parquet_columns(snapshot_path(self.dir, epoch), columns, root=self.dir)
 
     def record_epoch(
         self,
@@ -255,16 +275,19 @@ class RunWriter:
 
     def write_projection(self, name: str, frame: pd.DataFrame) -> None:
         """Write the 2-D map ``name`` to ``projections/<name>.parquet``."""
-        atomic_write_parquet(self.dir / PROJECTIONS / f"{name}.parquet", frame)
+        self._parquet(self.dir / PROJECTIONS / f"{name}.parquet", frame)
 
 
 # --- reading (the dashboard's side) --------------------------------------------------------
 #
-# A run folder may come from someone else, so its readers trust nothing in it: every file must
-# lie inside the run folder once links are resolved; JSON is bounded in size, depth and digits;
-# tables are read with pyarrow only (never a pickle) and their declared size is checked before
-# anything is decoded; arrays are .npy without pickles, of the expected type. A file that fails
-# any of this raises DamagedFile, naming the file and the problem.
+# A run folder may come from someone else, so its readers trust nothing in it: every file is
+# opened through poisonlens.runfs (no link followed at any level, no FIFO or device opened,
+# sizes bounded); JSON is bounded in size, depth and digits and holds finite numbers only;
+# tables are read with pyarrow only (never a pickle) and their row count, column types and
+# declared size are checked against the run's own facts before anything is decoded; labels
+# and indices are checked against the class and example counts; arrays are .npy without
+# pickles, of the expected type. A file that fails any of this raises DamagedFile, naming the
+# file and the problem.
 
 MAX_JSON_BYTES = 1 << 20  # run.json / progress.json hold a config and a few counters (~5 kB)
 MAX_JSON_DEPTH = 32  # nesting of run.json: config -> defense_params -> value is 3 deep
@@ -273,17 +296,13 @@ MAX_INT_DIGITS = 64  # digits of one JSON integer
 MAX_TABLE_BYTES = 16 << 30
 MAX_TABLE_COLUMNS = 10_000
 MAX_TARGET_BYTES = 64 << 20  # target.npy is one image
+MAX_EPOCHS = 100_000  # the most epochs a run may record (metrics and targets have a row each)
 _SNAPSHOT_NAME = re.compile(r"epoch_(\d{1,6})\.parquet")
 _PROJECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# columns holding counts of examples (never negative, never more than a data set holds)
+_COUNT_COLUMNS = ("n_active", "n_dropped", "n_poison_dropped", "n_new_drops", "n_flagged", "n_medoids")
 
-
-class DamagedFile(InputError):
-    """A run file that exists (or must exist) but cannot be read: missing, truncated, corrupt,
-    too large, of the wrong type, or a link out of its run folder.
-
-    ``source`` is the file and ``problem`` the reason, as for every :class:`InputError`; pages
-    catch this one type to show a short message and go on with what they can read.
-    """
+DamagedFile = runfs.DamagedFile
 
 
 def _first_line(err: BaseException) -> str:
@@ -295,6 +314,17 @@ def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise ValueError(f"an integer of more than {MAX_INT_DIGITS} digits")
     return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
 
 
 def _depth(obj) -> int:
@@ -310,25 +340,35 @@ def _depth(obj) -> int:
     return deepest
 
 
-def read_json(path: Path, *, max_bytes: int | None = None) -> dict:
+def _root_parts(path: Path, root: Path | None) -> tuple[Path, tuple[str, ...]]:
+    path = Path(path)
+    root = path.parent if root is None else Path(root)
+    return root, runfs.parts_of(root, path)
+
+
+def read_json(path: Path, *, max_bytes: int | None = None, root: Path | None = None) -> dict:
     """A JSON object from ``path``, refused (DamagedFile) when it is larger than ``max_bytes``
     (default ``MAX_JSON_BYTES``), nested deeper than ``MAX_JSON_DEPTH``, holds an integer of
-    more than ``MAX_INT_DIGITS`` digits, or is not an object. FileNotFoundError passes through."""
+    more than ``MAX_INT_DIGITS`` digits or a number that is not finite (``1e999``, ``NaN``), is
+    not an object, or is a link or special file at any component below ``root`` (default: its
+    folder). FileNotFoundError passes through."""
     limit = MAX_JSON_BYTES if max_bytes is None else max_bytes
+    root, parts = _root_parts(path, root)
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except FileNotFoundError:
+        data = runfs.read_bytes(root, *parts, max_bytes=limit)
+    except runfs.RunFileError as err:
+        if err.missing:
+            raise FileNotFoundError(str(path)) from None
         raise
     except OSError as err:
         raise DamagedFile(path, f"unreadable ({_first_line(err)})") from err
-    if len(data) > limit:
-        raise DamagedFile(path, f"larger than {limit:,} bytes; refused")
     try:
-        obj = json.loads(data, parse_int=_bounded_int)
+        obj = json.loads(
+            data, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+        )
     except RecursionError as err:
         raise DamagedFile(path, "JSON nested too deeply; refused") from err
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and _bounded_int's
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the parse hooks'
         raise DamagedFile(path, f"not valid JSON ({_first_line(err)})") from err
     if not isinstance(obj, dict):
         raise DamagedFile(path, f"not a JSON object (found {type(obj).__name__})")
@@ -337,25 +377,58 @@ def read_json(path: Path, *, max_bytes: int | None = None) -> dict:
     return obj
 
 
-def _parquet_metadata(f, path: Path) -> pq.ParquetFile:
-    """Open a Parquet file on handle ``f`` and check what its footer declares before any read."""
+def _numeric(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_null(kind)
+    )
+
+
+def _parquet_metadata(
+    f, path: Path, *, max_rows: int | None = None, text: bool = False
+) -> pq.ParquetFile:
+    """Open a Parquet file on handle ``f`` and check what its footer declares before any read:
+    columns, rows (at most ``max_rows``, default the image limit), numeric column types (so the
+    decoded size is rows x columns x 8 bytes at most; ``text`` also allows text columns, as
+    metrics.parquet has one, whose rows are bounded by ``max_rows``) and the declared data size."""
     pfile = pq.ParquetFile(f)
     meta = pfile.metadata
     if meta.num_columns > MAX_TABLE_COLUMNS:
         raise DamagedFile(
             path, f"{meta.num_columns:,} columns; refused (at most {MAX_TABLE_COLUMNS:,})"
         )
+    rows = meta.num_rows
+    group_rows = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    limit = current_limits().max_images if max_rows is None else max_rows
+    if rows < 0 or group_rows != rows:
+        raise DamagedFile(path, f"footer declares {rows:,} rows but its row groups {group_rows:,}")
+    if rows > limit:
+        raise DamagedFile(path, f"{rows:,} rows; refused (this table may hold at most {limit:,})")
+    for field in pfile.schema_arrow:
+        if not (_numeric(field.type) or (text and (pa.types.is_string(field.type)
+                                                   or pa.types.is_large_string(field.type)))):
+            raise DamagedFile(
+                path, f"column {one_line(field.name, 40)!r} is {field.type}; run tables hold numbers only"
+            )
     declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    if declared > MAX_TABLE_BYTES:
+    decoded = rows * max(meta.num_columns, 1) * 8
+    if max(declared, decoded) > MAX_TABLE_BYTES:
         raise DamagedFile(
             path,
-            f"declares {declared:,} bytes of data, larger than the {MAX_TABLE_BYTES:,} a reader accepts",
+            f"declares {max(declared, decoded):,} bytes of data, larger than the {MAX_TABLE_BYTES:,} a reader accepts",
         )
     return pfile
 
 
-def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a Parquet file through one open handle, checking its declared size first.
+def read_parquet(
+    path: Path, columns: list[str] | None = None, *, root: Path | None = None,
+    max_rows: int | None = None, text: bool = False,
+) -> pd.DataFrame:
+    """Read a Parquet file through one open handle, checking its footer first (see
+    :func:`_parquet_metadata`); no link or special file is opened below ``root`` (default:
+    its folder).
 
     A path-based read may open the file more than once (footer, then pages); if the writer
     replaces the file in between, the reader mixes two versions. One handle pins one version.
@@ -363,53 +436,137 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     Errors: FileNotFoundError, DamagedFile, or pyarrow's own (see :meth:`Run.snapshot`, which
     turns every error into DamagedFile).
     """
-    with open(path, "rb") as f:
-        return _parquet_metadata(f, path).read(columns=columns).to_pandas(ignore_metadata=True)
-
-
-def _read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    root, parts = _root_parts(path, root)
     try:
-        return read_parquet(path, columns=columns)
+        f = runfs.open_file(root, *parts)
+    except runfs.RunFileError as err:
+        if err.missing:
+            raise FileNotFoundError(str(path)) from None
+        raise
+    with f:
+        pfile = _parquet_metadata(f, path, max_rows=max_rows, text=text)
+        return pfile.read(columns=columns).to_pandas(ignore_metadata=True)
+
+
+_PARQUET_ERRORS = (OSError, pa.ArrowException, ValueError, TypeError, KeyError, IndexError, OverflowError)
+
+
+def _read_table(
+    path: Path, columns: list[str] | None = None, *, root: Path | None = None,
+    max_rows: int | None = None, text: bool = False,
+) -> pd.DataFrame:
+    try:
+        return read_parquet(path, columns=columns, root=root, max_rows=max_rows, text=text)
     except DamagedFile:
         raise
     except FileNotFoundError as err:
         raise DamagedFile(path, "missing file") from err
-    except (OSError, pa.ArrowException, ValueError, TypeError, KeyError, IndexError) as err:
+    except MemoryError as err:
+        raise DamagedFile(path, "too large to decode; refused") from err
+    except _PARQUET_ERRORS as err:
         raise DamagedFile(path, f"damaged Parquet file ({_first_line(err)})") from err
 
 
-def _table_info(path: Path) -> tuple[int, list[str]]:
+def _table_info(path: Path, *, root: Path | None = None) -> tuple[int, list[str]]:
     """(rows, column names) of a Parquet file from its footer alone."""
+    root, parts = _root_parts(path, root)
     try:
-        with open(path, "rb") as f:
-            pfile = _parquet_metadata(f, path)
+        with runfs.open_file(root, *parts) as f:
+            pfile = _parquet_metadata(f, path, max_rows=current_limits().max_images * 64)
             return pfile.metadata.num_rows, list(pfile.schema_arrow.names)
+    except runfs.RunFileError as err:
+        if err.missing:
+            raise DamagedFile(path, "missing file") from None
+        raise
     except DamagedFile:
         raise
-    except FileNotFoundError as err:
-        raise DamagedFile(path, "missing file") from err
-    except (OSError, pa.ArrowException, ValueError, TypeError, KeyError, IndexError) as err:
+    except _PARQUET_ERRORS as err:
         raise DamagedFile(path, f"damaged Parquet file ({_first_line(err)})") from err
 
 
-def _read_npy(path: Path, *, ndim: int, mmap: bool) -> np.ndarray:
-    """A uint8 array of ``ndim`` dimensions from a .npy file (no pickles, nothing else)."""
+def _read_npy(
+    path: Path, *, ndim: int, mmap: bool, root: Path | None = None, max_bytes: int | None = None
+) -> np.ndarray:
+    """A uint8 array of ``ndim`` dimensions from a .npy file (no pickles, nothing else).
+
+    The header is read from the opened file and checked (type, dimensions, and a size that the
+    file really holds) before anything is mapped or allocated.
+    """
+    root, parts = _root_parts(path, root)
     try:
-        # Always map first: a header that claims more bytes than the file holds is refused by
-        # the mapping, before anything of the claimed size is allocated.
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError as err:
-        raise DamagedFile(path, "missing file") from err
-    except (OSError, ValueError, EOFError, MemoryError) as err:
-        raise DamagedFile(path, f"damaged .npy file ({_first_line(err)})") from err
-    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != ndim:
-        found = (
-            f"{array.dtype} {array.shape}"
-            if isinstance(array, np.ndarray)
-            else type(array).__name__
-        )
-        raise DamagedFile(path, f"expected a {ndim}-D uint8 array, found {found}")
+        f = runfs.open_file(root, *parts, max_bytes=max_bytes)
+    except runfs.RunFileError as err:
+        if err.missing:
+            raise DamagedFile(path, "missing file") from None
+        raise
+    with f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unknown .npy version {version}")
+        except (OSError, ValueError, EOFError, SyntaxError, TypeError) as err:
+            raise DamagedFile(path, f"damaged .npy file ({_first_line(err)})") from err
+        if dtype != np.uint8 or len(shape) != ndim:
+            raise DamagedFile(path, f"expected a {ndim}-D uint8 array, found {dtype} {shape}")
+        offset = f.tell()
+        size = os.fstat(f.fileno()).st_size
+        need = math.prod(int(d) for d in shape)
+        if need != size - offset:
+            raise DamagedFile(
+                path, f"header declares {need:,} bytes of pixels, the file holds {size - offset:,}"
+            )
+        if need == 0:
+            return np.zeros(shape, np.uint8)
+        try:
+            array = np.memmap(f, dtype=np.uint8, mode="r", offset=offset, shape=tuple(shape),
+                              order="F" if fortran else "C")
+        except (OSError, ValueError) as err:
+            raise DamagedFile(path, f"damaged .npy file ({_first_line(err)})") from err
     return array if mmap else np.array(array)
+
+
+def _check_range(frame: pd.DataFrame, column: str, lo: int, hi: int, path: Path) -> None:
+    """Every value of ``frame[column]`` finite, whole and in [lo, hi); DamagedFile otherwise."""
+    if column not in frame or not len(frame):
+        return
+    values = frame[column].to_numpy()
+    if values.dtype == object or values.dtype.kind not in "biuf":
+        raise DamagedFile(path, f"column {column!r} is not numeric")
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all() or (values != np.round(values)).any():
+        raise DamagedFile(path, f"column {column!r} holds values that are not whole numbers")
+    if values.min() < lo or values.max() >= hi:
+        raise DamagedFile(
+            path, f"column {column!r} holds {values.min():.0f}..{values.max():.0f}; expected {lo}..{hi - 1}"
+        )
+
+
+def _no_infinity(frame: pd.DataFrame, path: Path) -> None:
+    for column in frame.columns:
+        values = frame[column].to_numpy()
+        if values.dtype.kind == "f" and np.isinf(values).any():
+            raise DamagedFile(path, f"column {column!r} holds an infinite value")
+
+
+def _as_int(value, default: int = 0) -> int:
+    """A finite number as int (``default`` for None, NaN, inf or anything else)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return int(number) if math.isfinite(number) and abs(number) < 2**62 else default
+
+
+def _as_float(value, default: float = float("nan")) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return number if math.isfinite(number) else default
 
 
 @dataclass(frozen=True)
@@ -436,52 +593,76 @@ class RunInfo:
 
 
 def _check_meta(meta: dict, path: Path) -> None:
-    """The keys every reader relies on, with their types (a hand-edited or foreign run.json)."""
+    """The keys every reader relies on, with their types and ranges (a hand-edited or foreign
+    run.json)."""
     if meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(
+        raise DamagedFile(
             path,
-            f"format_version {meta.get('format_version')!r}; this poisonlens reads {FORMAT_VERSION}",
+            f"format_version {one_line(meta.get('format_version'), 40)}; this poisonlens reads {FORMAT_VERSION}",
         )
     expected = {"name": str, "config": dict, "status": str}
     for key, kind in expected.items():
         if not isinstance(meta.get(key), kind):
             raise DamagedFile(path, f"'{key}' missing or not a {kind.__name__}")
     if meta["status"] not in STATUSES:
-        raise DamagedFile(path, f"unknown status {meta['status']!r}")
+        raise DamagedFile(path, f"unknown status {one_line(meta['status'], 40)!r}")
     if not isinstance(meta.get("class_names", []), list) or not isinstance(
         meta.get("target"), (dict, type(None))
     ):
         raise DamagedFile(path, "'class_names' or 'target' of the wrong type")
-    if not isinstance(meta["config"].get("defense_params", {}), dict):
+    n_classes = len(meta.get("class_names", []))
+    if n_classes > current_limits().max_classes:
+        raise DamagedFile(path, f"{n_classes:,} class names; refused")
+    cfg = meta["config"]
+    if not isinstance(cfg.get("defense_params", {}), dict):
         raise DamagedFile(path, "'config.defense_params' is not an object")
-    target, n_classes = meta.get("target"), len(meta.get("class_names", []))
+    for key, top in (("epochs", MAX_EPOCHS), ("drop_after", 10**9), ("stop_after", 10**9),
+                     ("snapshot_every", 10**9)):
+        value = cfg.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top
+        ):
+            raise DamagedFile(path, f"'config.{key}' is not a whole number in 0..{top:,}")
+    for key in ("created", "updated", "finished"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise DamagedFile(path, f"'{key}' is not a time")
+    for key in ("error",):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise DamagedFile(path, f"'{key}' is not text")
+    target = meta.get("target")
     for key in ("target_label", "adv_label") if target else ():
         label = target.get(key)
         if not isinstance(label, int) or label < 0 or (n_classes and label >= n_classes):
-            raise DamagedFile(path, f"'target.{key}' is not a class of the run ({label!r})")
+            raise DamagedFile(path, f"'target.{key}' is not a class of the run ({one_line(label, 40)})")
 
 
 class Run:
     """A run directory opened for reading. Cheap to make: files are read on demand.
 
-    Every read goes through :meth:`file`, so a link that leads out of the run folder is
-    refused; every unreadable file raises :class:`DamagedFile`.
+    Every read goes through :mod:`poisonlens.runfs`: a link or special file at any level of
+    the run is refused (never followed or opened); every unreadable file raises
+    :class:`DamagedFile`.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         if not os.path.lexists(self.path / RUN_JSON):
             raise InputError(self.path, f"not a poisonlens run (no {RUN_JSON})")
-        self._root = self.path.resolve()
         self.meta  # noqa: B018  (reads and checks run.json now, so a bad run fails to open)
 
     def file(self, *parts: str) -> Path:
-        """The real path of a file of this run; DamagedFile when links take it out of the run."""
-        path = self.path.joinpath(*parts)
-        real = path.resolve()
-        if not real.is_relative_to(self._root):
-            raise DamagedFile(path, f"refused: a link to {real}, outside the run folder")
-        return real
+        """The path of a file of this run (as written: never resolved through links)."""
+        return self.path.joinpath(*parts)
+
+    def _exists(self, *parts: str) -> bool:
+        """Whether a file of this run is there (DamagedFile for a link or special file)."""
+        return runfs.exists(self.path, *parts)
+
+    def _table(self, *parts: str, columns: list[str] | None = None, max_rows: int | None = None,
+               text: bool = False) -> pd.DataFrame:
+        return _read_table(self.file(*parts), columns=columns, root=self.path, max_rows=max_rows,
+                           text=text)
 
     # metadata
     @property
@@ -489,7 +670,7 @@ class Run:
         """The checked contents of run.json; DamagedFile when it is missing or malformed."""
         path = self.file(RUN_JSON)
         try:
-            meta = read_json(path)
+            meta = read_json(path, root=self.path)
         except FileNotFoundError as err:
             raise DamagedFile(path, "missing file") from err
         _check_meta(meta, path)
@@ -523,39 +704,79 @@ class Run:
             return "interrupted"
         return meta["status"]
 
+    def damage(self) -> str | None:
+        """Why this run folder is damaged as a whole (a link or special file anywhere in it), or None."""
+        return runfs.check_tree(self.path)
+
     def progress(self) -> dict:
-        """progress.json ({} before the trainer wrote it)."""
+        """progress.json ({} before the trainer wrote it); ``epoch`` and ``epochs`` are checked."""
+        path = self.file(PROGRESS_JSON)
         try:
-            return read_json(self.file(PROGRESS_JSON))
+            progress = read_json(path, root=self.path)
         except FileNotFoundError:
             return {}
+        for key in ("epoch", "epochs"):
+            value = progress.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= MAX_EPOCHS
+            ):
+                raise DamagedFile(path, f"'{key}' is not a whole number in 0..{MAX_EPOCHS:,}")
+        return progress
+
+    def n_classes(self) -> int:
+        """The number of classes of the run (its class names; the class limit when none)."""
+        return len(self.class_names) or current_limits().max_classes
 
     # tables
-    def _optional_table(self, name: str) -> pd.DataFrame:
-        path = self.file(name)
-        return _read_table(path) if path.exists() else pd.DataFrame()
+    def _optional_table(self, name: str, max_rows: int, text: bool = False) -> pd.DataFrame:
+        return self._table(name, max_rows=max_rows, text=text) if self._exists(name) else pd.DataFrame()
 
     def metrics(self) -> pd.DataFrame:
         """A row per finished epoch (columns in docs/run-format.md); empty before epoch 0 is done."""
-        return self._optional_table(METRICS)
+        frame = self._optional_table(METRICS, MAX_EPOCHS + 1, text=True)
+        path = self.file(METRICS)
+        _no_infinity(frame, path)
+        _check_range(frame, "epoch", 0, MAX_EPOCHS + 1, path)
+        for column in _COUNT_COLUMNS:
+            if column in frame:
+                values = frame[column].to_numpy(np.float64)
+                values = values[~np.isnan(values)]
+                if len(values) and (values.min() < 0 or values.max() > current_limits().max_images
+                                    or (values != np.round(values)).any()):
+                    raise DamagedFile(path, f"column {column!r} holds a count out of range")
+        return frame
+
+    def n_examples(self) -> int:
+        """Rows of examples.parquet, from its footer."""
+        return _table_info(self.file(EXAMPLES), root=self.path)[0]
 
     def examples(self) -> pd.DataFrame:
         """A row per training example: index, label, is_poison, base_index."""
-        return _read_table(self.file(EXAMPLES))
+        frame = self._table(EXAMPLES)
+        path, n = self.file(EXAMPLES), len(frame)
+        _check_range(frame, "index", 0, max(n, 1), path)
+        _check_range(frame, "label", 0, self.n_classes(), path)
+        _check_range(frame, "base_index", -1, current_limits().max_images, path)
+        return frame
 
     def targets(self) -> pd.DataFrame:
         """A row per snapshot epoch: the target's gradient for ``adv_label``, embedding, prediction."""
-        return self._optional_table(TARGETS)
+        frame = self._optional_table(TARGETS, MAX_EPOCHS + 1)
+        path = self.file(TARGETS)
+        _no_infinity(frame, path)
+        _check_range(frame, "epoch", 0, MAX_EPOCHS + 1, path)
+        return frame
 
-    def _snapshot_file(self, epoch: int) -> Path:
-        return self.file(SNAPSHOTS, f"epoch_{int(epoch):04d}.parquet")
+    def _snapshot_parts(self, epoch: int) -> tuple[str, str]:
+        return SNAPSHOTS, f"epoch_{int(epoch):04d}.parquet"
 
     def snapshot_epochs(self) -> list[int]:
         """The epochs that have a snapshot file (readable or not: see :meth:`damaged_snapshots`)."""
-        folder = self.path / SNAPSHOTS
-        if not folder.is_dir():
+        try:
+            names = runfs.listdir(self.path, SNAPSHOTS)
+        except DamagedFile:
             return []
-        found = (_SNAPSHOT_NAME.fullmatch(p.name) for p in folder.iterdir())
+        found = (_SNAPSHOT_NAME.fullmatch(name) for name in names)
         return sorted(int(m.group(1)) for m in found if m)
 
     def damaged_snapshots(self) -> dict[int, str]:
@@ -565,13 +786,13 @@ class Run:
         training example, so a page can leave these epochs out before reading any of them.
         """
         try:
-            n_samples = _table_info(self.file(EXAMPLES))[0]
+            n_samples = self.n_examples()
         except DamagedFile:
             n_samples = None
         damaged = {}
         for epoch in self.snapshot_epochs():
             try:
-                rows = _table_info(self._snapshot_file(epoch))[0]
+                rows = _table_info(self.file(*self._snapshot_parts(epoch)), root=self.path)[0]
             except DamagedFile as err:
                 damaged[epoch] = str(err)
                 continue
@@ -583,11 +804,22 @@ class Run:
 
     def snapshot(self, epoch: int, columns: list[str] | None = None) -> pd.DataFrame:
         """The snapshot table of ``epoch`` (a row per example, in index order)."""
-        return _read_table(self._snapshot_file(epoch), columns=columns)
+        path = self.file(*self._snapshot_parts(epoch))
+        try:
+            n_samples = self.n_examples()
+        except DamagedFile:
+            n_samples = None
+        frame = self._table(*self._snapshot_parts(epoch), columns=columns, max_rows=n_samples)
+        if n_samples is not None and len(frame) != n_samples:
+            raise DamagedFile(path, f"{len(frame):,} rows; the run has {n_samples:,} examples")
+        n_classes = self.n_classes()
+        for column in ("label", "prediction"):
+            _check_range(frame, column, 0, n_classes, path)
+        return frame
 
     def snapshot_columns(self, epoch: int) -> list[str]:
         """The column names of the snapshot of ``epoch``, read from the file's footer."""
-        return _table_info(self._snapshot_file(epoch))[1]
+        return _table_info(self.file(*self._snapshot_parts(epoch)), root=self.path)[1]
 
     def gradients(self, epoch: int) -> np.ndarray:
         """float32 (n_samples, n_classes): the snapshot's softmax - onehot."""
@@ -598,33 +830,37 @@ class Run:
         """The stored 2-D layout ``projections/<name>.parquet``; None when there is none."""
         if not _PROJECTION_NAME.fullmatch(name):
             raise InputError(name, "not a projection name")
-        path = self.file(PROJECTIONS, f"{name}.parquet")
-        return _read_table(path) if path.exists() else None
+        parts = (PROJECTIONS, f"{name}.parquet")
+        if not self._exists(*parts):
+            return None
+        n = self.n_examples()
+        frame = self._table(*parts, max_rows=(len(self.snapshot_epochs()) or 1) * (n + 1))
+        _check_range(frame, "index", -1, max(n, 1), self.file(*parts))
+        _check_range(frame, "epoch", 0, MAX_EPOCHS + 1, self.file(*parts))
+        return frame
 
     # images, memory-mapped so a page can take a few thumbnails of a large run cheaply
     def images(self) -> np.ndarray:
         """uint8 (n_samples, height, width, channels), memory-mapped."""
-        return _read_npy(self.file(IMAGES), ndim=4, mmap=True)
+        return _read_npy(self.file(IMAGES), ndim=4, mmap=True, root=self.path)
 
     def target_image(self) -> np.ndarray | None:
         """uint8 (height, width, channels): the target test image; None for a clean run."""
-        path = self.file(TARGET_IMAGE)
-        if not path.exists():
+        if not self._exists(TARGET_IMAGE):
             return None
-        if path.stat().st_size > MAX_TARGET_BYTES:
-            raise DamagedFile(path, f"larger than {MAX_TARGET_BYTES:,} bytes; refused")
-        return _read_npy(path, ndim=3, mmap=False)
+        return _read_npy(self.file(TARGET_IMAGE), ndim=3, mmap=False, root=self.path,
+                         max_bytes=MAX_TARGET_BYTES)
 
     def info(self) -> RunInfo:
-        """This run's line of ``poisonlens runs``; a damaged metrics.parquet is reported in
-        ``unreadable`` rather than raised."""
+        """This run's line of ``poisonlens runs``; a damaged metrics.parquet, or a link or
+        special file anywhere in the run, is reported in ``unreadable`` rather than raised."""
         meta = self.meta
         cfg = meta["config"]
-        unreadable = None
+        unreadable = self.damage()
         try:
             m = self.metrics()
         except DamagedFile as err:
-            m, unreadable = pd.DataFrame(), str(err)
+            m, unreadable = pd.DataFrame(), unreadable or str(err)
         last = m.iloc[-1] if len(m) else None
         success = None
         if last is not None and "attack_success" in m and not pd.isna(last["attack_success"]):
@@ -633,14 +869,14 @@ class Run:
             path=self.path,
             name=meta["name"],
             status=self.status,
-            created=float(meta.get("created") or 0.0),
-            updated=float(meta.get("updated") or 0.0),
-            epochs_done=int(last["epoch"]) if last is not None else -1,
-            epochs=int(cfg.get("epochs") or 0),
+            created=_as_float(meta.get("created"), 0.0),
+            updated=_as_float(meta.get("updated"), 0.0),
+            epochs_done=_as_int(last.get("epoch"), -1) if last is not None else -1,
+            epochs=_as_int(cfg.get("epochs")),
             defense=str(cfg.get("defense", "?")),
-            test_acc=float(last["test_acc"]) if last is not None else float("nan"),
+            test_acc=_as_float(last.get("test_acc")) if last is not None else float("nan"),
             attack_success=success,
-            n_dropped=int(last["n_dropped"]) if last is not None else 0,
+            n_dropped=_as_int(last.get("n_dropped")) if last is not None else 0,
             error=None if meta.get("error") is None else str(meta.get("error")),
             unreadable=unreadable,
         )
@@ -691,8 +927,8 @@ def unreadable_info(path: Path, reason: str) -> RunInfo:
 def list_runs(*roots: str | Path) -> list[RunInfo]:
     """Every run directly inside the given folders (or a folder that is itself a run), newest first.
 
-    A folder holding a run.json is a run; one that cannot be read is listed with status
-    ``unreadable`` and the reason, never left out.
+    A folder holding a run.json is a run; one that cannot be read (or is itself a link) is
+    listed with status ``unreadable`` and the reason, never left out, and never hides the others.
     """
     infos: list[RunInfo] = []
     for root in roots:
@@ -702,17 +938,30 @@ def list_runs(*roots: str | Path) -> list[RunInfo]:
         if os.path.lexists(root / RUN_JSON):
             candidates = [root]
         else:
-            candidates = sorted(
-                p for p in root.iterdir() if p.is_dir() and os.path.lexists(p / RUN_JSON)
-            )
+            try:
+                entries = sorted(root.iterdir())
+            except OSError:
+                continue
+            candidates = [p for p in entries if _is_dir_entry(p) and os.path.lexists(p / RUN_JSON)]
         for path in candidates:
+            if path.is_symlink():
+                infos.append(unreadable_info(path, f"{path}: the run folder is a symbolic link; not followed"))
+                continue
             try:
                 infos.append(Run(path).info())
-            except (InputError, KeyError, ValueError, TypeError, OSError) as err:
+            except (InputError, KeyError, ValueError, TypeError, OSError, OverflowError,
+                    MemoryError, RecursionError) as err:
                 reason = (
                     str(err)
                     if isinstance(err, InputError)
-                    else f"{path / RUN_JSON}: {_first_line(err)}"
+                    else f"{path / RUN_JSON}: {one_line(_first_line(err))}"
                 )
                 infos.append(unreadable_info(path, reason))
     return sorted(infos, key=lambda i: i.created, reverse=True)
+
+
+def _is_dir_entry(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import poisonlens
-from poisonlens import distributed
+from poisonlens import distributed, runfs
 from poisonlens.augment import augment_batch, resolve_augment  # noqa: F401  (re-exported for attacks)
 from poisonlens.checkpoint import (
     FINAL,
@@ -322,18 +322,19 @@ def resume_run(run_dir: str | Path, *, device: str | None = None) -> TrainState:
     try:
         config = TrainConfig.from_json(run.config)
         config.validate()
+        config.check_defense()  # an unknown defense in a copied run.json is its fault, not ours
     except InputError as err:
         raise InputError(run_dir / RUN_JSON, f"config: {err}") from None
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise InputError(run_dir / RUN_JSON, f"config: unusable ({err})") from None
     if device is not None:
         config = replace(config, device=device)
     dev = check_config(config)  # a missing device names --device: pass another to move the run
     last = run_dir / CHECKPOINTS / LAST
-    if not last.exists():
+    if not runfs.exists(run_dir, CHECKPOINTS, LAST):  # a linked checkpoints/ raises
         return start_run(config, run_dir)  # killed before its first checkpoint: start over
     state = _setup(config, dev)
-    ckpt = load_checkpoint(last, n_samples=state.data.n_samples, map_location=dev)
+    ckpt = load_checkpoint(last, n_samples=state.data.n_samples, map_location=dev, root=run_dir)
     try:
         state.model.load_state_dict(ckpt["model"])
         state.optimizer.load_state_dict(ckpt["optimizer"])
@@ -344,21 +345,26 @@ def resume_run(run_dir: str | Path, *, device: str | None = None) -> TrainState:
     state.active = ckpt["active"].cpu().numpy().astype(bool)
     state.dropped_epoch = ckpt["dropped_epoch"].cpu().numpy().astype(np.int64)
     state.epoch = int(ckpt["epoch"]) + 1
-    state.metrics = _rows_before(run_dir / METRICS, state.epoch, range(state.epoch))
+    state.metrics = _rows_before(run_dir, METRICS, state.epoch, range(state.epoch))
     if state.data.poisons is not None:
         snaps = [e for e in config.snapshot_epochs() if e < state.epoch]
-        state.targets = _rows_before(run_dir / TARGETS, state.epoch, snaps)
+        state.targets = _rows_before(run_dir, TARGETS, state.epoch, snaps)
     if distributed.is_main_process():
         RunWriter(run_dir).set_status("running")
     return state
 
 
-def _rows_before(path: Path, epoch: int, expected: Iterable[int]) -> list[dict]:
+def _rows_before(run_dir: Path, name: str, epoch: int, expected: Iterable[int]) -> list[dict]:
     # The rows a resumed run keeps; they must cover every epoch the checkpoint has seen.
     expected = list(expected)
-    table = read_table(path) if expected or path.exists() else pd.DataFrame({"epoch": []})
+    path = run_dir / name
+    present = expected or runfs.exists(run_dir, name)
+    table = read_table(path, root=run_dir) if present else pd.DataFrame({"epoch": []})
     if "epoch" not in table:
         raise InputError(path, "has no epoch column")
+    epochs = pd.to_numeric(table["epoch"], errors="coerce").to_numpy(np.float64)
+    if not np.isfinite(epochs).all() or (np.abs(epochs) > 1e9).any():
+        raise InputError(path, "epoch column holds values that are not epochs")
     rows = [r for r in table.to_dict("records") if r["epoch"] < epoch]
     if sorted(int(r["epoch"]) for r in rows) != expected:
         raise InputError(path, f"does not hold every epoch before {epoch}; the run cannot continue")
@@ -769,7 +775,7 @@ def run_loop(
         )
         state.epoch = epoch + 1
         if main:
-            save_checkpoint(writer.dir / CHECKPOINTS / LAST, checkpoint_state(state))
+            save_checkpoint(writer.dir / CHECKPOINTS / LAST, checkpoint_state(state), root=writer.dir)
         bar.update(1)
         bar.set_postfix(acc=f"{scores['test_acc']:.3f}", dropped=int((~state.active).sum()))
         if stop_at_epoch is not None and stop_at_epoch <= epoch < config.epochs:
@@ -778,7 +784,8 @@ def run_loop(
             return
     bar.close()
     if main:
-        save_checkpoint(writer.dir / CHECKPOINTS / FINAL, _to_cpu(state.model.state_dict()))
+        save_checkpoint(writer.dir / CHECKPOINTS / FINAL, _to_cpu(state.model.state_dict()),
+                        root=writer.dir)
     writer.write_progress(epoch=config.epochs, epochs=config.epochs, phase="done")
     writer.set_status("finished")
 

@@ -10,8 +10,10 @@ never arrays (``st.cache_data`` pickles its arguments and copies its value on ev
 from __future__ import annotations
 
 import base64
+import html
 import io
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import streamlit as st
 from PIL import Image
 
 from poisonlens.drift import drift_scores
-from poisonlens.errors import InputError
+from poisonlens.errors import InputError, one_line
 from poisonlens.store import METRICS, RUN_JSON, DamagedFile, Run, list_runs, open_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +42,27 @@ GLOSSARY = {
     "poison": "a training example the attacker altered (ground truth, known only in experiments).",
     "target": "the test image the attacker wants misclassified as the adversarial class.",
 }
+
+
+# --- run-controlled text -----------------------------------------------------------------
+#
+# Everything a run folder controls (names, errors, config values, class names, tags, paths) is
+# text, never Markdown or HTML: st.markdown, st.error, captions and titles all render Markdown
+# (links, images that load from anywhere), so such text goes through md() first, or into
+# st.text / st.code / a dataframe. plain() is the same for plotly labels, which read HTML.
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=&])")
+
+
+def md(text: object, limit: int = 300) -> str:
+    """``text`` made inert inside Markdown: one printable line (control characters escaped),
+    every Markdown and HTML character backslash-escaped, at most ``limit`` characters."""
+    return _MD_SPECIAL.sub(r"\\\1", one_line(text, limit))
+
+
+def plain(text: object, limit: int = 120) -> str:
+    """``text`` made inert for plotly labels and hovers (HTML-escaped, one line)."""
+    return html.escape(one_line(text, limit))
 
 
 # --- where runs are ------------------------------------------------------------------------
@@ -322,9 +345,11 @@ def sample_hint_ui(infos: list[dict]) -> None:
 
 def run_label(info: dict) -> str:
     """The picker's line for a run: status icon, name, defense (or that it cannot be read)."""
+    name, defense = one_line(info["name"], 80), one_line(info["defense"], 40)
     if info["status"] == "unreadable":
-        return f"{STATUS_ICONS['unreadable']} {info['name']} · unreadable"
-    return f"{STATUS_ICONS.get(info['status'], '')} {info['name']} · {info['defense']}"
+        return f"{STATUS_ICONS['unreadable']} {name} · unreadable"
+    damaged = " · damaged" if info.get("unreadable") else ""
+    return f"{STATUS_ICONS.get(info['status'], '')} {name} · {defense}{damaged}"
 
 
 def run_picker_ui() -> Run | None:
@@ -358,7 +383,7 @@ def run_picker_ui() -> Run | None:
                          help="Runs in " + ", ".join(str(r) for r in roots) + ", newest first.")
     if missing:  # keep the link as it is, and open nothing in its place
         where = ", ".join(f"`{r}`" for r in roots)
-        st.error(f"The link names the run `{asked}`, which is not in {where}. Pick a run in the sidebar.")
+        st.error(f"The link names the run {md(asked)}, which is not in {where}. Pick a run in the sidebar.")
         return None
     name = Path(chosen).name
     st.query_params["run"] = name if by_name.get(name) == chosen else chosen
@@ -366,10 +391,13 @@ def run_picker_ui() -> Run | None:
     try:
         run = open_run(chosen)
     except InputError as err:
-        st.error(f"Cannot open the run `{name}`: {err}")
+        st.error(f"Cannot open the run {md(name)}: {md(err)}")
         return None
     st.sidebar.caption(f"{STATUS_ICONS.get(info['status'], '')} {info['status']} · epoch "
-                       f"{max(info['epochs_done'], 0)}/{info['epochs']} · `{chosen}`")
+                       f"{max(info['epochs_done'], 0)}/{info['epochs']} · {md(chosen)}")
+    if info.get("unreadable"):  # a link or special file in it, or damaged metrics: say so
+        st.warning(f"This run is damaged: {md(info['unreadable'])}. What can be read is shown; "
+                   "nothing is followed out of the run folder.")
     return run
 
 
@@ -438,7 +466,7 @@ def no_drops_reason(run: Run) -> str | None:
     if len(metrics) and "n_dropped" in metrics and metrics["n_dropped"].iloc[-1] > 0:
         return None
     cfg = run.config
-    defense = cfg.get("defense", "?")
+    defense = md(cfg.get("defense", "?"), 60)
     if defense == "none":
         return "The defense `none` never drops an example: this run is the undefended baseline."
     try:  # the trainer's window: the last epoch's snapshot never drops (nothing is left to train)
@@ -448,15 +476,15 @@ def no_drops_reason(run: Run) -> str | None:
     epochs = load_snapshot_epochs(path, stamp)
     if not [e for e in epochs if lo <= e < hi]:
         return (f"No snapshot falls inside the drop window ({lo} ≤ epoch < {hi}: drop-after, and stop-after or "
-                f"the last epoch), so `{defense}` could flag examples but never drop them.")
-    return f"`{defense}` flagged no example at the snapshots inside the drop window ({lo} ≤ epoch < {hi})."
+                f"the last epoch), so {defense} could flag examples but never drop them.")
+    return f"{defense} flagged no example at the snapshots inside the drop window ({lo} ≤ epoch < {hi})."
 
 
 def no_snapshot_message(run: Run) -> str:
     """Why a page has no snapshot to show: the first is still to come, or the run has none."""
     if run.status == "running":
         return "This run has no gradient snapshot yet; the first is taken before training starts (epoch 0)."
-    return (f"This run ({run.status}) has no readable gradient snapshot in `{run.path / 'snapshots'}`, "
+    return (f"This run ({run.status}) has no readable gradient snapshot in {md(run.path / 'snapshots')}, "
             "so there is nothing to show here.")
 
 
@@ -466,7 +494,7 @@ def snapshot_epochs_ui(run: Run) -> list[int]:
     path = str(run.path)
     epochs, damaged = snapshot_listing(path, run_stamp(path))
     if damaged:
-        files = "  \n".join(damaged.values())
+        files = "  \n".join(md(d) for d in damaged.values())
         st.warning(f"{len(damaged)} snapshot file{'s' if len(damaged) > 1 else ''} cannot be read and "
                    f"{'are' if len(damaged) > 1 else 'is'} left out (the other snapshots are shown):  \n{files}")
     if not epochs:
@@ -476,7 +504,7 @@ def snapshot_epochs_ui(run: Run) -> list[int]:
 
 def damage_ui(err: InputError, consequence: str = "", *, fatal: bool = False) -> None:
     """A short message naming the file that cannot be read and what the page does without it."""
-    text = f"`{err.source}` cannot be read: {err.problem}. {consequence}".strip()
+    text = f"{md(err.source)} cannot be read: {md(err.problem)}. {consequence}".strip()
     (st.error if fatal else st.warning)(text)
 
 

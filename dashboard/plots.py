@@ -7,6 +7,8 @@ that 50,000 points stay interactive; past that, the examples are drawn as a dens
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 import plotly.colors as pc
@@ -77,7 +79,7 @@ def color_groups(points: pd.DataFrame, field: str, class_names: list[str]) -> tu
         column = "label" if field == "class" else "prediction"
         codes = points[column].to_numpy(np.int64) if column in points else np.zeros(n, np.int64)
         colors = class_colors(len(class_names))
-        return codes, [(f"{'class' if field == 'class' else 'predicted'} {name}", colors[c])
+        return codes, [(f"{'class' if field == 'class' else 'predicted'} {_text(name)}", colors[c])
                        for c, name in enumerate(class_names)]
     if field == "correct":
         codes = (points["prediction"].to_numpy() != points["label"].to_numpy()).astype(np.int64)
@@ -370,9 +372,9 @@ def accuracy_figure(metrics: pd.DataFrame, *, adv_name: str | None = None) -> go
                              mode="lines+markers", line=dict(color="#1f77b4")))
     if adv_name is not None and metrics["target_prob_adv"].notna().any():
         fig.add_trace(go.Scatter(x=metrics["epoch"], y=metrics["target_prob_adv"], mode="lines+markers",
-                                 name=f"target's probability of class {adv_name}", line=dict(color="#d62728", dash="dash")))
+                                 name=f"target's probability of class {_text(adv_name)}", line=dict(color="#d62728", dash="dash")))
         hit = metrics[metrics["attack_success"] == 1]
-        fig.add_trace(go.Scatter(x=hit["epoch"], y=np.ones(len(hit)) * 1.04, mode="markers", name="attack succeeds (target → " + adv_name + ")",
+        fig.add_trace(go.Scatter(x=hit["epoch"], y=np.ones(len(hit)) * 1.04, mode="markers", name="attack succeeds (target → " + _text(adv_name) + ")",
                                  marker=dict(symbol="x", color="#d62728", size=9)))
     fig.update_yaxes(range=[0, 1.08], title_text="fraction", tickformat=".0%")
     return _layout(fig, "Accuracy and the attack")
@@ -509,9 +511,16 @@ COMPARE_PANELS = (
 CHANCE_MARKER = dict(symbol="line-ew-open", size=30, color="#d62728", line=dict(width=3))
 
 
+def _text(value: object) -> str:
+    # run-controlled text in a plotly label or hover, which reads HTML (<a href>, <img>)
+    from poisonlens.errors import one_line
+
+    return html.escape(one_line(value, 80))
+
+
 def defense_label_text(defense: str) -> str:
-    """The defense's name as shown in plots ('clean' is marked as the control)."""
-    return "clean (control)" if defense == "clean" else defense
+    """The defense's name as shown in plots ('clean' is marked as the control), HTML-escaped."""
+    return "clean (control)" if defense == "clean" else _text(defense)
 
 
 def defense_bars_figure(summary: pd.DataFrame, *, height: int = 640) -> go.Figure:

@@ -27,6 +27,8 @@ def pytest_configure(config):
     import tempfile
 
     os.environ.setdefault("POISONLENS_CACHE", tempfile.mkdtemp(prefix="poisonlens-cache-"))
+    # The New run page's record of launched runs, likewise (never ~/.local/state).
+    os.environ.setdefault("POISONLENS_STATE_DIR", tempfile.mkdtemp(prefix="poisonlens-state-"))
 
 
 def tiny_config(**overrides):

@@ -44,18 +44,18 @@ def load(root: Path) -> np.ndarray:
     return np.concatenate([d.x_train, d.x_test])
 
 
-def test_second_load_reads_the_cache_and_gives_the_same_arrays(tmp_path, cache_dir):
+def test_second_load_reads_the_cache_and_gives_the_same_arrays(tmp_path, cache_dir, monkeypatch):
     root = make_folder(tmp_path / "data")
     first = load_imagefolder(root)
     assert len(entries(cache_dir)) == 1
-    # prove the second load reads the entry: plant other (well-formed) pixels in it
-    entry = entries(cache_dir)[0]
-    planted = np.load(entry)
-    planted[0] = 7
-    np.save(entry, planted)
+    # prove the second load reads the entry (a planted pixel would now fail its checksum):
+    # decoding is made impossible
+    def no_decode(paths, **kw):
+        raise AssertionError("decoded although the cache holds this folder")
+
+    monkeypatch.setattr(cache, "decode_images", no_decode)
     second = load_imagefolder(root)
-    assert second.x_train[0, 0, 0, 0] == 7 and first.x_train[0, 0, 0, 0] == 0
-    np.testing.assert_array_equal(second.x_train[1:], first.x_train[1:])
+    np.testing.assert_array_equal(second.x_train, first.x_train)
     np.testing.assert_array_equal(second.x_test, first.x_test)
     np.testing.assert_array_equal(second.y_train, first.y_train)
     assert second.class_names == first.class_names == ("cat", "dog")
@@ -143,7 +143,7 @@ def test_grey_folders_keep_one_channel_through_the_cache(tmp_path, cache_dir):
 
 def test_no_temporary_file_is_left_behind(tmp_path, cache_dir):
     load(make_folder(tmp_path / "data"))
-    assert [p.name for p in cache_dir.iterdir() if p.suffix != ".npy"] == []
+    assert [p.name for p in cache_dir.iterdir() if p.suffix not in (".npy", ".sum") and p.name != ".secret"] == []
 
 
 def test_small_folders_are_not_cached(tmp_path, monkeypatch):
@@ -185,3 +185,53 @@ def test_the_key_names_files_relative_to_the_root(tmp_path, monkeypatch):
     assert here.stamps == far.stamps
     assert far.stamps.splitlines()[0].startswith("train/cat/00.png\t")
     assert cache.folder_key(here) == cache.folder_key(far)
+
+
+def test_other_pixels_at_the_same_size_and_mtime_miss_the_cache(tmp_path, cache_dir):
+    """tar, rsync -t, cp -p and unzip put the old mtime back on new bytes: the key is content."""
+    root = make_folder(tmp_path / "data")
+    path = root / "train" / "dog" / "01.png"
+    Image.fromarray(np.full((4, 5, 3), 10, np.uint8)).save(path, compress_level=0)
+    first = load(root)
+    st = path.stat()
+    Image.fromarray(np.full((4, 5, 3), 99, np.uint8)).save(path, compress_level=0)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    x = load(root)
+    assert first[4, 0, 0, 0] == 10 and x[4, 0, 0, 0] == 99  # train: cat 00 01 02, dog 00 01
+    assert len(entries(cache_dir)) == 1
+
+
+def test_the_cache_folder_is_private(tmp_path, cache_dir):
+    load(make_folder(tmp_path / "data"))
+    assert (cache_dir.stat().st_mode & 0o777) == 0o700
+    assert all((p.stat().st_mode & 0o077) == 0 for p in cache_dir.iterdir())
+
+
+def test_an_entry_it_did_not_write_is_never_served(tmp_path, cache_dir):
+    """An entry planted under the computable name, with a well-formed .sum whose checksum is
+    not keyed by this cache's secret, is ignored and rebuilt."""
+    import json
+
+    root = make_folder(tmp_path / "data")
+    good = load(root)
+    entry = entries(cache_dir)[0]
+    planted = np.full_like(good, 222)
+    np.save(entry, planted)
+    meta = json.loads(entry.with_suffix(".sum").read_text())
+    import hashlib
+    import hmac
+
+    meta["checksum"] = hmac.new(b"x" * 32, b"guess", hashlib.blake2b).hexdigest()
+    entry.with_suffix(".sum").write_text(json.dumps(meta))
+    np.testing.assert_array_equal(load(root), good)
+
+
+def test_a_linked_entry_is_not_followed(tmp_path, cache_dir):
+    root = make_folder(tmp_path / "data")
+    good = load(root)
+    entry = entries(cache_dir)[0]
+    elsewhere = tmp_path / "elsewhere.npy"
+    entry.rename(elsewhere)
+    entry.symlink_to(elsewhere)
+    np.testing.assert_array_equal(load(root), good)

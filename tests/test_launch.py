@@ -74,8 +74,11 @@ def test_the_bundled_poison_set_passes_the_checks(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (dict(dataset="mnist"), "unknown data set"),
-    (dict(dataset="npz:/no/such/file.npz"), "not found"),
-    (dict(poisons="/no/such/poisons.npz"), "not found"),
+    (dict(dataset="npz:{tmp}/no/such/file.npz"), "not found"),
+    (dict(poisons="{tmp}/no/such/poisons.npz"), "not found"),
+    (dict(dataset="npz:/no/such/file.npz"), "outside the folders"),
+    (dict(poisons="/etc/passwd"), "outside the folders"),
+    (dict(epochs=100_000), "more than the 1000"),
     (dict(epochs=0), "epochs"),
     (dict(defense="nope"), "unknown defense"),
     (dict(defense="epic", defense_params={"subset_size": 2.0}), "subset_size"),
@@ -85,6 +88,7 @@ def test_the_bundled_poison_set_passes_the_checks(tmp_path):
     (dict(lr=float("nan")), "--lr"),
 ])
 def test_bad_parameters_are_refused_before_anything_starts(tmp_path, change, message):
+    change = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in change.items()}
     with pytest.raises(InputError, match=message):
         check_launch(replace(tiny_config(), **change), runs_dir=tmp_path, name="bad")
     assert not (tmp_path / "bad").exists()

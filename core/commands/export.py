@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from poisonlens.errors import one_line
 from poisonlens.export import check_epoch, suspects_table, to_safe_csv
-from poisonlens.store import atomic_write_bytes, open_run
+from poisonlens.store import DamagedFile, atomic_write_bytes, open_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write a run's dropped (and flagged) examples up to an epoch as CSV; return 0."""
     run = open_run(args.run)
+    damage = run.info().unreadable  # a link or special file anywhere, or damaged metrics
+    if damage:
+        raise DamagedFile(args.run, f"damaged run, nothing exported: {damage}")
     epoch = check_epoch(run, args.epoch, source="--epoch")  # before anything is written
     table = suspects_table(run, epoch, include_flagged=not args.dropped_only)
     text = to_safe_csv(table)
@@ -41,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
         print(text, end="")
     else:
         atomic_write_bytes(Path(args.out), text.encode())
-        print(f"{len(table)} rows -> {args.out}")
+        print(f"{len(table)} rows -> {one_line(args.out)}")
     return 0

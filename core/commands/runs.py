@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from poisonlens.errors import one_line
 from poisonlens.store import list_runs
 
 SAMPLE_HINT = (
@@ -43,16 +44,22 @@ def format_runs(infos) -> str:
     )
     lines = [header]
     for i in infos:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.created))
+        # everything from run.json is escaped: a name with ESC sequences or newlines must not
+        # retitle the terminal or forge a line
+        try:
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.created))
+        except (OverflowError, OSError, ValueError):
+            created = "?"
+        name, defense = one_line(i.name, 32), one_line(i.defense, 10)
         lines.append(
-            f"{i.name[:32]:<32} {i.status:<11} {f'{max(i.epochs_done, 0)}/{i.epochs}':>9} "
-            f"{i.defense[:10]:<10} {i.test_acc:>8.3f} {target_text(i.attack_success):>11} "
+            f"{name[:32]:<32} {i.status:<11} {f'{max(i.epochs_done, 0)}/{i.epochs}':>9} "
+            f"{defense[:10]:<10} {i.test_acc:>8.3f} {target_text(i.attack_success):>11} "
             f"{i.n_dropped:>7}  {created}"
         )
         if i.error:
-            lines.append(f"{'':<32} error: {i.error}")
+            lines.append(f"{'':<32} error: {one_line(i.error)}")
         if getattr(i, "unreadable", None):
-            lines.append(f"{'':<32} unreadable: {i.unreadable}")
+            lines.append(f"{'':<32} damaged, unreadable: {one_line(i.unreadable)}")
     return "\n".join(lines)
 
 
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the runs in ``--runs-dir`` with status and headline metrics; return 0."""
     infos = list_runs(args.runs_dir)
     if not infos:
-        print(f"no runs in {args.runs_dir} {SAMPLE_HINT}")
+        print(f"no runs in {one_line(args.runs_dir)} {SAMPLE_HINT}")
         return 0
     print(format_runs(infos))
     return 0

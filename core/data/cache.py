@@ -1,26 +1,31 @@
 """Decode an ImageFolder once: its pixels cached as one uint8 ``.npy`` in a user cache folder.
 
 Decoding the 60,000 JPEGs of CIFAR-10 takes tens of seconds; reading the cached 184 MB back
-takes a fraction of one. The cache is keyed by what could change the pixels: the poisonlens
-cache format, the class names, and every image file's path relative to the root, size and
-modification time (nanoseconds). A file added, removed, renamed, rewritten or touched changes
-the key, so a changed folder is never served from a stale cache; listing and stat-ing the files
-is the whole cost of a check.
+takes a fraction of one. The cache is keyed by **content**: the poisonlens cache format, the
+class names, and every image file's path relative to the root with a BLAKE2b hash of its bytes.
+Sizes and modification times are not trusted (tar, ``rsync -t``, ``cp -p`` and unzip put an old
+mtime back on new bytes): a file whose bytes changed misses, whatever its size and mtime.
+Hashing the files costs a read of their bytes, a small share of decoding them.
 
-Where: ``$POISONLENS_CACHE/imagefolder/`` (default ``~/.cache/poisonlens/imagefolder/``), one
-file ``<folder hash>-<key>.npy`` per folder; writing a new version of a folder deletes the older
-ones. Everything there is safe to delete at any time: a missing entry is decoded again. An
-entry is written atomically (a temporary file, then a rename) and read without pickles; one
-whose shape or dtype does not match the folder's listing is ignored and rebuilt.
+Where: ``$POISONLENS_CACHE/imagefolder/`` (default ``~/.cache/poisonlens/imagefolder/``), a
+0700 folder, one file ``<folder hash>-<key>.npy`` per folder with a ``.sum`` beside it; writing
+a new version of a folder deletes the older ones. Everything there is safe to delete at any
+time: a missing entry is decoded again. An entry is written atomically (a temporary file, then
+a rename) and read without pickles, never through a link or from a FIFO. Before use it is
+verified: its ``.sum`` must carry the key, the shape, dtype and size, and a BLAKE2b checksum of
+the pixels keyed by a secret of this cache folder (``.secret``, 0600), so an entry this cache
+did not write for that content (planted, copied, stale, damaged) is ignored and rebuilt.
 Described for users in docs/data-formats.md.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import os
+import stat
 import sys
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,11 +40,12 @@ from poisonlens.data.datasets import (
     open_image,
 )
 from poisonlens.errors import InputError
+from poisonlens.limits import open_regular
 
 #: Environment variable naming the cache root (default ``~/.cache/poisonlens``).
 CACHE_ENV = "POISONLENS_CACHE"
 #: Bumped whenever what is cached or how it is decoded changes; old entries then miss.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 #: Folders with fewer images are decoded every time (faster than a cache round trip).
 MIN_FILES = 1000
 
@@ -56,7 +62,8 @@ class FolderListing:
     labels : int64 array of shape (n_files,)
     n_train : int, how many of ``paths`` are training images
     class_names : tuple of str
-    stamps : str, one line per file: relative path, size, mtime in ns (what the key hashes)
+    stamps : str, one line per file: relative path and the BLAKE2b hash of its bytes (what the
+        key hashes)
     """
 
     paths: list[Path]
@@ -91,19 +98,25 @@ def _list_split(
     return files, labels
 
 
-def list_imagefolder(root: Path, class_names: Sequence[str]) -> FolderListing:
-    """List ``root/train`` and ``root/test``; raises :class:`InputError` naming a bad folder."""
+def list_imagefolder(
+    root: Path, class_names: Sequence[str], *, hash_content: bool = True
+) -> FolderListing:
+    """List ``root/train`` and ``root/test``; raises :class:`InputError` naming a bad folder.
+
+    ``hash_content=False`` leaves ``stamps`` empty (no file is read): for a folder too small
+    to be cached.
+    """
     root = Path(root)
     train, y_train = _list_split(root / "train", class_names, root=root, every_class=True)
     test, y_test = _list_split(root / "test", class_names, root=root, every_class=False)
     if not test:
         raise InputError(root / "test", "no image")
     files = train + test
-    # what the key hashes: each file's path relative to the root, size and mtime
+    # what the key hashes: each file's path relative to the root and a hash of its bytes
     prefix = len(str(root / "x")) - 1  # str(Path(".") / "x") is "x": no "./" to cut
     stamps = "".join(
-        f"{p[prefix:]}\t{st.st_size}\t{st.st_mtime_ns}\n".replace(os.sep, "/") for p, st in files
-    )
+        f"{p[prefix:]}\t{content_hash(p, root)}\n".replace(os.sep, "/") for p, _ in files
+    ) if hash_content else ""
     return FolderListing(
         [Path(p) for p, _ in files],
         np.asarray(y_train + y_test, dtype=np.int64),
@@ -111,6 +124,16 @@ def list_imagefolder(root: Path, class_names: Sequence[str]) -> FolderListing:
         tuple(class_names),
         stamps,
     )
+
+
+def content_hash(path: str | Path, root: Path) -> str:
+    """BLAKE2b (128 bits) of a file's bytes, read in 1 MiB blocks (a regular file, links inside
+    ``root`` only, as every reader checks)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open_regular(path, root=root) as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def folder_key(listing: FolderListing) -> str:
@@ -181,44 +204,88 @@ def decode_images(paths: Sequence[Path], *, n_threads: int | None = None) -> np.
     return np.ascontiguousarray(out[..., :1]) if grey.all() else out
 
 
-def _read_entry(path: Path, listing: FolderListing, size: tuple[int, int]) -> np.ndarray | None:
-    """The cached pixels if ``path`` holds a well-formed entry for ``listing``, else None."""
+def _cache_dir() -> Path | None:
+    """The 0700 cache folder, made if missing; None (no caching) when it is a link, not ours,
+    or cannot be made private."""
+    folder = cache_root() / "imagefolder"
     try:
-        x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise OSError(f"{folder} is not a folder of this user")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(folder, 0o700)
+    except OSError as err:
+        print(f"poisonlens: {folder}: cannot write the image cache ({err})", file=sys.stderr)
         return None
-    except (OSError, ValueError, EOFError):
-        return None  # truncated or corrupt: decode again and replace it
+    return folder
+
+
+def _secret(folder: Path) -> bytes:
+    """This cache folder's random key (``.secret``, 0600), made on first use."""
+    from poisonlens import runfs
+
+    try:
+        data = runfs.read_bytes(folder, ".secret", max_bytes=64)
+        if len(data) == 32:
+            return data
+    except runfs.RunFileError:
+        pass
+    runfs.write_atomic(folder, (".secret",), lambda f: f.write(os.urandom(32)), mode=0o600)
+    return runfs.read_bytes(folder, ".secret", max_bytes=64)
+
+
+def _checksum(secret: bytes, key: str, x: np.ndarray) -> str:
+    h = hmac.new(secret, f"{key}\n{x.dtype.str}\n{x.shape}\n".encode(), hashlib.blake2b)
+    h.update(memoryview(np.ascontiguousarray(x)).cast("B"))
+    return h.hexdigest()
+
+
+def _read_entry(path: Path, listing: FolderListing, size: tuple[int, int]) -> np.ndarray | None:
+    """The cached pixels if ``path`` holds an entry this cache wrote for ``listing``'s content
+    (key, shape, dtype, size and keyed checksum verified), else None."""
+    from poisonlens import runfs
+    from poisonlens.store import _read_npy
+
+    folder, key = path.parent, path.stem.split("-", 1)[-1]
+    try:
+        meta = json.loads(runfs.read_bytes(folder, path.stem + ".sum", max_bytes=4096))
+        x = _read_npy(path, ndim=4, mmap=False, root=folder)
+    except (OSError, ValueError, EOFError, MemoryError):  # InputError is a ValueError
+        return None  # missing, truncated, a link or FIFO, not ours: decode again and replace it
     w, h = size
     ok = (
-        isinstance(x, np.ndarray)
-        and x.dtype == np.uint8
-        and x.ndim == 4
+        isinstance(meta, dict)
+        and meta.get("key") == key
         and x.shape[:3] == (len(listing.paths), h, w)
         and x.shape[3] in (1, 3)
+        and meta.get("shape") == list(x.shape)
+        and meta.get("dtype") == "uint8"
+        and meta.get("nbytes") == x.nbytes
+        and hmac.compare_digest(str(meta.get("checksum", "")), _checksum(_secret(folder), key, x))
     )
     return x if ok else None
 
 
 def _write_entry(path: Path, x: np.ndarray) -> None:
-    """Atomically write ``x``, then delete this folder's older entries; never fails the load."""
+    """Atomically write ``x`` and its ``.sum``, then delete this folder's older entries; never
+    fails the load."""
+    from poisonlens import runfs
+
+    folder, key = path.parent, path.stem.split("-", 1)[-1]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, x, allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        meta = {"key": key, "shape": list(x.shape), "dtype": "uint8", "nbytes": int(x.nbytes),
+                "checksum": _checksum(_secret(folder), key, x)}
+        runfs.write_atomic(folder, (path.name,), lambda f: np.save(f, x, allow_pickle=False), mode=0o600)
+        runfs.write_atomic(folder, (path.stem + ".sum",), lambda f: f.write(json.dumps(meta).encode()),
+                           mode=0o600)
         folder_id = path.name.split("-", 1)[0]
-        for old in path.parent.glob(f"{folder_id}-*.npy"):
-            if old != path:
-                old.unlink(missing_ok=True)
-    except OSError as err:
+        for old in runfs.listdir(folder):
+            if old.startswith(f"{folder_id}-") and old not in (path.name, path.stem + ".sum"):
+                runfs.remove(folder, (old,))
+    except (OSError, InputError) as err:
         # a read-only home or a full disk costs the next load a decode, nothing more
-        print(f"poisonlens: {path.parent}: cannot write the image cache ({err})", file=sys.stderr)
+        print(f"poisonlens: {folder}: cannot write the image cache ({err})", file=sys.stderr)
 
 
 def load_imagefolder_pixels(
@@ -238,11 +305,15 @@ def load_imagefolder_pixels(
     listing : the files and their labels, in the same order
     """
     root = Path(root)
-    listing = list_imagefolder(root, class_names)
     threshold = MIN_FILES if min_files is None else min_files
+    listing = list_imagefolder(root, class_names, hash_content=False)
     if len(listing.paths) < threshold:
         return decode_images(listing.paths), listing
-    entry = cache_root() / "imagefolder" / f"{_folder_id(root)}-{folder_key(listing)}.npy"
+    listing = list_imagefolder(root, class_names)  # now with every file's content hash
+    folder = _cache_dir()
+    if folder is None:
+        return decode_images(listing.paths), listing
+    entry = folder / f"{_folder_id(root)}-{folder_key(listing)}.npy"
     x = _read_entry(entry, listing, open_image(listing.paths[0]).size)
     if x is None:
         x = decode_images(listing.paths)

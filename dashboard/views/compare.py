@@ -21,6 +21,7 @@ from poisonlens.dashboard.common import (
     STATUS_ICONS,
     cached_run_list,
     glossary_ui,
+    md,
     page_header,
     run_stamp,
     runs_dirs,
@@ -97,7 +98,7 @@ def folder_ui() -> list[str]:
             "Also under `"
             + str(results_root())
             + "`: "
-            + ", ".join(f"`{f.name}`" for f in found[1:6])
+            + ", ".join(md(f.name, 80) for f in found[1:6])
         )
     if not folder:
         st.info(
@@ -110,7 +111,7 @@ def folder_ui() -> list[str]:
     try:
         return [str(p) for p in find_runs(folder)]
     except InputError as err:
-        st.error(str(err))
+        st.error(md(err))
         return []
 
 
@@ -197,7 +198,7 @@ def scenario_ui(table: pd.DataFrame) -> pd.DataFrame:
     scenarios = [s for s in SCENARIOS if s in set(table["scenario"])]
     scenarios += sorted(set(table["scenario"]) - set(scenarios))
     if len(scenarios) == 1:
-        st.caption(f"Scenario: **{scenarios[0]}** ({SCENARIO_HELP.get(scenarios[0], '')}).")
+        st.caption(f"Scenario: **{md(scenarios[0], 60)}** ({SCENARIO_HELP.get(scenarios[0], '')}).")
         return table
     if st.session_state.get("cmp_scenario") not in scenarios:
         asked = st.query_params.get("scenario")
@@ -236,7 +237,7 @@ def bars_ui(done: pd.DataFrame) -> None:
             "sets × seeds (table below)."
         )
     with st.expander("The same as a table (as in summary.md)"):
-        st.markdown(to_markdown(summary))
+        st.code(to_markdown(summary), language="markdown")  # run-controlled names: shown as text
 
 
 def table_ui(table: pd.DataFrame) -> None:
@@ -324,7 +325,7 @@ def overlap_ui(done: pd.DataFrame) -> None:
     try:
         overlap = overlap_of(paths, tuple(run_stamp(p) for p in paths))
     except InputError as err:
-        st.warning(str(err))
+        st.warning(md(err))
         return
     if overlap.shape[1] == 0:
         st.info(
@@ -372,7 +373,7 @@ def main() -> None:
     try:
         table = table_of(tuple(paths), tuple(run_stamp(p) for p in paths))
     except InputError as err:
-        st.error(f"Cannot read these runs: {err}")
+        st.error(f"Cannot read these runs: {md(err)}")
         return
     if table.empty:
         st.info("None of these runs has finished an epoch yet.")

@@ -19,6 +19,7 @@ from poisonlens.dashboard.common import (
     load_snapshot,
     load_snapshot_epochs,
     load_targets,
+    md,
     page_header,
     run_picker_ui,
     run_stamp,
@@ -97,7 +98,7 @@ def followed_ui(n_samples: int, poisons: np.ndarray) -> tuple[list[int], list[in
         try:
             selected = sorted(set(selected) | set(parse_indices(typed, n_samples)))
         except ValueError as err:
-            c2.error(str(err))
+            c2.error(md(err))
     chosen_poisons = [int(i) for i in poisons[:MAX_TRACKS]] if use_poisons else []
     selected = [i for i in selected if i not in set(chosen_poisons)][:MAX_TRACKS]
     if use_poisons and len(poisons) > MAX_TRACKS:

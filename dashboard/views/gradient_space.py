@@ -30,6 +30,7 @@ from poisonlens.dashboard.common import (
     glossary_ui,
     load_examples,
     load_snapshot,
+    md,
     page_header,
     projection_extent,
     projection_mtime,
@@ -154,8 +155,11 @@ def targets_placed(run, have: dict[int, pd.DataFrame], epochs: list[int]) -> boo
 
 
 def start_map(path: str, method: str) -> None:
-    """Start computing a run's map with ``method`` in the background."""
-    launch_projection(path, method=method)
+    """Start computing a run's map with ``method`` in the background (a refusal is shown)."""
+    try:
+        launch_projection(path, method=method)
+    except InputError as err:  # e.g. projections/ became a link since the page was drawn
+        st.session_state["_gs_map_refused"] = str(err)
 
 
 def projection_ready_ui(run, method: str, epochs: list[int]) -> bool:
@@ -164,6 +168,13 @@ def projection_ready_ui(run, method: str, epochs: list[int]) -> bool:
     path = str(run.path)
     label = METHOD_NAMES[method]
     file = f"projections/{method}.parquet"
+    tree_damage = run.damage()
+    if tree_damage:  # a link or special file in the run: no map is read, computed or written
+        st.error(f"This run folder is damaged, so no map is shown or computed: {md(tree_damage)}")
+        return False
+    refused = st.session_state.pop("_gs_map_refused", None)
+    if refused:
+        st.error(f"The map was not started: {md(refused)}")
     job = read_job(path, method)
     if job and job.get("state") in ("starting", "running"):
         progress_ui(path, method, label)
@@ -177,7 +188,7 @@ def projection_ready_ui(run, method: str, epochs: list[int]) -> bool:
     if damaged is None and have and set(epochs) <= set(have) and (not run.target or targets_placed(run, have, epochs)):
         return True
     if job and job.get("state") == "failed":
-        st.error(f"Computing the {label} map failed: {job.get('error')}")
+        st.error(f"Computing the {label} map failed: {md(job.get('error'))}")
     if damaged is not None:
         damage_ui(damaged, f"Recompute the map (`{file}`) from the run's snapshots; the other pages do not need it.",
                   fatal=True)
@@ -333,8 +344,8 @@ def sample_panel_ui(path: str, index: int, epochs: list[int], class_names: list[
         scale = max(1, PANEL_PIXELS // pil.width)
         left.image(pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST),
                    caption=f"{image.shape[1]}×{image.shape[0]} pixels, shown ×{scale}")
-        facts = [f"**label** {names[int(row['label'])]}",
-                 f"**predicted** {names[int(row['prediction'])]} (at this snapshot)",
+        facts = [f"**label** {md(names[int(row['label'])], 60)}",
+                 f"**predicted** {md(names[int(row['prediction'])], 60)} (at this snapshot)",
                  "**poison** (ground truth)" if row["is_poison"] else "clean (no poison recorded)",
                  f"**dropped at epoch {dropped}**" if dropped >= 0 else "never dropped"]
         right.markdown(" · ".join(facts))
@@ -478,7 +489,7 @@ def main() -> None:
         try:
             points, target = map_points(path, method, epoch, mtime)
         except InputError as err:
-            st.error(f"The snapshot of epoch {epoch} cannot be read: {err}. The other epochs can still be viewed.")
+            st.error(f"The snapshot of epoch {epoch} cannot be read: {md(err)}. The other epochs can still be viewed.")
             st.session_state["_gs_drawn"] = epoch
             return
         if color_by == "drift":
@@ -524,11 +535,11 @@ def main() -> None:
                          on_change=find_example, args=(len(points),),
                          help="Rings the example, zooms to it and opens its panel (empty: the whole map).")
         if st.session_state.get("_gs_find_error"):
-            right.error(st.session_state["_gs_find_error"])
+            right.error(md(st.session_state["_gs_find_error"]))
         right.text_input("Add examples by index", key="gs_typed", placeholder="e.g. 12, 40-45",
                          on_change=add_typed, args=(len(points),))
         if st.session_state.get("_gs_typed_error"):
-            right.error(st.session_state["_gs_typed_error"])
+            right.error(md(st.session_state["_gs_typed_error"]))
         right.button("Clear selection", key="gs_clear", on_click=lambda: st.session_state.update(_selected=[]))
         if focus is not None and 0 <= focus < len(points):
             sample_panel_ui(path, int(focus), epochs, class_names, points)
@@ -546,7 +557,7 @@ def snapshot_summary_ui(container, points: pd.DataFrame, epoch: int, one_class, 
                         config: dict) -> None:
     """A few counts that say what this snapshot did."""
     rows = points if one_class is None else points[points["label"] == one_class]
-    where = "" if one_class is None else f" of class {class_names[one_class]}"
+    where = "" if one_class is None else f" of class {md(class_names[one_class], 60)}"
     n_drop = int(rows["drop"].sum())
     lines = [f"**Epoch {epoch}**{where}:",
              f"- {int((~rows['dropped_before']).sum()):,} examples still trained on",

@@ -19,6 +19,7 @@ from poisonlens.dashboard.common import (
     REPO,
     STATUS_ICONS,
     cached_run_list,
+    md,
     new_runs_dir,
     page_header,
     run_picker_ui,
@@ -201,7 +202,7 @@ def form_ui(runs_dir: Path) -> Path | None:
             projection=None if projection == "none" else projection,
         )
     except InputError as err:
-        st.error(f"Not started: {err}")
+        st.error(f"Not started: {md(err)}")
         return None
     st.success(
         f"Started **{run_dir.name}** in the background; it keeps training if you close this page."
@@ -212,7 +213,7 @@ def form_ui(runs_dir: Path) -> Path | None:
 def progress_ui(status: LaunchStatus) -> None:
     """A launched run's state, with a progress bar while it trains or computes its map."""
     icon = STATE_ICONS.get(status.state, "")
-    st.markdown(f"{icon} **{status.name}**: {status.state}")
+    st.markdown(f"{icon} **{md(status.name)}**: {status.state}")
     if status.state == "starting":
         st.progress(0.0, text="Loading the data set…")
     elif status.state == "running" and status.epochs:
@@ -227,7 +228,7 @@ def progress_ui(status: LaunchStatus) -> None:
             text=f"Training done; computing the gradient map: {status.map_message or 'starting'}",
         )
     if status.error:
-        st.error(status.error)
+        st.error(md(status.error))
     if status.state in ("finished", "mapping", "running", "interrupted"):
         st.page_link(
             "views/overview.py",
@@ -273,11 +274,11 @@ def history_ui(runs_dir: Path) -> None:
         with st.container(border=True):
             c1, c2 = st.columns([3, 1])
             c1.markdown(
-                f"{STATE_ICONS.get(s.state, '')} **{s.name}**: {s.state}"
+                f"{STATE_ICONS.get(s.state, '')} **{md(s.name)}**: {s.state}"
                 + (f" · epoch {s.epoch} of {s.epochs}" if s.epoch is not None else "")
             )
             if s.error:
-                c1.error(s.error)
+                c1.error(md(s.error))
             if s.state in ("finished", "mapping", "running", "interrupted"):
                 c2.page_link(
                     "views/overview.py",

@@ -15,6 +15,7 @@ from poisonlens.dashboard.common import (
     load_metrics,
     load_snapshot,
     load_snapshot_epochs,
+    md,
     page_header,
     run_picker_ui,
     run_stamp,
@@ -162,17 +163,17 @@ def main() -> None:
     path = str(run.path)
     stamp = run_stamp(path)
     status = run.status
-    st.subheader(f"{STATUS_ICONS.get(status, '')} {run.name}")
+    st.subheader(f"{STATUS_ICONS.get(status, '')} {md(run.name)}")
     if status == "running":
         live_ui(path, stamp)
     elif status == "failed":
-        st.error(f"This run failed: {run.meta.get('error') or 'no message recorded'}")
+        st.error(f"This run failed: {md(run.meta.get('error') or 'no message recorded')}")
     elif status == "interrupted":
         st.warning("This run stopped without finishing (its process is gone). Continue it with "
-                   f"`poisonlens train --resume {path}`.")
+                   f"poisonlens train --resume {md(path)}.")
     _, damaged = snapshot_listing(path, stamp)
     if damaged:
-        st.warning("Left out of the per-snapshot figures (cannot be read):  \n" + "  \n".join(damaged.values()))
+        st.warning("Left out of the per-snapshot figures (cannot be read):  \n" + "  \n".join(md(d) for d in damaged.values()))
     try:
         metrics = load_metrics(path, stamp)
         examples = load_examples(path)

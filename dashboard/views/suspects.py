@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -13,6 +15,7 @@ from poisonlens.dashboard.common import (
     epoch_picker_ui,
     glossary_ui,
     load_examples,
+    md,
     no_drops_reason,
     page_header,
     run_picker_ui,
@@ -110,7 +113,7 @@ def main() -> None:
         damage_ui(err, "Pick another snapshot epoch.", fatal=True)
         return
     for problem in table.attrs.get("damaged", []):
-        st.warning(f"{problem}. The examples it dropped are listed without its score and cluster facts.")
+        st.warning(f"{md(problem)}. The examples it dropped are listed without its score and cluster facts.")
     has_truth = bool(examples["is_poison"].any())
     n_poisons = int(examples["is_poison"].sum())
     n_dropped = int((table["dropped_epoch"] >= 0).sum()) if len(table) else 0
@@ -126,8 +129,8 @@ def main() -> None:
         st.info(reason)
     export_cmd = f"poisonlens export --run {path} --epoch {epoch}" + ("" if include_flagged else " --dropped-only") + " --out suspects.csv"
     st.download_button(f"Download CSV ({len(table):,} rows)", suspects_csv(path, epoch, include_flagged, stamp),
-                       file_name=f"{run.name}-suspects-epoch{epoch}.csv", mime="text/csv", key="su_download", icon=":material/download:",
-                       help=f"The same file as `{export_cmd}`. Text cells that a spreadsheet would read as a formula are escaped.")
+                       file_name=f"{re.sub(r'[^A-Za-z0-9._-]', '_', run.name)[:80]}-suspects-epoch{epoch}.csv", mime="text/csv", key="su_download", icon=":material/download:",
+                       help=f"The same file as {md(export_cmd)}. Text cells that a spreadsheet would read as a formula are escaped.")
     if table.empty:
         st.info("Nothing dropped or flagged up to this epoch.")
         return

@@ -1,0 +1,149 @@
+"""Tampered run folders through every reader: the CLI commands and the dashboard pages.
+
+The corpus (tests/bad_inputs/make_run_corpus.py) damages copies of a small real run: links
+at every level (out to a sentinel folder, to /dev/zero), FIFOs, infinite and huge numbers,
+wrong types and schemas, decoded-size bombs, out-of-range labels, hostile text. Each command
+runs in a watched child process (tests/untrusted.py: no hang, bounded memory); each must give
+a damaged-run marker or one line with exit 2, never a traceback; and the sentinel folder the
+links lead to must be byte for byte unchanged afterwards, its secret shown nowhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.bad_inputs.make_run_corpus import CASES, SECRET, fingerprint, make_case, make_outside
+from tests.dashboard_runs import POISON_RUN, runs_folder
+from tests.untrusted import run_cli_forked
+
+# the ones whose damage every command must refuse (links, FIFOs, a bad run.json)
+TREE_OR_META = {name for name in CASES if name.startswith(("link_", "fifo_", "epochs_", "created_", "name_"))}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return runs_folder(tmp_path_factory) / POISON_RUN
+
+
+def corpus(source: Path, root: Path, name: str):
+    runs = root / "runs"
+    runs.mkdir(parents=True)
+    shutil.copytree(source, runs / "good", symlinks=True)
+    outside = make_outside(root / "outside", source)
+    run_dir, case = make_case(name, source, runs, outside)
+    return runs, run_dir, case, outside
+
+
+def assert_clean(result, *, allowed=(0, 2)) -> None:
+    text = result.stdout + result.stderr
+    context = f"rc={result.returncode} killed={result.killed} out={result.stdout[-800:]!r} err={result.stderr[-800:]!r}"
+    assert result.killed is None, context
+    assert "Traceback" not in text, context
+    assert SECRET not in text, context
+    assert "\x1b" not in text, context
+    assert result.returncode in allowed, context
+    if result.returncode == 2:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, context
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_command_on_a_tampered_run(source, tmp_path, name):
+    runs, run_dir, case, outside = corpus(source, tmp_path, name)
+    before = fingerprint(outside)
+    must_refuse = name in TREE_OR_META
+
+    listed = run_cli_forked(["runs", "--runs-dir", str(runs)], timeout=60)
+    assert_clean(listed, allowed=(0,))
+    rows = [line for line in listed.stdout.splitlines()[1:] if not line.startswith(" ")]
+    assert len(rows) == 2, listed.stdout  # the damaged run never hides the good one
+    if case.damaged and must_refuse:
+        assert "damaged, unreadable" in listed.stdout, listed.stdout
+
+    out = tmp_path / "suspects.csv"
+    exported = run_cli_forked(["export", "--run", str(run_dir), "--out", str(out)], timeout=60)
+    assert_clean(exported, allowed=(2,) if must_refuse else (0, 2))
+
+    resumed = run_cli_forked(["train", "--resume", str(run_dir), "--quiet"], timeout=240)
+    assert_clean(resumed, allowed=(2,) if must_refuse else (0, 2))
+
+    projected = run_cli_forked(["project", "--run", str(run_dir), "--method", "pca", "--quiet"], timeout=240)
+    assert_clean(projected, allowed=(2,) if must_refuse else (0, 2))
+
+    assert fingerprint(outside) == before  # nothing read into, written, or deleted out there
+    if must_refuse and name != "link_run_folder_itself":
+        from poisonlens.runfs import check_tree
+
+        assert check_tree(run_dir) or name.startswith(("epochs_", "created_", "name_"))
+
+
+def test_the_untampered_copy_passes_every_command(source, tmp_path):
+    from poisonlens.runfs import check_tree
+
+    runs = tmp_path / "runs"
+    shutil.copytree(source, runs / "good", symlinks=True)
+    assert check_tree(runs / "good") is None
+    for args in (["runs", "--runs-dir", str(runs)],
+                 ["export", "--run", str(runs / "good"), "--out", str(tmp_path / "s.csv")],
+                 ["train", "--resume", str(runs / "good"), "--quiet"],
+                 ["project", "--run", str(runs / "good"), "--method", "pca", "--quiet"]):
+        result = run_cli_forked(args, timeout=240)
+        assert_clean(result, allowed=(0,))
+    assert "damaged" not in run_cli_forked(["runs", "--runs-dir", str(runs)]).stdout
+    assert os.path.isfile(runs / "good" / "projections" / "pca.parquet")
+
+
+# --- every dashboard page, on every tampered run ---------------------------------------------
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+PAGES = ["views/overview.py", "views/gradient_space.py", "views/drift.py", "views/suspects.py",
+         "views/compare.py", "views/new_run.py", "views/about.py"]
+MARKDOWN_KINDS = ("markdown", "error", "warning", "info", "success", "caption", "title", "subheader", "header")
+
+
+@pytest.fixture(scope="module")
+def page_corpus(source, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tampered")
+    runs = root / "runs"
+    runs.mkdir()
+    shutil.copytree(source, runs / "good", symlinks=True)
+    outside = make_outside(root / "outside", source)
+    cases = {name: make_case(name, source, runs, outside) for name in sorted(CASES)}
+    return runs, outside, cases
+
+
+def page_texts(at) -> list[str]:
+    out = []
+    for kind in MARKDOWN_KINDS:
+        out += [str(e.value) for e in getattr(at, kind)]
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_on_every_tampered_run(page_corpus, monkeypatch, page):
+    from streamlit.testing.v1 import AppTest
+
+    runs, outside, cases = page_corpus
+    before = fingerprint(outside)
+    monkeypatch.setenv("POISONLENS_RUNS", str(runs))
+    monkeypatch.setenv("POISONLENS_SAMPLES", "")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(page)
+    for name, (run_dir, case) in cases.items():
+        at.query_params["run"] = run_dir.name
+        at.run()
+        assert not at.exception, (name, [e.value for e in at.exception])
+        texts = page_texts(at)
+        joined = "\n".join(texts)
+        assert SECRET not in joined, name
+        for text in texts:  # Markdown from the run is shown escaped, never rendered
+            assert "](http://evil" not in text and "<img" not in text and "\x1b" not in text, (name, text)
+        if name in TREE_OR_META and page not in ("views/about.py", "views/new_run.py", "views/compare.py"):
+            said = "\n".join(str(e.value) for kind in ("error", "warning", "info") for e in getattr(at, kind))
+            said = said.replace("\\", "")  # shown with Markdown escapes
+            assert "damaged" in said or any(f in said for f in case.files), (name, said)
+    assert fingerprint(outside) == before
