@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from poisonlens.dashboard.common import (
     damage_ui,
-    drift_at,
     dropped_text,
     epoch_picker_ui,
     glossary_ui,
@@ -43,19 +41,6 @@ def suspects_csv(path: str, epoch: int, include_flagged: bool, stamp: float) -> 
 def descriptions(path: str, epoch: int) -> dict[str, str]:
     """Descriptions of the suspects table's columns, by column name."""
     return column_descriptions(open_run(path), epoch)
-
-
-def drift_of(path: str, table: pd.DataFrame, epoch: int, readable: list[int], stamp: float) -> np.ndarray:
-    """Each row's drift at the snapshot its facts come from: the one that dropped it, or ``epoch``
-    for an example flagged but kept (NaN when that snapshot cannot be read)."""
-    facts_epoch = np.where(table["dropped_epoch"] >= 0, table["dropped_epoch"], epoch)
-    out = np.full(len(table), np.nan)
-    for e in np.unique(facts_epoch):
-        if int(e) not in readable:
-            continue
-        rows = facts_epoch == e
-        out[rows] = drift_at(path, int(e), stamp)["drift"].to_numpy()[table.loc[rows, "index"].to_numpy()]
-    return np.round(out, 3)
 
 
 def filters_ui(table: pd.DataFrame, has_truth: bool) -> pd.DataFrame:
@@ -134,7 +119,6 @@ def main() -> None:
     shown = filters_ui(table, has_truth)
     view = shown.head(THUMB_ROWS).copy()
     view.insert(1, "image", thumbnails(path, tuple(int(i) for i in view["index"])))
-    view.insert(view.columns.get_loc("flagged") + 1, "drift", drift_of(path, view, epoch, epochs, stamp))
     view["dropped_epoch"] = dropped_text(view["dropped_epoch"])
     hidden = ["base_index"] + ([] if has_truth else ["is_poison"]) + (["label"] if "class_name" in view else [])
     view = view.drop(columns=hidden, errors="ignore")
