@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train every defense on every poison set, seed and scenario; write results tables",
     ),
     "project": ("poisonlens.commands.project", "precompute the 2-D gradient map the dashboard shows"),
+    "review": (
+        "poisonlens.commands.review",
+        "import or export a run's review (poison / clean / unsure verdicts) as CSV",
+    ),
 }
 PROG = "poisonlens"
 # poisonlens.limits.Limits fields as flags (--max-images ...): read by main() wherever they appear.

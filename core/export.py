@@ -70,7 +70,13 @@ def column_descriptions(run: Run, epoch: int) -> dict[str, str]:
     """What each snapshot column of the suspects table means (for table headers and docs)."""
     declared = _declared_columns(str(run.config.get("defense", ""))) or {}
     score = {"score": str(declared["score"])} if "score" in declared else {}
-    return {**FACT_COLUMNS, "drift": DRIFT_DESCRIPTION, **score, **defense_columns(run, epoch)}
+    return {
+        **FACT_COLUMNS,
+        "drift": DRIFT_DESCRIPTION,
+        **score,
+        **defense_columns(run, epoch),
+        **REVIEW_COLUMNS,
+    }
 
 
 def check_epoch(run: Run, epoch: int | None, *, source: str = "epoch") -> int:
@@ -113,7 +119,8 @@ def suspects_table(
     label, class_name (when the run names its classes), is_poison, base_index, dropped_epoch
     (-1 when not dropped), flagged, drift, then loss, confidence, prediction (a class name when
     the run names its classes), score and the defense's own columns (:func:`defense_columns`),
-    each read at the snapshot that dropped the example.
+    each read at the snapshot that dropped the example; last the run's review: review (the
+    verdict, '' when not reviewed), review_note, review_who, review_when.
     """
     at = check_epoch(run, epoch)
     examples = run.examples().reset_index(drop=True)
@@ -178,8 +185,33 @@ def suspects_table(
     )
     table = table.iloc[order].reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
+    _add_review(run, table, damaged, skip_damaged)
     table.attrs["damaged"] = damaged
     return table
+
+
+REVIEW_COLUMNS = {
+    "review": "the verdict recorded in the run's review: poison, clean, unsure, or empty",
+    "review_note": "the reviewer's note",
+    "review_who": "who recorded the verdict",
+    "review_when": "when (UTC)",
+}
+
+
+def _add_review(run: Run, table: pd.DataFrame, damaged: list[str], skip_damaged: bool) -> None:
+    """Append the run's review (review.parquet) as the columns of ``REVIEW_COLUMNS``."""
+    from poisonlens.review import read_review
+
+    try:
+        review = read_review(run).set_index("index")
+    except InputError as err:
+        if not skip_damaged:
+            raise
+        damaged.append(str(err))
+        review = pd.DataFrame(columns=["verdict", "note", "who", "when"])
+    found = review.reindex(table["index"].to_numpy())
+    for col, src in zip(REVIEW_COLUMNS, ["verdict", "note", "who", "when"], strict=True):
+        table[col] = found[src].fillna("").to_numpy(object)
 
 
 def drift_at(run: Run, epoch: int) -> np.ndarray:

@@ -158,9 +158,11 @@ class RunWriter:
         *,
         class_names: list[str],
         target: dict | None,
+        extra: dict | None = None,
     ) -> None:
         """Start a run: run.json with status ``running``. ``target`` holds the poison set's
-        target_label, adv_label, target_index, attack, eps and n_poisons (None for a clean run)."""
+        target_label, adv_label, target_index, attack, eps and n_poisons (None for a clean run);
+        ``extra`` holds more top-level keys (e.g. ``exclude``, docs/run-format.md)."""
         now = time.time()
         atomic_write_json(
             self.dir / RUN_JSON,
@@ -177,6 +179,7 @@ class RunWriter:
                 "created": now,
                 "updated": now,
                 "finished": None,
+                **(extra or {}),
             },
         )
 
