@@ -370,6 +370,9 @@ def run_picker_ui() -> Run | None:
         return None
     st.sidebar.caption(f"{STATUS_ICONS.get(info['status'], '')} {info['status']} · epoch "
                        f"{max(info['epochs_done'], 0)}/{info['epochs']} · `{chosen}`")
+    from poisonlens.dashboard.marking import review_caption_ui
+
+    review_caption_ui(chosen)  # every run page shows the review's counts
     return run
 
 
