@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train every defense on every poison set, seed and scenario; write results tables",
     ),
     "project": ("poisonlens.commands.project", "precompute the 2-D gradient map the dashboard shows"),
+    "review": (
+        "poisonlens.commands.review",
+        "import or export a run's review (poison / clean / unsure verdicts) as CSV",
+    ),
     "ui": ("poisonlens.commands.ui", "start the dashboard on a runs folder (http://127.0.0.1:8501)"),
     "help": (
         "poisonlens.commands.help",

@@ -101,6 +101,11 @@ class TrainConfig:
     clean_control: bool = _opt(
         False, "clean control: keep the poison set's target but train on the base images"
     )
+    exclude: str | None = _opt(
+        None,
+        "CSV with an 'index' column: train without those examples (a suspects export, or a "
+        "review export, of which only the rows marked poison count)",
+    )
     model: str = _opt("smallcnn", "network", choices=MODEL_NAMES)
     width: int = _opt(32, "channels of the small CNN's first block", low=1, high=1024)
     scenario: str = _opt(

@@ -8,6 +8,10 @@ no cluster), so every snapshot column of a dropped example is read from the snap
 dropped it (its ``dropped_epoch``); an example flagged but not dropped is described by the
 chosen snapshot. Dropped examples come first, then flagged ones; within each, the higher the
 ``score``, the higher the rank (NaN last), ties by index.
+
+``drift`` (:mod:`poisonlens.drift`) is read at the same snapshot as the other facts, and
+``prediction`` is the predicted class's name when the run names its classes (its number
+otherwise), like ``class_name`` for the label.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from poisonlens.drift import drift_scores
 from poisonlens.errors import InputError
 from poisonlens.store import Run
 
@@ -28,6 +33,10 @@ FACT_COLUMNS = {
     "prediction": "the class the model predicted",
     "score": "the defense's suspicion score (higher = more suspicious)",
 }
+DRIFT_DESCRIPTION = (
+    "distance from its own class at that snapshot, over the class's median (1 = typical; "
+    "see the Drift page)"
+)
 # Snapshot columns that are not facts about a decision: identity, gradients, the decision itself.
 _NOT_DEFENSE = {"index", "label", "active", "suspect", "drop", "dropped_epoch", *FACT_COLUMNS}
 
@@ -61,7 +70,13 @@ def column_descriptions(run: Run, epoch: int) -> dict[str, str]:
     """What each snapshot column of the suspects table means (for table headers and docs)."""
     declared = _declared_columns(str(run.config.get("defense", ""))) or {}
     score = {"score": str(declared["score"])} if "score" in declared else {}
-    return {**FACT_COLUMNS, **score, **defense_columns(run, epoch)}
+    return {
+        **FACT_COLUMNS,
+        "drift": DRIFT_DESCRIPTION,
+        **score,
+        **defense_columns(run, epoch),
+        **REVIEW_COLUMNS,
+    }
 
 
 def check_epoch(run: Run, epoch: int | None, *, source: str = "epoch") -> int:
@@ -102,8 +117,10 @@ def suspects_table(
     -------
     DataFrame, a row per suspect, ranked as the module docstring says. Columns: rank, index,
     label, class_name (when the run names its classes), is_poison, base_index, dropped_epoch
-    (-1 when not dropped), flagged, then loss, confidence, prediction, score and the defense's
-    own columns (:func:`defense_columns`), each read at the snapshot that dropped the example.
+    (-1 when not dropped), flagged, drift, then loss, confidence, prediction (a class name when
+    the run names its classes), score and the defense's own columns (:func:`defense_columns`),
+    each read at the snapshot that dropped the example; last the run's review: review (the
+    verdict, '' when not reviewed), review_note, review_who, review_when.
     """
     at = check_epoch(run, epoch)
     examples = run.examples().reset_index(drop=True)
@@ -119,32 +136,44 @@ def suspects_table(
     )
     keep = (dropped_epoch >= 0) | (flagged & include_flagged)
     table = current[facts].copy()
+    drift = np.full(len(table), np.nan)
     damaged: list[str] = []
-    for e in np.unique(dropped_epoch[keep & (dropped_epoch >= 0) & (dropped_epoch != at)]):
-        rows = np.flatnonzero(dropped_epoch == e)
+    facts_epoch = np.where(dropped_epoch >= 0, dropped_epoch, at)
+    for e in np.unique(facts_epoch[keep]):
+        rows = np.flatnonzero(facts_epoch == e)
         try:
-            have = [c for c in facts if c in run.snapshot_columns(int(e))]
-            earlier = run.snapshot(int(e), columns=have)
+            if e != at:
+                have = [c for c in facts if c in run.snapshot_columns(int(e))]
+                earlier = run.snapshot(int(e), columns=have)
+                for col in have:
+                    table.loc[rows, col] = earlier[col].to_numpy()[rows]
+            drift[rows] = drift_at(run, int(e))[rows]
         except InputError as err:
             if not skip_damaged:
                 raise
             damaged.append(str(err))
             _blank(table, rows, facts)
-            continue
-        for col in have:
-            table.loc[rows, col] = earlier[col].to_numpy()[rows]
+    table.insert(0, "drift", np.round(drift, 3))
     table.insert(0, "flagged", flagged)
     table.insert(0, "dropped_epoch", dropped_epoch)
     table = pd.concat([examples, table], axis=1)
     if run.class_names and "label" in table:
+        top = int(table["label"].max())
+        if "prediction" in table and table["prediction"].notna().any():
+            top = max(top, int(table["prediction"].max()))
         names = np.asarray(
-            run.class_names
-            + [str(c) for c in range(len(run.class_names), int(table["label"].max()) + 1)],
+            run.class_names + [str(c) for c in range(len(run.class_names), top + 1)],
             dtype=object,
         )
         table.insert(
             table.columns.get_loc("label") + 1, "class_name", names[table["label"].to_numpy()]
         )
+        if "prediction" in table:
+            predicted = table["prediction"].to_numpy()
+            known = ~pd.isna(predicted)
+            named = np.full(len(table), None, dtype=object)
+            named[known] = names[predicted[known].astype(np.int64)]
+            table["prediction"] = named
     table = table[keep]
     score = table["score"].to_numpy(np.float64) if "score" in table else np.full(len(table), np.nan)
     order = np.lexsort(
@@ -156,8 +185,57 @@ def suspects_table(
     )
     table = table.iloc[order].reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
+    _add_review(run, table, damaged, skip_damaged)
     table.attrs["damaged"] = damaged
     return table
+
+
+REVIEW_COLUMNS = {
+    "review": "the verdict recorded in the run's review: poison, clean, unsure, or empty",
+    "review_note": "the reviewer's note",
+    "review_who": "who recorded the verdict",
+    "review_when": "when (UTC)",
+}
+
+
+def _add_review(run: Run, table: pd.DataFrame, damaged: list[str], skip_damaged: bool) -> None:
+    """Append the run's review (review.parquet) as the columns of ``REVIEW_COLUMNS``."""
+    from poisonlens.review import read_review
+
+    try:
+        review = read_review(run).set_index("index")
+    except InputError as err:
+        if not skip_damaged:
+            raise
+        damaged.append(str(err))
+        review = pd.DataFrame(columns=["verdict", "note", "who", "when"])
+    found = review.reindex(table["index"].to_numpy())
+    for col, src in zip(REVIEW_COLUMNS, ["verdict", "note", "who", "when"], strict=True):
+        table[col] = found[src].fillna("").to_numpy(object)
+
+
+def drift_at(run: Run, epoch: int) -> np.ndarray:
+    """Every example's drift at the snapshot of ``epoch`` (:func:`poisonlens.drift.drift_scores`).
+
+    Parameters
+    ----------
+    run : the run
+    epoch : a snapshot epoch
+
+    Returns
+    -------
+    drift : float64 array of shape (n_samples,)
+    """
+    grad_cols = [c for c in run.snapshot_columns(epoch) if c.startswith("g_")]
+    extra = ["is_medoid"] if "is_medoid" in run.snapshot_columns(epoch) else []
+    snap = run.snapshot(epoch, columns=["label", "active", *extra, *grad_cols])
+    medoids = snap["is_medoid"].fillna(False).to_numpy(bool) if extra else None
+    return drift_scores(
+        snap[grad_cols].to_numpy(np.float32),
+        snap["label"].to_numpy(),
+        medoids=medoids,
+        active=snap["active"].to_numpy(bool),
+    )["drift"].to_numpy()
 
 
 def _blank(table: pd.DataFrame, rows: np.ndarray, columns: list[str]) -> None:

@@ -189,11 +189,20 @@ def check_launch(
         raise InputError(arg, "data set path not found")
     poisons = str(Path(config.poisons).expanduser().resolve()) if config.poisons else None
     pretrained = str(Path(config.pretrained).expanduser().resolve()) if config.pretrained else None
+    exclude = str(Path(config.exclude).expanduser().resolve()) if config.exclude else None
     config = replace(
-        config, dataset=_absolute_spec(config.dataset), poisons=poisons, pretrained=pretrained
+        config,
+        dataset=_absolute_spec(config.dataset),
+        poisons=poisons,
+        pretrained=pretrained,
+        exclude=exclude,
     )
     config.validate()
     config.check_defense()
+    if exclude:  # the file's form here; its indices against the data set when training starts
+        from poisonlens.review import read_index_csv
+
+        read_index_csv(exclude)
     # poison set: readable and fitting the data set (the data set is loaded only when cheap)
     if poisons:
         if not Path(poisons).exists():

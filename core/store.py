@@ -178,9 +178,11 @@ class RunWriter:
         *,
         class_names: list[str],
         target: dict | None,
+        extra: dict | None = None,
     ) -> None:
         """Start a run: run.json with status ``running``. ``target`` holds the poison set's
-        target_label, adv_label, target_index, attack, eps and n_poisons (None for a clean run)."""
+        target_label, adv_label, target_index, attack, eps and n_poisons (None for a clean run);
+        ``extra`` holds more top-level keys (e.g. ``exclude``, docs/run-format.md)."""
         now = time.time()
         self._json(
             RUN_JSON,
@@ -197,6 +199,7 @@ class RunWriter:
                 "created": now,
                 "updated": now,
                 "finished": None,
+                **(extra or {}),
             },
         )
 

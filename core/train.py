@@ -265,6 +265,10 @@ def start_run(config: TrainConfig, run_dir: str | Path) -> TrainState:
     TrainState at epoch 0
     """
     state = _setup(config, check_config(config))
+    excluded, record = excluded_examples(config, state.data.n_samples)
+    if record:
+        record["n_poisons"] = int(state.data.is_poison[excluded].sum())
+    state.active[excluded] = False  # never trained on, never seen by the defense as active
     if not distributed.is_main_process():
         return state  # under torchrun only rank 0 writes the run
     data, poisons = state.data, state.data.poisons
@@ -286,13 +290,47 @@ def start_run(config: TrainConfig, run_dir: str | Path) -> TrainState:
         versions(),
         class_names=list(data.dataset.class_names),
         target=target,
+        extra={"exclude": record} if record else None,
     )
     n = data.n_samples
     examples = {"index": np.arange(n, dtype=np.int64), "label": data.y_train}
     examples.update(is_poison=data.is_poison, base_index=data.base_index)
+    if record:
+        examples["excluded"] = ~state.active
     writer.write_examples(pd.DataFrame(examples))
     writer.write_images(data.x_train, poisons.target_x if poisons else None)
     return state
+
+
+def excluded_examples(config: TrainConfig, n_samples: int) -> tuple[np.ndarray, dict | None]:
+    """The examples ``config.exclude`` lists, and what run.json records of them.
+
+    Parameters
+    ----------
+    config : the run's options; ``exclude`` is a CSV path or None
+    n_samples : training examples of the data set
+
+    Returns
+    -------
+    indices : sorted int64 array (empty without ``exclude``)
+    record : {'file', 'sha256', 'count'} for run.json's ``exclude``, or None without ``exclude``
+
+    Raises
+    ------
+    InputError
+        ``--exclude``: the file is unreadable, malformed, or lists an index outside the data set.
+    """
+    if not config.exclude:
+        return np.zeros(0, dtype=np.int64), None
+    from poisonlens.review import read_index_csv
+
+    indices, digest = read_index_csv(config.exclude)
+    if len(indices) and indices[-1] >= n_samples:
+        raise InputError(
+            f"--exclude {config.exclude}",
+            f"index {int(indices[-1])} is not an example of this data set (0 to {n_samples - 1})",
+        )
+    return indices, {"file": str(config.exclude), "sha256": digest, "count": int(len(indices))}
 
 
 def resume_run(run_dir: str | Path, *, device: str | None = None) -> TrainState:
@@ -631,11 +669,13 @@ def target_row(epoch: int, target: dict | None, projection: np.ndarray | None) -
 
 
 def drop_counts(state: TrainState) -> dict:
-    """``n_active``, ``n_dropped`` and ``n_poison_dropped`` of the current masks."""
+    """``n_active``, ``n_dropped`` and ``n_poison_dropped`` of the current masks (an example
+    left out by ``--exclude`` is inactive but was never dropped)."""
+    dropped = state.dropped_epoch >= 0
     return {
         "n_active": int(state.active.sum()),
-        "n_dropped": int((~state.active).sum()),
-        "n_poison_dropped": int((~state.active & state.data.is_poison).sum()),
+        "n_dropped": int(dropped.sum()),
+        "n_poison_dropped": int((dropped & state.data.is_poison).sum()),
     }
 
 
@@ -777,7 +817,7 @@ def run_loop(
         if main:
             save_checkpoint(writer.dir / CHECKPOINTS / LAST, checkpoint_state(state), root=writer.dir)
         bar.update(1)
-        bar.set_postfix(acc=f"{scores['test_acc']:.3f}", dropped=int((~state.active).sum()))
+        bar.set_postfix(acc=f"{scores['test_acc']:.3f}", dropped=int((state.dropped_epoch >= 0).sum()))
         if stop_at_epoch is not None and stop_at_epoch <= epoch < config.epochs:
             writer.write_progress(epoch=epoch, epochs=config.epochs, phase="stopped")
             bar.close()

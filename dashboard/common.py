@@ -398,6 +398,9 @@ def run_picker_ui() -> Run | None:
     if info.get("unreadable"):  # a link or special file in it, or damaged metrics: say so
         st.warning(f"This run is damaged: {md(info['unreadable'])}. What can be read is shown; "
                    "nothing is followed out of the run folder.")
+    from poisonlens.dashboard.marking import review_caption_ui
+
+    review_caption_ui(chosen)  # every run page shows the review's counts
     return run
 
 

@@ -17,6 +17,8 @@ import pandas as pd
 
 VOLATILE_JSON_KEYS = {"created", "updated", "finished", "pid", "versions", "seconds"}
 VOLATILE_NPZ_FIELDS = {"extra_json"}  # holds the crafting report, timings included
+# A person's review of a sample run (poisonlens.review) is theirs, not part of the sample.
+USER_FILES = {"review.parquet"}
 
 
 def _canonical_parquet(path: Path) -> bytes:
@@ -68,7 +70,7 @@ def checksums(root: Path, folders: tuple[str, ...] = ("poisons", "runs")) -> dic
         p
         for f in folders
         for p in (root / f).rglob("*")
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not p.name.startswith(".") and p.name not in USER_FILES
     )
     return {str(p.relative_to(root)): hashlib.sha256(canonical_bytes(p)).hexdigest() for p in files}
 

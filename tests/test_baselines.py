@@ -458,3 +458,19 @@ def test_every_defense_writes_exactly_the_columns_it_declares(name):
 def test_output_columns_of_an_unknown_defense_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown defense 'nope'"):
         output_columns("nope")
+
+
+def test_activation_clustering_grades_a_suspect_cluster_by_distance_from_the_majority():
+    # Before the tie-break every member of a class's suspect cluster had one score (1 - share).
+    snapshot, planted = shifted_group(share=0.15)
+    shift = 4.0 + np.linspace(0, 2, len(planted)) * planted
+    snapshot = make_snapshot(snapshot.embeddings + (shift * planted)[:, None], snapshot.labels)
+    result = ActivationClustering(size_thresh=0.35)(snapshot, all_active(snapshot))
+    graded = 0
+    for c in range(N_CLASSES):
+        rows = np.flatnonzero(result.suspect & (snapshot.labels == c))
+        if len(rows) > 2:
+            assert len(np.unique(result.score[rows])) == len(rows)
+            assert np.ptp(result.score[rows]) < 1e-3
+            graded += 1
+    assert graded > 0

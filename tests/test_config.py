@@ -37,6 +37,7 @@ def digits_npz(folder: Path) -> Path:
     d = load_dataset("digits")
     path = folder / "digits.npz"
     np.savez(path, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    (folder / "exclude.csv").write_text("index\n5\n7\n")  # every_field_changed's --exclude
     return path
 
 
@@ -46,6 +47,7 @@ def every_field_changed(folder: Path) -> TrainConfig:
         dataset=f"npz:{folder / 'digits.npz'}",
         poisons=str(DEMO_POISONS),
         clean_control=True,
+        exclude=str(folder / "exclude.csv"),
         model="resnet18",
         width=8,
         scenario="finetune",

@@ -356,3 +356,47 @@ def test_a_failed_launch_shows_its_error(tmp_path, monkeypatch):
     at = app("views/new_run.py")
     assert "dies" in markdown(at) and "failed" in markdown(at)
     assert any("garbage.npz" in e.value for e in at.error)
+
+
+# --- review --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_runs(dashboard_runs, tmp_path, monkeypatch):
+    """A copy of the poisoned run that a test may mark (the session's runs stay unreviewed)."""
+    import shutil
+
+    shutil.copytree(dashboard_runs / POISON_RUN, tmp_path / "runs" / POISON_RUN)
+    monkeypatch.setenv("POISONLENS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("POISONLENS_SAMPLES", "")
+    return tmp_path / "runs"
+
+
+def test_marking_on_suspects_is_kept_shown_filtered_and_exported(own_runs, media):
+    from poisonlens.review import read_review
+
+    run = open_run(own_runs / POISON_RUN)
+    first_two = suspects_table(run)["index"].tolist()[:2]
+    at = app("views/suspects.py", POISON_RUN)
+    assert (at.dataframe[0].value["review"] == "").all()
+    at.text_input(key="su_mark_typed").input(f"{first_two[0]}, {first_two[1]}").run()
+    at.radio(key="su_mark_verdict").set_value("poison").run()
+    at.text_input(key="su_mark_note").input("sits apart from its class").run()
+    at.button(key="su_mark_save").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Marked 2 example(s)" in s.value for s in at.success)
+    review = read_review(open_run(own_runs / POISON_RUN))
+    assert review["index"].tolist() == sorted(first_two)
+    assert set(review["verdict"]) == {"poison"} and set(review["note"]) == {"sits apart from its class"}
+    shown = at.dataframe[0].value.set_index("index")
+    assert shown.loc[first_two, "review"].tolist() == ["poison", "poison"]
+    at.radio(key="su_review").set_value("poison").run()
+    assert sorted(at.dataframe[0].value["index"]) == sorted(first_two)
+    assert any("Review: 2 poison, 0 clean, 0 unsure" in c.value for c in at.sidebar.caption)
+    data = media(at.download_button[0].proto.url).decode()
+    assert data.count(",poison,sits apart from its class,") == 2
+    # clear one: it leaves the review
+    at.text_input(key="su_mark_typed").input(str(first_two[0])).run()
+    at.radio(key="su_mark_verdict").set_value("clear").run()
+    at.button(key="su_mark_save").click().run()
+    assert read_review(open_run(own_runs / POISON_RUN))["index"].tolist() == [first_two[1]]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from poisonlens.defense import build_defense, defense_names
 from poisonlens.defense.base import Snapshot
-from poisonlens.defense.epic import Epic, EpicConfig, budgets, select
+from poisonlens.defense.epic import Epic, EpicConfig, budgets, isolation, select
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -235,16 +235,60 @@ def test_the_same_seed_gives_the_same_result(greedy):
 # --------------------------------------------------------------------------- scores
 
 
-def test_score_is_inverse_cluster_size_plus_half_the_relative_distance():
+def test_a_kept_example_scores_inverse_cluster_size_plus_half_the_relative_distance():
     grads, labels = snapshot_grads(300, seed=2)
     out = select(grads, labels, subset_size=0.1)
     for c in range(4):
         members = np.flatnonzero(labels == c)
         d = np.linalg.norm(grads[members] - grads[out.medoid[members]], axis=1)
         relative = np.where(d > 0, d / (d + np.median(d)), 0)
+        kept = ~out.drop[members]
         np.testing.assert_allclose(
-            out.score[members], 1 / out.cluster_size[members] + 0.5 * relative, rtol=1e-6
+            out.score[members][kept],
+            (1 / out.cluster_size[members] + 0.5 * relative)[kept],
+            rtol=1e-6,
         )
+
+
+def brute_isolation(grads, labels, out, i):
+    """r of epic's docstring for example i, from the full distance matrix of its class."""
+    members = np.flatnonzero(labels == labels[i])
+    d = np.linalg.norm(grads[members][:, None] - grads[members][None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    scale = max(np.median(d.min(axis=1)), 1e-3)
+    outside = out.medoid[members] != out.medoid[i]
+    return np.linalg.norm(grads[members][outside] - grads[i], axis=1).min() / scale
+
+
+def test_a_dropped_example_scores_by_how_isolated_it_is():
+    # Three outliers of class 0 at growing distances from a tight blob: all three are isolated
+    # medoids; the farther out, the higher the score, and each isolation is the brute-force ratio.
+    rng = np.random.default_rng(0)
+    grads = rng.normal(scale=0.02, size=(300, 4))
+    labels = np.repeat([0, 1, 2], 100)
+    grads[labels == 1] += 0.5
+    grads[labels == 2] -= 0.5
+    for i, shift in ((3, 0.3), (4, -0.6), (5, 0.9)):
+        grads[i, i - 3] += shift
+    out = select(grads, labels, subset_size=0.1)
+    assert set(np.flatnonzero(out.drop)) == {3, 4, 5}
+    assert out.score[5] > out.score[4] > out.score[3] >= 1 > np.delete(out.score, [3, 4, 5]).max()
+    for i in (3, 4, 5):
+        assert out.isolation[i] == pytest.approx(brute_isolation(grads, labels, out, i), rel=1e-5)
+        log_r = np.log1p(out.isolation[i])
+        assert out.score[i] == pytest.approx(1 + log_r / (1 + log_r))
+    assert np.isnan(np.delete(out.isolation, [3, 4, 5])).all()
+
+
+def test_isolation_samples_the_scale_of_a_large_class_and_stays_close():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 3))
+    X[0] += 8.0
+    groups = np.arange(3000)
+    exact = isolation(X, groups, np.array([0]), sample=3000)
+    sampled = isolation(X, groups, np.array([0]), sample=500, random_state=3)
+    assert sampled == pytest.approx(exact, rel=0.1)
+    assert sampled[0] > 10
 
 
 def test_examples_alone_in_their_cluster_score_above_all_others():
@@ -264,7 +308,8 @@ def test_a_class_of_one_example_is_its_own_isolated_medoid():
     labels[17] = 3
     out = select(grads, labels, subset_size=0.1)
     assert out.k[3] == 1 and out.medoid[17] == 17 and out.cluster_size[17] == 1
-    assert out.isolated[17] and out.drop[17] and out.score[17] == 1
+    # no other example of its class to be near: isolation inf, the highest score, 2
+    assert out.isolated[17] and out.drop[17] and out.score[17] == 2 and out.isolation[17] == np.inf
 
 
 def test_identical_gradients_drop_nothing():
@@ -369,7 +414,7 @@ def test_epic_defense_reports_selects_decisions():
     want = select(grads, labels, active=active, subset_size=0.2, random_state=1)
     assert np.array_equal(result.suspect, want.drop)
     assert np.array_equal(result.score, want.score, equal_nan=True)
-    assert set(result.columns) == {"medoid", "cluster_size", "is_medoid", "isolated"}
+    assert set(result.columns) == {"medoid", "cluster_size", "is_medoid", "isolated", "isolation"}
     assert np.array_equal(result.columns["medoid"], want.medoid)
     assert result.info["k"] == want.k.tolist() and result.info["n_isolated"] == int(
         want.isolated.sum()

@@ -61,7 +61,8 @@ def test_every_field_reaches_the_background_process(tmp_path):
     for f in fields(TrainConfig):  # nothing reset to its default on the way
         assert getattr(got, f.name) != getattr(default, f.name), f.name
     assert got == replace(config, dataset=f"npz:{(tmp_path / 'digits.npz').resolve()}",
-                          poisons=str(DEMO_POISONS.resolve()), pretrained=str((tmp_path / "model.pt").resolve()))
+                          poisons=str(DEMO_POISONS.resolve()), pretrained=str((tmp_path / "model.pt").resolve()),
+                          exclude=str((tmp_path / "exclude.csv").resolve()))
     wait_until_done(run_dir)
 
 

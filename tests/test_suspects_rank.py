@@ -191,6 +191,46 @@ def test_a_defense_that_declares_its_columns_is_read_by_its_declaration(tmp_path
         2, planted.snapshot(2).assign(scratch=np.zeros(N))
     )  # written, not declared
     table = suspects_table(open_run(run_dir))
-    declared = [c for c in output_columns("epic") if c not in ("score", "suspect")]
+    written = planted.snapshot(2).columns
+    declared = [c for c in output_columns("epic") if c not in ("score", "suspect") and c in written]
     assert table.columns[-len(declared) :].tolist() == declared
     assert "scratch" not in table.columns
+
+
+# --------------------------------------------------------------------------- the bundled sample
+
+
+def test_the_samples_epic_export_grades_its_drops_in_the_documented_order(tmp_path):
+    # Before the isolation term every isolated medoid scored exactly 1.0: one value for all 310
+    # drops, so "most suspicious first" was index order.
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parent.parent / "sample_data" / "runs" / "demo-epic"
+    out = tmp_path / "suspects.csv"
+    assert main(["export", "--run", str(sample), "--dropped-only", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 310 and (table["dropped_epoch"] >= 0).all()
+    assert table["score"].nunique() > 0.8 * len(table)  # real spread, not one tied value
+    assert (np.diff(table["score"].to_numpy()) <= 0).all()
+    # docs/epic.md: a dropped example scores 1 + L / (1 + L), L = log(1 + isolation), in [1, 2]
+    log_r = np.log1p(table["isolation"].to_numpy())
+    np.testing.assert_allclose(table["score"], 1 + log_r / (1 + log_r), rtol=1e-9)
+    assert table["score"].between(1, 2).all()
+    # drift is exported, and the prediction is a class name like class_name
+    assert table["drift"].notna().all()
+    assert set(table["prediction"].astype(str)) <= set(table["class_name"].astype(str)) | {
+        str(c) for c in range(10)
+    }
+
+
+def test_kept_examples_rank_below_every_dropped_one_in_the_samples_epic_snapshots():
+    from pathlib import Path
+
+    run = open_run(Path(__file__).resolve().parent.parent / "sample_data" / "runs" / "demo-epic")
+    for epoch in run.snapshot_epochs():
+        snap = run.snapshot(epoch, columns=["active", "suspect", "score"])
+        active = snap["active"].to_numpy(bool)
+        suspect = snap["suspect"].to_numpy(bool)
+        score = snap["score"].to_numpy()
+        if suspect.any():
+            assert score[suspect].min() >= 1 > score[active & ~suspect].max(), epoch

@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = config_from_args(args)
     config.check_defense()  # before the trainer loads data and creates the run folder
+    if config.exclude:  # a bad file is one line before anything loads (indices in range: later)
+        from poisonlens.review import read_index_csv
+
+        read_index_csv(config.exclude)
     from poisonlens.launch import default_name
     from poisonlens.train import train
 

@@ -25,6 +25,25 @@ from sklearn.exceptions import ConvergenceWarning
 from poisonlens.defense.base import DefenseResult, Snapshot, active_mask, register
 from poisonlens.errors import InputError
 
+TIE_BREAK = 1e-3  # weight of the within-cluster grading of a suspect cluster (score docstring)
+
+
+def _apartness(small: np.ndarray, large: np.ndarray) -> np.ndarray:
+    """d / (d + median d) in [0, 1) for each row of ``small``, d its distance to ``large``'s mean.
+
+    Parameters
+    ----------
+    small : float array of shape (n_small, n_features), the suspect cluster's features
+    large : float array of shape (n_large, n_features), the larger cluster's features
+
+    Returns
+    -------
+    t : float64 array of shape (n_small,); 0 where the median distance is 0
+    """
+    d = np.linalg.norm(small.astype(np.float64) - large.astype(np.float64).mean(axis=0), axis=1)
+    median = float(np.median(d))
+    return d / (d + median) if median > 0 else np.zeros(len(d))
+
 
 @register("activation-clustering")
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +51,11 @@ class ActivationClustering:
     """Activation-clustering poison filter; defaults from Chen et al. (2018).
 
     Score: ``1 - (size of own cluster) / (size of class)``, in [0, 1); the larger cluster
-    scores at most 0.5 and the suspects are exactly the scores >= ``1 - size_thresh``.
+    scores at most 0.5 and the suspects are exactly the scores >= ``1 - size_thresh``. Within
+    a suspect cluster, where that share is one value for all, ``TIE_BREAK * d / (d + median d)``
+    is added, ``d`` the distance of the example's features from the larger cluster's mean and
+    the median over the suspect cluster: the farther from the class's majority, the more
+    suspicious (below ``TIE_BREAK``, so it reorders only clusters whose shares differ by less).
 
     Extra column: ``cluster`` (int, 0 = larger cluster of its class, 1 = smaller, -1 inactive).
     """
@@ -40,7 +63,8 @@ class ActivationClustering:
     name: ClassVar[str] = "activation-clustering"
     output_columns: ClassVar[dict[str, str]] = {
         "score": "1 - share of the class in the example's 2-means cluster, higher = more "
-        "suspicious",
+        "suspicious; in a suspect cluster + 0.001 d / (d + median d), d the distance from the "
+        "larger cluster's mean",
         "suspect": "bool, in a class's smaller cluster when it holds <= size_thresh of the class",
         "cluster": "int, 0 for the larger 2-means cluster of the class, 1 for the smaller",
     }
@@ -99,6 +123,9 @@ class ActivationClustering:
             cluster[rows] = assigned
             flagged = 0 < share[1] <= self.size_thresh
             suspect[rows] = flagged & (assigned == 1)
+            if flagged:
+                small = rows[assigned == 1]
+                score[small] += TIE_BREAK * _apartness(embeddings[small], embeddings[rows[assigned == 0]])
             per_class[str(c)] = {
                 "n": int(len(rows)),
                 "cluster_sizes": [int(s) for s in sizes],

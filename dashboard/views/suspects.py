@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from poisonlens.dashboard.common import (
     damage_ui,
-    drift_at,
     dropped_text,
     epoch_picker_ui,
     glossary_ui,
@@ -23,42 +21,34 @@ from poisonlens.dashboard.common import (
     snapshot_epochs_ui,
     thumbnails,
 )
+from poisonlens.dashboard.marking import mark_ui, review_stamp
+from poisonlens.dashboard.selection import parse_indices
 from poisonlens.export import column_descriptions, suspects_table, to_safe_csv
 from poisonlens.store import DamagedFile, open_run
+
+REVIEW_FILTERS = ["all", "not reviewed", "poison", "clean", "unsure"]
 
 THUMB_ROWS = 1000  # rows shown with thumbnails; the download always holds every row
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def suspects(path: str, epoch: int, include_flagged: bool, stamp: float) -> pd.DataFrame:
+def suspects(path: str, epoch: int, include_flagged: bool, stamp: float, reviewed: float) -> pd.DataFrame:
     """poisonlens.export.suspects_table: the very table `poisonlens export` writes (rows dropped by a
-    damaged snapshot keep empty facts; ``attrs["damaged"]`` names the file)."""
+    damaged snapshot keep empty facts; ``attrs["damaged"]`` names the file). ``reviewed``: the
+    review file's stamp, so a saved verdict shows at once."""
     return suspects_table(open_run(path), epoch, include_flagged=include_flagged, skip_damaged=True)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def suspects_csv(path: str, epoch: int, include_flagged: bool, stamp: float) -> str:
+def suspects_csv(path: str, epoch: int, include_flagged: bool, stamp: float, reviewed: float) -> str:
     """The suspects table of ``epoch`` as spreadsheet-safe CSV text."""
-    return to_safe_csv(suspects(path, epoch, include_flagged, stamp))
+    return to_safe_csv(suspects(path, epoch, include_flagged, stamp, reviewed))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def descriptions(path: str, epoch: int) -> dict[str, str]:
     """Descriptions of the suspects table's columns, by column name."""
     return column_descriptions(open_run(path), epoch)
-
-
-def drift_of(path: str, table: pd.DataFrame, epoch: int, readable: list[int], stamp: float) -> np.ndarray:
-    """Each row's drift at the snapshot its facts come from: the one that dropped it, or ``epoch``
-    for an example flagged but kept (NaN when that snapshot cannot be read)."""
-    facts_epoch = np.where(table["dropped_epoch"] >= 0, table["dropped_epoch"], epoch)
-    out = np.full(len(table), np.nan)
-    for e in np.unique(facts_epoch):
-        if int(e) not in readable:
-            continue
-        rows = facts_epoch == e
-        out[rows] = drift_at(path, int(e), stamp)["drift"].to_numpy()[table.loc[rows, "index"].to_numpy()]
-    return np.round(out, 3)
 
 
 def filters_ui(table: pd.DataFrame, has_truth: bool) -> pd.DataFrame:
@@ -78,7 +68,30 @@ def filters_ui(table: pd.DataFrame, has_truth: bool) -> pd.DataFrame:
         truth = c3.radio("Ground truth", ["all", "poisons", "clean"], horizontal=True, key="su_truth")
         if truth != "all":
             table = table[table["is_poison"] == (truth == "poisons")]
+    if "review" in table:
+        review = st.radio("Review", REVIEW_FILTERS, horizontal=True, key="su_review",
+                          help="Your verdicts (kept in the run's review.parquet).")
+        if review != "all":
+            table = table[table["review"] == ("" if review == "not reviewed" else review)]
     return table
+
+
+def marking_ui(path: str, view: pd.DataFrame, picked_rows: list[int], n_samples: int) -> None:
+    """Mark the rows picked in the table, or the examples typed, poison / clean / unsure."""
+    st.markdown("**Review**: tick rows in the table (the first column) or type example indices, then save a verdict. "
+                "It is kept in the run folder (`review.parquet`), shown on every page and exported in the CSV.")
+    typed_text = st.text_input("Examples to mark", key="su_mark_typed", placeholder="e.g. 866, 777 or 40-45",
+                               help="Indices, added to the rows ticked in the table.")
+    try:
+        typed = parse_indices(typed_text, n_samples) if typed_text.strip() else []
+    except ValueError as err:
+        st.error(str(err))
+        typed = []
+    ticked = [int(view["index"].iloc[r]) for r in picked_rows if 0 <= r < len(view)]
+    chosen = sorted(set(ticked) | set(typed))
+    if chosen:
+        st.caption("To mark: " + ", ".join(map(str, chosen[:30])) + (" …" if len(chosen) > 30 else ""))
+    mark_ui(path, chosen, key="su_mark")
 
 
 def main() -> None:
@@ -107,8 +120,9 @@ def main() -> None:
     include_flagged = c2.toggle("Include flagged, not dropped", value=True, key="su_flagged",
                                 help="Flagged: the defense would drop it, but the snapshot is outside the drop window "
                                      "(drop-after / stop-after).")
+    reviewed = review_stamp(path)
     try:
-        table = suspects(path, epoch, include_flagged, stamp)
+        table = suspects(path, epoch, include_flagged, stamp, reviewed)
     except DamagedFile as err:
         damage_ui(err, "Pick another snapshot epoch.", fatal=True)
         return
@@ -128,7 +142,7 @@ def main() -> None:
     if reason:
         st.info(reason)
     export_cmd = f"poisonlens export --run {path} --epoch {epoch}" + ("" if include_flagged else " --dropped-only") + " --out suspects.csv"
-    st.download_button(f"Download CSV ({len(table):,} rows)", suspects_csv(path, epoch, include_flagged, stamp),
+    st.download_button(f"Download CSV ({len(table):,} rows)", suspects_csv(path, epoch, include_flagged, stamp, reviewed),
                        file_name=f"{re.sub(r'[^A-Za-z0-9._-]', '_', run.name)[:80]}-suspects-epoch{epoch}.csv", mime="text/csv", key="su_download", icon=":material/download:",
                        help=f"The same file as {md(export_cmd)}. Text cells that a spreadsheet would read as a formula are escaped.")
     if table.empty:
@@ -137,9 +151,9 @@ def main() -> None:
     shown = filters_ui(table, has_truth)
     view = shown.head(THUMB_ROWS).copy()
     view.insert(1, "image", thumbnails(path, tuple(int(i) for i in view["index"])))
-    view.insert(view.columns.get_loc("flagged") + 1, "drift", drift_of(path, view, epoch, epochs, stamp))
     view["dropped_epoch"] = dropped_text(view["dropped_epoch"])
-    hidden = ["base_index"] + ([] if has_truth else ["is_poison"]) + (["label"] if "class_name" in view else [])
+    hidden = (["base_index", "review_who", "review_when"] + ([] if has_truth else ["is_poison"])
+              + (["label"] if "class_name" in view else []))
     view = view.drop(columns=hidden, errors="ignore")
     st.caption(f"{len(shown):,} rows match the filters" + (f"; the first {THUMB_ROWS:,} are shown" if len(shown) > THUMB_ROWS else "")
                + ". Ranked by the defense's score (higher = more suspicious) at the snapshot that dropped each example: "
@@ -149,8 +163,13 @@ def main() -> None:
     config = {c: st.column_config.Column(c.replace("_", " "), help=text) for c, text in about.items() if text and c in view}
     config.update({"image": st.column_config.ImageColumn("image", width="small"),
                    "dropped_epoch": st.column_config.Column("dropped at epoch", help="the snapshot that dropped it"),
-                   "class_name": "class", "is_poison": "poison"})
-    st.dataframe(view, hide_index=True, width="stretch", height=560, column_config=config)
+                   "class_name": "class", "is_poison": "poison",
+                   "review": st.column_config.Column("review", help="your verdict: poison, clean or unsure"),
+                   "review_note": st.column_config.Column("note", help="your note")})
+    event = st.dataframe(view, hide_index=True, width="stretch", height=560, column_config=config,
+                         key="su_table", on_select="rerun", selection_mode="multi-row")
+    picked = list(getattr(getattr(event, "selection", None), "rows", []) or [])
+    marking_ui(path, view, picked, len(examples))
 
 
 main()
