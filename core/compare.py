@@ -10,7 +10,6 @@ directories, no Streamlit.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,14 +22,12 @@ from poisonlens.evaluate import (
     SUMMARY_COLUMNS,
     control_readout,
     controlled,
-    parse_defense,
     run_summary,
     summarise,
 )
 from poisonlens.store import RUN_JSON, Run, open_run
 
 NO_POISONS = "(no poisons)"
-GRID_NAME = re.compile(r"^(?P<set>.+)__(?P<defense>.+)__seed(?P<seed>-?\d+)$")  # plan_grid's names
 TABLE_COLUMNS = (
     "run",
     "scenario",
@@ -106,28 +103,13 @@ def defense_label(config: dict) -> str:
 
 
 def run_defense(run: Run) -> str:
-    """The defense label of a run: the ``defense`` tag of an evaluate cell; for runs without tags,
-    the grid's own name (its directory
-    ``<set>__<defense>__seed<N>``, when that agrees with its configuration; a ``random-<s>``
-    cell records only the drop counts it copied), else :func:`defense_label`."""
-    config = run.config
-    tags = config.get("tags") or {}
+    """The defense label of a run: the ``defense`` tag of an evaluate cell, else
+    :func:`defense_label` of its configuration. A folder's name is only a name: it is never
+    read for identity."""
+    tags = run.config.get("tags") or {}
     if tags.get("defense"):
         return str(tags["defense"])
-    match = GRID_NAME.match(run.path.name)
-    if match:
-        try:
-            spec = parse_defense(match["defense"])
-        except InputError:
-            spec = None
-        if (
-            spec is not None
-            and spec["defense"] == config.get("defense")
-            and spec["clean_control"] == bool(config.get("clean_control"))
-            and int(match["seed"]) == int(config.get("seed", 0))
-        ):
-            return match["defense"]
-    return defense_label(config)
+    return defense_label(run.config)
 
 
 def poison_set_name(config: dict) -> str:

@@ -256,12 +256,26 @@ def plan_grid(
 
 
 def twin_dir(cell: GridRun) -> Path | None:
-    """The run dir of the ``epic-<s>`` run a ``random-<s>`` cell copies its drop counts from."""
+    """The run dir of the ``epic-<s>`` run a ``random-<s>`` cell copies its drop counts from.
+
+    Found by the runs' tags (scenario, poison set, seed and defense) among the runs beside the
+    cell, never by its folder's name; None when the cell is not a random drop or its twin has
+    not been made yet.
+    """
     if not cell.defense.startswith("random-"):
         return None
-    return cell.run_dir.with_name(
-        cell.run_dir.name.replace(f"__{cell.defense}__", f"__epic-{cell.defense[7:]}__")
-    )
+    want = {"scenario": cell.scenario, "poison_set": cell.poison_set, "seed": cell.seed,
+            "defense": "epic-" + cell.defense[len("random-"):]}
+    for candidate in sorted(cell.run_dir.parent.iterdir()) if cell.run_dir.parent.is_dir() else ():
+        if candidate == cell.run_dir or not (candidate / RUN_JSON).is_file():
+            continue
+        try:
+            tags = open_run(candidate).config.get("tags") or {}
+        except InputError:
+            continue  # a damaged neighbour is nobody's twin
+        if tags.get("grid") == "evaluate" and all(tags.get(k) == v for k, v in want.items()):
+            return candidate
+    return None
 
 
 def drop_schedule(run_dir: Path) -> dict[int, int]:

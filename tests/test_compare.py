@@ -22,6 +22,7 @@ from poisonlens.compare import (
     overlap_summary,
     per_defense_summary,
     poison_overlap,
+    run_defense,
 )
 from poisonlens.errors import InputError
 from poisonlens.evaluate import parse_defense, plan_grid, run_grid, write_results
@@ -287,3 +288,13 @@ def test_long_defense_and_run_names_get_room_on_the_axes(results_env):
     assert bars["margin"]["b"] >= 5 * len("random-0.2") + 40 and bars["xaxis"]["automargin"]
     longest_run = max(len(c) for c in ("epic-0.2 · seed 0", "random-0.2 · seed 1"))
     assert heat["margin"]["l"] >= 7 * longest_run and heat["yaxis"]["automargin"]
+
+
+def test_a_folder_name_is_never_read_for_identity(evaluate_out, tmp_path):
+    # an untagged copy of the random cell, in a folder named like another grid cell
+    copy = tmp_path / "b__random-0.3__seed0"  # a grid-like name that agrees with the config
+    shutil.copytree(run_dir(evaluate_out, "a__random-0.2__seed0"), copy)
+    meta = json.loads((copy / "run.json").read_text())
+    meta["config"]["tags"] = {}
+    (copy / "run.json").write_text(json.dumps(meta))
+    assert run_defense(open_run(copy)) == "random (matched drops)"

@@ -208,3 +208,24 @@ def test_evaluate_options_reach_every_run_of_the_grid(tmp_path):
     config = json.loads((out / "runs" / "scratch" / "a__none__seed0" / "run.json").read_text())["config"]
     assert (config["batch_size"], config["augment"], config["lr"], config["lr_milestones"],
             config["weight_decay"], config["width"]) == (64, "none", 0.05, [0.5], 0.001, 4)
+
+
+def test_a_random_cell_finds_its_epic_twin_by_tags_not_by_folder_name(tmp_path):
+    import shutil
+
+    from poisonlens.evaluate import cell_config, plan_grid, run_cells, twin_dir
+
+
+    label_flip_set(tmp_path / "a.npz", 20, 0)
+    epic, rand = plan_grid([tmp_path / "a.npz"], ["epic-0.2", "random-0.2"], [0], tmp_path / "out")
+    base = tiny_config(epochs=2, snapshot_every=1)
+    run_cells([(epic, cell_config(base, epic))], n_jobs=1, show_progress=False)
+    renamed = epic.run_dir.with_name("whatever-name")
+    epic.run_dir.rename(renamed)
+    # a decoy wearing the twin's old folder name, tagged as another seed
+    shutil.copytree(renamed, epic.run_dir)
+    meta = json.loads((epic.run_dir / "run.json").read_text())
+    meta["config"]["tags"]["seed"] = 7
+    (epic.run_dir / "run.json").write_text(json.dumps(meta))
+    assert twin_dir(rand) == renamed
+    assert cell_config(base, rand).tags["twin"] == "whatever-name"
