@@ -31,52 +31,24 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from poisonlens.defense.epic_config import GREEDY, METRICS
+from poisonlens.defense.kernels import (
+    BLOCK_ROWS,
+    check_budget,
+    fill_rows,
+    jit_exact,
+    jit_fast,
+    sift_down,
+)
 
-# Rows of the kernel computed per block: 128 rows of a 5,000-example class is 2.5 MB, which
-# stays in cache between the distance pass and the exp pass.
-_BLOCK_ROWS = 128
 # Candidates re-scored at once by the chunked (row-on-demand) lazy greedy.
 _CHUNK_EVAL = 64
 
-# Reassociation lets LLVM vectorise the gain sums. The order it picks is fixed at compile time
-# and independent of the row, which is all the exactness argument needs. The kernel is
-# compiled without fast math, so s_ij and s_ji go through the same operations in the same
-# order whatever the vectoriser does, and agree bit for bit.
-_jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
-_jit_exact = numba.njit(cache=True, nogil=True)
 
 
 # --------------------------------------------------------------------------- kernels
-
-
-@_jit_exact
-def _fill_rows(Z, Zt, rows, euclidean, out):  # pragma: no cover - compiled
-    # Euclidean rows get -||z_i - z_j|| / d (exp is applied by numpy, which is vectorised);
-    # cosine rows get z_i . z_j of the unit rows. Both are symmetric bit for bit.
-    d, n = Zt.shape
-    acc = np.empty(n, np.float32)
-    scale = np.float32(-1.0 / d)
-    for r in range(rows.shape[0]):
-        i = rows[r]
-        acc[:] = 0.0
-        for f in range(d):
-            zi = Z[i, f]
-            if euclidean:
-                for j in range(n):
-                    diff = Zt[f, j] - zi
-                    acc[j] += diff * diff
-            else:
-                for j in range(n):
-                    acc[j] += Zt[f, j] * zi
-        if euclidean:
-            for j in range(n):
-                out[r, j] = math.sqrt(acc[j]) * scale
-        else:
-            out[r] = acc
 
 
 class Kernel:
@@ -121,7 +93,7 @@ class Kernel:
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         if out is None:
             out = np.empty((len(rows), len(self)), dtype=np.float32)
-        _fill_rows(self.Z, self._Zt, rows, self.metric == "euclidean", out)
+        fill_rows(self.Z, self._Zt, rows, self.metric == "euclidean", out)
         if self.metric == "euclidean":
             np.exp(out, out=out)
         else:
@@ -146,8 +118,8 @@ class Kernel:
         n = len(self)
         if out is None:
             out = np.empty((n, n), dtype=np.float32)
-        for start in range(0, n, _BLOCK_ROWS):
-            stop = min(n, start + _BLOCK_ROWS)
+        for start in range(0, n, BLOCK_ROWS):
+            stop = min(n, start + BLOCK_ROWS)
             self.rows(np.arange(start, stop), out=out[start:stop])
         return out
 
@@ -174,7 +146,7 @@ class Kernel:
 # --------------------------------------------------------------------------- gains
 
 
-@_jit
+@jit_fast
 def _gain(row, cur):  # pragma: no cover - compiled
     acc = 0.0
     for i in range(row.shape[0]):
@@ -186,7 +158,7 @@ def _gain(row, cur):  # pragma: no cover - compiled
     return acc
 
 
-@_jit
+@jit_fast
 def _gains(S, cur, candidates, out):  # pragma: no cover - compiled
     for r in range(candidates.shape[0]):
         out[r] = _gain(S[candidates[r]], cur)
@@ -238,28 +210,7 @@ class Greedy:
         return float(self.cover.sum(dtype=np.float64))
 
 
-@_jit
-def _better(key_a, idx_a, key_b, idx_b):  # pragma: no cover - compiled
-    return key_a > key_b or (key_a == key_b and idx_a < idx_b)
-
-
-@_jit
-def _sift_down(keys, idx, pos, size):  # pragma: no cover - compiled
-    key, ix = keys[pos], idx[pos]
-    while True:
-        child = 2 * pos + 1
-        if child >= size:
-            break
-        if child + 1 < size and _better(keys[child + 1], idx[child + 1], keys[child], idx[child]):
-            child += 1
-        if not _better(keys[child], idx[child], key, ix):
-            break
-        keys[pos], idx[pos] = keys[child], idx[child]
-        pos = child
-    keys[pos], idx[pos] = key, ix
-
-
-@_jit
+@jit_fast
 def _lazy_greedy(S, k):  # pragma: no cover - compiled
     # A binary max-heap of (upper bound, -index). The top is taken only once its bound was
     # computed against the current cover; otherwise it is re-scored and sifted down.
@@ -272,20 +223,20 @@ def _lazy_greedy(S, k):  # pragma: no cover - compiled
         keys[j] = _gain(S[j], cur)
     size = n
     for pos in range(n // 2 - 1, -1, -1):
-        _sift_down(keys, idx, pos, size)
+        sift_down(keys, idx, pos, size)
     order = np.empty(k, np.int64)
     chosen_gains = np.empty(k, np.float64)
     for t in range(k):
         while fresh_at[idx[0]] != t:
             keys[0] = _gain(S[idx[0]], cur)
             fresh_at[idx[0]] = t
-            _sift_down(keys, idx, 0, size)
+            sift_down(keys, idx, 0, size)
         j = idx[0]
         order[t], chosen_gains[t] = j, keys[0]
         size -= 1
         if size > 0:
             keys[0], idx[0] = keys[size], idx[size]
-            _sift_down(keys, idx, 0, size)
+            sift_down(keys, idx, 0, size)
         row = S[j]
         for i in range(n):
             if row[i] > cur[i]:
@@ -305,7 +256,7 @@ def lazy_greedy(S: np.ndarray, k: int) -> Greedy:
     -------
     Greedy; ``order`` equals plain greedy under :func:`gains`, ties to the lowest index.
     """
-    _check_budget(k, len(S))
+    check_budget(k, len(S))
     order, chosen_gains, cur = _lazy_greedy(np.ascontiguousarray(S, dtype=np.float32), int(k))
     return Greedy(order, chosen_gains, cur)
 
@@ -315,7 +266,7 @@ def _sample_size(n: int, k: int, epsilon: float) -> int:
     return max(1, math.ceil(n / k * math.log(1.0 / epsilon)))
 
 
-@_jit_exact
+@jit_exact
 def _shuffle_front(left, m, u):  # pragma: no cover - compiled
     # Fisher-Yates on the first len(u) of left[:m]: afterwards they are a uniform sample.
     for q in range(u.shape[0]):
@@ -372,7 +323,7 @@ def stochastic_greedy(
     -------
     Greedy, with ``order`` of shape (k,)
     """
-    _check_budget(k, len(S))
+    check_budget(k, len(S))
     S = np.ascontiguousarray(S, dtype=np.float32)
     return _stochastic(
         lambda cand, cur: gains(S, cur, cand),
@@ -390,8 +341,8 @@ def _lazy_greedy_chunked(kernel: Kernel, k: int) -> Greedy:
     n = len(kernel)
     cur = np.zeros(n, dtype=np.float32)
     keys = np.empty(n, dtype=np.float64)
-    for start in range(0, n, _BLOCK_ROWS):
-        rows = np.arange(start, min(n, start + _BLOCK_ROWS))
+    for start in range(0, n, BLOCK_ROWS):
+        rows = np.arange(start, min(n, start + BLOCK_ROWS))
         keys[rows] = gains(kernel.rows(rows), cur, np.arange(len(rows)))
     heap = [(-keys[j], j) for j in range(n)]  # tuples order ties by the lower index
     heapq.heapify(heap)
@@ -414,15 +365,10 @@ def _lazy_greedy_chunked(kernel: Kernel, k: int) -> Greedy:
     return Greedy(order, chosen_gains, cur)
 
 
-def _check_budget(k: int, n: int) -> None:
-    if not 0 <= k <= n:
-        raise ValueError(f"k must be in [0, {n}], got {k}")
-
-
 # --------------------------------------------------------------------------- assignment
 
 
-@_jit
+@jit_fast
 def _assign_rows(S, rows, first, best, position):  # pragma: no cover - compiled
     # Strictly greater: on ties an example stays with the medoid chosen earliest.
     for r in range(rows.shape[0]):
@@ -495,7 +441,7 @@ def cluster(
         raise ValueError(f"greedy must be one of {GREEDY}, got {greedy!r}")
     kernel = Kernel(X, metric=metric)
     n = len(kernel)
-    _check_budget(k, n)
+    check_budget(k, n)
     S = None
     if n <= max_dense:
         out = buffer[: n * n].reshape(n, n) if buffer is not None and buffer.size >= n * n else None
@@ -518,8 +464,8 @@ def cluster(
 
     best = np.full(n, -np.inf, dtype=np.float32)
     assignment = np.full(n, -1, dtype=np.int64)
-    for start in range(0, k, _BLOCK_ROWS):
-        medoids = run.order[start : start + _BLOCK_ROWS]
+    for start in range(0, k, BLOCK_ROWS):
+        medoids = run.order[start : start + BLOCK_ROWS]
         if S is not None:
             _assign_rows(S, medoids, start, best, assignment)
         else:

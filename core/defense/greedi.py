@@ -42,18 +42,18 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
-from poisonlens.defense.facility_location import (
-    _BLOCK_ROWS,
-    Clustering,
-    Kernel,
-    _check_budget,
-    _fill_rows,
-    _sift_down,
-    gains,
-    lazy_greedy,
+from poisonlens.defense.facility_location import Clustering, Kernel, gains, lazy_greedy
+from poisonlens.defense.kernels import (
+    BLOCK_ROWS,
+    check_budget,
+    dot_products,
+    fill_rows,
+    jit_exact,
+    jit_fast,
+    sift_down,
+    squared_distances,
 )
 
 # Each partition chooses three times its share of the class's budget. Measured at 50,000 x 10
@@ -146,7 +146,6 @@ def greedy_on_partition(
     return part.index[run.order]
 
 
-_jit = numba.njit(cache=True, nogil=True)
 # Rows of the merge are cached sparsely once at most 1/SPARSE_DIV of their entries can still
 # add gain; the cache holds at most this many (index, similarity) pairs per class (8 bytes
 # each, so 384 MB per merging thread at most). Measured on one class of the 1,000,000 x 10
@@ -169,7 +168,7 @@ _EXP_LOW = -0.35
 _EXP_COEF = tuple(1.0 / math.factorial(p) for p in range(10))
 
 
-@_jit
+@jit_exact
 def _poly_exp(x):  # pragma: no cover - compiled
     # exp(x) for x in [_EXP_LOW, 0]: Horner on the Taylor coefficients, in float64.
     c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = _EXP_COEF
@@ -185,13 +184,13 @@ def _poly_exp(x):  # pragma: no cover - compiled
     return p * x + c0
 
 
-@_jit
+@jit_exact
 def _far_d2(scale):  # pragma: no cover - compiled
     # Squared distances past which -sqrt(d2) / d < _EXP_LOW: redone with libm's exp.
     return np.float32(_EXP_LOW / scale) ** 2
 
 
-@_jit
+@jit_exact
 def _exp_of_distances(d2, scale, out):  # pragma: no cover - compiled
     # out[e] = float32(exp(float32(sqrt(d2[e])) * scale)), what Kernel.rows computes, over
     # contiguous memory so that the polynomial vectorises; arguments below _EXP_LOW (far
@@ -205,7 +204,7 @@ def _exp_of_distances(d2, scale, out):  # pragma: no cover - compiled
             out[e] = np.float32(math.exp(np.float32(math.sqrt(d2[e])) * scale))
 
 
-@_jit
+@jit_exact
 def _exp_of_distance(d2, scale):  # pragma: no cover - compiled
     # One entry of _exp_of_distances, for loops that take exp rarely (the assignment).
     if d2 > _far_d2(scale):
@@ -213,21 +212,7 @@ def _exp_of_distance(d2, scale):  # pragma: no cover - compiled
     return np.float32(_poly_exp(np.float64(np.float32(math.sqrt(d2)) * scale)))
 
 
-@_jit
-def _squared_distances(z, Zt, lo, hi, out):  # pragma: no cover - compiled
-    # out[i - lo] = sum_f (Zt[f, i] - z[f])^2 for lo <= i < hi, summed over f in order, as
-    # _fill_rows sums them (no fast math: the kernel's entries are the same bit for bit).
-    a = out[: hi - lo]  # slices: indexing Zt[f, i] over a sub-range does not vectorise
-    a[:] = 0.0
-    for f in range(Zt.shape[0]):
-        zf = z[f]
-        col = Zt[f, lo:hi]
-        for i in range(hi - lo):
-            diff = col[i] - zf
-            a[i] += diff * diff
-
-
-@_jit
+@jit_exact
 def _eval_row(Z, Zt, j, col, euclidean, self_sim, cur, rad2, w, acc, live, vals):  # pragma: no cover
     # Row j of the kernel (Z's row j against Zt's columns; Zt's column col is the same example,
     # -1 if none). Returns its gain sum_i w_i max(0, s_ji - cur_i) (ascending i, float64), how
@@ -244,7 +229,7 @@ def _eval_row(Z, Zt, j, col, euclidean, self_sim, cur, rad2, w, acc, live, vals)
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
         if euclidean:
-            _squared_distances(Z[j], Zt, lo, hi, acc[lo:hi])
+            squared_distances(Z[j], Zt, lo, hi, acc[lo:hi])
         else:
             a = acc[lo:hi]
             a[:] = 0.0
@@ -284,7 +269,7 @@ def _eval_row(Z, Zt, j, col, euclidean, self_sim, cur, rad2, w, acc, live, vals)
     return g, count, m
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
+@jit_fast
 def _weighted_gains(S, cur, weight, out):  # pragma: no cover - compiled
     # sum_i w_i max(0, S[r, i] - cur_i) per row. Only sampled merges use it, whose gains are
     # estimates anyway: the sum may be reassociated (vectorised), 4-8x faster than in order.
@@ -297,7 +282,7 @@ def _weighted_gains(S, cur, weight, out):  # pragma: no cover - compiled
         out[r] = g
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
+@jit_fast
 def _sum_weighted_excess(vals, cur, weight):  # pragma: no cover - compiled
     # sum_i w_i max(0, vals[i] - cur[i]), reassociated (vectorised): as _weighted_gains.
     g = 0.0
@@ -308,7 +293,7 @@ def _sum_weighted_excess(vals, cur, weight):  # pragma: no cover - compiled
     return g
 
 
-@_jit
+@jit_exact
 def _add_excess(vals, cur_j, w_j, out):  # pragma: no cover - compiled
     # out[i] += w_j max(0, vals[i] - cur_j): the pairs of one row, credited to their columns.
     for i in range(vals.shape[0]):
@@ -317,18 +302,18 @@ def _add_excess(vals, cur_j, w_j, out):  # pragma: no cover - compiled
             out[i] += v * w_j
 
 
-@_jit
+@jit_exact
 def _chunk_similarities(z, Zt, lo, hi, scale, acc, vals):  # pragma: no cover - compiled
     # The euclidean kernel entries of z against Zt's columns lo..hi-1, into vals[: hi - lo]
     # (acc is scratch for the squared distances); returns that slice.
     a = acc[: hi - lo]
-    _squared_distances(z, Zt, lo, hi, a)
+    squared_distances(z, Zt, lo, hi, a)
     v = vals[: hi - lo]
     _exp_of_distances(a, scale, v)
     return v
 
 
-@_jit
+@jit_exact
 def _candidate_scores(Zc, wc, cc, Zr, wr, cr, out):  # pragma: no cover - compiled
     # Estimated gains sum_i w_i max(0, s_ji - cur_i), euclidean, of every candidate j over the
     # evaluated examples: the candidates themselves (features Zc, weights wc, covers cc) and
@@ -357,7 +342,7 @@ def _candidate_scores(Zc, wc, cc, Zr, wr, cr, out):  # pragma: no cover - compil
         out[j] += g
 
 
-@_jit
+@jit_exact
 def _radius2(v, d):  # pragma: no cover - compiled
     # Squared distance beyond which exp(-distance / d) cannot round above v, with slack for
     # float32 rounding (a larger radius only costs time, never a wrong gain).
@@ -368,7 +353,7 @@ def _radius2(v, d):  # pragma: no cover - compiled
     return np.float32(r * r)
 
 
-@_jit
+@jit_exact
 def _compact(start, length, pidx, pval):  # pragma: no cover - compiled
     # Move the live lists to the front of the pool, in offset order; return the new end.
     order = np.argsort(start)
@@ -385,7 +370,7 @@ def _compact(start, length, pidx, pval):  # pragma: no cover - compiled
     return end
 
 
-@_jit
+@jit_exact
 def _cover(values, rows, state, t, d):  # pragma: no cover - compiled
     # The medoid chosen at step t has similarity values[e] to example rows[e] (-1 where it
     # cannot beat the cover): raise the cover (and its distance radius), and move the example
@@ -403,7 +388,7 @@ def _cover(values, rows, state, t, d):  # pragma: no cover - compiled
             position[i] = t
 
 
-@_jit
+@jit_exact
 def _merge_greedy(Z, Zt, col, weight, cand, keys, state, t0, pool_entries, sparse_max):  # noqa: E501
     # Exact lazy greedy over the candidate rows from step t0 on, F summed over every column of
     # Zt (col[j]: Zt's column of Z's row j, -1 if none); keys are upper bounds computed at step t0 - 1. A candidate's row is computed in full
@@ -429,7 +414,7 @@ def _merge_greedy(Z, Zt, col, weight, cand, keys, state, t0, pool_entries, spars
     fresh_at = np.full(m, t0 - 1, np.int64)
     size = m
     for pos in range(m // 2 - 1, -1, -1):
-        _sift_down(keys, idx, pos, size)
+        sift_down(keys, idx, pos, size)
     for t in range(t0, k):
         while fresh_at[idx[0]] != t:
             q = idx[0]
@@ -468,13 +453,13 @@ def _merge_greedy(Z, Zt, col, weight, cand, keys, state, t0, pool_entries, spars
                         length[q] = count
             keys[0] = g
             fresh_at[q] = t
-            _sift_down(keys, idx, 0, size)
+            sift_down(keys, idx, 0, size)
         q = idx[0]
         order[t], chosen_gains[t] = cand[q], keys[0]
         size -= 1
         if size > 0:
             keys[0], idx[0] = keys[size], idx[size]
-            _sift_down(keys, idx, 0, size)
+            sift_down(keys, idx, 0, size)
         # Cover and most similar medoid. A cached list holds every entry above the cover,
         # which is every entry that changes anything once the best similarity is the cover:
         # always under euclidean (s > 0) after the first medoid; cosine recomputes the row.
@@ -495,7 +480,7 @@ def _merge_greedy(Z, Zt, col, weight, cand, keys, state, t0, pool_entries, spars
         start[q] = -1  # chosen: its list is garbage now
 
 
-@_jit
+@jit_exact
 def _assign_block(Mt, X, medoid, col_base, euclidean, self_sim, best_acc, best, position):  # noqa: E501 pragma: no cover
     # Medoids Mt[:, b] (chosen at position col_base + b, class row medoid[b]) against every
     # row of X: move an example to a medoid only where it is strictly more similar than its
@@ -507,16 +492,10 @@ def _assign_block(Mt, X, medoid, col_base, euclidean, self_sim, best_acc, best, 
     acc = np.empty(b, np.float32)
     scale = np.float32(-1.0 / d)
     for i in range(X.shape[0]):
-        acc[:] = 0.0
-        for f in range(d):
-            x = X[i, f]
-            if euclidean:
-                for e in range(b):
-                    diff = Mt[f, e] - x
-                    acc[e] += diff * diff
-            else:
-                for e in range(b):
-                    acc[e] += Mt[f, e] * x
+        if euclidean:
+            squared_distances(X[i], Mt, 0, b, acc)
+        else:
+            dot_products(X[i], Mt, 0, b, acc)
         if euclidean:
             if _block_min(acc) >= best_acc[i]:
                 continue
@@ -538,7 +517,7 @@ def _assign_block(Mt, X, medoid, col_base, euclidean, self_sim, best_acc, best, 
                     position[i] = col_base + e
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
+@jit_fast
 def _block_min(acc):  # pragma: no cover - compiled
     # The minimum does not depend on the order it is taken in, so it may be vectorised.
     low = np.float32(np.inf)
@@ -588,7 +567,7 @@ def _cross_rows(kernel: Kernel, Zt: np.ndarray, col: np.ndarray, rows: np.ndarra
     # Kernel rows of the class rows ``rows`` against the columns of Zt, as Kernel.rows computes
     # them (the same when Zt is the whole class).
     out = np.empty((len(rows), Zt.shape[1]), dtype=np.float32)
-    _fill_rows(kernel.Z, Zt, rows, kernel.metric == "euclidean", out)
+    fill_rows(kernel.Z, Zt, rows, kernel.metric == "euclidean", out)
     if kernel.metric == "euclidean":
         np.exp(out, out=out)
     else:
@@ -642,7 +621,7 @@ def merge_picks(
     kernel = Kernel(X, metric=metric)
     n_class = len(kernel)
     candidates = np.unique(np.asarray(candidates, dtype=np.int64))
-    _check_budget(k, len(candidates))
+    check_budget(k, len(candidates))
     others = n_class - len(candidates)
     sampled = sample is not None and sample < others
     if sampled:
@@ -682,7 +661,7 @@ def merge_picks(
     # run as plain greedy over all candidates: a sampled euclidean merge (F is an estimate)
     # through _candidate_scores, each candidate pair once; a whole-class merge over numpy row
     # blocks, in the arithmetic of the exact path.
-    rows = max(1, min(_BLOCK_ROWS, (1 << 22) // max(n, 1)))  # blocks of at most 16 MB
+    rows = max(1, min(BLOCK_ROWS, (1 << 22) // max(n, 1)))  # blocks of at most 16 MB
     t0 = min(k, BATCH_STEPS)
     if sampled and euclidean:  # every candidate is an evaluated column (see above)
         mine = col[candidates]
