@@ -37,6 +37,44 @@ class AttackGoal:
     random_state: int = 0
 
 
+class CraftingAttack:
+    """Base of the attacks: checks the goal against the data set once, then makes the poisons."""
+
+    def __call__(
+        self,
+        dataset: ImageDataset,
+        goal: AttackGoal,
+        *,
+        surrogates: list | None = None,
+        show_progress: bool = False,
+    ) -> PoisonSet:
+        """Craft a poison set for ``goal`` from ``dataset``'s training split.
+
+        Parameters
+        ----------
+        dataset : ImageDataset
+            The clean data set; only its training split and the target are read.
+        goal : AttackGoal
+            The target, the class it should be read as, the budget and the seed.
+        surrogates : list of Classifier, optional
+            Models to craft against instead of the ones the attack would train (attacks that
+            use surrogates; the others ignore it).
+        show_progress : bool
+            Progress bars for the long steps.
+
+        Returns
+        -------
+        PoisonSet
+        """
+        validate_goal(dataset, goal)
+        return self.make_poisons(dataset, goal, surrogates, show_progress)
+
+    def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
+                     show_progress: bool) -> PoisonSet:
+        """The attack itself, given a checked goal; see ``__call__``."""
+        raise NotImplementedError
+
+
 class Attack(Protocol):
     """A configured attack: ``attack(dataset, goal) -> PoisonSet``."""
 

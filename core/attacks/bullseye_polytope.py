@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from poisonlens.attacks.base import (
     AttackGoal,
+    CraftingAttack,
     check_params,
     choose_bases,
     n_poisons_for,
@@ -30,9 +31,8 @@ from poisonlens.attacks.base import (
     seeded_generator,
     targeted_poison_set,
     to_uint8_within,
-    validate_goal,
 )
-from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances, train_surrogates
+from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
 from poisonlens.errors import InputError
@@ -57,7 +57,7 @@ def bullseye_loss(models: list[Classifier], x: torch.Tensor, target: torch.Tenso
 
 @register("bullseye-polytope")
 @dataclass(frozen=True, kw_only=True)
-class BullseyePolytope(SurrogateOptions):
+class BullseyePolytope(SurrogateOptions, CraftingAttack):
     """Bullseye Polytope with the paper's transfer-learning defaults (Adam, lr 0.04, 4000 steps)."""
 
     name: ClassVar[str] = "bullseye-polytope"
@@ -75,22 +75,11 @@ class BullseyePolytope(SurrogateOptions):
                 self.name, f"bases must be one of {', '.join(BASE_CHOICES)}, got {self.bases!r}"
             )
 
-    def __call__(
-        self,
-        dataset: ImageDataset,
-        goal: AttackGoal,
-        *,
-        surrogates: list[Classifier] | None = None,
-        show_progress: bool = False,
-    ) -> PoisonSet:
+    def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
+                     show_progress: bool) -> PoisonSet:
         """Craft ``goal.budget`` x n_train poisons; the feature distance reached is in ``extra``."""
-        validate_goal(dataset, goal)
         start = time.perf_counter()
-        models = surrogates or train_surrogates(
-            dataset, self, random_state=goal.random_state, show_progress=show_progress
-        )
-        for m in models:
-            m.eval()
+        models = self.surrogate_models(dataset, goal, surrogates, show_progress)
         device = next(models[0].parameters()).device  # the surrogates' device is the attack's
         target_x = dataset.x_test[goal.target_index]
         n_poisons = n_poisons_for(goal.budget, len(dataset.y_train))

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from poisonlens.attacks.base import (
     AttackGoal,
+    CraftingAttack,
     check_params,
     choose_bases,
     n_poisons_for,
@@ -32,9 +33,8 @@ from poisonlens.attacks.base import (
     register,
     targeted_poison_set,
     to_uint8_within,
-    validate_goal,
 )
-from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances, train_surrogates
+from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
 from poisonlens.errors import InputError
@@ -66,7 +66,7 @@ def relative_distance(models: list[Classifier], x: torch.Tensor, target: torch.T
 
 @register("feature-collision")
 @dataclass(frozen=True, kw_only=True)
-class FeatureCollision(SurrogateOptions):
+class FeatureCollision(SurrogateOptions, CraftingAttack):
     """Feature collision with the poisoning benchmark's defaults (eps 8, 120 steps, lr 0.001)."""
 
     name: ClassVar[str] = "feature-collision"
@@ -113,22 +113,12 @@ class FeatureCollision(SurrogateOptions):
                 best = torch.where(rose, best, obj)
         return x.detach()
 
-    def __call__(
-        self,
-        dataset: ImageDataset,
-        goal: AttackGoal,
-        *,
-        surrogates: list[Classifier] | None = None,
-        show_progress: bool = False,
-    ) -> PoisonSet:
+    def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
+                     show_progress: bool) -> PoisonSet:
         """Craft ``goal.budget`` x n_train poisons, one per base; distances reached in ``extra``."""
-        validate_goal(dataset, goal)
         start = time.perf_counter()
-        models = surrogates or train_surrogates(
-            dataset, self, random_state=goal.random_state, show_progress=show_progress
-        )
+        models = self.surrogate_models(dataset, goal, surrogates, show_progress)
         for m in models:
-            m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
         device = next(models[0].parameters()).device

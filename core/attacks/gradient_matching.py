@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from poisonlens.attacks.base import (
     AttackGoal,
+    CraftingAttack,
     check_params,
     choose_bases,
     n_poisons_for,
@@ -32,9 +33,8 @@ from poisonlens.attacks.base import (
     seeded_generator,
     targeted_poison_set,
     to_uint8_within,
-    validate_goal,
 )
-from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances, train_surrogates
+from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances
 from poisonlens.augment import augment_batch, resolve_augment
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
@@ -92,7 +92,7 @@ def target_gradients(
 
 @register("gradient-matching")
 @dataclass(frozen=True, kw_only=True)
-class GradientMatching(SurrogateOptions):
+class GradientMatching(SurrogateOptions, CraftingAttack):
     """Witches' Brew with its paper defaults (eps 16, 250 steps, 8 restarts, tau 0.1, augmentation)."""
 
     name: ClassVar[str] = "gradient-matching"
@@ -116,25 +116,14 @@ class GradientMatching(SurrogateOptions):
                 self.name, f"bases must be one of {', '.join(BASE_CHOICES)}, got {self.bases!r}"
             )
 
-    def __call__(
-        self,
-        dataset: ImageDataset,
-        goal: AttackGoal,
-        *,
-        surrogates: list[Classifier] | None = None,
-        show_progress: bool = False,
-    ) -> PoisonSet:
+    def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
+                     show_progress: bool) -> PoisonSet:
         """Craft ``goal.budget`` x n_train poisons; the alignments reached are in ``extra``.
 
         ``surrogates`` (eval mode) replace the ones this attack would train on ``dataset``'s train split.
         """
-        validate_goal(dataset, goal)
         start = time.perf_counter()
-        models = surrogates or train_surrogates(
-            dataset, self, random_state=goal.random_state, show_progress=show_progress
-        )
-        for m in models:
-            m.eval()
+        models = self.surrogate_models(dataset, goal, surrogates, show_progress)
         device = next(models[0].parameters()).device  # the surrogates' device is the attack's
         target_x = dataset.x_test[goal.target_index]
         n_poisons = n_poisons_for(goal.budget, len(dataset.y_train))

@@ -12,7 +12,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from poisonlens.attacks.base import AttackGoal, choose_bases, n_poisons_for, register, validate_goal
+from poisonlens.attacks.base import (
+    AttackGoal,
+    CraftingAttack,
+    choose_bases,
+    n_poisons_for,
+    register,
+)
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
 from poisonlens.errors import InputError
@@ -22,7 +28,7 @@ SELECTIONS = ("nearest", "random")
 
 @register("label-flip")
 @dataclass(frozen=True, kw_only=True)
-class LabelFlip:
+class LabelFlip(CraftingAttack):
     """Relabel ``goal.budget`` x n_train images of the target's class as ``adv_label``."""
 
     name: ClassVar[str] = "label-flip"
@@ -37,15 +43,9 @@ class LabelFlip:
                 f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}",
             )
 
-    def __call__(
-        self,
-        dataset: ImageDataset,
-        goal: AttackGoal,
-        *,
-        surrogates: list | None = None,
-        show_progress: bool = False,
-    ) -> PoisonSet:
-        validate_goal(dataset, goal)
+    def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
+                     show_progress: bool) -> PoisonSet:
+        """Relabel ``goal.budget`` x n_train train images as the adversarial class (no surrogate)."""
         target_x = dataset.x_test[goal.target_index]
         target_label = int(dataset.y_test[goal.target_index])
         distances = None

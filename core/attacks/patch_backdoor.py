@@ -18,7 +18,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from poisonlens.attacks.base import AttackGoal, choose_bases, n_poisons_for, register, validate_goal
+from poisonlens.attacks.base import (
+    AttackGoal,
+    CraftingAttack,
+    choose_bases,
+    n_poisons_for,
+    register,
+)
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
 from poisonlens.errors import InputError
@@ -41,7 +47,7 @@ def stamp(images: np.ndarray, trigger: np.ndarray, xy: tuple[int, int]) -> np.nd
 
 @register("patch-backdoor")
 @dataclass(frozen=True, kw_only=True)
-class PatchBackdoor:
+class PatchBackdoor(CraftingAttack):
     """BadNets-style trigger poisons; the target is the test image with the trigger stamped on."""
 
     name: ClassVar[str] = "patch-backdoor"
@@ -53,16 +59,9 @@ class PatchBackdoor:
         True  # True: other classes relabelled adv (BadNets); False: adv-class bases, labels kept
     )
 
-    def __call__(
-        self,
-        dataset: ImageDataset,
-        goal: AttackGoal,
-        *,
-        surrogates: list | None = None,
-        show_progress: bool = False,
-    ) -> PoisonSet:
+    def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
+                     show_progress: bool) -> PoisonSet:
         """Stamp the trigger on ``goal.budget`` x n_train train images (no surrogate, no progress to show)."""
-        validate_goal(dataset, goal)
         h, w, c = dataset.image_shape
         if self.patch_size < 1 or self.margin < 0 or self.patch_size + self.margin > min(h, w):
             raise InputError(

@@ -37,6 +37,25 @@ class SurrogateOptions:
     surrogate_epochs: tuple[int, ...] = (40,)  # each surrogate joins the ensemble at these epochs
     ensemble: int = 1  # independently seeded surrogates (x len(surrogate_epochs) members)
 
+    def surrogate_models(self, dataset: ImageDataset, goal, surrogates: list | None,
+                         show_progress: bool) -> list[Classifier]:
+        """The models to craft against, in eval mode: ``surrogates`` when given, else the
+        ensemble :func:`train_surrogates` trains on ``dataset`` with ``goal``'s seed.
+
+        Parameters
+        ----------
+        dataset : ImageDataset
+        goal : AttackGoal, whose ``random_state`` seeds the surrogates
+        surrogates : list of Classifier or None
+        show_progress : bool, progress bars while training
+        """
+        models = surrogates or train_surrogates(
+            dataset, self, random_state=goal.random_state, show_progress=show_progress
+        )
+        for m in models:
+            m.eval()
+        return models
+
     def train_config(self, seed: int) -> TrainConfig:
         """The training configuration of one surrogate seeded with ``seed``."""
         return TrainConfig(

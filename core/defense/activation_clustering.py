@@ -12,7 +12,6 @@ O(n_c · n_features · n_dims) time and O(n_c · n_features) memory.
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -22,7 +21,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 
-from poisonlens.defense.base import DefenseResult, Snapshot, active_mask, register
+from poisonlens.defense.base import DefenseResult, ScoringDefense, Snapshot, register
 from poisonlens.errors import InputError
 
 TIE_BREAK = 1e-3  # weight of the within-cluster grading of a suspect cluster (score docstring)
@@ -47,7 +46,7 @@ def _apartness(small: np.ndarray, large: np.ndarray) -> np.ndarray:
 
 @register("activation-clustering")
 @dataclass(frozen=True, kw_only=True)
-class ActivationClustering:
+class ActivationClustering(ScoringDefense):
     """Activation-clustering poison filter; defaults from Chen et al. (2018).
 
     Score: ``1 - (size of own cluster) / (size of class)``, in [0, 1); the larger cluster
@@ -89,24 +88,9 @@ class ActivationClustering:
         if self.n_init < 1:
             raise InputError("activation-clustering", f"n_init must be >= 1, got {self.n_init}")
 
-    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """Score the active examples of ``snapshot``.
-
-        Parameters
-        ----------
-        snapshot : Snapshot
-            Uses ``embeddings`` (n_samples, n_features) and ``labels`` (n_samples,).
-        active : bool ndarray of shape (n_samples,)
-            The examples still in training; only they are clustered, class by class.
-
-        Returns
-        -------
-        DefenseResult
-            ``score`` and ``suspect`` of shape (n_samples,), and the declared extra columns.
-        """
-        start = time.perf_counter()
+    def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
         n_samples = snapshot.n_samples
-        active = active_mask(active, n_samples)
         labels = np.asarray(snapshot.labels)
         embeddings = np.asarray(snapshot.embeddings)
 
@@ -145,7 +129,6 @@ class ActivationClustering:
                 "n_active": int(active.sum()),
                 "n_suspect": int(suspect.sum()),
                 "per_class": per_class,
-                "seconds": round(time.perf_counter() - start, 4),
             },
         )
 

@@ -5,6 +5,7 @@ Scores point one way everywhere in poisonlens: **higher = more suspicious**.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -82,6 +83,54 @@ def active_mask(active: np.ndarray, n_samples: int) -> np.ndarray:
     if active.shape != (n_samples,):
         raise ValueError(f"active has shape {active.shape}, expected ({n_samples},)")
     return active
+
+
+class ScoringDefense:
+    """Base of the baseline defenses: checks the mask and times the decision once, so a
+    defense implements only ``decide(snapshot, active)`` and its ``info`` gains ``seconds``."""
+
+    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """Score the active examples of ``snapshot`` and decide which are suspect.
+
+        Parameters
+        ----------
+        snapshot : Snapshot
+            What the defense reads of it (embeddings, labels, loss) is in its docstring.
+        active : bool ndarray of shape (n_samples,)
+            The examples still in training; only they are scored.
+
+        Returns
+        -------
+        DefenseResult
+            ``score`` and ``suspect`` of shape (n_samples,), the declared extra columns, and
+            ``info`` with the decision's wall time in ``seconds``.
+        """
+        start = time.perf_counter()
+        result = self.decide(snapshot, active_mask(active, snapshot.n_samples))
+        result.info["seconds"] = round(time.perf_counter() - start, 4)
+        return result
+
+    def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """The decision, given a checked bool mask of shape (n_samples,); see ``__call__``."""
+        raise NotImplementedError
+
+
+def highest(rows: np.ndarray, scores: np.ndarray, share: float) -> np.ndarray:
+    """The ``floor(share * len(rows))`` rows with the highest scores, ties to the lower index.
+
+    Parameters
+    ----------
+    rows : int ndarray of shape (n_rows,), ascending example indices
+    scores : float ndarray of shape (n_rows,), their scores
+    share : the fraction taken, in [0, 1] (a tiny slack so 0.05 * 1000 counts as 50 however
+        it rounds)
+
+    Returns
+    -------
+    int ndarray, the chosen rows, highest score first
+    """
+    n = min(int(np.floor(share * len(rows) + 1e-9)), len(rows))
+    return rows[np.argsort(-scores, kind="stable")[:n]]
 
 
 class Defense(Protocol):

@@ -11,20 +11,19 @@ O(n_active · k) memory; it never holds an n × n distance matrix.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from poisonlens.defense.base import DefenseResult, Snapshot, active_mask, register
+from poisonlens.defense.base import DefenseResult, ScoringDefense, Snapshot, register
 from poisonlens.errors import InputError
 
 
 @register("deepknn")
 @dataclass(frozen=True, kw_only=True)
-class DeepKNN:
+class DeepKNN(ScoringDefense):
     """Deep k-NN poison filter; defaults from Peri et al. (2020).
 
     Score: ``(most votes for another label - votes for own label) / k``, in [-1, 1];
@@ -52,24 +51,9 @@ class DeepKNN:
         if self.batch_size < 1:
             raise InputError("deepknn", f"batch_size must be >= 1, got {self.batch_size}")
 
-    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """Score the active examples of ``snapshot``.
-
-        Parameters
-        ----------
-        snapshot : Snapshot
-            Uses ``embeddings`` (n_samples, n_features) and ``labels`` (n_samples,).
-        active : bool ndarray of shape (n_samples,)
-            The examples still in training; only they vote and only they are scored.
-
-        Returns
-        -------
-        DefenseResult
-            ``score`` and ``suspect`` of shape (n_samples,), and the declared extra columns.
-        """
-        start = time.perf_counter()
+    def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
         n_samples = snapshot.n_samples
-        active = active_mask(active, n_samples)
         rows = np.flatnonzero(active)
         labels = np.asarray(snapshot.labels)[rows]
         k = min(self.k, len(rows) - 1)
@@ -102,7 +86,6 @@ class DeepKNN:
                 "n_active": int(len(rows)),
                 "n_suspect": int(suspect.sum()),
                 "per_class": _per_class(labels, suspect[rows]),
-                "seconds": round(time.perf_counter() - start, 4),
             },
         )
 

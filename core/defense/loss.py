@@ -10,19 +10,18 @@ Cost: one sort, O(n_active · log n_active) time and O(n_samples) memory.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from poisonlens.defense.base import DefenseResult, Snapshot, active_mask, register
+from poisonlens.defense.base import DefenseResult, ScoringDefense, Snapshot, highest, register
 from poisonlens.errors import InputError
 
 
 @register("loss")
 @dataclass(frozen=True, kw_only=True)
-class LossFilter:
+class LossFilter(ScoringDefense):
     """Drop the top ``fraction`` of active examples by loss; ties go to the lower index."""
 
     name: ClassVar[str] = "loss"
@@ -37,31 +36,15 @@ class LossFilter:
         if not 0.0 <= self.fraction <= 1.0:
             raise InputError("loss", f"fraction must be in [0, 1], got {self.fraction}")
 
-    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """Score the active examples of ``snapshot``.
-
-        Parameters
-        ----------
-        snapshot : Snapshot
-            Uses ``loss`` (n_samples,).
-        active : bool ndarray of shape (n_samples,)
-            The examples still in training; only they are scored and ranked.
-
-        Returns
-        -------
-        DefenseResult
-            ``score`` and ``suspect`` of shape (n_samples,), and the declared extra columns.
-        """
-        start = time.perf_counter()
+    def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
         n_samples = snapshot.n_samples
-        active = active_mask(active, n_samples)
         rows = np.flatnonzero(active)
 
         score = np.full(n_samples, np.nan)
         score[rows] = np.asarray(snapshot.loss, dtype=np.float64)[rows]
-        # A tiny slack so 0.05 · 1000 counts as 50 however it rounds.
-        n_drop = int(np.floor(self.fraction * len(rows) + 1e-9))
-        dropped = rows[np.argsort(-score[rows], kind="stable")[:n_drop]]
+        dropped = highest(rows, score[rows], self.fraction)
+        n_drop = len(dropped)
         suspect = np.zeros(n_samples, dtype=bool)
         suspect[dropped] = True
 
@@ -73,6 +56,5 @@ class LossFilter:
                 "n_active": int(len(rows)),
                 "n_suspect": int(n_drop),
                 "threshold": float(score[dropped].min()) if n_drop else None,
-                "seconds": round(time.perf_counter() - start, 4),
             },
         )

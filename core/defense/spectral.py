@@ -10,19 +10,18 @@ Cost: one thin SVD per class, O(n_c · n_features²) time and O(n_c · n_feature
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from poisonlens.defense.base import DefenseResult, Snapshot, active_mask, register
+from poisonlens.defense.base import DefenseResult, ScoringDefense, Snapshot, highest, register
 from poisonlens.errors import InputError
 
 
 @register("spectral")
 @dataclass(frozen=True, kw_only=True)
-class SpectralSignatures:
+class SpectralSignatures(ScoringDefense):
     """Spectral-signature poison filter; defaults from Tran et al. (2018).
 
     Score: the raw squared projection, so it is comparable across classes only as far as
@@ -45,24 +44,9 @@ class SpectralSignatures:
         if self.multiplier < 0:
             raise InputError("spectral", f"multiplier must be >= 0, got {self.multiplier}")
 
-    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """Score the active examples of ``snapshot``.
-
-        Parameters
-        ----------
-        snapshot : Snapshot
-            Uses ``embeddings`` (n_samples, n_features) and ``labels`` (n_samples,).
-        active : bool ndarray of shape (n_samples,)
-            The examples still in training; only they are scored, class by class.
-
-        Returns
-        -------
-        DefenseResult
-            ``score`` and ``suspect`` of shape (n_samples,), and the declared extra columns.
-        """
-        start = time.perf_counter()
+    def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
         n_samples = snapshot.n_samples
-        active = active_mask(active, n_samples)
         labels = np.asarray(snapshot.labels)
         embeddings = np.asarray(snapshot.embeddings)
 
@@ -73,10 +57,8 @@ class SpectralSignatures:
             rows = np.flatnonzero(active & (labels == c))
             class_score, top_singular = _signature(embeddings[rows])
             score[rows] = class_score
-            # A tiny slack so 1.5 · 0.05 · 200 counts as 15, not 14.999...
-            n_drop = min(int(np.floor(self.multiplier * self.eps * len(rows) + 1e-9)), len(rows))
-            # Stable sort on -score: highest first, ties to the lower index.
-            dropped = rows[np.argsort(-class_score, kind="stable")[:n_drop]]
+            dropped = highest(rows, class_score, self.multiplier * self.eps)  # 1.5 · 0.05 · 200 is 15
+            n_drop = len(dropped)
             suspect[dropped] = True
             per_class[str(c)] = {
                 "n": int(len(rows)),
@@ -94,7 +76,6 @@ class SpectralSignatures:
                 "n_active": int(active.sum()),
                 "n_suspect": int(suspect.sum()),
                 "per_class": per_class,
-                "seconds": round(time.perf_counter() - start, 4),
             },
         )
 
