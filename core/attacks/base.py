@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -75,19 +74,7 @@ class CraftingAttack:
         raise NotImplementedError
 
 
-class Attack(Protocol):
-    """A configured attack: ``attack(dataset, goal) -> PoisonSet``."""
-
-    name: str
-
-    def __call__(
-        self,
-        dataset: ImageDataset,
-        goal: AttackGoal,
-        *,
-        surrogates: list | None = None,
-        show_progress: bool = False,
-    ) -> PoisonSet: ...
+Attack = CraftingAttack  # the type of a configured attack: ``attack(dataset, goal) -> PoisonSet``
 
 
 _REGISTRY: dict[str, type] = {}

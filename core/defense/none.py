@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from poisonlens.defense.base import DefenseResult, Snapshot, register
+from poisonlens.defense.base import DefenseResult, ScoringDefense, Snapshot, register
 
 
 @register("none")
-class NoDefense:
+class NoDefense(ScoringDefense):
     """Keeps every example: the undefended baseline (NaN scores, no suspects)."""
 
     name = "none"
@@ -17,18 +17,7 @@ class NoDefense:
         "suspect": "bool, always false",
     }
 
-    def __call__(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """Score nothing and suspect nothing.
-
-        Parameters
-        ----------
-        snapshot : Snapshot
-        active : bool ndarray of shape (n_samples,), the examples still in training
-
-        Returns
-        -------
-        DefenseResult
-            ``score`` and ``suspect`` of shape (n_samples,), all NaN and all False.
-        """
+    def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
+        """Score nothing and suspect nothing: all NaN and all False."""
         n = snapshot.n_samples
         return DefenseResult(score=np.full(n, np.nan), suspect=np.zeros(n, dtype=bool))
