@@ -116,3 +116,22 @@ def test_without_lightning_the_callback_says_how_to_install_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin"})  # fmt: skip
     assert out.stdout.strip() == "lightning: PyTorch Lightning is not installed: pip install 'poisonlens[lightning]'"
+
+
+@pytest.mark.slow
+def test_the_lightning_example_runs_and_the_dashboard_opens_its_run(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "lightning_loop.py"
+    done = subprocess.run([sys.executable, str(example), "--runs-dir", str(tmp_path), "--epochs", "4"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = open_run(tmp_path / "lightning")
+    assert run.status == "finished" and run.snapshot_epochs() == [0, 2, 4]
+    monkeypatch.setenv("POISONLENS_RUNS", str(tmp_path))
+    monkeypatch.setenv("POISONLENS_SAMPLES", "")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = "lightning"
+    at.switch_page("views/overview.py")
+    at.run()
+    assert not at.exception and not at.error
