@@ -269,3 +269,31 @@ def test_the_tracker_under_torchrun_gives_every_rank_the_same_drops_and_its_own_
     assert (~active).any(), "nothing dropped: the comparison would prove nothing"
     info = json.loads(run.metrics()["defense_info"].iloc[1])
     assert info.get("partitions_per_rank") and min(info["partitions_per_rank"]) > 0, info
+
+
+@pytest.fixture(scope="module")
+def bare_run(tmp_path_factory) -> Path:
+    """A tracker run given only labels and logits: no features, no images, no ground truth."""
+    run_dir = tmp_path_factory.mktemp("bare") / "runs" / "bare"
+    rng = np.random.default_rng(1)
+    labels = np.arange(300) % 3
+    with poisonlens.EpicTracker(run_dir, labels=labels, subset_size=0.2, drop_after=1, epochs=3) as tracker:
+        for epoch in range(4):
+            tracker.snapshot(epoch, logits=rng.normal(size=(300, 3)) + 3 * np.eye(3)[labels])
+    return run_dir
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_opens_a_run_without_features_or_images(bare_run, monkeypatch, page):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("POISONLENS_RUNS", str(bare_run.parent))
+    monkeypatch.setenv("POISONLENS_SAMPLES", "")
+    assert cli_main(["project", "--run", str(bare_run), "--method", "pca", "--quiet"]) == 0
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = bare_run.name
+    at.session_state["gs_method"] = "pca"
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
