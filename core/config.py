@@ -42,6 +42,8 @@ def _opt(
     """
     rng = None if low is None and high is None else Range(low, high, open_low, open_high)
     meta = {"help": help, "choices": choices, "cli": cli, "range": rng}
+    if kw.pop("open_choices", False):
+        meta["open_choices"] = True
     if isinstance(default, dict | list):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -106,7 +108,13 @@ class TrainConfig:
         "CSV with an 'index' column: train without those examples (a suspects export, or a "
         "review export, of which only the rows marked poison count)",
     )
-    model: str = _opt("smallcnn", "network", choices=MODEL_NAMES)
+    model: str = _opt(
+        "smallcnn",
+        "network: smallcnn, resnet18, torchvision:NAME, timm:NAME or module.path:factory "
+        "(a callable returning an nn.Module; see docs/api.md)",
+        choices=MODEL_NAMES,
+        open_choices=True,  # the choices are what the New run form offers; the CLI takes any spec
+    )
     width: int = _opt(32, "channels of the small CNN's first block", low=1, high=1024)
     scenario: str = _opt(
         "scratch",
@@ -187,7 +195,11 @@ class TrainConfig:
             if not _type_ok(value, f):
                 raise InputError(option, f"has the wrong type ({type(value).__name__})")
             choices, rng = f.metadata.get("choices"), f.metadata.get("range")
-            if choices and value not in choices:
+            if f.name == "model":
+                from poisonlens.model_spec import parse
+
+                parse(value)  # its form only: nothing is imported here
+            elif choices and value not in choices:
                 raise InputError(option, f"must be one of {', '.join(choices)}, got {value!r}")
             values = value if isinstance(value, tuple) else () if value is None else (value,)
             for v in values if rng is not None else ():

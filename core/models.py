@@ -87,7 +87,8 @@ def build_model(name: str, *, n_classes: int, in_channels: int, width: int = 32)
 
     Parameters
     ----------
-    name : {'smallcnn', 'resnet18'}
+    name : 'smallcnn', 'resnet18', 'torchvision:NAME', 'timm:NAME' or 'module.path:factory'
+        (:mod:`poisonlens.model_spec`; a module spec must have been given on the command line)
     n_classes : number of output classes
     in_channels : 1 for grey, 3 for RGB
     width : channels of the small CNN's first block (ignored by resnet18)
@@ -96,12 +97,100 @@ def build_model(name: str, *, n_classes: int, in_channels: int, width: int = 32)
     -------
     Classifier, on the CPU, in float32, with torch's default (seeded) initialisation.
     """
+    from poisonlens.model_spec import check_trusted, parse
+
+    kind, spec = parse(name)  # an InputError (a ValueError) naming --model for a bad spec
     if name == "smallcnn":
         return Classifier(_small_cnn_body(in_channels, width), 4 * width, n_classes)
     if name == "resnet18":
         body, n_features = _resnet18_body(in_channels)
         return Classifier(body, n_features, n_classes)
-    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    check_trusted(name)  # a module:factory spec read from a file is refused here
+    return wrap_network(_external_network(kind, spec, n_classes, in_channels), name,
+                        n_classes=n_classes, in_channels=in_channels,
+                        grey_to_rgb=kind in ("torchvision",))  # fmt: skip
+
+
+class GreyToRGB(nn.Module):
+    """(B, 1, H, W) -> (B, 3, H, W) by repeating the channel: grey images into an RGB network."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Repeat a single channel three times; other inputs pass unchanged."""
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def _external_network(kind: str, spec: str, n_classes: int, in_channels: int) -> nn.Module:
+    from poisonlens.errors import InputError
+
+    if kind == "torchvision":
+        names = torchvision.models.list_models(module=torchvision.models)  # classifiers only
+        if spec not in names:
+            raise InputError("--model", f"torchvision has no classifier {spec!r} (e.g. {', '.join(names[:4])})")
+        return torchvision.models.get_model(spec, weights=None, num_classes=n_classes)
+    if kind == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise InputError("--model", "timm is not installed: pip install timm") from None
+        if not timm.is_model(spec):
+            raise InputError("--model", f"timm has no model {spec!r}")
+        return timm.create_model(spec, pretrained=False, num_classes=n_classes, in_chans=in_channels)
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` and uvicorn do: your folder's modules import
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise InputError("--model", f"cannot import {module_name} ({err})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError("--model", f"{module_name} has no callable {attr!r}")
+    net = factory()
+    if not isinstance(net, nn.Module):
+        raise InputError("--model", f"{spec}() returned {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def wrap_network(
+    net: nn.Module, name: str, *, n_classes: int, in_channels: int, grey_to_rgb: bool = False
+) -> Classifier:
+    """Any classifier as a :class:`Classifier`: its last ``nn.Linear`` is the head, and what that
+    layer reads (its input) is the penultimate features.
+
+    The last Linear is replaced in ``net`` by an identity, so ``net`` itself computes the
+    features; the network's output must be that layer's output (true of torchvision's and timm's
+    classifiers). A head with another number of outputs is replaced by a fresh
+    ``nn.Linear(in_features, n_classes)``.
+
+    Parameters
+    ----------
+    net : the network, taking (B, C, H, W) pixels
+    name : its spec, for messages
+    n_classes, in_channels : the data set's
+    grey_to_rgb : repeat a grey image's channel for a network that reads RGB
+
+    Returns
+    -------
+    Classifier with ``head`` the (resized) last Linear and ``n_features`` its ``in_features``
+    """
+    from poisonlens.errors import InputError
+
+    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise InputError("--model", f"{name} has no nn.Linear layer to take as its head")
+    path, head = linears[-1]
+    parent_path, _, child = path.rpartition(".")
+    setattr(net.get_submodule(parent_path) if parent_path else net, child, nn.Identity())
+    if head.out_features != n_classes:
+        head = nn.Linear(head.in_features, n_classes, bias=head.bias is not None)
+    body = nn.Sequential(GreyToRGB(), net) if grey_to_rgb and in_channels == 1 else net
+    model = Classifier(body, head.in_features, n_classes)
+    model.head = head
+    return model
 
 
 def to_tensor(images) -> torch.Tensor:

@@ -185,6 +185,7 @@ class EpicTracker:
         self.projection = None
         self._n_features: int | None = None
         self._finished = False
+        self._last_call: float | None = None
         self.ctx = _dist_context()
         self.is_main = self.ctx is None or self.ctx.is_main
         self._distributed = distributed
@@ -303,6 +304,10 @@ class EpicTracker:
         epoch = int(epoch)
         if self.metrics and epoch <= self.metrics[-1]["epoch"]:
             raise InputError("epoch", f"{epoch} is not after the last epoch recorded ({self.metrics[-1]['epoch']})")
+        # the loop's own time: from the end of the last call to this one (the training pass and
+        # whatever else the loop did); NaN for the first call
+        started = time.perf_counter()
+        loop_seconds = float("nan") if self._last_call is None else started - self._last_call
         new = np.zeros_like(self.active)
         phase, columns = dict(NO_SNAPSHOT), None
         if self.wants_snapshot(epoch):
@@ -312,13 +317,14 @@ class EpicTracker:
         self.writer.write_progress(epoch=epoch, epochs=self.epochs or epoch, phase="train")
         self.metrics.append({
             "epoch": epoch, "lr": _num(lr), "train_loss": _num(train_loss),
-            "epoch_seconds": float("nan"), "test_acc": _num(test_acc), "target_pred": -1,
+            "epoch_seconds": loop_seconds, "test_acc": _num(test_acc), "target_pred": -1,
             "target_prob_adv": float("nan"), "attack_success": float("nan"), "eval_seconds": 0.0,
             **phase, "n_active": int(self.active.sum()), "n_dropped": int((~self.active).sum()),
             "n_poison_dropped": int((~self.active & self.is_poison).sum()),
         })  # fmt: skip
         self.writer.record_epoch(metrics_frame(self.metrics),
                                  snapshot=(epoch, columns) if columns is not None else None)  # fmt: skip
+        self._last_call = time.perf_counter()
         return np.flatnonzero(new).astype(np.int64)
 
     def _decide(self, epoch: int, logits, features) -> tuple[np.ndarray, dict | None, dict]:

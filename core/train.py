@@ -44,6 +44,7 @@ from poisonlens.defense import build_defense
 from poisonlens.defense.base import Defense, DefenseResult, Snapshot
 from poisonlens.device import fits_on_device, resolve_device, seeded_generator
 from poisonlens.errors import InputError
+from poisonlens.model_spec import check_trusted
 from poisonlens.models import Classifier, build_model
 from poisonlens.snapshot import forward_batched, model_device, storage_projection
 from poisonlens.store import (
@@ -146,6 +147,7 @@ def check_config(config: TrainConfig) -> torch.device:
     torch.device the run trains on
     """
     config.validate()
+    check_trusted(config.model)  # a module:factory model read from a file needs --model again
     device = distributed.process_device(config.device) or resolve_device(config.device)
     if config.amp != "off" and device.type != "cuda":
         raise InputError("--amp", f"{config.amp} needs a CUDA device (this run is on {device})")

@@ -144,3 +144,20 @@ def test_the_wheel_runs_from_a_fresh_venv_in_another_folder(wheel, tmp_path):
         cwd=elsewhere, env=clean_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert files.stdout.split() == ["True", "True"], files.stderr[-2000:]
+    # the installed dashboard serves from the installed package, started from another folder
+    from tests.test_ui import free_port, listening_addresses, wait_healthy
+
+    port, log = free_port(), tmp_path / "ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(venv / "bin" / "poisonlens"), "ui", "--runs-dir", "runs", "--port", str(port)],
+                                cwd=elsewhere, env=clean_env(), stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+        if Path("/proc/net/tcp").exists():  # Linux
+            assert listening_addresses(port) == {"127.0.0.1"}
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+            assert any(arg.startswith(str(venv).encode()) and arg.endswith(b"/poisonlens/dashboard/app.py")
+                       for arg in cmdline), cmdline  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(15)

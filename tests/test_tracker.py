@@ -244,3 +244,56 @@ def test_the_sampler_gives_each_rank_the_trainers_shard(tmp_path):
         shards.append(mine)
     assert len({len(s) for s in shards}) == 1  # every rank takes the same number of steps
     assert set(np.concatenate(shards)) == set(tracker.active_indices().tolist())
+
+
+@pytest.mark.slow
+def test_the_tracker_under_torchrun_gives_every_rank_the_same_drops_and_its_own_shard(tmp_path):
+    from tests.test_ddp import torchrun
+
+    proc = torchrun(2, str(REPO / "tests" / "ddp_tracker_driver.py"), str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
+    run = open_run(tmp_path / "run")
+    assert run.status == "finished" and run.snapshot_epochs() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(ranks[0]["active"], ranks[1]["active"])
+    active = np.ones(600, bool)
+    for epoch in range(1, 4):
+        a, b = ranks[0][f"seen{epoch}"], ranks[1][f"seen{epoch}"]
+        assert len(a) == len(b)  # the same number of steps on every rank
+        assert set(a) | set(b) == set(np.flatnonzero(active))  # together, every active example
+        assert len(set(a) & set(b)) <= 1  # disjoint but for the padding
+        np.testing.assert_array_equal(ranks[0][f"drop{epoch}"], ranks[1][f"drop{epoch}"])
+        recorded = np.flatnonzero(run.snapshot(epoch)["drop"].to_numpy())
+        np.testing.assert_array_equal(recorded, ranks[0][f"drop{epoch}"])
+        active[recorded] = False
+    assert (~active).any(), "nothing dropped: the comparison would prove nothing"
+    info = json.loads(run.metrics()["defense_info"].iloc[1])
+    assert info.get("partitions_per_rank") and min(info["partitions_per_rank"]) > 0, info
+
+
+@pytest.fixture(scope="module")
+def bare_run(tmp_path_factory) -> Path:
+    """A tracker run given only labels and logits: no features, no images, no ground truth."""
+    run_dir = tmp_path_factory.mktemp("bare") / "runs" / "bare"
+    rng = np.random.default_rng(1)
+    labels = np.arange(300) % 3
+    with poisonlens.EpicTracker(run_dir, labels=labels, subset_size=0.2, drop_after=1, epochs=3) as tracker:
+        for epoch in range(4):
+            tracker.snapshot(epoch, logits=rng.normal(size=(300, 3)) + 3 * np.eye(3)[labels])
+    return run_dir
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_opens_a_run_without_features_or_images(bare_run, monkeypatch, page):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("POISONLENS_RUNS", str(bare_run.parent))
+    monkeypatch.setenv("POISONLENS_SAMPLES", "")
+    assert cli_main(["project", "--run", str(bare_run), "--method", "pca", "--quiet"]) == 0
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = bare_run.name
+    at.session_state["gs_method"] = "pca"
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]

@@ -197,6 +197,18 @@ def config_file(value: str) -> TrainConfig:
 # --- options from the config ---------------------------------------------------------------
 
 
+def model_spec(text: str) -> str:
+    """An argparse type: a ``--model`` spec (:mod:`poisonlens.model_spec`). Typed on the command
+    line, a ``module.path:factory`` spec may then be imported by this process."""
+    from poisonlens.model_spec import parse, trust
+
+    try:
+        parse(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(err.problem) from None
+    return trust(text)
+
+
 def _default(f: Field):
     return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
 
@@ -213,6 +225,8 @@ def _field_type(f: Field) -> Callable[[str], object]:
     hint, rng = str(f.type), f.metadata.get("range")
     if f.name == "device":
         return device
+    if f.name == "model":
+        return model_spec
     if hint.startswith("tuple"):
         return float_list_in(rng)
     if hint.startswith("int"):
@@ -277,7 +291,7 @@ def add_config_arguments(
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = _field_type(f)
-            if f.metadata.get("choices"):
+            if f.metadata.get("choices") and not f.metadata.get("open_choices"):
                 kwargs["choices"] = f.metadata["choices"]
             elif str(f.type).startswith("tuple"):
                 kwargs["metavar"] = "F,F,..."
