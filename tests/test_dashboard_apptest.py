@@ -400,3 +400,26 @@ def test_marking_on_suspects_is_kept_shown_filtered_and_exported(own_runs, media
     at.radio(key="su_mark_verdict").set_value("clear").run()
     at.button(key="su_mark_save").click().run()
     assert read_review(open_run(own_runs / POISON_RUN))["index"].tolist() == [first_two[1]]
+
+
+def test_marking_a_map_selection_and_the_sample_panel_colours_the_map_by_review(own_runs):
+    from poisonlens.review import read_review
+
+    at = app("views/gradient_space.py", POISON_RUN, _selected=[0, 1, 2], _gs_focus=5)
+    assert not at.exception, at.exception
+    at.radio(key="gs_sel_mark_verdict").set_value("clean").run()
+    at.button(key="gs_sel_mark_save").click().run()
+    at.radio(key="gs_panel_mark_verdict").set_value("poison").run()
+    at.text_input(key="gs_panel_mark_note").input("odd stroke").run()
+    at.button(key="gs_panel_mark_save").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    review = read_review(open_run(own_runs / POISON_RUN)).set_index("index")
+    assert review["verdict"].to_dict() == {0: "clean", 1: "clean", 2: "clean", 5: "poison"}
+    assert review.loc[5, "note"] == "odd stroke"
+    selection = next(d.value for d in at.dataframe if "review" in d.value)  # the panel's comes first
+    assert selection["review"].tolist() == ["clean", "clean", "clean"]
+    assert any("your review: poison" in m.value for m in at.markdown)
+    at.selectbox(key="gs_color").set_value("review").run()
+    names = [t["name"] for t in map_figure(at)["data"]]
+    assert any(n.startswith("marked poison") for n in names), names
+    assert any(n.startswith("marked clean") for n in names), names
