@@ -256,8 +256,8 @@ def bars_ui(done: pd.DataFrame) -> None:
 
 
 def retrain_ui(paths: list[str], table: pd.DataFrame) -> None:
-    """For a run retrained without the examples marked poison (``tags.retrain_of``) and the run it
-    came from, both picked: the two side by side, and whether leaving them out changed the target's
+    """For a run retrained without the examples marked poison (``tags.retrain_of``; or, of two runs
+    picked, the one trained with ``--exclude``) and the run it came from, both picked: the two side by side, and whether leaving them out changed the target's
     prediction and the accuracy."""
     runs = {p: open_run(p) for p in paths}
     by_name = {r.name: p for p, r in runs.items()}
@@ -265,17 +265,20 @@ def retrain_ui(paths: list[str], table: pd.DataFrame) -> None:
         tags = run.config.get("tags") if isinstance(run.config.get("tags"), dict) else {}
         source = by_name.get(str(tags.get("retrain_of", "")))
         exclude = run.meta.get("exclude") if isinstance(run.meta.get("exclude"), dict) else None
+        if source is None and len(runs) == 2 and exclude is not None:  # e.g. `train --exclude` from a shell
+            source = next(p for p in runs if p != path)
         if source is None or exclude is None:
             continue
         rows = []
-        for p, label in ((source, "as reviewed"), (path, "retrained without the marked poison")):
+        for p, label in ((source, "as reviewed"), (path, "retrained without them")):
             r = runs[p]
             facts = table[table["run"] == r.name]
             row = {"run": r.name, "": label,
                    "left out": int(r.meta.get("exclude", {}).get("count", 0)) if p == path else 0}
             if len(facts):
                 f = facts.iloc[0]
-                row.update({"clean acc": f["test_acc"], "target flipped": f["attack_success"],
+                flipped = None if pd.isna(f["attack_success"]) else bool(f["attack_success"] == 1.0)
+                row.update({"clean acc": f["test_acc"], "target flipped": flipped,
                             "p(attacker's class)": f["target_prob_adv"], "dropped": f["n_dropped"]})
             targets = load_targets(p, run_stamp(p))
             if not targets.empty and r.class_names:
@@ -283,7 +286,8 @@ def retrain_ui(paths: list[str], table: pd.DataFrame) -> None:
                 row["target predicted as"] = (r.class_names[predicted] if 0 <= predicted < len(r.class_names)
                                               else str(predicted))
             rows.append(row)
-        st.markdown(f"##### {run.name}: {runs[source].name} without its {exclude.get('count')} examples marked poison")
+        st.markdown(f"##### {run.name}: {runs[source].name} without {exclude.get('count')} examples "
+                    f"(`--exclude {Path(str(exclude.get('file'))).name}`)")
         side = pd.DataFrame(rows)
         st.dataframe(side, hide_index=True, width="stretch",
                      column_config={"clean acc": st.column_config.NumberColumn(format="percent"),
