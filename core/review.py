@@ -344,3 +344,34 @@ def read_index_csv(path: str | Path, *, source: object = "--exclude") -> tuple[n
         out.append(int(text))
     digest = hashlib.sha256(data).hexdigest()
     return np.unique(np.asarray(out, dtype=np.int64)), digest
+
+
+def retrain_config(run: Run, exclude_file: str | Path) -> dict:
+    """The run's own config (as JSON) with ``exclude`` set and ``tags.retrain_of`` naming it.
+
+    Parameters
+    ----------
+    run : the reviewed run
+    exclude_file : the CSV of the examples to leave out (:func:`write_poison_list`)
+
+    Returns
+    -------
+    dict, for :meth:`poisonlens.config.TrainConfig.from_json`
+    """
+    config = dict(run.config)
+    tags = config.get("tags") if isinstance(config.get("tags"), dict) else {}
+    config["exclude"] = str(exclude_file)
+    config["tags"] = {**tags, "retrain_of": run.name}
+    return config
+
+
+def write_poison_list(review: pd.DataFrame, path: str | Path) -> int:
+    """Write the review's ``poison`` rows as CSV (``index,verdict,note,who,when``) to ``path``.
+
+    The file is what ``poisonlens train --exclude`` reads; returns the number of examples.
+    """
+    from poisonlens.store import atomic_write_bytes
+
+    poison = review[review["verdict"] == "poison"]
+    atomic_write_bytes(Path(path), review_csv(poison).encode())
+    return len(poison)

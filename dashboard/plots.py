@@ -50,6 +50,7 @@ COLOR_FIELDS = {
     "prediction": ("predicted class", "category"),
     "correct": ("correct or not", "category"),
     "poison": ("poison or clean", "category"),
+    "review": ("your review (poison / clean / unsure)", "category"),
     "dropped_epoch": ("epoch dropped", "category"),
     "loss": ("loss (log10)", "value"),
     "score": ("suspicion score", "value"),
@@ -87,6 +88,11 @@ def color_groups(points: pd.DataFrame, field: str, class_names: list[str]) -> tu
     if field == "poison":
         codes = points["is_poison"].to_numpy(bool).astype(np.int64)
         return codes, [("clean", "#8fa9c4"), ("poison", "#111111")]
+    if field == "review":
+        verdicts = points["review"].to_numpy(object) if "review" in points else np.full(n, "", object)
+        codes = np.select([verdicts == "poison", verdicts == "clean", verdicts == "unsure"], [1, 2, 3], 0)
+        return codes.astype(np.int64), [("not reviewed", "#c7c7c7"), ("marked poison", "#d62728"),
+                                        ("marked clean", "#2ca02c"), ("marked unsure", "#ff7f0e")]
     if field == "dropped_epoch":
         dropped = points["dropped_epoch"].to_numpy(np.int64)
         epochs = sorted(int(e) for e in np.unique(dropped[dropped >= 0]))

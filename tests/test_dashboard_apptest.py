@@ -400,3 +400,69 @@ def test_marking_on_suspects_is_kept_shown_filtered_and_exported(own_runs, media
     at.radio(key="su_mark_verdict").set_value("clear").run()
     at.button(key="su_mark_save").click().run()
     assert read_review(open_run(own_runs / POISON_RUN))["index"].tolist() == [first_two[1]]
+
+
+def test_marking_a_map_selection_and_the_sample_panel_colours_the_map_by_review(own_runs):
+    from poisonlens.review import read_review
+
+    at = app("views/gradient_space.py", POISON_RUN, _selected=[0, 1, 2], _gs_focus=5)
+    assert not at.exception, at.exception
+    at.radio(key="gs_sel_mark_verdict").set_value("clean").run()
+    at.button(key="gs_sel_mark_save").click().run()
+    at.radio(key="gs_panel_mark_verdict").set_value("poison").run()
+    at.text_input(key="gs_panel_mark_note").input("odd stroke").run()
+    at.button(key="gs_panel_mark_save").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    review = read_review(open_run(own_runs / POISON_RUN)).set_index("index")
+    assert review["verdict"].to_dict() == {0: "clean", 1: "clean", 2: "clean", 5: "poison"}
+    assert review.loc[5, "note"] == "odd stroke"
+    selection = next(d.value for d in at.dataframe if "review" in d.value)  # the panel's comes first
+    assert selection["review"].tolist() == ["clean", "clean", "clean"]
+    assert any("your review: poison" in m.value for m in at.markdown)
+    at.selectbox(key="gs_color").set_value("review").run()
+    names = [t["name"] for t in map_figure(at)["data"]]
+    assert any(n.startswith("marked poison") for n in names), names
+    assert any(n.startswith("marked clean") for n in names), names
+
+
+def test_a_retrained_run_says_what_it_left_out_and_compare_puts_it_beside_its_source(own_runs):
+    from poisonlens.review import mark, read_review, retrain_config, write_poison_list
+    from poisonlens.train import TrainConfig, train
+
+    source = open_run(own_runs / POISON_RUN)
+    poisons = source.examples().query("is_poison")["index"].tolist()
+    mark(source, poisons[:10], "poison")
+    mark(source, [0], "clean")
+    listing = own_runs.parent / "marked.csv"
+    assert write_poison_list(read_review(source), listing) == 10
+    config = TrainConfig.from_json(retrain_config(source, listing))
+    assert config.exclude == str(listing) and config.tags["retrain_of"] == POISON_RUN
+    train(config, own_runs / "retrained", show_progress=False)
+
+    at = app("views/overview.py", "retrained")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    said = " ".join(i.value for i in at.info)
+    assert "Trained without 10 examples (10 of them poisons)" in said and POISON_RUN in said
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["runs"] = f"{POISON_RUN},retrained"
+    at.switch_page("views/compare.py")
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    side = next(d.value for d in at.dataframe if "left out" in d.value)
+    assert side["run"].tolist() == [POISON_RUN, "retrained"]
+    assert side["left out"].tolist() == [0, 10]
+    assert "target predicted as" in side and "clean acc" in side
+    assert "Leaving them out" in markdown(at)
+
+
+def test_new_run_offers_to_retrain_a_reviewed_run(own_runs):
+    from poisonlens.review import mark
+
+    at = app("views/new_run.py")
+    assert any("No run has examples marked poison" in c.value for c in at.caption)
+    mark(open_run(own_runs / POISON_RUN), [3, 4], "poison")
+    at = app("views/new_run.py")
+    assert not at.exception
+    assert at.selectbox(key="nr_retrain_run").value.endswith(POISON_RUN)
+    assert "without its 2 marked poison" in at.button(key="nr_retrain").label

@@ -193,7 +193,11 @@ def test_a_defense_that_declares_its_columns_is_read_by_its_declaration(tmp_path
     table = suspects_table(open_run(run_dir))
     written = planted.snapshot(2).columns
     declared = [c for c in output_columns("epic") if c not in ("score", "suspect") and c in written]
-    assert table.columns[-len(declared) :].tolist() == declared
+    from poisonlens.export import REVIEW_COLUMNS
+
+    facts = [c for c in table.columns if c not in REVIEW_COLUMNS]  # the review comes last
+    assert facts[-len(declared) :] == declared
+    assert table.columns[-len(REVIEW_COLUMNS) :].tolist() == list(REVIEW_COLUMNS)
     assert "scratch" not in table.columns
 
 

@@ -21,6 +21,7 @@ from poisonlens.dashboard.common import (
     STATUS_ICONS,
     cached_run_list,
     glossary_ui,
+    load_targets,
     md,
     page_header,
     run_stamp,
@@ -28,6 +29,7 @@ from poisonlens.dashboard.common import (
 )
 from poisonlens.errors import InputError
 from poisonlens.evaluate import SCENARIOS, to_markdown
+from poisonlens.store import open_run
 
 SCENARIO_HELP = {
     "scratch": "the victim trains from random weights",
@@ -127,6 +129,10 @@ def picked_ui() -> list[str]:
         str(i["path"]): f"{STATUS_ICONS.get(i['status'], '')} {i['name']} · {i['defense']}"
         for i in infos
     }
+    asked = [a for a in st.query_params.get("runs", "").split(",") if a]
+    if asked and not st.session_state.get("_cmp_runs_asked"):  # a link (New run's retrain) names them
+        st.session_state["_cmp_runs_asked"] = True
+        st.session_state["cmp_runs"] = [p for p in labels if any(_same_run(p, a) for a in asked)]
     st.session_state["cmp_runs"] = [p for p in st.session_state.get("cmp_runs", []) if p in labels]
     picked = st.multiselect(
         "Runs",
@@ -141,8 +147,18 @@ def picked_ui() -> list[str]:
     return picked
 
 
+def _same_run(path: str, asked: str) -> bool:
+    """Whether ``asked`` (a path or a run name from a link) is the run at ``path``."""
+    try:
+        return path == asked or Path(path).resolve() == Path(asked).resolve() or Path(path).name == asked
+    except OSError:
+        return False
+
+
 def source_ui() -> list[str]:
     """Let the user compare an evaluate folder or picked runs; return the run paths."""
+    if st.query_params.get("runs") and not st.session_state.get("_cmp_runs_asked"):
+        st.session_state["cmp_source"] = PICKED
     if "cmp_source" not in st.session_state:
         folders = st.query_params.get("folder") or evaluate_folders(results_root())
         st.session_state["cmp_source"] = FOLDER if folders else PICKED
@@ -238,6 +254,51 @@ def bars_ui(done: pd.DataFrame) -> None:
         )
     with st.expander("The same as a table (as in summary.md)"):
         st.code(to_markdown(summary), language="markdown")  # run-controlled names: shown as text
+
+
+def retrain_ui(paths: list[str], table: pd.DataFrame) -> None:
+    """For a run retrained without the examples marked poison (``tags.retrain_of``; or, of two runs
+    picked, the one trained with ``--exclude``) and the run it came from, both picked: the two side by side, and whether leaving them out changed the target's
+    prediction and the accuracy."""
+    runs = {p: open_run(p) for p in paths}
+    by_name = {r.name: p for p, r in runs.items()}
+    for path, run in runs.items():
+        tags = run.config.get("tags") if isinstance(run.config.get("tags"), dict) else {}
+        source = by_name.get(str(tags.get("retrain_of", "")))
+        exclude = run.meta.get("exclude") if isinstance(run.meta.get("exclude"), dict) else None
+        if source is None and len(runs) == 2 and exclude is not None:  # e.g. `train --exclude` from a shell
+            source = next(p for p in runs if p != path)
+        if source is None or exclude is None:
+            continue
+        rows = []
+        for p, label in ((source, "as reviewed"), (path, "retrained without them")):
+            r = runs[p]
+            facts = table[table["run"] == r.name]
+            row = {"run": r.name, "": label,
+                   "left out": int(r.meta.get("exclude", {}).get("count", 0)) if p == path else 0}
+            if len(facts):
+                f = facts.iloc[0]
+                flipped = None if pd.isna(f["attack_success"]) else bool(f["attack_success"] == 1.0)
+                row.update({"clean acc": f["test_acc"], "target flipped": flipped,
+                            "p(attacker's class)": f["target_prob_adv"], "dropped": f["n_dropped"]})
+            targets = load_targets(p, run_stamp(p))
+            if not targets.empty and r.class_names:
+                predicted = int(targets.sort_values("epoch")["prediction"].iloc[-1])
+                row["target predicted as"] = (r.class_names[predicted] if 0 <= predicted < len(r.class_names)
+                                              else str(predicted))
+            rows.append(row)
+        st.markdown(f"##### {md(run.name)}: {md(runs[source].name)} without {md(exclude.get('count'))} "
+                    f"examples (--exclude {md(Path(str(exclude.get('file'))).name)})")
+        side = pd.DataFrame(rows)
+        st.dataframe(side, hide_index=True, width="stretch",
+                     column_config={"clean acc": st.column_config.NumberColumn(format="percent"),
+                                    "p(attacker's class)": st.column_config.NumberColumn(format="%.2f")})
+        if len(side) == 2 and "target predicted as" in side:
+            before, after = side["target predicted as"].tolist()
+            change = "changed" if before != after else "did not change"
+            acc = side["clean acc"].tolist() if "clean acc" in side else [None, None]
+            st.markdown(f"Leaving them out **{change}** the target's prediction ({md(before)} → {md(after)})"
+                        + (f"; clean accuracy {acc[0]:.1%} → {acc[1]:.1%}." if None not in acc else "."))
 
 
 def table_ui(table: pd.DataFrame) -> None:
@@ -381,6 +442,7 @@ def main() -> None:
     if "scenario" in table:
         table = scenario_ui(table)
     done = headline_ui(table, len(table))
+    retrain_ui(paths, table)
     if not done.empty:
         bars_ui(done)
     table_ui(table)

@@ -40,6 +40,7 @@ from poisonlens.dashboard.common import (
     thumbnails,
 )
 from poisonlens.dashboard.components.gradient_map import gradient_map, write_positions
+from poisonlens.dashboard.marking import mark_ui, review_or_empty
 from poisonlens.dashboard.selection import (
     clicked_index,
     indices_in_shapes,
@@ -56,6 +57,7 @@ from poisonlens.projection import (
     read_job,
     read_projection,
 )
+from poisonlens.review import verdicts
 from poisonlens.store import open_run
 
 PLAY_SECONDS = 1.2
@@ -289,9 +291,12 @@ def selection_table_ui(path: str, points: pd.DataFrame, class_names: list[str]) 
     })
     st.markdown(f"**{len(rows):,} selected** (poisons among them: {int(rows['is_poison'].sum())})"
                 + (f"; the first {TABLE_LIMIT} are listed" if len(rows) > TABLE_LIMIT else ""))
+    table["review"] = verdicts(review_or_empty(path)[0], len(points))[shown["index"].to_numpy()]
     st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
                  column_config={"image": st.column_config.ImageColumn("image", width="small"),
                                 "loss": st.column_config.NumberColumn(format="%.2e")})
+    with st.expander(f"Mark the {len(rows):,} selected", expanded=False):
+        mark_ui(path, [int(i) for i in rows["index"]], key="gs_sel_mark", what=f"the {len(rows):,} selected")
 
 
 # --- the sample panel ----------------------------------------------------------------------
@@ -348,7 +353,17 @@ def sample_panel_ui(path: str, index: int, epochs: list[int], class_names: list[
                  f"**predicted** {md(names[int(row['prediction'])], 60)} (at this snapshot)",
                  "**poison** (ground truth)" if row["is_poison"] else "clean (no poison recorded)",
                  f"**dropped at epoch {dropped}**" if dropped >= 0 else "never dropped"]
+        review = review_or_empty(path)[0]
+        mine = review[review["index"] == index]
+        if len(mine):
+            r = mine.iloc[0]
+            facts.append(f"**your review: {r['verdict']}**" + (f" ({r['note']})" if r["note"] else "")
+                         + f", {r['who']}, {r['when']}")
+        else:
+            facts.append("not reviewed")
         right.markdown(" · ".join(facts))
+        with right.expander("Mark this example", expanded=False):
+            mark_ui(path, [index], key="gs_panel_mark", what=f"example {index}")
         if history.empty:
             right.warning("No snapshot of this example can be read.")
             return
@@ -412,7 +427,7 @@ def snapshot_columns(path: str, epochs: list[int]) -> set[str]:
 
 def color_choices(have: set[str], has_truth: bool) -> list[str]:
     """The fields the map can be coloured by, given the snapshot columns ``have``."""
-    out = ["class", "prediction", "correct"] + (["poison"] if has_truth else []) + ["dropped_epoch", "loss"]
+    out = ["class", "prediction", "correct"] + (["poison"] if has_truth else []) + ["review", "dropped_epoch", "loss"]
     out += [c for c in ("score", "cluster_size") if c in have] + ["drift"]
     return out
 
@@ -494,6 +509,8 @@ def main() -> None:
             return
         if color_by == "drift":
             points = points.assign(drift=drift_at(path, epoch, run_stamp(path))["drift"].to_numpy())
+        if color_by == "review":
+            points = points.assign(review=verdicts(review_or_empty(path)[0], len(points)))
         shown = points if one_class is None else points[points["label"].to_numpy() == one_class]
         xr, yr = (x_range, y_range) if one_class is None else projection_extent(path, method, mtime, one_class)
         mode = st.session_state.get("gs_mode", "replace")

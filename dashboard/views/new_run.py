@@ -9,6 +9,7 @@ store exists the sidebar's run picker switches to it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import MISSING, Field
 from pathlib import Path
 
@@ -23,10 +24,11 @@ from poisonlens.dashboard.common import (
     new_runs_dir,
     page_header,
     run_picker_ui,
+    runs_dirs,
 )
 from poisonlens.errors import InputError
 from poisonlens.launch import LaunchStatus, launch_status, launch_training, list_launches
-from poisonlens.store import RUN_JSON
+from poisonlens.store import RUN_JSON, open_run
 
 OTHER = "other file…"
 NONE = "none (clean run)"
@@ -210,6 +212,45 @@ def form_ui(runs_dir: Path) -> Path | None:
     return run_dir
 
 
+def retrain_ui(runs_dir: Path) -> Path | None:
+    """Retrain a reviewed run without the examples marked poison; returns the run it started."""
+    from poisonlens.dashboard.marking import review_or_empty
+    from poisonlens.review import retrain_config, write_poison_list
+
+    st.markdown("##### Retrain without the examples marked poison")
+    infos = [i for i in cached_run_list(tuple(str(r) for r in runs_dirs())) if i["status"] != "unreadable"]
+    reviewed = {str(i["path"]): i["name"] for i in infos
+                if (review_or_empty(str(i["path"]))[0]["verdict"] == "poison").any()}
+    if not reviewed:
+        st.caption("No run has examples marked poison yet: mark them on the Suspects or Gradient space page, "
+                   "then come back to train the same settings without them.")
+        return None
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = c1.selectbox("Reviewed run", list(reviewed), format_func=reviewed.get, key="nr_retrain_run")
+    review = review_or_empty(chosen)[0]
+    n_poison = int((review["verdict"] == "poison").sum())
+    go = c2.button(f"Retrain without its {n_poison} marked poison", key="nr_retrain", type="primary")
+    st.caption("Same settings as that run (its run.json), and `--exclude` a list of the examples you marked "
+               "poison, written next to the new runs. Compare then puts the two runs side by side.")
+    if not go:
+        return None
+    source = open_run(chosen)
+    name = f"{source.name}-without-{n_poison}-marked-{time.strftime('%H%M%S')}"
+    listing = runs_dir / ".excludes" / f"{name}.csv"
+    try:
+        write_poison_list(review, listing)
+        config = TrainConfig.from_json(retrain_config(source, listing))
+        run_dir = launch_training(config, runs_dir=runs_dir, name=name, projection="umap")
+    except (InputError, OSError) as err:
+        st.error(f"Not started: {err}")
+        return None
+    st.success(f"Started **{run_dir.name}**: {source.name}'s settings without the {n_poison} examples marked "
+               f"poison (`{listing}`).")
+    st.page_link("views/compare.py", label=f"Compare {source.name} with {run_dir.name}",
+                 icon=":material/compare_arrows:", query_params={"runs": f"{chosen},{run_dir}"})
+    return run_dir
+
+
 def progress_ui(status: LaunchStatus) -> None:
     """A launched run's state, with a progress bar while it trains or computes its map."""
     icon = STATE_ICONS.get(status.state, "")
@@ -317,6 +358,9 @@ def main() -> None:
         f"New runs go to `{runs_dir}` (set POISONLENS_RUNS or `-- --runs-dir DIR` to change)."
     )
     run_dir = form_ui(runs_dir)
+    if run_dir is not None:
+        st.session_state["nr_started"] = str(run_dir)
+    run_dir = retrain_ui(runs_dir)
     if run_dir is not None:
         st.session_state["nr_started"] = str(run_dir)
     with live:

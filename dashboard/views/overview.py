@@ -63,6 +63,7 @@ def config_ui(run) -> None:
         "defense": f"{cfg.get('defense')} ({params})",
         "drop window": f"snapshots at epochs {cfg.get('drop_after')} ≤ epoch < {cfg.get('stop_after')} may drop examples",
         "poison set": cfg.get("poisons") or "none (clean run)",
+        "left out (--exclude)": excluded_text(run) or "nothing",
         "seed": cfg.get("seed"),
     }
     if target:
@@ -75,6 +76,32 @@ def config_ui(run) -> None:
                  hide_index=True, width="stretch")
     with st.expander("Full configuration (run.json)"):
         st.json(cfg, expanded=False)
+
+
+def excluded_text(run) -> str | None:
+    """What run.json records of ``--exclude``: how many examples (poisons among them) and from
+    which file; None when the run trained on every example."""
+    record = run.meta.get("exclude")
+    if not isinstance(record, dict) or not isinstance(record.get("count"), int):
+        return None
+    poisons = record.get("n_poisons")
+    among = f" ({poisons} of them poisons)" if isinstance(poisons, int) and run.target else ""
+    digest = md(str(record.get("sha256", ""))[:12])
+    return f"{record['count']:,} examples{among}, listed in {md(record.get('file'))} (sha256 {digest}…)"
+
+
+def excluded_ui(run) -> None:
+    """Say that the run trained without some examples, and offer the comparison with its source."""
+    text = excluded_text(run)
+    if text is None:
+        return
+    tags = run.config.get("tags") if isinstance(run.config.get("tags"), dict) else {}
+    source = tags.get("retrain_of")
+    st.info(f"Trained without {text}: never in a training batch, never seen by the defense."
+            + (f" Retrained from **{md(source)}** without the examples marked poison there." if source else ""))
+    if source:
+        st.page_link("views/compare.py", label=f"Compare with {md(source, 80)}", icon=":material/compare_arrows:",
+                     query_params={"runs": f"{source},{run.path}"})
 
 
 def headline_ui(run, metrics: pd.DataFrame, examples: pd.DataFrame, detection: pd.DataFrame) -> None:
@@ -171,6 +198,7 @@ def main() -> None:
     elif status == "interrupted":
         st.warning("This run stopped without finishing (its process is gone). Continue it with "
                    f"poisonlens train --resume {md(path)}.")
+    excluded_ui(run)
     _, damaged = snapshot_listing(path, stamp)
     if damaged:
         st.warning("Left out of the per-snapshot figures (cannot be read):  \n" + "  \n".join(md(d) for d in damaged.values()))

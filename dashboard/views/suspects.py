@@ -155,6 +155,10 @@ def main() -> None:
     hidden = (["base_index", "review_who", "review_when"] + ([] if has_truth else ["is_poison"])
               + (["label"] if "class_name" in view else []))
     view = view.drop(columns=hidden, errors="ignore")
+    if "review" in view:  # your verdict next to what it is about, not past the defense's columns
+        first = [c for c in ("rank", "image", "index", "label", "class_name", "is_poison", "review", "review_note")
+                 if c in view]
+        view = view[first + [c for c in view.columns if c not in first]]
     st.caption(f"{len(shown):,} rows match the filters" + (f"; the first {THUMB_ROWS:,} are shown" if len(shown) > THUMB_ROWS else "")
                + ". Ranked by the defense's score (higher = more suspicious) at the snapshot that dropped each example: "
                "an example dropped earlier is shown as the defense saw it then. drift: distance from its own class "
