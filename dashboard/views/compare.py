@@ -122,7 +122,7 @@ def picked_ui() -> list[str]:
     roots = runs_dirs()
     infos = cached_run_list(tuple(str(r) for r in roots))
     if not infos:
-        where = ", ".join(f"`{r}`" for r in roots)
+        where = ", ".join(md(r) for r in roots)
         st.info(f"No runs found in {where}.")
         return []
     labels = {

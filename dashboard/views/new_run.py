@@ -242,10 +242,10 @@ def retrain_ui(runs_dir: Path) -> Path | None:
         config = TrainConfig.from_json(retrain_config(source, listing))
         run_dir = launch_training(config, runs_dir=runs_dir, name=name, projection="umap")
     except (InputError, OSError) as err:
-        st.error(f"Not started: {err}")
+        st.error(f"Not started: {md(err)}")
         return None
-    st.success(f"Started **{run_dir.name}**: {source.name}'s settings without the {n_poison} examples marked "
-               f"poison (`{listing}`).")
+    st.success(f"Started **{md(run_dir.name)}**: {md(source.name)}'s settings without the {n_poison} examples "
+               f"marked poison ({md(listing)}).")
     st.page_link("views/compare.py", label=f"Compare {source.name} with {run_dir.name}",
                  icon=":material/compare_arrows:", query_params={"runs": f"{chosen},{run_dir}"})
     return run_dir
