@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from poisonlens.config import TrainConfig
+from poisonlens.config import TrainConfig, check_dataset_spec
 from poisonlens.errors import InputError
 from poisonlens.store import RUN_JSON, RunWriter, _alive, atomic_write_json, open_run
 
@@ -36,7 +36,6 @@ CONFIG_LINE = "config: "  # train.log's line with the child's config as JSON
 NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # strict with .match too
 NAME_RULE = "use letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit"
 MAP_PROGRESS = re.compile(r"\[\s*(\d{1,3})%\]\s*(.*)")  # `poisonlens project`'s progress lines
-DATASET_KINDS = ("digits", "imagefolder", "cifar10", "npz")
 
 # live child processes started by this process, so that finished ones are reaped (no zombies)
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -122,12 +121,8 @@ def check_launch(
     if run_dir.exists():
         raise InputError(run_dir, "a run with this name already exists; choose another name")
     # data set
+    check_dataset_spec(config.dataset)
     kind, sep, arg = config.dataset.partition(":")
-    if kind not in DATASET_KINDS or (kind == "digits") == bool(sep and arg):
-        raise InputError(
-            config.dataset,
-            "unknown data set; use digits, imagefolder:<dir>, cifar10:<dir> or npz:<file>",
-        )
     if arg and not Path(arg).expanduser().exists():
         raise InputError(arg, "data set path not found")
     poisons = str(Path(config.poisons).expanduser().resolve()) if config.poisons else None

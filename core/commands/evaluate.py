@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from poisonlens.commands.train import add_schedule_arguments
+from poisonlens.config import TrainConfig  # not poisonlens.train: --help needs no torch
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
@@ -19,7 +20,6 @@ from poisonlens.evaluate import (
     to_markdown,
     write_results,
 )
-from poisonlens.train import TrainConfig
 
 D = TrainConfig()
 
