@@ -20,6 +20,7 @@ from poisonlens.dashboard.common import (
     snapshot_epochs_ui,
     thumbnails,
 )
+from poisonlens.dashboard.display import expression_ui
 from poisonlens.export import column_descriptions, suspects_table, to_safe_csv
 from poisonlens.store import DamagedFile, open_run
 
@@ -132,9 +133,12 @@ def main() -> None:
         st.info("Nothing dropped or flagged up to this epoch.")
         return
     shown = filters_ui(table, has_truth)
+    # drift of every row (not only the rows shown), so that an expression can filter by it
+    shown = shown.assign(drift=drift_of(path, shown, epoch, epochs, stamp))
+    shown = shown[expression_ui(shown, key="su_expr")]
     view = shown.head(THUMB_ROWS).copy()
     view.insert(1, "image", thumbnails(path, tuple(int(i) for i in view["index"])))
-    view.insert(view.columns.get_loc("flagged") + 1, "drift", drift_of(path, view, epoch, epochs, stamp))
+    view.insert(view.columns.get_loc("flagged") + 1, "drift", view.pop("drift"))
     view["dropped_epoch"] = dropped_text(view["dropped_epoch"])
     hidden = ["base_index"] + ([] if has_truth else ["is_poison"]) + (["label"] if "class_name" in view else [])
     view = view.drop(columns=hidden, errors="ignore")
