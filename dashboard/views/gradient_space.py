@@ -437,7 +437,7 @@ def toggle_play(epochs: list[int]) -> None:
     docs/dashboard.md says), whatever snapshot is shown; Pause keeps the one reached."""
     playing = not st.session_state.get("gs_playing", False)
     st.session_state["gs_playing"] = playing
-    if playing:
+    if playing and st.session_state.get("_epoch") != epochs[0]:
         st.session_state["_epoch"] = epochs[0]  # play from the start, and show the start first
         st.session_state["_gs_drawn"] = None
 
