@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 import traceback
@@ -179,6 +180,18 @@ def report(err: BaseException, *, debug: bool = False) -> int:
     return 1
 
 
+def reader_gone() -> int:
+    """The reader of standard output went away (``poisonlens runs | head -3``): end quietly.
+
+    Standard output is pointed at /dev/null so that the interpreter's last flush cannot raise
+    again; the status is 141 (128 + SIGPIPE), what a shell reports for a tool the pipe ended.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
+
+
 def guarded(func: Callable[[], int | None], *, debug: bool = False) -> int:
     """Run ``func`` and turn any exception into :func:`report`'s one line and exit status."""
     try:
@@ -186,6 +199,8 @@ def guarded(func: Callable[[], int | None], *, debug: bool = False) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return reader_gone()
     except Exception as err:  # the last resort: no traceback reaches the user
         return report(err, debug=debug)
 
@@ -238,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(_command_of(argv), lazy=True).parse_args(argv)
         return args.func(args)
 
-    return guarded(parse_and_run, debug=debug)
+    try:
+        try:
+            return guarded(parse_and_run, debug=debug)
+        finally:  # a buffered write (--help, a short table) meets a closed pipe only here
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return reader_gone()
 
 
 if __name__ == "__main__":

@@ -69,6 +69,25 @@ def find_runs(folder: str | Path) -> list[Path]:
     return runs
 
 
+def runs_of_one_poison_set(paths: Iterable[str | Path]) -> list[Path]:
+    """The largest group of at least two runs that share a poison set (a clean control counts
+    with the set it restores), in the order given; [] when there is none.
+
+    What Compare opens on when there is no evaluate output, e.g. the bundled sample's four runs.
+    Unreadable runs are skipped.
+    """
+    groups: dict[str, list[Path]] = {}
+    for path in map(Path, paths):
+        try:
+            config = open_run(path).config
+        except (InputError, OSError, ValueError):
+            continue
+        if config.get("poisons"):
+            groups.setdefault(poison_set_name(config), []).append(path)
+    best = max(groups.values(), key=len, default=[])
+    return best if len(best) >= 2 else []
+
+
 def _open(run: Run | str | Path) -> Run:
     return run if isinstance(run, Run) else open_run(run)
 
@@ -170,9 +189,15 @@ def comparison_table(runs: Iterable[Run | str | Path] | str | Path) -> pd.DataFr
     table = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "_poisons"])
     if table.empty:
         return table.drop(columns="_poisons")
-    table["control_flip"] = [_control_flip(table, r) for _, r in table.iterrows()]
+    table = _read_out_controls(table)
+    clean = table["defense"] == "clean"  # the read-out controls keep their own values
+    table["control_flip"] = [
+        r["control_flip"] if c else _control_flip(table, r)
+        for c, (_, r) in zip(clean, table.iterrows(), strict=True)
+    ]
     table["controlled_success"] = [
-        controlled(a, c) for a, c in zip(table["attack_success"], table["control_flip"], strict=True)
+        r["controlled_success"] if c else controlled(r["attack_success"], r["control_flip"])
+        for c, (_, r) in zip(clean, table.iterrows(), strict=True)
     ]
     rank = {d: i for i, d in enumerate(defense_order(table["defense"]))}
     table = table.sort_values(
@@ -180,6 +205,35 @@ def comparison_table(runs: Iterable[Run | str | Path] | str | Path) -> pd.DataFr
         key=lambda c: c.map(rank) if c.name == "defense" else c,
     )
     return table.drop(columns="_poisons").reset_index(drop=True)
+
+
+def _read_out_controls(table: pd.DataFrame) -> pd.DataFrame:
+    """An evaluate clean control (trained without poisons, so without a target of its own) as
+    ``runs.csv`` has it: one row per poison set of its scenario, read out on that set's target.
+
+    Without this the control showed "no target" and counted as a poison set "(no poisons)".
+    A control whose read-out fails keeps its one row (NaN target).
+    """
+    sets = table[table["_poisons"].notna() & (table["n_poisons"] > 0)]
+    out = []
+    for _, row in table.iterrows():
+        mine = sets[sets["scenario"] == row["scenario"]].drop_duplicates("poison_set")
+        own_set = isinstance(row["_poisons"], str) and row["_poisons"]  # NaN: none
+        if row["defense"] != "clean" or own_set or row["status"] != "finished" or mine.empty:
+            out.append(row.to_dict())
+            continue
+        read: list[dict] = []
+        for _, s in mine.iterrows():
+            try:
+                r = control_readout(Path(row["path"]), Path(s["_poisons"]))
+            except (InputError, OSError):
+                read = []
+                break
+            read.append({**row.to_dict(), "poison_set": s["poison_set"], "attack_success": r["flip"],
+                         "target_prob_adv": r["prob_adv"], "control_flip": r["flip"],
+                         "controlled_success": 0.0})  # fmt: skip
+        out += read or [row.to_dict()]
+    return pd.DataFrame(out, columns=table.columns)
 
 
 def _control_flip(table: pd.DataFrame, row: pd.Series) -> float:
@@ -192,6 +246,9 @@ def _control_flip(table: pd.DataFrame, row: pd.Series) -> float:
                  & (table["status"] == "finished")]
     if ctrl.empty:
         return np.nan
+    read = ctrl[(ctrl["poison_set"] == row["poison_set"]) & ctrl["control_flip"].notna()]
+    if not read.empty:  # already read out on this set's target (_read_out_controls)
+        return float(read["control_flip"].iloc[0])
     try:
         return control_readout(Path(ctrl["path"].iloc[0]), Path(row["_poisons"]))["flip"]
     except (InputError, OSError):

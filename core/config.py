@@ -20,6 +20,8 @@ MODEL_NAMES = ("smallcnn", "resnet18")
 SCENARIOS = ("scratch", "transfer", "finetune")
 AUGMENTS = ("auto", "none", "crop", "crop-flip")
 AMP_MODES = ("off", "bf16", "fp16")
+DATASET_KINDS = ("digits", "imagefolder", "cifar10", "npz")  # what poisonlens.data.load_dataset reads
+DATASET_RULE = "unknown data set; use digits, imagefolder:<dir>, cifar10:<dir> or npz:<file>"
 
 
 def _opt(
@@ -47,6 +49,17 @@ def _opt(
     if isinstance(default, dict | list):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
+
+
+def check_dataset_spec(spec: str) -> None:
+    """Raise :class:`InputError` naming ``spec`` unless it has the form of a data set spec.
+
+    Only the form ({'digits', 'imagefolder:<dir>', 'cifar10:<dir>', 'npz:<file>'}) is checked,
+    nothing is read: a misspelt ``digts`` is refused before torch or a data set loads.
+    """
+    kind, sep, arg = spec.partition(":")
+    if kind not in DATASET_KINDS or (kind == "digits") == bool(sep and arg):
+        raise InputError(spec, DATASET_RULE)
 
 
 @dataclass(frozen=True)
@@ -205,6 +218,7 @@ class TrainConfig:
             for v in values if rng is not None else ():
                 if (problem := rng.problem(v)) is not None:
                     raise InputError(option, problem)
+        check_dataset_spec(self.dataset)
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise InputError(
                 "--device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from poisonlens import runfs
-from poisonlens.config import TrainConfig
+from poisonlens.config import TrainConfig, check_dataset_spec
 from poisonlens.errors import InputError
 from poisonlens.store import RUN_JSON, RunWriter, _alive, atomic_write_json, open_run, read_json
 
@@ -37,7 +38,6 @@ CONFIG_LINE = "config: "  # train.log's line with the child's config as JSON
 NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # strict with .match too
 NAME_RULE = "use letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit"
 MAP_PROGRESS = re.compile(r"\[\s*(\d{1,3})%\]\s*(.*)")  # `poisonlens project`'s progress lines
-DATASET_KINDS = ("digits", "imagefolder", "cifar10", "npz")
 REPO = Path(__file__).resolve().parents[1]
 # What the New run page may start (the page is a web form: whoever reaches it starts processes).
 MAX_RUNNING_ENV = "POISONLENS_MAX_TRAININGS"  # trainings at once from the page; default 1
@@ -179,12 +179,8 @@ def check_launch(
         if path:
             _check_under_roots(path, what, roots)
     # data set
+    check_dataset_spec(config.dataset)
     kind, sep, arg = config.dataset.partition(":")
-    if kind not in DATASET_KINDS or (kind == "digits") == bool(sep and arg):
-        raise InputError(
-            config.dataset,
-            "unknown data set; use digits, imagefolder:<dir>, cifar10:<dir> or npz:<file>",
-        )
     if arg and not Path(arg).expanduser().exists():
         raise InputError(arg, "data set path not found")
     poisons = str(Path(config.poisons).expanduser().resolve()) if config.poisons else None
@@ -203,7 +199,7 @@ def check_launch(
         from poisonlens.review import read_index_csv
 
         read_index_csv(exclude)
-    # poison set: readable and fitting the data set (the data set is loaded only when cheap)
+    # poison set: readable and fitting the data set
     if poisons:
         if not Path(poisons).exists():
             raise InputError(poisons, "poison set not found")
@@ -211,8 +207,10 @@ def check_launch(
         from poisonlens.data.poisons import validate_poisons
 
         poison_set = load_poisons(poisons)
-        if kind in ("digits", "npz"):
-            validate_poisons(poison_set, load_dataset(config.dataset), source=poisons)
+        # every kind, as `poisonlens train` does before training: a CIFAR-10 run with the digits
+        # poison set used to start and then fail in the background. An image folder is decoded
+        # once here and cached (poisonlens.data.cache), so the child's own load is quick.
+        validate_poisons(poison_set, load_dataset(config.dataset), source=poisons)
     return config, run_dir
 
 
@@ -251,22 +249,7 @@ def launch_training(
     command = display_command(config, runs_dir=run_dir.parent, name=run_dir.name)
     run_dir.mkdir(parents=True)
     _record_launch(run_dir)
-    log = runfs.open_append(run_dir, (LOG,))  # handed to the child; never through a link
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "poisonlens.launch", str(run_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env=env,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-    finally:
-        os.close(log)
-    _CHILDREN[child.pid] = child
+    child = _start_child(run_dir)
     atomic_write_json(
         run_dir / LAUNCH_JSON,
         {
@@ -329,8 +312,97 @@ def launched_here(run_dir: str | Path) -> bool:
     return entry.get("dev") == info.st_dev and entry.get("ino") == info.st_ino
 
 
-def _child_main(run_dir: str) -> int:
-    """The background process: train from launch.json's config, then compute the map.
+def _start_child(run_dir: Path, *extra: str) -> subprocess.Popen:
+    """``python -m poisonlens.launch RUN_DIR [--resume]`` in its own session (so its process group
+    is its pid, what :func:`stop_run` signals), appending to train.log."""
+    log = runfs.open_append(run_dir, (LOG,))  # handed to the child; never through a link
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "poisonlens.launch", str(run_dir), *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    finally:
+        os.close(log)
+    _CHILDREN[child.pid] = child
+    return child
+
+
+# --- stopping and resuming -----------------------------------------------------------------
+
+
+def _is_our_child(pid: int, run_dir: Path) -> bool:
+    """Whether ``pid`` is a live ``poisonlens.launch`` process of ``run_dir`` leading its own
+    process group. launch.json is a file in the run folder, so its pid is checked, never trusted:
+    a child of this process, or (after a dashboard restart) one whose command line says so."""
+    if pid in _CHILDREN:
+        return _CHILDREN[pid].poll() is None
+    try:
+        if os.getpgid(pid) != pid:
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read(65_536).split(b"\0")
+    except (OSError, ValueError, OverflowError):
+        return False
+    return b"poisonlens.launch" in argv and os.fsencode(str(run_dir)) in argv
+
+
+def stop_run(run_dir: str | Path) -> None:
+    """Stop a run started by :func:`launch_training` (or :func:`resume_launch`): SIGTERM to the
+    process group it started, so training and a map being computed end together.
+
+    The run is then ``interrupted``: its last checkpoint stays, and :func:`resume_launch`
+    continues it. Raises :class:`InputError` when the run is not going or not ours to stop.
+    """
+    run_dir = Path(run_dir)
+    status = launch_status(run_dir)
+    if status.done:
+        raise InputError(run_dir, f"not running ({status.state}); nothing to stop")
+    pid = status.pid
+    if not isinstance(pid, int) or pid <= 1 or not _is_our_child(pid, run_dir):
+        raise InputError(run_dir / LAUNCH_JSON, "its process is not one this dashboard started")
+    os.killpg(pid, signal.SIGTERM)
+    if pid in _CHILDREN:  # reap it, so that launch_status sees it gone at once
+        try:
+            _CHILDREN[pid].wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
+            _CHILDREN[pid].wait(timeout=10)
+        _reap()
+
+
+def resume_launch(run_dir: str | Path) -> Path:
+    """Continue an interrupted launched run in the background, as ``poisonlens train --resume``
+    does (then its gradient map, as at launch). Returns ``run_dir``.
+
+    Raises :class:`InputError` unless the run is ``interrupted`` (stopped, killed, or its
+    machine restarted): a finished run has nothing to resume, a failed one fails again.
+    """
+    run_dir = Path(run_dir)
+    status = launch_status(run_dir)
+    if status.state != "interrupted":
+        raise InputError(run_dir, f"cannot resume a run that is {status.state}")
+    if not launched_here(run_dir):
+        raise InputError(run_dir, "not a run this dashboard started; resume it with poisonlens train --resume")
+    launch = read_json(run_dir / LAUNCH_JSON, root=run_dir)
+    child = _start_child(run_dir, "--resume")
+    command = "poisonlens " + shlex.join(["train", "--resume", str(run_dir)])
+    atomic_write_json(
+        run_dir / LAUNCH_JSON,
+        {**launch, "command": command, "pid": child.pid, "started": time.time()},
+    )
+    return run_dir
+
+
+def _child_main(run_dir: str, resume: bool = False) -> int:
+    """The background process: train from launch.json's config (with ``resume``, continue the
+    run from its last checkpoint, as ``poisonlens train --resume``), then compute the map.
 
     Errors are printed as one line to train.log (which launch_status shows), as the CLI would.
     """
@@ -345,6 +417,8 @@ def _child_main(run_dir: str) -> int:
     print("$", launch["command"], flush=True)
 
     def train_it() -> int:
+        if resume:
+            return main(["train", "--quiet", "--resume", str(run_dir_path)])
         config = TrainConfig.from_json(launch["config"])
         # the config exactly as this process trains it (tests compare it with the launched one)
         print(CONFIG_LINE + json.dumps(config.to_json(), sort_keys=True), flush=True)
@@ -459,4 +533,4 @@ def list_launches(runs_dir: str | Path) -> list[LaunchStatus]:
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1]))
+    sys.exit(_child_main(sys.argv[1], resume=sys.argv[2:] == ["--resume"]))

@@ -481,11 +481,15 @@ def _job_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-fit", type=int, default=5000)
     args = parser.parse_args(argv)
     started = time.time()
-    last = [0.0]
+    last = [0.0, ""]  # time of the last write, the kind of step it reported
 
     def progress(fraction: float, message: str) -> None:
-        if time.time() - last[0] > 0.3 or fraction >= 1.0:  # a few writes a second at most
-            last[0] = time.time()
+        # a few writes a second at most, but never drop the first message of a new step: the
+        # one that starts a minute-long UMAP fit was dropped, and the page showed "read
+        # snapshot of epoch 0" all along
+        kind = message.split(" ", 1)[0]
+        if time.time() - last[0] > 0.3 or fraction >= 1.0 or kind != last[1]:
+            last[0], last[1] = time.time(), kind
             write_job(args.run_dir, args.method, state="running", fraction=round(fraction, 3),
                       message=message, pid=os.getpid(), started=started)
         print(f"[{fraction:4.0%}] {message}", flush=True)

@@ -319,7 +319,22 @@ def text_thumbnails(path: str, n_max: int = 3000) -> list[str] | None:
 # --- pickers -------------------------------------------------------------------------------
 
 
+# every chart's modebar: no plotly logo and no button that sends the chart to a cloud service
+PLOTLY_CONFIG = {
+    "displaylogo": False,
+    "showSendToCloud": False,
+    "showEditInChartStudio": False,
+    "modeBarButtonsToRemove": ["sendDataToCloud", "editInChartStudio"],
+}
+# what belongs to one run: forgotten when another run is opened (by the picker or a link)
+RUN_STATE = ("_selected", "_gs_focus", "_gs_zoom", "_gs_last_event")
+
+
 def _sync_run() -> None:
+    if st.session_state["run_picker"] not in st.session_state.get("_run_paths", ()):
+        # the browser sent a label that no longer names a run: the run's status icon changed
+        # (e.g. running -> interrupted after Stop) between drawing the picker and this rerun
+        return
     st.session_state["_run"] = st.session_state["run_picker"]
     st.query_params["run"] = st.session_state["run_picker"]
     st.session_state.pop("_epoch", None)
@@ -377,7 +392,11 @@ def run_picker_ui() -> Run | None:
         chosen = asked_path
     if chosen not in paths:
         chosen = paths[0]
+    if st.session_state.get("_run") not in (None, chosen):  # another run, by any route
+        for key in RUN_STATE:
+            st.session_state.pop(key, None)
     st.session_state["_run"] = chosen
+    st.session_state["_run_paths"] = paths
     st.session_state["run_picker"] = chosen
     st.sidebar.selectbox("Run", paths, format_func=lambda p: labels[p], key="run_picker", on_change=_sync_run,
                          help="Runs in " + ", ".join(str(r) for r in roots) + ", newest first.")

@@ -449,12 +449,18 @@ def timing_figure(metrics: pd.DataFrame) -> go.Figure:
 # --- drift ---------------------------------------------------------------------------------
 
 
+GROUP_NAMES = {"poison": "poisons", "selected": "selected examples"}
+
+
 def tracks_figure(tracks: pd.DataFrame, band: pd.DataFrame | None, *, value: str, title: str,
-                  y_title: str, log_y: bool = False) -> go.Figure:
+                  y_title: str, log_y: bool = False, max_lines: int = 20) -> go.Figure:
     """Per-example lines of ``value`` across epochs, over the clean examples' middle half.
 
     tracks : epoch, index, group ('poison' / 'selected'), ``value``
     band : epoch, q25, q50, q75 of clean examples (or None)
+    max_lines : lines drawn per group at most: the examples with the highest peak ``value``;
+        the rest of a larger group is drawn as its middle half (a band), said in
+        ``fig.layout.meta['notes']``
     """
     fig = go.Figure()
     if band is not None and len(band):
@@ -465,20 +471,43 @@ def tracks_figure(tracks: pd.DataFrame, band: pd.DataFrame | None, *, value: str
         fig.add_trace(go.Scatter(x=band["epoch"], y=band["q50"], mode="lines", line=dict(color="#555555", dash="dot"),
                                  name="clean examples: median"))
     colors = {"poison": "#d62728", "selected": "#1f77b4"}
-    shown = set()
-    for (group, index), rows in tracks.groupby(["group", "index"], sort=True):
-        fig.add_trace(go.Scatter(
-            x=rows["epoch"], y=rows[value], mode="lines+markers", line=dict(color=colors.get(group, "#333"), width=1.3),
-            marker=dict(size=5), opacity=0.8, name=f"{group}s" if group not in shown else str(index),
-            legendgroup=group, showlegend=group not in shown,
-            hovertemplate=f"{group} example {index}<br>epoch %{{x}}: %{{y:.3g}}<extra></extra>"))
-        shown.add(group)
+    fills = {"poison": "rgba(214,39,40,0.15)", "selected": "rgba(31,119,180,0.15)"}
+    notes = []
+    for group, rows in tracks.groupby("group", sort=True):
+        name = GROUP_NAMES.get(group, str(group))
+        drawn = most_extreme(rows, value, max_lines)
+        n = rows["index"].nunique()
+        if n > max_lines:  # the rest as one band: 205 lines were unreadable
+            q = rows.groupby("epoch")[value].quantile([0.25, 0.75]).unstack()
+            fig.add_trace(go.Scatter(x=q.index, y=q[0.75], mode="lines", line=dict(width=0), showlegend=False,
+                                     hoverinfo="skip", legendgroup=f"{group}-band"))
+            fig.add_trace(go.Scatter(x=q.index, y=q[0.25], mode="lines", line=dict(width=0), fill="tonexty",
+                                     fillcolor=fills.get(group, "rgba(0,0,0,0.1)"), legendgroup=f"{group}-band",
+                                     name=f"{name}: middle half of all {n:,}", hoverinfo="skip"))
+            highest = "most drifting" if value == "drift" else "highest"
+            notes.append(f"{max_lines} {highest} of the {n:,} {name} drawn as lines; the band is the middle half "
+                         f"of all {n:,}")
+        for i, index in enumerate(drawn):
+            line = rows[rows["index"] == index]
+            fig.add_trace(go.Scatter(
+                x=line["epoch"], y=line[value], mode="lines+markers",
+                line=dict(color=colors.get(group, "#333"), width=1.3), marker=dict(size=5), opacity=0.8,
+                name=name if i == 0 else f"example {index}", legendgroup=group, showlegend=i == 0,
+                hovertemplate=f"{name}: example {index}<br>epoch %{{x}}: %{{y:.3g}}<extra></extra>"))
     if log_y:
         fig.update_yaxes(type="log", dtick=1)
     fig.update_yaxes(title_text=y_title)
     fig = _layout(fig, title, height=360)
-    fig.update_layout(hovermode="closest")
+    fig.update_layout(hovermode="closest", meta={"notes": notes})
     return fig
+
+
+def most_extreme(rows: pd.DataFrame, value: str, n: int) -> list[int]:
+    """The ``n`` example indices of ``rows`` (epoch, index, ``value``) with the highest peak
+    ``value`` over the epochs, highest first (ties by index)."""
+    peak = rows.groupby("index")[value].max().fillna(-np.inf)
+    order = sorted(peak.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [int(i) for i, _ in order[:n]]
 
 
 def distribution_figure(quantiles: pd.DataFrame, *, title: str, y_title: str, log_y: bool = False) -> go.Figure:
@@ -529,6 +558,42 @@ def defense_label_text(defense: str) -> str:
     return "clean (control)" if defense == "clean" else _text(defense)
 
 
+def wrap_label(text: str, width: int = 14) -> str:
+    """``text`` broken at spaces into lines of at most ``width`` characters (joined by ``<br>``);
+    a word longer than ``width`` stays whole."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
+def percent_ticks(top: float, n: int = 5) -> tuple[list[float], list[str]]:
+    """About ``n`` round tick values from 0 to ``top`` (a fraction) and their labels, with as
+    many decimals as keep the labels distinct (plotly's ``.0%`` wrote 1%, 1%, 2%, 2%)."""
+    top = max(float(top), 1e-4)
+    raw = top / (n - 1)
+    magnitude = 10 ** np.floor(np.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    values = [float(round(i * step, 10)) for i in range(int(np.floor(top / step + 1e-9)) + 1)]
+    for decimals in range(0, 6):
+        text = [f"{v:.{decimals}%}" for v in values]
+        if len(set(text)) == len(text):
+            break
+    return values, text
+
+
+def _panel_top(summary: pd.DataFrame, col: str) -> float:
+    """The largest value the precision panel draws (mean + std, or the chance marker)."""
+    mean = summary[f"{col}_mean"].astype(float)
+    high = (mean + summary[f"{col}_std"].astype(float).fillna(0)).clip(upper=1)
+    extra = summary["base_rate_mean"].astype(float) if "base_rate_mean" in summary else high
+    top = np.nanmax([high.max(), extra.max(), 0.0])
+    return float(min(1.0, top * 1.1)) if np.isfinite(top) and top > 0 else 1.0
+
+
 def defense_bars_figure(summary: pd.DataFrame, *, height: int = 640) -> go.Figure:
     """Mean ± std per defense of attack success, clean accuracy, recall and precision (error bars
     cut at 0 and 1; the hover gives the full std).
@@ -544,7 +609,8 @@ def defense_bars_figure(summary: pd.DataFrame, *, height: int = 640) -> go.Figur
         vertical_spacing=0.2,
         horizontal_spacing=0.08,
     )
-    x = [defense_label_text(d) for d in summary["defense"]]
+    # wrapped, not rotated: a rotated label reached into the subplot title below it
+    x = [wrap_label(defense_label_text(d)) for d in summary["defense"]]
     colors = [DEFENSE_COLORS.get(d, DEFENSE_COLOR) for d in summary["defense"]]
     n_runs = summary["n_runs"].to_numpy()
     for i, (col, _, missing) in enumerate(COMPARE_PANELS):
@@ -621,13 +687,21 @@ def defense_bars_figure(summary: pd.DataFrame, *, height: int = 640) -> go.Figur
                 row=row,
                 col=c,
             )
-    fig.update_yaxes(tickformat=".0%", rangemode="tozero")
-    fig.update_yaxes(range=[0, 1.19], tickvals=[0, 0.25, 0.5, 0.75, 1], row=1, col=1)
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_yaxes(range=[0, 1.19], row=1, col=1)
     for row, c in ((1, 2), (2, 1)):
         fig.update_yaxes(range=[0, 1.08], row=row, col=c)
-    fig.update_xaxes(type="category", tickangle=-30)
+    for i, (col, _, _) in enumerate(COMPARE_PANELS):
+        row, c = divmod(i, 2)
+        top = 1.0 if row == 0 or c == 0 else _panel_top(summary, col)
+        values, text = percent_ticks(top)
+        fig.update_yaxes(tickvals=values, ticktext=text, row=row + 1, col=c + 1)
+        if top < 1.0:  # the precision panel: as high as its bars, with its own ticks
+            fig.update_yaxes(range=[0, top * 1.05], row=row + 1, col=c + 1)
+    n_lines = max((t.count("<br>") + 1 for t in x), default=1)
+    fig.update_xaxes(type="category", tickangle=0)
     fig.update_layout(
-        height=height,
+        height=height + 14 * (n_lines - 1),
         font=PLOT_FONT,
         margin=dict(l=10, r=10, t=70, b=10),
         bargap=0.35,

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
+# next to the checkout (/work/main -> /work/shared), or above a worktree (/work/wt/NAME)
+CIFAR_SUBSET = next(
+    (p for p in (R / "shared" / "data" / "cifar10-subset" for R in (REPO.parent, REPO.parent.parent))
+     if p.is_dir()),
+    REPO.parent / "shared" / "data" / "cifar10-subset",
+)
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")

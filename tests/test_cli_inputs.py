@@ -219,8 +219,14 @@ print(json.dumps({"code": code, "loaded": heavy}), file=sys.stderr)
         (["select", "--help"], 0, ["poisonlens.commands.select"]),
         (["select", "--input", "g.npz", "--subset-size", "0.5", "--out", "d.csv"], 0,
          ["poisonlens.commands.select"]),
+        # issue 17: a misspelt data set and evaluate's help answered only after torch loaded (5 s)
+        (["train", "--dataset", "digts", "--runs-dir", "runs"], 2, ["poisonlens.commands.train"]),
+        (["train", "--dataset", "nosuch:x", "--runs-dir", "runs"], 2, ["poisonlens.commands.train"]),
+        (["evaluate", "--help"], 0, ["poisonlens.commands.train"]),
+        (["evaluate", "--dataset", "digts", "--out", "res"], 2, ["poisonlens.commands.train"]),
     ],
-    ids=["help", "train-help", "select-help", "select"],
+    ids=["help", "train-help", "select-help", "select", "train-digts", "train-nosuch",
+         "evaluate-help", "evaluate-digts"],
 )
 def test_a_command_imports_only_its_own_module_and_select_never_torch(tmp_path, argv, code, loaded):
     import numpy as np

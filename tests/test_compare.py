@@ -96,8 +96,10 @@ def test_the_table_of_an_evaluate_output_is_its_runs_csv(evaluate_out):
     csv = pd.read_csv(evaluate_out / "runs.csv")
     key = ["scenario", "poison_set", "defense", "seed"]
     # runs.csv reads the one clean control per seed out on every set; the table lists it once
-    mine = table[table["defense"] != "clean"].set_index(key).sort_index()
-    theirs = csv[csv["defense"] != "clean"].set_index(key).sort_index()
+    # issue 17: the control is read out on each poison set's target, as runs.csv does (it showed
+    # "no target" and counted as a poison set of its own, "(no poisons)")
+    mine = table.set_index(key).sort_index()
+    theirs = csv.set_index(key).sort_index()
     assert mine.index.equals(theirs.index)
     for col in theirs.columns:
         np.testing.assert_allclose(
@@ -105,8 +107,10 @@ def test_the_table_of_an_evaluate_output_is_its_runs_csv(evaluate_out):
         )
     assert (table["status"] == "finished").all()
     assert table.loc[table["defense"] == "clean", "n_poisons"].eq(0).all()
-    assert len(table[table["defense"] == "clean"]) == 2  # once per seed
-    assert table.loc[table["poison_set"] == "a", "defense"].unique().tolist() == DEFENSES[1:]
+    clean = table[table["defense"] == "clean"]
+    assert len(clean) == 4 and clean["attack_success"].notna().all()  # 2 seeds x 2 sets
+    assert set(table["poison_set"]) == {"a", "b"}
+    assert table.loc[table["poison_set"] == "a", "defense"].unique().tolist() == DEFENSES
     assert set(table["scenario"]) == {"scratch"}
 
 
@@ -115,7 +119,7 @@ def test_the_per_defense_summary_is_summary_csv_plus_a_random_drop(evaluate_out)
     summary = per_defense_summary(table).set_index("defense")
     csv = pd.read_csv(evaluate_out / "summary.csv").set_index("defense")
     assert summary.index.tolist() == DEFENSES == csv.index.tolist()
-    attacked = DEFENSES[1:]  # the control's own row differs: summary.csv reads it out per set
+    attacked = DEFENSES  # the control too: read out per set, as summary.csv does
     for col in csv.columns.drop("scenario"):
         np.testing.assert_allclose(
             summary.loc[attacked, col].to_numpy(float), csv.loc[attacked, col].to_numpy(float),
@@ -216,7 +220,7 @@ def test_the_page_opens_the_newest_evaluate_output(results_env):
     assert not at.error, [e.value for e in at.error]
     assert at.text_input(key="cmp_folder").value == str(results_env)
     table = at.dataframe[0].value
-    assert len(table) == 12 and set(table["defense"]) == set(DEFENSES)
+    assert len(table) == 14 and set(table["defense"]) == set(DEFENSES)  # the control once per set
     bars = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert "Attack success rate (target flipped)" in json.dumps(bars["layout"])
     assert metrics(at)["Poisons"] == "20"  # set a first
@@ -263,7 +267,7 @@ def test_the_scenario_is_a_facet_read_from_the_runs_tags(evaluate_out, tmp_path,
         meta["config"]["tags"]["scenario"] = "transfer"
         (copy / "run.json").write_text(json.dumps(meta))
     table = comparison_table(out)
-    assert table.groupby("scenario").size().to_dict() == {"scratch": 12, "transfer": 2}
+    assert table.groupby("scenario").size().to_dict() == {"scratch": 14, "transfer": 2}
     assert set(per_defense_summary(table).query("scenario == 'transfer'")["defense"]) == {
         "none", "loss"
     }
@@ -273,8 +277,8 @@ def test_the_scenario_is_a_facet_read_from_the_runs_tags(evaluate_out, tmp_path,
     at = page()
     assert not at.exception, at.exception
     facet = at.radio(key="cmp_scenario")
-    assert facet.options == ["scratch (12 runs)", "transfer (2 runs)"]
-    assert len(at.dataframe[0].value) == 12
+    assert facet.options == ["scratch (14 runs)", "transfer (2 runs)"]
+    assert len(at.dataframe[0].value) == 14
     facet.set_value("transfer").run()
     assert not at.exception, at.exception
     assert at.dataframe[0].value["defense"].tolist() == ["none", "loss"]
@@ -298,3 +302,58 @@ def test_a_folder_name_is_never_read_for_identity(evaluate_out, tmp_path):
     meta["config"]["tags"] = {}
     (copy / "run.json").write_text(json.dumps(meta))
     assert run_defense(open_run(copy)) == "random (matched drops)"
+
+
+# --- newcomer defects (issue 17) -------------------------------------------------------------
+
+
+def test_the_headline_counts_poison_sets_not_the_clean_control(results_env):
+    at = page()
+    assert not at.exception, at.exception
+    headline = next(m.value for m in at.markdown if "finished runs" in m.value)
+    assert "on 2 poison sets" in headline, headline
+
+
+def test_the_page_finds_an_evaluate_output_given_as_the_results_folder_itself(
+    evaluate_out, monkeypatch
+):
+    # `poisonlens evaluate --out results/` makes results/ itself the output folder
+    monkeypatch.setenv("POISONLENS_RESULTS", str(evaluate_out))
+    monkeypatch.setenv("POISONLENS_RUNS", str(evaluate_out / "no-runs"))
+    monkeypatch.setenv("POISONLENS_SAMPLES", "")
+    at = page()
+    assert not at.exception, at.exception
+    assert at.radio(key="cmp_source").value == "an evaluate output folder"
+    assert at.text_input(key="cmp_folder").value == str(evaluate_out)
+    assert len(at.dataframe[0].value) == 14
+
+
+def test_the_page_opens_on_the_bundled_samples_runs_of_one_poison_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("POISONLENS_RESULTS", str(tmp_path / "no-results"))
+    monkeypatch.setenv("POISONLENS_RUNS", str(tmp_path / "no-runs"))
+    monkeypatch.delenv("POISONLENS_SAMPLES", raising=False)  # the bundled sample
+    at = page()
+    assert not at.exception, at.exception
+    assert at.radio(key="cmp_source").value == "runs I pick"
+    assert len(at.multiselect(key="cmp_runs").value) == 4
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"demo-none", "demo-epic", "demo-random", "demo-clean-control"}
+    assert metrics(at)["Poisons"] == "67"
+
+
+def test_the_bar_chart_titles_clear_the_tick_labels_and_ticks_do_not_repeat(evaluate_out):
+    from poisonlens.dashboard import plots
+
+    table = comparison_table(evaluate_out)
+    table.loc[table["defense"] == "loss", "precision"] = 0.012  # small: 1%, 1%, 2%, 2% before
+    full = plots.defense_bars_figure(per_defense_summary(table)).to_dict()
+    fig = full["layout"]
+    for axis in ("xaxis", "xaxis2", "xaxis3", "xaxis4"):
+        assert fig[axis].get("tickangle", 0) == 0  # no rotated label reaches into a title
+    for axis in ("yaxis", "yaxis2", "yaxis3", "yaxis4"):
+        text = fig[axis]["ticktext"]
+        assert len(text) == len(set(text)) >= 3, (axis, text)
+        assert len(fig[axis]["tickvals"]) == len(text)
+    # every line of every tick label is short (long names are wrapped, not rotated)
+    labels = full["data"][0]["x"]
+    assert "random-0.2" in labels and all(len(line) <= 16 for t in labels for line in t.split("<br>"))

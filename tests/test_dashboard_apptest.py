@@ -211,7 +211,9 @@ def test_drift_follows_every_poison_and_the_slider_changes_the_table(runs_env):
     table = at.dataframe[0].value
     assert len(table) == N_POISONS and set(table["group"]) == {"poison"}
     tracks = figure(at, 0)
-    assert sum(1 for t in tracks["data"] if t.get("legendgroup") == "poison") == N_POISONS
+    # 20 lines at most (issue 17: 205 lines were unreadable); the rest of the 24 as a band
+    assert sum(1 for t in tracks["data"] if t.get("legendgroup") == "poison") == min(N_POISONS, 20)
+    assert any(t.get("name") == f"poisons: middle half of all {N_POISONS}" for t in tracks["data"])
     at.select_slider(key="dr_epoch").set_value(epochs[0]).run()
     assert not at.exception
     assert not at.dataframe[0].value["drift"].equals(table["drift"])

@@ -136,3 +136,75 @@ def test_the_map_phase_reports_the_projection_progress():
     tail = "$ poisonlens train ...\n[ 10%] loading 8 snapshots\n[ 70%] layout fitted in 3 s; placing every snapshot"
     assert _map_progress(tail) == {"map_fraction": 0.7, "map_message": "layout fitted in 3 s; placing every snapshot"}
     assert _map_progress("no progress yet") == {"map_fraction": 0.0, "map_message": "starting"}
+
+
+# --- stop, resume, and a poison set made for another data set (issue 17) ---------------------
+
+
+def wait_for_epoch(run_dir: Path, epoch: int, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = launch_status(run_dir)
+        assert not status.done, status.log_tail
+        if (status.epoch or 0) >= epoch:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{run_dir} never reached epoch {epoch}: {launch_status(run_dir)}")
+
+
+def test_a_launched_run_is_stopped_and_resumed_to_the_end(tmp_path):
+    from poisonlens.launch import resume_launch, stop_run
+
+    run_dir = launch_training(tiny_config(epochs=40, snapshot_every=10), runs_dir=tmp_path,
+                              name="stoppable", projection=None)  # fmt: skip
+    wait_for_epoch(run_dir, 2)
+    pid = launch_status(run_dir).pid
+    stop_run(run_dir)
+    status = launch_status(run_dir)
+    assert status.state == "interrupted", status
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # the whole process group is gone
+    stopped_at = open_run(run_dir).metrics()["epoch"].max()
+    assert stopped_at < 40
+    with pytest.raises(InputError, match="not running"):
+        stop_run(run_dir)
+    resume_launch(run_dir)
+    assert json.loads((run_dir / LAUNCH_JSON).read_text())["command"].endswith(f"train --resume {run_dir}")
+    status = wait_until_done(run_dir)
+    assert status.state == "finished", status.log_tail
+    metrics = open_run(run_dir).metrics()
+    assert metrics["epoch"].tolist() == list(range(41))  # every epoch once, none lost or doubled
+    with pytest.raises(InputError, match="cannot resume a run that is finished"):
+        resume_launch(run_dir)
+
+
+def test_stop_signals_only_a_process_this_dashboard_started(tmp_path):
+    from poisonlens.launch import stop_run
+
+    # launch.json is a file in the run folder: a pid written there (here, ours) is not trusted
+    run_dir = tmp_path / "forged"
+    run_dir.mkdir()
+    (run_dir / LAUNCH_JSON).write_text(json.dumps({"pid": os.getpid(), "command": "x", "started": 0}))
+    assert launch_status(run_dir).state == "starting"
+    with pytest.raises(InputError, match="not one this dashboard started"):
+        stop_run(run_dir)
+
+
+def test_a_poison_set_for_another_data_set_is_refused_before_starting_as_the_cli_does(
+    tmp_path, cifar_subset
+):
+    import subprocess
+    import sys
+
+    config = tiny_config(dataset=f"imagefolder:{cifar_subset}", poisons=str(DEMO_POISONS))
+    with pytest.raises(InputError) as err:
+        launch_training(config, runs_dir=tmp_path, name="mismatch", projection=None)
+    assert not (tmp_path / "mismatch").exists()
+    cli = subprocess.run(
+        [sys.executable, "-m", "poisonlens.cli", "train", "--dataset", config.dataset,
+         "--poisons", str(DEMO_POISONS.resolve()), "--runs-dir", str(tmp_path), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 2
+    assert cli.stderr == f"poisonlens: {err.value}\n"  # the same one line
+    assert "made for another image size" in cli.stderr

@@ -8,6 +8,7 @@ this module adds only what is not part of a run's config: where the run goes, ``
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from poisonlens.commands._options import (
@@ -58,9 +59,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def finished_note(run_dir: Path) -> str | None:
+    """The one line ``train --resume`` prints for a run that already finished, else None.
+
+    Read from run.json alone (no torch): resuming a finished run trains nothing, so it says
+    so and exits 0 instead of loading the model and drawing a full progress bar.
+    """
+    from poisonlens.store import open_run
+
+    run = open_run(run_dir)
+    if run.status != "finished":
+        return None
+    epochs = run.config.get("epochs")
+    epoch = run.progress().get("epoch", epochs)
+    return f"poisonlens: {run_dir}: already finished (epoch {epoch} of {epochs}); nothing to resume"
+
+
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) the run; print its directory."""
     if args.resume:
+        if (done := finished_note(args.resume)) is not None:
+            print(done, file=sys.stderr)
+            print(args.resume)
+            return 0
         from poisonlens.train import TrainConfig, train
 
         # --device may move a resumed run (a GPU run resumes on a CPU); 'auto' keeps run.json's

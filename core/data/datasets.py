@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from poisonlens.config import DATASET_RULE
 from poisonlens.data.safe_pickle import safe_load
 from poisonlens.errors import InputError
 from poisonlens.limits import Limits, check_count, current_limits, open_regular, resolve_inside
@@ -751,6 +752,4 @@ def load_dataset(spec: str) -> ImageDataset:
     }
     if kind in loaders and arg:
         return loaders[kind](arg, name=spec)
-    raise InputError(
-        spec, "unknown data set; use digits, imagefolder:<dir>, cifar10:<dir> or npz:<file>"
-    )
+    raise InputError(spec, DATASET_RULE)

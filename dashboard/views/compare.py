@@ -9,14 +9,17 @@ import pandas as pd
 import streamlit as st
 
 from poisonlens.compare import (
+    NO_POISONS,
     comparison_table,
     find_runs,
     overlap_summary,
     per_defense_summary,
     poison_overlap,
+    runs_of_one_poison_set,
 )
 from poisonlens.dashboard import plots
 from poisonlens.dashboard.common import (
+    PLOTLY_CONFIG,
     REPO,
     STATUS_ICONS,
     cached_run_list,
@@ -49,11 +52,13 @@ def results_root() -> Path:
 
 
 def evaluate_folders(root: Path) -> list[Path]:
-    """Folders directly under ``root`` holding an evaluate output (runs.csv or runs/), newest first."""
+    """``root`` and the folders directly under it that hold an evaluate output (runs.csv or runs/),
+    newest first."""
     if not root.is_dir():
         return []
     found = []
-    for folder in root.iterdir():
+    # `poisonlens evaluate --out results/` makes the folder itself the output
+    for folder in [root, *root.iterdir()]:
         marks = [folder / "runs.csv", folder / "runs"]
         stamps = [m.stat().st_mtime for m in marks if m.exists()]
         if folder.is_dir() and stamps:
@@ -133,6 +138,8 @@ def picked_ui() -> list[str]:
     if asked and not st.session_state.get("_cmp_runs_asked"):  # a link (New run's retrain) names them
         st.session_state["_cmp_runs_asked"] = True
         st.session_state["cmp_runs"] = [p for p in labels if any(_same_run(p, a) for a in asked)]
+    elif "cmp_runs" not in st.session_state:  # first visit: runs of one poison set (the sample's)
+        st.session_state["cmp_runs"] = [str(p) for p in runs_of_one_poison_set(list(labels))]
     st.session_state["cmp_runs"] = [p for p in st.session_state.get("cmp_runs", []) if p in labels]
     picked = st.multiselect(
         "Runs",
@@ -173,9 +180,12 @@ def headline_ui(table: pd.DataFrame, n_listed: int) -> pd.DataFrame:
     """One line on what is compared; returns the finished runs."""
     done = table[table["status"] == "finished"]
     seeds = sorted(done["seed"].unique().tolist())
+    n_sets = done.loc[done["poison_set"] != NO_POISONS, "poison_set"].nunique()
+    n_defenses = done["defense"].nunique()
     st.markdown(
-        f"**{len(done)} finished runs** of {done['defense'].nunique()} defense(s) on "
-        f"{done['poison_set'].nunique()} poison set(s), seed(s) {', '.join(map(str, seeds))}."
+        f"**{done['run'].nunique()} finished runs** of {plural(n_defenses, 'defense')} on "
+        f"{plural(n_sets, 'poison set')}, {plural(len(seeds), 'seed')} "
+        f"({', '.join(map(str, seeds))})."
     )
     waiting = n_listed - len(done)
     if waiting:
@@ -185,6 +195,11 @@ def headline_ui(table: pd.DataFrame, n_listed: int) -> pd.DataFrame:
             "their status."
         )
     return done
+
+
+def plural(n: int, word: str) -> str:
+    """``1 seed``, ``2 seeds``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def fit_labels(fig, *, x_labels=(), y_labels=()):
@@ -236,7 +251,7 @@ def bars_ui(done: pd.DataFrame) -> None:
     st.markdown("##### Per defense")
     summary = per_defense_summary(done)
     fig = fit_labels(plots.defense_bars_figure(summary), x_labels=summary["defense"])
-    st.plotly_chart(fig, width="stretch", key="cmp_bars")
+    st.plotly_chart(fig, width="stretch", key="cmp_bars", config=PLOTLY_CONFIG)
     st.caption(
         "Bars: mean over poison sets and seeds; black error bars: ± one standard deviation (hover for "
         "the number of runs). **Attack success**: share of runs whose target test image ends up "
@@ -408,7 +423,7 @@ def overlap_ui(done: pd.DataFrame) -> None:
         help="Still trained on at the end of every run shown.",
     )
     fig = fit_labels(plots.overlap_figure(overlap), y_labels=[f"{c}  (00 of 000)" for c in overlap])
-    st.plotly_chart(fig, width="stretch", key="cmp_overlap")
+    st.plotly_chart(fig, width="stretch", key="cmp_overlap", config=PLOTLY_CONFIG)
     st.caption(
         f"A column per poison of `{chosen}`, a row per run (with how many of the {n} poisons it "
         "caught): green = the defense had dropped that poison by its last snapshot, grey = the poison "

@@ -8,6 +8,7 @@ import streamlit as st
 
 from poisonlens.dashboard import plots
 from poisonlens.dashboard.common import (
+    PLOTLY_CONFIG,
     class_name_list,
     damage_ui,
     default_epoch,
@@ -26,13 +27,15 @@ from poisonlens.dashboard.common import (
     snapshot_epochs_ui,
     thumbnails,
 )
+from poisonlens.dashboard.display import readable
 from poisonlens.dashboard.selection import parse_indices
 from poisonlens.drift import MIN_SCALE, group_quantiles
 from poisonlens.export import defense_columns
 from poisonlens.store import DamagedFile
 
 SHOW_FLOOR = 0.01  # drift is drawn on a log axis; 0 (a medoid itself) is drawn here
-MAX_TRACKS = 60  # lines per group in the track plots
+MAX_TRACKS = 2_000  # examples per group followed (their lines: the 20 most drifting, the rest a band)
+TRACK_LINES = 20  # lines drawn per group; 205 lines were unreadable
 
 DEFINITION = f"""
 **drift** = distance from the example's gradient to the nearest *medoid of its own class* (EPIC's chosen
@@ -102,7 +105,7 @@ def followed_ui(n_samples: int, poisons: np.ndarray) -> tuple[list[int], list[in
     chosen_poisons = [int(i) for i in poisons[:MAX_TRACKS]] if use_poisons else []
     selected = [i for i in selected if i not in set(chosen_poisons)][:MAX_TRACKS]
     if use_poisons and len(poisons) > MAX_TRACKS:
-        st.caption(f"Lines are drawn for the first {MAX_TRACKS} poisons; the boxes below use all of them.")
+        st.caption(f"The first {MAX_TRACKS:,} poisons are followed; the boxes below use all of them.")
     return chosen_poisons, selected
 
 
@@ -148,11 +151,17 @@ def main() -> None:
         return rows[["epoch", "q25", "q50", "q75"]]
 
     left, right = st.columns(2)
-    left.plotly_chart(plots.tracks_figure(tracks, band("drift"), value="drift", log_y=True, y_title="drift (log scale)",
-                                          title="Distance from its own class (drift)"), width="stretch", key="dr_tracks")
+    drift_fig = plots.tracks_figure(tracks, band("drift"), value="drift", log_y=True, y_title="drift (log scale)",
+                                    title="Distance from its own class (drift)", max_lines=TRACK_LINES)
+    left.plotly_chart(drift_fig, width="stretch", key="dr_tracks", config=PLOTLY_CONFIG)
+    for note in drift_fig.layout.meta["notes"]:
+        left.caption(f"Lines: the {note}.")
     if has_target:
-        right.plotly_chart(plots.tracks_figure(tracks, band("target_cos"), value="target_cos", y_title="cosine similarity",
-                                               title="Similarity to the target's gradient"), width="stretch", key="dr_cos")
+        cos_fig = plots.tracks_figure(tracks, band("target_cos"), value="target_cos", y_title="cosine similarity",
+                                      title="Similarity to the target's gradient", max_lines=TRACK_LINES)
+        right.plotly_chart(cos_fig, width="stretch", key="dr_cos", config=PLOTLY_CONFIG)
+        for note in cos_fig.layout.meta["notes"]:
+            right.caption(f"Lines: the {note}.")
     else:
         right.info("A clean run has no target, so there is no similarity to it.")
 
@@ -164,11 +173,11 @@ def main() -> None:
         left, right = st.columns(2)
         left.plotly_chart(plots.distribution_figure(summary[summary["value"] == "drift"], log_y=True,
                                                     title="Drift: poisons vs clean", y_title="drift (log scale)"),
-                          width="stretch", key="dr_box_drift")
+                          width="stretch", key="dr_box_drift", config=PLOTLY_CONFIG)
         if has_target:
             right.plotly_chart(plots.distribution_figure(summary[summary["value"] == "target_cos"],
                                                          title="Similarity to the target: poisons vs clean",
-                                                         y_title="cosine similarity"), width="stretch", key="dr_box_cos")
+                                                         y_title="cosine similarity"), width="stretch", key="dr_box_cos", config=PLOTLY_CONFIG)
 
     if follow:
         st.markdown("##### The followed examples at one snapshot")
@@ -189,7 +198,7 @@ def main() -> None:
             **{c: snap[c].to_numpy() for c in ("score", *own) if c in snap},
         }).sort_values("drift", ascending=False)
         config = {c: st.column_config.Column(c.replace("_", " "), help=text or None) for c, text in own.items()}
-        st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
+        st.dataframe(readable(table), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
                      column_config={"image": st.column_config.ImageColumn("image", width="small"), **config})
 
 

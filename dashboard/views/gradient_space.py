@@ -21,6 +21,7 @@ from PIL import Image
 
 from poisonlens.dashboard import common, plots
 from poisonlens.dashboard.common import (
+    PLOTLY_CONFIG,
     class_name_list,
     damage_ui,
     default_epoch,
@@ -40,6 +41,7 @@ from poisonlens.dashboard.common import (
     thumbnails,
 )
 from poisonlens.dashboard.components.gradient_map import gradient_map, write_positions
+from poisonlens.dashboard.display import expression_ui, readable
 from poisonlens.dashboard.marking import mark_ui, review_or_empty
 from poisonlens.dashboard.selection import (
     clicked_index,
@@ -50,6 +52,7 @@ from poisonlens.dashboard.selection import (
     update_selection,
 )
 from poisonlens.errors import InputError
+from poisonlens.neighbours import SPACES, nearest_neighbours, space_columns
 from poisonlens.projection import (
     METHODS,
     TARGET_INDEX,
@@ -67,12 +70,13 @@ HISTORY_COLUMNS = ("prediction", "loss", "confidence", "active", "score", "clust
                    "is_medoid", "isolated", "drop")
 METHOD_NAMES = {"umap": "UMAP", "pca": "PCA"}
 TABLE_LIMIT = 500  # rows with thumbnails in the selection table
+NEIGHBOURS = 8  # nearest neighbours listed in the sample panel
 DENSITY_ABOVE = 200_000  # examples; above this the map is a density image plus overlay points
 ZOOM = 0.08  # share of the map's width shown around a looked-up example
 PANEL_PIXELS = 192  # the sample panel's image width
 # plotly's default plotGlPixelRatio of 2 draws four times the pixels, costly where WebGL is
 # software-rendered (headless or GPU-less browsers)
-MAP_CONFIG = {"displaylogo": False, "plotGlPixelRatio": 1}
+MAP_CONFIG = {**PLOTLY_CONFIG, "plotGlPixelRatio": 1}
 
 # --- cached data ---------------------------------------------------------------------------
 
@@ -292,7 +296,7 @@ def selection_table_ui(path: str, points: pd.DataFrame, class_names: list[str]) 
     st.markdown(f"**{len(rows):,} selected** (poisons among them: {int(rows['is_poison'].sum())})"
                 + (f"; the first {TABLE_LIMIT} are listed" if len(rows) > TABLE_LIMIT else ""))
     table["review"] = verdicts(review_or_empty(path)[0], len(points))[shown["index"].to_numpy()]
-    st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
+    st.dataframe(readable(table), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
                  column_config={"image": st.column_config.ImageColumn("image", width="small"),
                                 "loss": st.column_config.NumberColumn(format="%.2e")})
     with st.expander(f"Mark the {len(rows):,} selected", expanded=False):
@@ -373,9 +377,57 @@ def sample_panel_ui(path: str, index: int, epochs: list[int], class_names: list[
                               ("isolated", "isolated"), ("active", "trained on"), ("drop", "dropped here")):
             if column in history:
                 table[title] = history[column].to_numpy()
-        right.dataframe(table, hide_index=True, width="stretch", height=min(320, 38 + 35 * len(table)),
-                        column_config={"loss": st.column_config.NumberColumn(format="%.3g"),
-                                       "suspicion score": st.column_config.NumberColumn(format="%.3g")})
+        right.dataframe(readable(table), hide_index=True, width="stretch", height=min(320, 38 + 35 * len(table)),
+                        column_config={"loss": st.column_config.NumberColumn(format="%.3g")})
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def space_matrix(path: str, epoch: int, space: str) -> np.ndarray:
+    """float32 (n_samples, n_features): one snapshot's gradient (``g_*``) or feature (``emb_*``)
+    columns, kept between reruns (a click on another example reuses it)."""
+    columns = space_columns(list(common.load_snapshot_columns(path, epoch)), space)
+    return load_snapshot(path, epoch, tuple(columns)).to_numpy(np.float32)
+
+
+def neighbours_ui(path: str, index: int, epoch: int, class_names: list[str], points: pd.DataFrame) -> None:
+    """The example's nearest neighbours at the shown snapshot, in gradient space and (when the
+    snapshot stores them) in penultimate-feature space, with thumbnails."""
+    have = set(common.load_snapshot_columns(path, epoch))
+    spaces = [s for s in ("gradient", "features") if space_columns(sorted(have), s)]
+    if not spaces:
+        return
+    names = np.asarray(class_names, dtype=object)
+    with st.container(border=True, key="gs_neighbours"):
+        head, choice = st.columns([3, 2], vertical_alignment="bottom")
+        head.markdown(f"**Nearest neighbours of example {index}** at epoch {epoch}")
+        space = choice.radio("Space", spaces, horizontal=True, key="gs_nb_space",
+                             format_func={"gradient": "gradient (what EPIC sees)",
+                                          "features": "penultimate features"}.get)
+        try:
+            X = space_matrix(path, epoch, space)
+            found = nearest_neighbours(index, X, points["label"].to_numpy(), k=NEIGHBOURS)
+        except InputError as err:
+            st.info(str(err))
+            return
+        rows = points.iloc[found.indices]
+        table = pd.DataFrame({
+            "image": thumbnails(path, tuple(int(i) for i in found.indices)),
+            "index": found.indices,
+            "distance": np.round(found.distances, 4),
+            "label": names[rows["label"].to_numpy()],
+            "same label": np.where(found.same_label, "yes", "no"),
+            "predicted": names[rows["prediction"].to_numpy()],
+            "poison": np.where(rows["is_poison"].to_numpy(bool), "yes", "no"),
+            "dropped at epoch": dropped_text(rows["dropped_epoch"]).to_numpy(),
+        })
+        st.dataframe(table, hide_index=True, width="stretch", key="gs_nb_table",
+                     column_config={"image": st.column_config.ImageColumn("image", width="small")})
+        cols = [c for c in sorted(have) if c.startswith(SPACES[space])]
+        what = ("gradient columns (softmax − one-hot label)" if space == "gradient"
+                else "penultimate-feature columns (emb_*)")
+        st.caption(f"Euclidean distance over the snapshot's {len(cols)} {what}, to every example of the run.")
+        st.button("Select these", key="gs_nb_select", on_click=lambda: st.session_state.update(
+            _selected=update_selection(st.session_state.get("_selected", []), found.indices.tolist(), mode="add")))
 
 
 # --- page ----------------------------------------------------------------------------------
@@ -407,12 +459,23 @@ def find_example(n_samples: int) -> None:
 
 
 def toggle_play(epochs: list[int]) -> None:
-    """Start or stop playing through ``epochs``; play starts over from the first."""
+    """Start or stop playing through ``epochs``; play always starts from the first (as
+    docs/dashboard.md says), whatever snapshot is shown; Pause keeps the one reached."""
     playing = not st.session_state.get("gs_playing", False)
     st.session_state["gs_playing"] = playing
-    if playing and st.session_state.get("_epoch") == epochs[-1]:
+    if playing and st.session_state.get("_epoch") != epochs[0]:
         st.session_state["_epoch"] = epochs[0]  # play from the start, and show the start first
         st.session_state["_gs_drawn"] = None
+
+
+FILTER_HIDDEN = ("x", "y", "dropped_before")  # map internals, not columns a person filters by
+
+
+def filter_table(points: pd.DataFrame) -> pd.DataFrame:
+    """The map's points as the filter expression sees them: ``poison`` for the ground truth,
+    without the drawing's own columns."""
+    table = points.drop(columns=[c for c in FILTER_HIDDEN if c in points])
+    return table.rename(columns={"is_poison": "poison"})
 
 
 def snapshot_columns(path: str, epochs: list[int]) -> set[str]:
@@ -507,11 +570,15 @@ def main() -> None:
             st.error(f"The snapshot of epoch {epoch} cannot be read: {md(err)}. The other epochs can still be viewed.")
             st.session_state["_gs_drawn"] = epoch
             return
-        if color_by == "drift":
+        if color_by == "drift" or "drift" in st.session_state.get("gs_expr", ""):
             points = points.assign(drift=drift_at(path, epoch, run_stamp(path))["drift"].to_numpy())
         if color_by == "review":
             points = points.assign(review=verdicts(review_or_empty(path)[0], len(points)))
-        shown = points if one_class is None else points[points["label"].to_numpy() == one_class]
+        # above the map; applied to the points it shows (and selects from)
+        keep = expression_ui(filter_table(points), key="gs_expr", what="examples")
+        if one_class is not None:
+            keep &= points["label"].to_numpy() == one_class
+        shown = points if keep.all() else points[keep]
         xr, yr = (x_range, y_range) if one_class is None else projection_extent(path, method, mtime, one_class)
         mode = st.session_state.get("gs_mode", "replace")
         apply_event(st.session_state.get("gs_map"), mode, shown)
@@ -560,10 +627,12 @@ def main() -> None:
         right.button("Clear selection", key="gs_clear", on_click=lambda: st.session_state.update(_selected=[]))
         if focus is not None and 0 <= focus < len(points):
             sample_panel_ui(path, int(focus), epochs, class_names, points)
+            neighbours_ui(path, int(focus), epoch, class_names, points)
         if one_class is not None and has_medoids:
             clusters = points[(points["label"] == one_class) & points["is_medoid"].fillna(False).astype(bool)]
             if len(clusters):
-                st.plotly_chart(plots.cluster_sizes_figure(clusters), width="stretch", key="gs_clusters")
+                st.plotly_chart(plots.cluster_sizes_figure(clusters), width="stretch", key="gs_clusters",
+                                config=PLOTLY_CONFIG)
         selection_table_ui(path, points, class_names)
         st.session_state["_gs_drawn"] = epoch
 

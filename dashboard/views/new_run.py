@@ -27,7 +27,14 @@ from poisonlens.dashboard.common import (
     runs_dirs,
 )
 from poisonlens.errors import InputError
-from poisonlens.launch import LaunchStatus, launch_status, launch_training, list_launches
+from poisonlens.launch import (
+    LaunchStatus,
+    launch_status,
+    launch_training,
+    list_launches,
+    resume_launch,
+    stop_run,
+)
 from poisonlens.store import RUN_JSON, open_run
 
 OTHER = "other file…"
@@ -43,6 +50,8 @@ LAYOUT = {
 # The form's starting values where they differ from TrainConfig's: a short EPIC run on digits.
 FORM_DEFAULTS = {"epochs": 12, "drop_after": 2, "defense": "epic"}
 SUBSET_DEFAULT = 0.2
+FORM_STATE = "nr_kept"  # the form's values, kept while other pages are shown
+FORM_EXTRA_KEYS = {"nr_poison_choice", "nr_poison_path", "nr_subset", "nr_params", "nr_projection"}
 # Widget labels that read better than the field's name (the rest: "batch_size" -> "Batch size").
 LABELS = {"lr": "Learning rate", "amp": "Mixed precision", "snapshot_every": "Snapshot every (T)"}
 
@@ -167,6 +176,27 @@ def config_values(raw: dict[str, object]) -> dict[str, object]:
     return values
 
 
+def restore_form() -> None:
+    """Put back the form's values kept by :func:`keep_form`.
+
+    Streamlit forgets a widget's value when a page without it is drawn, so leaving New run for
+    another page and coming back reset the form (the chosen poison set too).
+    """
+    kept = st.session_state.get(FORM_STATE, {})
+    for key, value in kept.items():
+        if key == "nr_poison_choice" and value not in [NONE, *poison_files(), OTHER]:
+            continue  # the file went away: the selectbox starts over
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def keep_form() -> None:
+    """Copy the form's widget values (``nr_*``, not the run name: a name is used once) into a
+    key no widget owns, which Streamlit keeps across pages."""
+    widgets = {f"nr_{f.name}" for f in option_fields()} | FORM_EXTRA_KEYS
+    st.session_state[FORM_STATE] = {k: st.session_state[k] for k in widgets if k in st.session_state}
+
+
 def form_ui(runs_dir: Path) -> Path | None:
     """The form; returns the run directory it started, or None."""
     placed = {name for names in LAYOUT.values() for name in names}
@@ -193,16 +223,18 @@ def form_ui(runs_dir: Path) -> Path | None:
             help="Computed once in the background after training, for the Gradient space page.",
         )
         submitted = st.form_submit_button("Start training", type="primary")
+    keep_form()
     if not submitted:
         return None
     try:
         config = TrainConfig(**config_values(raw))
-        run_dir = launch_training(
+        with st.spinner("Checking the data set and the poison set…"):
+            run_dir = launch_training(
             config,
             runs_dir=runs_dir,
-            name=name.strip() or None,
-            projection=None if projection == "none" else projection,
-        )
+                name=name.strip() or None,
+                projection=None if projection == "none" else projection,
+            )
     except InputError as err:
         st.error(f"Not started: {md(err)}")
         return None
@@ -270,6 +302,17 @@ def progress_ui(status: LaunchStatus) -> None:
         )
     if status.error:
         st.error(md(status.error))
+    if not status.done and st.button(
+        "Stop", key=f"nr_stop_{status.name}", icon=":material/stop:",
+        help="Stop training (SIGTERM to the process it started); Resume below continues it "
+        "from its last checkpoint.",
+    ):  # fmt: skip
+        try:
+            stop_run(status.run_dir)
+        except InputError as err:
+            st.error(f"Not stopped: {md(err)}")
+        else:
+            st.rerun()
     if status.state in ("finished", "mapping", "running", "interrupted"):
         st.page_link(
             "views/overview.py",
@@ -320,6 +363,17 @@ def history_ui(runs_dir: Path) -> None:
             )
             if s.error:
                 c1.error(md(s.error))
+            if s.state == "interrupted" and c2.button(
+                "Resume", key=f"nr_resume_{s.name}", icon=":material/play_arrow:",
+                help="Continue from the last checkpoint (poisonlens train --resume).",
+            ):  # fmt: skip
+                try:
+                    resume_launch(s.run_dir)
+                except InputError as err:
+                    c1.error(f"Not resumed: {md(err)}")
+                else:
+                    st.session_state["nr_started"] = str(s.run_dir)
+                    st.rerun()
             if s.state in ("finished", "mapping", "running", "interrupted"):
                 c2.page_link(
                     "views/overview.py",
@@ -350,6 +404,7 @@ def main() -> None:
         "anything starts; progress is read from the run store, so it survives reloading or "
         "closing this page.",
     )
+    restore_form()
     follow_started_run()
     run_picker_ui()  # the sidebar's run picker, as on every page
     runs_dir = new_runs_dir()

@@ -8,6 +8,7 @@ import streamlit as st
 
 from poisonlens.dashboard import plots
 from poisonlens.dashboard.common import (
+    PLOTLY_CONFIG,
     STATUS_ICONS,
     damage_ui,
     glossary_ui,
@@ -219,8 +220,8 @@ def main() -> None:
     target = run.target
     adv_name = run.class_names[target["adv_label"]] if target else None
     left, right = st.columns(2)
-    left.plotly_chart(plots.accuracy_figure(metrics, adv_name=adv_name), width="stretch", key="ov_acc")
-    right.plotly_chart(plots.drops_figure(metrics, n_samples=len(examples)), width="stretch", key="ov_drops")
+    left.plotly_chart(plots.accuracy_figure(metrics, adv_name=adv_name), width="stretch", key="ov_acc", config=PLOTLY_CONFIG)
+    right.plotly_chart(plots.drops_figure(metrics, n_samples=len(examples)), width="stretch", key="ov_drops", config=PLOTLY_CONFIG)
     n_poisons = int(examples["is_poison"].sum())
     if n_poisons:
         st.markdown("##### Did the defense find the poisons?")
@@ -228,13 +229,13 @@ def main() -> None:
                    "dropped), the defense caught no more poisons than dropping examples at random would. Right: the same "
                    "question as precision, against the share of poisons in the training set.")
         st.plotly_chart(plots.detection_figure(metrics, n_samples=len(examples), n_poisons=n_poisons),
-                        width="stretch", key="ov_detect")
+                        width="stretch", key="ov_detect", config=PLOTLY_CONFIG)
     left, right = st.columns(2)
     if len(detection) and detection["roc_auc"].notna().any():
-        left.plotly_chart(plots.auroc_figure(detection), width="stretch", key="ov_auroc")
+        left.plotly_chart(plots.auroc_figure(detection), width="stretch", key="ov_auroc", config=PLOTLY_CONFIG)
         left.caption("AUROC of the defense's per-example score (higher = more suspicious): the chance that a random poison "
                      "scores above a random clean example. Below 0.5: poisons look *less* suspicious than clean data.")
-    (right if len(detection) else left).plotly_chart(plots.timing_figure(metrics), width="stretch", key="ov_time")
+    (right if len(detection) else left).plotly_chart(plots.timing_figure(metrics), width="stretch", key="ov_time", config=PLOTLY_CONFIG)
 
     st.markdown("##### Configuration")
     c1, c2 = st.columns([4, 1])

@@ -21,6 +21,7 @@ from poisonlens.dashboard.common import (
     snapshot_epochs_ui,
     thumbnails,
 )
+from poisonlens.dashboard.display import expression_ui
 from poisonlens.dashboard.marking import mark_ui, review_stamp
 from poisonlens.dashboard.selection import parse_indices
 from poisonlens.export import column_descriptions, suspects_table, to_safe_csv
@@ -149,6 +150,7 @@ def main() -> None:
         st.info("Nothing dropped or flagged up to this epoch.")
         return
     shown = filters_ui(table, has_truth)
+    shown = shown[expression_ui(shown, key="su_expr")]  # the table's drift is every row's (core.export)
     view = shown.head(THUMB_ROWS).copy()
     view.insert(1, "image", thumbnails(path, tuple(int(i) for i in view["index"])))
     view["dropped_epoch"] = dropped_text(view["dropped_epoch"])
