@@ -18,6 +18,7 @@ from poisonlens.commands._options import (
     folder,
     plain_name,
 )
+from poisonlens.errors import one_line
 
 # The network and schedule options `poisonlens evaluate` shares with `train`.
 SCHEDULE_FIELDS = ("model", "width", "epochs", "snapshot_every", "drop_after", "stop_after")
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         device = getattr(args, "device", "auto")
         train(TrainConfig(), args.resume, resume=True, show_progress=not args.quiet,
               device=None if device == "auto" else device)  # fmt: skip
-        print(args.resume)
+        print(one_line(args.resume))
         return 0
     config = config_from_args(args)
     config.check_defense()  # before the trainer loads data and creates the run folder
@@ -90,5 +91,5 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = args.runs_dir / (args.name or default_name(config))
     train(config, run_dir, show_progress=not args.quiet)
-    print(run_dir)
+    print(one_line(run_dir))
     return 0
