@@ -115,8 +115,8 @@ def run_stamp(path: str | Path) -> float:
     stamp = 0.0
     for name in (RUN_JSON, METRICS, "progress.json"):
         try:
-            stamp = max(stamp, (path / name).stat().st_mtime)
-        except FileNotFoundError:
+            stamp = max(stamp, os.lstat(path / name).st_mtime)  # a link is not followed
+        except OSError:
             pass
     return stamp
 
@@ -187,8 +187,8 @@ def projection_by_epoch(path: str, method: str, mtime: float) -> dict[int, pd.Da
 def projection_mtime(path: str, method: str) -> float:
     """The modification time of a run's map file, 0.0 when there is none."""
     try:
-        return (Path(path) / "projections" / f"{method}.parquet").stat().st_mtime
-    except FileNotFoundError:
+        return os.lstat(Path(path) / "projections" / f"{method}.parquet").st_mtime
+    except (FileNotFoundError, NotADirectoryError):
         return 0.0
 
 

@@ -159,7 +159,7 @@ def headline_ui(table: pd.DataFrame, n_listed: int) -> pd.DataFrame:
     seeds = sorted(done["seed"].unique().tolist())
     st.markdown(
         f"**{len(done)} finished runs** of {done['defense'].nunique()} defense(s) on "
-        f"{done['poison_set'].nunique()} poison set(s), seed(s) {', '.join(map(str, seeds))}."
+        f"{done['poison_set'].nunique()} poison set(s), seed(s) {', '.join(md(x, 20) for x in seeds)}."
     )
     waiting = n_listed - len(done)
     if waiting:
@@ -209,7 +209,7 @@ def scenario_ui(table: pd.DataFrame) -> pd.DataFrame:
         key="cmp_scenario",
         horizontal=True,
         on_change=_sync_scenario,
-        format_func=lambda s: f"{s} ({(table['scenario'] == s).sum()} runs)",
+        format_func=lambda s: f"{md(s, 60)} ({(table['scenario'] == s).sum()} runs)",  # radio labels are Markdown
         help="; ".join(f"{k}: {v}" for k, v in SCENARIO_HELP.items()),
     )
     return table[table["scenario"] == chosen]
