@@ -747,6 +747,9 @@ class Run:
         """A row per training example: index, label, is_poison, base_index."""
         frame = self._table(EXAMPLES)
         path, n = self.file(EXAMPLES), len(frame)
+        missing = [c for c in ("index", "label", "is_poison") if c not in frame]
+        if missing:
+            raise DamagedFile(path, f"no column {missing[0]!r}")
         _check_range(frame, "index", 0, max(n, 1), path)
         _check_range(frame, "label", 0, self.n_classes(), path)
         _check_range(frame, "base_index", -1, current_limits().max_images, path)

@@ -22,6 +22,12 @@ from tests.untrusted import run_cli_forked
 
 # the ones whose damage every command must refuse (links, FIFOs, a bad run.json)
 TREE_OR_META = {name for name in CASES if name.startswith(("link_", "fifo_", "epochs_", "created_", "name_"))}
+# and the table damage export must refuse (it reads examples.parquet and metrics.parquet): an
+# infinite count, a label of 10^9 (10 GB allocated before) or -3 (class_names[-3] before), 40M
+# constant rows in a 672 KB file (6 GB before)
+EXPORT_REFUSES = TREE_OR_META | {"n_dropped_inf", "test_acc_inf", "label_of_a_billion", "negative_label",
+                                 "examples_40m_constant_rows", "examples_without_labels",
+                                 "metrics_epoch_as_text"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,9 @@ def test_every_command_on_a_tampered_run(source, tmp_path, name):
 
     out = tmp_path / "suspects.csv"
     exported = run_cli_forked(["export", "--run", str(run_dir), "--out", str(out)], timeout=60)
-    assert_clean(exported, allowed=(2,) if must_refuse else (0, 2))
+    assert_clean(exported, allowed=(2,) if name in EXPORT_REFUSES else (0, 2))
+    if name in EXPORT_REFUSES:
+        assert any(f in exported.stderr for f in case.files) or run_dir.name in exported.stderr, exported.stderr
 
     resumed = run_cli_forked(["train", "--resume", str(run_dir), "--quiet"], timeout=240)
     assert_clean(resumed, allowed=(2,) if must_refuse else (0, 2))
@@ -142,6 +150,9 @@ def test_every_page_on_every_tampered_run(page_corpus, monkeypatch, page):
         assert SECRET not in joined, name
         for text in texts:  # Markdown from the run is shown escaped, never rendered
             assert "](http://evil" not in text and "<img" not in text and "\x1b" not in text, (name, text)
+        if page == "views/gradient_space.py" and name.startswith(("link_", "fifo_")):
+            # the map is never offered for recomputing through a link (it was, before)
+            assert not [b for b in at.button if b.key == "gs_compute"], name
         if name in TREE_OR_META and page not in ("views/about.py", "views/new_run.py", "views/compare.py"):
             said = "\n".join(str(e.value) for kind in ("error", "warning", "info") for e in getattr(at, kind))
             said = said.replace("\\", "")  # shown with Markdown escapes
@@ -260,3 +271,17 @@ def test_random_tamperings_of_a_real_run(source, hypothesis_root):
         shutil.rmtree(root)
 
     check()
+
+
+@pytest.mark.parametrize("name", ["link_projections_folder", "link_umap_log_to_bashrc"])
+def test_the_map_job_never_writes_through_a_link(source, tmp_path, name):
+    """What "(Re)compute the map" calls: before, it overwrote umap.parquet outside the run or
+    appended its progress to whatever umap.log linked to (a ~/.bashrc)."""
+    from poisonlens.errors import InputError
+    from poisonlens.projection import launch_projection
+
+    runs, run_dir, case, outside = corpus(source, tmp_path, name)
+    before = fingerprint(outside)
+    with pytest.raises(InputError, match="symbolic link"):
+        launch_projection(run_dir, method="umap")
+    assert fingerprint(outside) == before
