@@ -730,6 +730,7 @@ class Run:
         path = self.file(METRICS)
         _no_infinity(frame, path)
         _check_range(frame, "epoch", 0, MAX_EPOCHS + 1, path)
+        _check_range(frame, "target_pred", -1, self.n_classes(), path)
         for column in _COUNT_COLUMNS:
             if column in frame:
                 values = frame[column].to_numpy(np.float64)
@@ -761,6 +762,7 @@ class Run:
         path = self.file(TARGETS)
         _no_infinity(frame, path)
         _check_range(frame, "epoch", 0, MAX_EPOCHS + 1, path)
+        _check_range(frame, "prediction", 0, self.n_classes(), path)
         return frame
 
     def _snapshot_parts(self, epoch: int) -> tuple[str, str]:
