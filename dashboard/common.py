@@ -51,7 +51,9 @@ GLOSSARY = {
 # (links, images that load from anywhere), so such text goes through md() first, or into
 # st.text / st.code / a dataframe. plain() is the same for plotly labels, which read HTML.
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~$&:])")  # ":" stops bare-URL autolinks
+_MD_SPECIAL = re.compile(r"([\\`*{}\[\]()#+!|<>~$&:])")  # ":" stops bare-URL autolinks
+# "_" makes emphasis only at a word's edge (epoch_0002.parquet stays as written)
+_MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 # what makes a list, a heading or a rule only at the start of a line (one_line leaves no newline)
 _MD_LEADING = re.compile(r"^(\d+)([.)])|^([-=])")
 
@@ -60,7 +62,7 @@ def md(text: object, limit: int = 300) -> str:
     """``text`` made inert inside Markdown: one printable line (control characters escaped),
     every character that makes a link, an image, HTML, emphasis, code, maths or a table
     backslash-escaped (and a leading list or heading marker), at most ``limit`` characters."""
-    escaped = _MD_SPECIAL.sub(r"\\\1", one_line(text, limit))
+    escaped = _MD_UNDERSCORE.sub(r"\\_", _MD_SPECIAL.sub(r"\\\1", one_line(text, limit)))
     return _MD_LEADING.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", escaped)
 
 
