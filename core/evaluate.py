@@ -43,7 +43,7 @@ import pandas as pd
 
 from poisonlens.config import TrainConfig
 from poisonlens.defense import defense_names
-from poisonlens.errors import InputError
+from poisonlens.errors import InputError, one_line
 from poisonlens.export import to_safe_csv
 from poisonlens.metrics import detection_metrics
 from poisonlens.store import CHECKPOINTS, RUN_JSON, atomic_write_bytes, atomic_write_json, open_run
@@ -582,6 +582,12 @@ def _rate(k: int, n: int, lo: float, hi: float) -> str:
     return "–" if n == 0 else f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def _md_cell(text: object) -> str:
+    """A table cell from text a run or a file name controls: one printable line (terminal
+    escapes shown as ``\\x1b``), its pipes escaped so it stays one cell."""
+    return one_line(text, 80).replace("|", "\\|")
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
     """One Markdown table per scenario: success raw and controlled (95% Wilson), then the cost."""
     header = ["defense", "runs", "attack success [95% CI]", "controlled success [95% CI]",
@@ -591,10 +597,10 @@ def to_markdown(summary: pd.DataFrame) -> str:
            "precision": "{:.3f}", "roc_auc": "{:.2f}", "seconds": "{:.1f}"}
     parts = []
     for scenario, table in summary.groupby("scenario", sort=False):
-        lines = [f"#### {scenario}", "", "| " + " | ".join(header) + " |",
+        lines = [f"#### {_md_cell(scenario)}", "", "| " + " | ".join(header) + " |",
                  "|" + "---|" * len(header)]
         for _, r in table.iterrows():
-            cells = [r["defense"], str(int(r["n_runs"]))]
+            cells = [_md_cell(r["defense"]), str(int(r["n_runs"]))]
             for col in ("attack_success", "controlled_success"):
                 cells.append(_rate(int(r[f"{col}_k"]), int(r[f"{col}_n"]), r[f"{col}_lo"],
                                    r[f"{col}_hi"]))

@@ -740,6 +740,7 @@ class Run:
         path = self.file(METRICS)
         _no_infinity(frame, path)
         _check_range(frame, "epoch", 0, MAX_EPOCHS + 1, path)
+        _check_range(frame, "target_pred", -1, self.n_classes(), path)
         for column in _COUNT_COLUMNS:
             if column in frame:
                 values = frame[column].to_numpy(np.float64)
@@ -757,6 +758,9 @@ class Run:
         """A row per training example: index, label, is_poison, base_index."""
         frame = self._table(EXAMPLES)
         path, n = self.file(EXAMPLES), len(frame)
+        missing = [c for c in ("index", "label", "is_poison") if c not in frame]
+        if missing:
+            raise DamagedFile(path, f"no column {missing[0]!r}")
         _check_range(frame, "index", 0, max(n, 1), path)
         _check_range(frame, "label", 0, self.n_classes(), path)
         _check_range(frame, "base_index", -1, current_limits().max_images, path)
@@ -768,6 +772,7 @@ class Run:
         path = self.file(TARGETS)
         _no_infinity(frame, path)
         _check_range(frame, "epoch", 0, MAX_EPOCHS + 1, path)
+        _check_range(frame, "prediction", 0, self.n_classes(), path)
         return frame
 
     def _snapshot_parts(self, epoch: int) -> tuple[str, str]:

@@ -736,6 +736,7 @@ def train(
     """
     run_dir = Path(run_dir)
     if resume and not (run_dir / RUN_JSON).is_file():
+        runfs.kind(run_dir, RUN_JSON)  # a link, FIFO or device: refused with its own reason
         raise InputError(run_dir, f"not a poisonlens run (no {RUN_JSON})")
     if not resume:
         check_config(config)  # before a run directory exists

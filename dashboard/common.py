@@ -51,13 +51,19 @@ GLOSSARY = {
 # (links, images that load from anywhere), so such text goes through md() first, or into
 # st.text / st.code / a dataframe. plain() is the same for plotly labels, which read HTML.
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=&])")
+_MD_SPECIAL = re.compile(r"([\\`*{}\[\]()#+!|<>~$&:])")  # ":" stops bare-URL autolinks
+# "_" makes emphasis only at a word's edge (epoch_0002.parquet stays as written)
+_MD_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# what makes a list, a heading or a rule only at the start of a line (one_line leaves no newline)
+_MD_LEADING = re.compile(r"^(\d+)([.)])|^([-=])")
 
 
 def md(text: object, limit: int = 300) -> str:
     """``text`` made inert inside Markdown: one printable line (control characters escaped),
-    every Markdown and HTML character backslash-escaped, at most ``limit`` characters."""
-    return _MD_SPECIAL.sub(r"\\\1", one_line(text, limit))
+    every character that makes a link, an image, HTML, emphasis, code, maths or a table
+    backslash-escaped (and a leading list or heading marker), at most ``limit`` characters."""
+    escaped = _MD_UNDERSCORE.sub(r"\\_", _MD_SPECIAL.sub(r"\\\1", one_line(text, limit)))
+    return _MD_LEADING.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", escaped)
 
 
 def plain(text: object, limit: int = 120) -> str:
@@ -115,8 +121,8 @@ def run_stamp(path: str | Path) -> float:
     stamp = 0.0
     for name in (RUN_JSON, METRICS, "progress.json"):
         try:
-            stamp = max(stamp, (path / name).stat().st_mtime)
-        except FileNotFoundError:
+            stamp = max(stamp, os.lstat(path / name).st_mtime)  # a link is not followed
+        except OSError:
             pass
     return stamp
 
@@ -187,8 +193,8 @@ def projection_by_epoch(path: str, method: str, mtime: float) -> dict[int, pd.Da
 def projection_mtime(path: str, method: str) -> float:
     """The modification time of a run's map file, 0.0 when there is none."""
     try:
-        return (Path(path) / "projections" / f"{method}.parquet").stat().st_mtime
-    except FileNotFoundError:
+        return os.lstat(Path(path) / "projections" / f"{method}.parquet").st_mtime
+    except (FileNotFoundError, NotADirectoryError):
         return 0.0
 
 

@@ -209,7 +209,9 @@ def app(runs: Path, page: str, run: str | None) -> AppTest:
 
 
 def messages(at: AppTest) -> str:
-    return "\n".join(m.value for kind in (at.error, at.warning, at.info) for m in kind)
+    # as the page reads: run-controlled text is shown with its Markdown escaped (a backslash
+    # before '.', '_', '-' ...), which the browser does not display
+    return "\n".join(m.value for kind in (at.error, at.warning, at.info) for m in kind).replace("\\", "")
 
 
 DAMAGES = [

@@ -229,3 +229,23 @@ def test_a_random_cell_finds_its_epic_twin_by_tags_not_by_folder_name(tmp_path):
     (epic.run_dir / "run.json").write_text(json.dumps(meta))
     assert twin_dir(rand) == renamed
     assert cell_config(base, rand).tags["twin"] == "whatever-name"
+
+
+def test_runs_and_detection_csv_escape_a_formula_in_a_poison_file_name(tmp_path):
+    """A poison set named like a spreadsheet formula reaches runs.csv and detection.csv as
+    text ('=... escaped), through the same formula-safe writer as export."""
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    name = "=2*3+cmd|' -c calc'!A0"
+    label_flip_set(folder / f"{name}.npz", 10, 0)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--quiet", "--poisons", str(folder), "--defenses", "loss",
+                 "--seeds", "0", "--epochs", "1", "--width", "4", "--drop-after", "0",
+                 "--out", str(out)]) == 0
+    for csv in ("runs.csv", "detection.csv"):
+        text = (out / csv).read_text()
+        assert name in text, csv
+        cells = [cell.strip('"') for line in text.splitlines() for cell in line.split(",")]
+        assert not any(cell.startswith(("=", "+", "-", "@")) and not cell.lstrip("-").replace(".", "").isdigit()
+                       and cell not in ("-",) for cell in cells if cell), (csv, text[:500])
+        assert f"'{name}" in text

@@ -208,3 +208,34 @@ def test_a_poison_set_for_another_data_set_is_refused_before_starting_as_the_cli
     assert cli.returncode == 2
     assert cli.stderr == f"poisonlens: {err.value}\n"  # the same one line
     assert "made for another image size" in cli.stderr
+
+
+def test_a_second_training_is_refused_while_one_runs(tmp_path):
+    """The page is a web form: by default one training at a time (6 launches in 1.9 s all
+    trained at once before)."""
+    first = launch_training(tiny_config(epochs=3), runs_dir=tmp_path, name="first", projection=None)
+    try:
+        with pytest.raises(InputError, match="still training"):
+            launch_training(tiny_config(epochs=2), runs_dir=tmp_path, name="second", projection=None)
+        assert not (tmp_path / "second").exists()
+    finally:
+        wait_until_done(first)
+    second = launch_training(tiny_config(epochs=1), runs_dir=tmp_path, name="second", projection=None)
+    assert wait_until_done(second).state == "finished"
+
+
+def test_a_copied_run_with_a_log_linking_out_is_never_shown(tmp_path):
+    """A launch.json and a train.log linking to a secret: not a launch of this page, so not
+    listed; its status reads nothing through the link either."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-LINE\n")
+    run_dir = tmp_path / "runs" / "copied"
+    run_dir.mkdir(parents=True)
+    (run_dir / LAUNCH_JSON).write_text(json.dumps({"pid": 1, "command": "x", "started": 1.0}))
+    (run_dir / LOG).symlink_to(secret)
+    assert list_launches(tmp_path / "runs") == []
+    status = launch_status(run_dir)
+    assert "TOP-SECRET" not in status.log_tail and "symbolic link" in status.log_tail
+    (run_dir / LOG).unlink()
+    os.mkfifo(run_dir / LOG)  # nor does a FIFO as the log hang it
+    assert "FIFO" in launch_status(run_dir).log_tail

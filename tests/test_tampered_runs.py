@@ -22,6 +22,12 @@ from tests.untrusted import run_cli_forked
 
 # the ones whose damage every command must refuse (links, FIFOs, a bad run.json)
 TREE_OR_META = {name for name in CASES if name.startswith(("link_", "fifo_", "epochs_", "created_", "name_"))}
+# and the table damage export must refuse (it reads examples.parquet and metrics.parquet): an
+# infinite count, a label of 10^9 (10 GB allocated before) or -3 (class_names[-3] before), 40M
+# constant rows in a 672 KB file (6 GB before)
+EXPORT_REFUSES = TREE_OR_META | {"n_dropped_inf", "test_acc_inf", "label_of_a_billion", "negative_label",
+                                 "examples_40m_constant_rows", "examples_without_labels",
+                                 "metrics_epoch_as_text"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,9 @@ def test_every_command_on_a_tampered_run(source, tmp_path, name):
 
     out = tmp_path / "suspects.csv"
     exported = run_cli_forked(["export", "--run", str(run_dir), "--out", str(out)], timeout=60)
-    assert_clean(exported, allowed=(2,) if must_refuse else (0, 2))
+    assert_clean(exported, allowed=(2,) if name in EXPORT_REFUSES else (0, 2))
+    if name in EXPORT_REFUSES:
+        assert any(f in exported.stderr for f in case.files) or run_dir.name in exported.stderr, exported.stderr
 
     resumed = run_cli_forked(["train", "--resume", str(run_dir), "--quiet"], timeout=240)
     assert_clean(resumed, allowed=(2,) if must_refuse else (0, 2))
@@ -142,8 +150,138 @@ def test_every_page_on_every_tampered_run(page_corpus, monkeypatch, page):
         assert SECRET not in joined, name
         for text in texts:  # Markdown from the run is shown escaped, never rendered
             assert "](http://evil" not in text and "<img" not in text and "\x1b" not in text, (name, text)
+        if page == "views/gradient_space.py" and name.startswith(("link_", "fifo_")):
+            # the map is never offered for recomputing through a link (it was, before)
+            assert not [b for b in at.button if b.key == "gs_compute"], name
         if name in TREE_OR_META and page not in ("views/about.py", "views/new_run.py", "views/compare.py"):
             said = "\n".join(str(e.value) for kind in ("error", "warning", "info") for e in getattr(at, kind))
             said = said.replace("\\", "")  # shown with Markdown escapes
             assert "damaged" in said or any(f in said for f in case.files), (name, said)
+    assert fingerprint(outside) == before
+
+
+# --- random tamperings of a real run ---------------------------------------------------------
+
+TARGETS = ["run.json", "progress.json", "metrics.parquet", "examples.parquet", "targets.parquet",
+           "images.npy", "target.npy", "snapshots/epoch_0002.parquet", "snapshots", "checkpoints",
+           "checkpoints/last.pt", "projections", "projections/umap.parquet", "writer.lock"]
+TAMPERINGS = ["link_out", "link_dev_zero", "fifo", "truncate", "garbage", "empty", "inf_number"]
+
+
+def tamper(run_dir: Path, outside: Path, target: str, how: str) -> None:
+    import json as json_
+
+    from tests.bad_inputs.make_run_corpus import fifo, relink
+
+    path = run_dir / target
+    if how == "link_out":
+        relink(path, outside / ("snapshots" if path.name == "snapshots" else "secret.txt"))
+    elif how == "link_dev_zero":
+        relink(path, "/dev/zero")
+    elif how == "fifo":
+        fifo(path)
+    elif path.is_dir() and not path.is_symlink():
+        return  # the byte-level tamperings are for files
+    elif how == "inf_number" and path.suffix == ".json" and path.is_file() and not path.is_symlink():
+        try:
+            obj = json_.loads(path.read_text())
+        except (ValueError, OSError):
+            return
+        if isinstance(obj, dict):
+            text = json_.dumps(obj).replace(": 4", ": 1e999", 1).replace(": 0", ": -1e999", 1)
+            path.write_text(text)
+    elif path.is_file() and not path.is_symlink():
+        data = path.read_bytes()
+        if how == "truncate":
+            path.write_bytes(data[: len(data) // 2])
+        elif how == "garbage":
+            path.write_bytes(os.urandom(max(16, len(data) // 4)))
+        elif how == "empty":
+            path.write_bytes(b"")
+
+
+def read_everything(run_dir: Path) -> None:
+    """Every reader of the store on ``run_dir``; only DamagedFile / InputError may escape."""
+    from poisonlens.errors import InputError
+    from poisonlens.store import list_runs, open_run
+
+    infos = list_runs(run_dir.parent)
+    assert len(infos) == 2
+    try:
+        run = open_run(run_dir)
+    except InputError:
+        return
+    for read in (run.progress, run.metrics, run.examples, run.targets, run.images, run.target_image,
+                 run.damaged_snapshots, run.projection, run.info, run.damage):
+        try:
+            read()
+        except InputError:
+            pass
+    for epoch in run.snapshot_epochs():
+        try:
+            run.snapshot(epoch)
+            run.gradients(epoch)
+        except InputError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def hypothesis_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("hypothesis")
+
+
+def test_random_tamperings_of_a_real_run(source, hypothesis_root):
+    import signal
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    counter = [0]
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.tuples(st.sampled_from(TARGETS), st.sampled_from(TAMPERINGS)), min_size=1, max_size=4))
+    def check(tamperings):
+        counter[0] += 1
+        root = hypothesis_root / f"case{counter[0]}"
+        runs = root / "runs"
+        runs.mkdir(parents=True)
+        shutil.copytree(source, runs / "good", symlinks=True)
+        outside = make_outside(root / "outside", source)
+        run_dir = runs / "tampered"
+        shutil.copytree(source, run_dir, symlinks=True)
+        for target, how in tamperings:
+            tamper(run_dir, outside, target, how)
+        before = fingerprint(outside)
+
+        def hang(*_):
+            raise TimeoutError("a reader blocked")
+
+        old = signal.signal(signal.SIGALRM, hang)
+        signal.alarm(60)
+        try:
+            read_everything(run_dir)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+        listed = run_cli_forked(["runs", "--runs-dir", str(runs)], timeout=60)
+        assert_clean(listed, allowed=(0,))
+        exported = run_cli_forked(["export", "--run", str(run_dir), "--out", str(root / "s.csv")], timeout=60)
+        assert_clean(exported)
+        assert fingerprint(outside) == before
+        shutil.rmtree(root)
+
+    check()
+
+
+@pytest.mark.parametrize("name", ["link_projections_folder", "link_umap_log_to_bashrc"])
+def test_the_map_job_never_writes_through_a_link(source, tmp_path, name):
+    """What "(Re)compute the map" calls: before, it overwrote umap.parquet outside the run or
+    appended its progress to whatever umap.log linked to (a ~/.bashrc)."""
+    from poisonlens.errors import InputError
+    from poisonlens.projection import launch_projection
+
+    runs, run_dir, case, outside = corpus(source, tmp_path, name)
+    before = fingerprint(outside)
+    with pytest.raises(InputError, match="symbolic link"):
+        launch_projection(run_dir, method="umap")
     assert fingerprint(outside) == before

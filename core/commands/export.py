@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from poisonlens.errors import one_line
@@ -42,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     table = suspects_table(run, epoch, include_flagged=not args.dropped_only)
     text = to_safe_csv(table)
     if args.out == "-":
-        print(text, end="")
+        # to a terminal, cells with control characters (a class name with ESC sequences) are
+        # shown escaped; piped, the CSV goes out as written
+        print(text if not sys.stdout.isatty() else "\r\n".join(one_line(line, 100_000) for line in text.split("\r\n")), end="")
     else:
         atomic_write_bytes(Path(args.out), text.encode())
         print(f"{len(table)} rows -> {one_line(args.out)}")

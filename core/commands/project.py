@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from poisonlens.errors import one_line
 from poisonlens.projection import METHODS, compute_projection, write_job
 
 
@@ -52,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
         progress=progress,
     )
     print(
-        f"{frame['epoch'].nunique()} snapshots, {len(frame):,} points -> {args.run}/projections/{args.method}.parquet"
+        f"{frame['epoch'].nunique()} snapshots, {len(frame):,} points -> {one_line(args.run)}/projections/{args.method}.parquet"
     )
     return 0

@@ -19,6 +19,7 @@ from poisonlens.commands._options import (
     folder,
     plain_name,
 )
+from poisonlens.errors import one_line
 
 
 # The network and schedule options `poisonlens evaluate` shares with `train`.
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         device = getattr(args, "device", "auto")
         train(TrainConfig(), args.resume, resume=True, show_progress=not args.quiet,
               device=None if device == "auto" else device)  # fmt: skip
-        print(args.resume)
+        print(one_line(args.resume))
         return 0
     config = config_from_args(args)
     config.check_defense()  # before the trainer loads data and creates the run folder
@@ -101,5 +102,5 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = args.runs_dir / (args.name or default_name(config))
     train(config, run_dir, show_progress=not args.quiet)
-    print(run_dir)
+    print(one_line(run_dir))
     return 0

@@ -40,7 +40,6 @@ from poisonlens.data.datasets import (
     open_image,
 )
 from poisonlens.errors import InputError
-from poisonlens.limits import open_regular
 
 #: Environment variable naming the cache root (default ``~/.cache/poisonlens``).
 CACHE_ENV = "POISONLENS_CACHE"
@@ -115,7 +114,7 @@ def list_imagefolder(
     # what the key hashes: each file's path relative to the root and a hash of its bytes
     prefix = len(str(root / "x")) - 1  # str(Path(".") / "x") is "x": no "./" to cut
     stamps = "".join(
-        f"{p[prefix:]}\t{content_hash(p, root)}\n".replace(os.sep, "/") for p, _ in files
+        f"{p[prefix:]}\t{content_hash(p)}\n".replace(os.sep, "/") for p, _ in files
     ) if hash_content else ""
     return FolderListing(
         [Path(p) for p, _ in files],
@@ -126,14 +125,20 @@ def list_imagefolder(
     )
 
 
-def content_hash(path: str | Path, root: Path) -> str:
-    """BLAKE2b (128 bits) of a file's bytes, read in 1 MiB blocks (a regular file, links inside
-    ``root`` only, as every reader checks)."""
-    h = hashlib.blake2b(digest_size=16)
-    with open_regular(path, root=root) as f:
-        while block := f.read(1 << 20):
+def content_hash(path: str | Path) -> str:
+    """BLAKE2b (128 bits) of a file's bytes. The listing already checked each file (a regular
+    file, links inside the root only); it is opened non-blocking and checked again with
+    ``fstat``, so a file swapped for a FIFO since is refused, never waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(path, "not a regular file (a folder, FIFO, socket or device)")
+        h = hashlib.blake2b(digest_size=16)
+        while block := os.read(fd, 1 << 20):
             h.update(block)
-    return h.hexdigest()
+        return h.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def folder_key(listing: FolderListing) -> str:

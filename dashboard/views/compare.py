@@ -185,7 +185,7 @@ def headline_ui(table: pd.DataFrame, n_listed: int) -> pd.DataFrame:
     st.markdown(
         f"**{done['run'].nunique()} finished runs** of {plural(n_defenses, 'defense')} on "
         f"{plural(n_sets, 'poison set')}, {plural(len(seeds), 'seed')} "
-        f"({', '.join(map(str, seeds))})."
+        f"({', '.join(md(x, 20) for x in seeds)})."
     )
     waiting = n_listed - len(done)
     if waiting:
@@ -240,7 +240,7 @@ def scenario_ui(table: pd.DataFrame) -> pd.DataFrame:
         key="cmp_scenario",
         horizontal=True,
         on_change=_sync_scenario,
-        format_func=lambda s: f"{s} ({(table['scenario'] == s).sum()} runs)",
+        format_func=lambda s: f"{md(s, 60)} ({(table['scenario'] == s).sum()} runs)",  # radio labels are Markdown
         help="; ".join(f"{k}: {v}" for k, v in SCENARIO_HELP.items()),
     )
     return table[table["scenario"] == chosen]

@@ -61,7 +61,7 @@ from poisonlens.projection import (
     read_projection,
 )
 from poisonlens.review import verdicts
-from poisonlens.store import open_run
+from poisonlens.store import DamagedFile, open_run
 
 PLAY_SECONDS = 1.2
 MAP_COLUMNS = ("label", "prediction", "loss", "active", "drop", "dropped_epoch", "score",
@@ -518,6 +518,11 @@ def main() -> None:
     if run is None:
         return
     path = str(run.path)
+    try:
+        load_examples(path)
+    except DamagedFile as err:  # every map needs the per-example table
+        damage_ui(err, "The map needs it.", fatal=True)
+        return
     epochs = snapshot_epochs_ui(run)  # a damaged snapshot is named there and left out
     if not epochs:
         return
