@@ -21,7 +21,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from poisonlens.dashboard import plots
-from poisonlens.dashboard.components.gradient_map import SERVED
+from poisonlens.dashboard.components.gradient_map import framed, positions_bytes
 from poisonlens.dashboard.selection import (
     clicked_index,
     indices_in_shapes,
@@ -65,6 +65,9 @@ def own_run(dashboard_runs, tmp_path, monkeypatch) -> Path:
 
 
 def app(run: str, **state) -> AppTest:
+    import os
+
+    _RUN_DIR[:] = [Path(os.environ["POISONLENS_RUNS"]) / run]
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["run"] = run
     for key, value in state.items():
@@ -84,13 +87,44 @@ def map_args(at: AppTest) -> dict:
     return {"figure": json.loads(chart.spec), "config": json.loads(chart.config)}
 
 
+def stored_positions(run_dir: Path) -> np.ndarray:
+    """Every snapshot's positions (n_snapshots, n_samples, 2) from the stored map, NaN where none."""
+    frame = open_run(run_dir).projection("umap")
+    n = len(open_run(run_dir).examples())
+    epochs = sorted(frame["epoch"].unique())
+    xy = np.full((len(epochs), n, 2), np.nan, np.float32)
+    for slot, epoch in enumerate(epochs):
+        rows = frame[(frame["epoch"] == epoch) & (frame["index"] >= 0)]
+        xy[slot, rows["index"].to_numpy(), 0] = rows["x"].to_numpy()
+        xy[slot, rows["index"].to_numpy(), 1] = rows["y"].to_numpy()
+    return xy
+
+
+def media_url_of(data: bytes, mimetype: str = "application/octet-stream") -> str:
+    """The URL Streamlit's media file manager gives ``data`` framed as the component frames it."""
+    from streamlit.runtime.memory_media_file_storage import _calculate_file_id
+
+    return f"/media/{_calculate_file_id(framed(data), mimetype)}.bin"
+
+
+def served_positions(at: AppTest) -> np.ndarray:
+    """The positions file the page handed the component: checked to be the stored map's, by its URL."""
+    args = map_args(at)
+    xy = stored_positions(_RUN_DIR[0])
+    assert args["positions"] == media_url_of(positions_bytes(xy))
+    return xy
+
+
+_RUN_DIR: list[Path] = []
+
+
 def map_figure(at: AppTest) -> dict:
     """The map's figure as the browser draws it: the traces the component fills in from the
     positions file it serves get their ``x``/``y`` from that file, as its JavaScript does."""
     args = map_args(at)
     fig = args["figure"]
     if args.get("positions"):
-        xy = np.fromfile(SERVED / args["positions"], "<f4").reshape(-1, args["n_samples"], 2)[args["slot"]]
+        xy = served_positions(at)[args["slot"]]
         for number in args["fill"]:
             custom = fig["data"][number]["customdata"]
             index = np.frombuffer(base64.b64decode(custom["bdata"]), np.dtype(custom["dtype"]).newbyteorder("<"))
@@ -282,7 +316,8 @@ def test_the_map_sends_indices_as_binary_arrays_and_positions_once_per_run(runs_
     assert first["customdata"]["dtype"] in ("i4", "u2", "i2")
     assert "thumb" not in json.dumps(first) and "<br>label" not in json.dumps(first)
     n = len(open_run(runs_env / POISON_RUN).examples())
-    xy = np.fromfile(SERVED / args["positions"], "<f4").reshape(-1, n, 2)
+    xy = stored_positions(runs_env / POISON_RUN)
+    assert args["positions"] == media_url_of(positions_bytes(xy))  # the page served exactly these bytes
     assert len(xy) == len(open_run(runs_env / POISON_RUN).snapshot_epochs()) and args["n_samples"] == n
     want = positions(runs_env / POISON_RUN, epoch)
     np.testing.assert_array_equal(xy[args["slot"], want.index, 0], want["x"].to_numpy(np.float32))
