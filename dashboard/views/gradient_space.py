@@ -71,7 +71,7 @@ HISTORY_COLUMNS = ("prediction", "loss", "confidence", "active", "score", "clust
                    "is_medoid", "isolated", "drop")
 METHOD_NAMES = {"umap": "UMAP", "pca": "PCA"}
 TABLE_LIMIT = 500  # rows with thumbnails in the selection table
-DENSITY_ABOVE = 200_000  # examples; above this the points renderer (or, as an option, a density image)
+DENSITY_ABOVE = 200_000  # examples; from this many on: the points renderer (or, as an option, a density image)
 DRAW_AS = ("points (WebGL)", "density image")
 ZOOM = 0.08  # share of the map's width shown around a looked-up example
 PANEL_PIXELS = 192  # the sample panel's image width
@@ -470,7 +470,7 @@ def main() -> None:
                                     help="Any stored field of the examples at the shown snapshot.")
     has_medoids = "is_medoid" in columns
     draw_as = DRAW_AS[0]
-    if n_samples > DENSITY_ABOVE:
+    if n_samples >= DENSITY_ABOVE:
         draw_as = st.sidebar.radio("Draw the examples as", DRAW_AS, key="gs_draw_as",
                                    help=f"Past {DENSITY_ABOVE:,} examples: every example a point (WebGL), or one "
                                         "density image with poisons, drops and your selection as points.")
@@ -517,7 +517,7 @@ def main() -> None:
         zoom = st.session_state.get("_gs_zoom")
         if zoom is not None and zoom < len(points):
             xr, yr = zoomed_ranges(points, zoom, xr, yr)
-        big = len(points) > DENSITY_ABOVE
+        big = len(points) >= DENSITY_ABOVE
         left, right = st.columns([3, 1])
         with left:
             if big and draw_as == DRAW_AS[0]:
