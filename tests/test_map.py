@@ -497,3 +497,26 @@ def test_the_density_image_puts_points_where_they_are():
     assert tuple(image[9, 9, :3]) == (0, 0, 255)
     assert image[9, 9, 3] > image[0, 0, 3]  # two points there, one at the top left
     assert (image[..., 3] > 0).sum() == 2
+
+
+# --- issue 18: the component is served from the installed package and writes nothing ---------
+
+
+def test_importing_the_map_component_writes_nothing(tmp_path):
+    """No copy into a build/ folder of the package, none into a predictable /tmp folder another
+    user could make first: the component is declared on its installed frontend/ folder."""
+    import subprocess
+    import sys
+
+    from poisonlens.dashboard.components import gradient_map
+
+    here = Path(gradient_map.__file__).resolve().parent
+    before = sorted(str(p.relative_to(here)) for p in here.rglob("*") if "__pycache__" not in p.parts)
+    code = ("import poisonlens.dashboard.components.gradient_map as g; "
+            "print(g._component.path)")
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "TMPDIR": str(tmp_path)},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    after = sorted(str(p.relative_to(here)) for p in here.rglob("*") if "__pycache__" not in p.parts)
+    assert after == before  # nothing added to the package folder (no build/)
+    assert list(tmp_path.iterdir()) == []  # nothing in the temporary folder
+    assert Path(out) == here / "frontend"
