@@ -229,10 +229,13 @@ def received(driver) -> dict[str, int]:
             totals["websocket"] += len(data) * 3 // 4 if payload.get("opcode") == 2 else len(data)
         elif method == "Network.responseReceived":
             urls[params["requestId"]] = params["response"]["url"]
-        elif method == "Network.loadingFinished" and "/component/" in urls.get(params["requestId"], ""):
+        elif method == "Network.loadingFinished" and any(
+                part in urls.get(params["requestId"], "") for part in ("/component/", "/media/")):
+            # the component's files, and what it fetches from Streamlit's media files (positions,
+            # colour codes, plotly.js)
             size = int(params.get("encodedDataLength", 0))
             totals["component"] += size
-            if urls[params["requestId"]].endswith(".f32"):
+            if urls[params["requestId"]].endswith((".f32", ".bin")):
                 totals["positions"] += size
     return totals
 
