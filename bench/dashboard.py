@@ -338,8 +338,11 @@ def time_box(driver, want: int = 10_000) -> dict:
         x0, y0, dx, dy, inside = driver.execute_script(BOX_FOR, want)
         canvas = driver.find_element(By.CSS_SELECTOR, "canvas")
         chain = ActionChains(driver).move_to_element_with_offset(canvas, int(x0), int(y0)).click_and_hold().pause(0.3)
-        for _ in range(10):
-            chain = chain.move_by_offset(int(dx / 10), int(dy / 10)).pause(0.15)
+        done_x = done_y = 0
+        for k in range(1, 11):  # ten paced steps whose whole pixels add up to the box (it may be small)
+            step_x, step_y = round(dx * k / 10) - done_x, round(dy * k / 10) - done_y
+            chain = chain.move_by_offset(step_x, step_y).pause(0.15)
+            done_x, done_y = done_x + step_x, done_y + step_y
         chain.perform()
         t0 = time.perf_counter()
         ActionChains(driver).release().perform()

@@ -15,6 +15,9 @@ const P = {
 };
 const codeFiles = {};  // URL -> Promise of a Uint8Array
 const BAR = 30;        // the toolbar's height in pixels
+// epochs animate into each other up to this many points; past it a transition's frames (each a
+// full redraw, in software where WebGL is) cost more than they show
+const ANIMATE_UP_TO = 500000;
 
 function loadCodes(url) {
   if (!codeFiles[url]) {
@@ -51,6 +54,14 @@ function screenOf(gx, gy) {
   return [P.width * (x + 1) / 2, P.height * (0.5 - y / 2)];
 }
 
+function glOf(sx, sy) {
+  // the inverse of screenOf: a screen position (pixels in the canvas) to the points' GL space
+  const v = P.view, aspect = P.width / P.height;
+  const vx = (2 * sx / P.width - 1) * aspect - v[12], vy = 1 - 2 * sy / P.height - v[13];
+  const det = v[0] * v[5] - v[4] * v[1];
+  return [(v[5] * vx - v[4] * vy) / det, (v[0] * vy - v[1] * vx) / det];
+}
+
 function toolbar(root) {
   const bar = document.createElement("div");
   bar.className = "pl-bar";
@@ -63,6 +74,7 @@ function toolbar(root) {
     b.style.cssText = "font:12px sans-serif;padding:2px 8px;border:1px solid #ccc;border-radius:4px;background:#fff;cursor:pointer";
     b.onclick = () => {
       P.scatter.set({mouseMode: mode === "panZoom" ? "panZoom" : "lasso", lassoType: type});
+      P.mode = mode;
       for (const other of bar.querySelectorAll("button")) other.style.background = other === b ? "#e8eefc" : "#fff";
     };
     bar.appendChild(b);
@@ -119,12 +131,26 @@ function setup(args) {
   P.scatter.subscribe("pointOver", i => hover(i));
   P.scatter.subscribe("pointOut", () => { P.tip.style.display = "none"; });
   P.scatter.subscribe("lassoStart", () => { P.lassoing = true; });
+  // a box is taken from where the mouse went down and up (the lasso's own outline gains a vertex
+  // per animation frame, and a frame of a million points in software WebGL can outlast the drag)
+  P.canvas.addEventListener("mousedown", e => { P.down = [e.offsetX, e.offsetY]; });
+  window.addEventListener("mouseup", e => {
+    const r = P.canvas.getBoundingClientRect();
+    P.up = [e.clientX - r.left, e.clientY - r.top];
+  });
   P.scatter.subscribe("lassoEnd", ({coordinates}) => {
     P.lassoing = false;
     const a = P.args;
-    const x = coordinates.map(c => fromGl(c[0], a.x_range));
-    const y = coordinates.map(c => fromGl(c[1], a.y_range));
-    if (x.length >= 3) send({points: [], box: [], lasso: [{xref: "x", yref: "y", x: x, y: y}]});
+    performance.mark("map:lasso-end");
+    if (P.mode === "box" && P.down && P.up) {
+      const [x0, y0] = glOf(P.down[0], P.down[1]), [x1, y1] = glOf(P.up[0], P.up[1]);
+      send({points: [], lasso: [], box: [{xref: "x", yref: "y", x: [fromGl(x0, a.x_range), fromGl(x1, a.x_range)],
+                                          y: [fromGl(y0, a.y_range), fromGl(y1, a.y_range)]}]});
+    } else {
+      const x = coordinates.map(c => fromGl(c[0], a.x_range));
+      const y = coordinates.map(c => fromGl(c[1], a.y_range));
+      if (x.length >= 3) send({points: [], box: [], lasso: [{xref: "x", yref: "y", x: x, y: y}]});
+    }
     setTimeout(() => P.scatter.deselect({preventEvent: true}), 0);
   });
   P.scatter.subscribe("select", ({points}) => {
@@ -239,7 +265,8 @@ async function renderPoints(args, id) {
     }
     P.scatter.set({pointColor: args.palette.map(rgba)});
     await P.scatter.draw({x: x, y: y, valueA: codes},
-                         {zDataType: "categorical", transition: !first && moved, transitionDuration: 300});
+                         {zDataType: "categorical", transition: !first && moved && n <= ANIMATE_UP_TO,
+                          transitionDuration: 300});
   }
   P.slot = args.slot;
   P.posUrl = args.positions;
