@@ -520,3 +520,31 @@ def test_importing_the_map_component_writes_nothing(tmp_path):
     assert after == before  # nothing added to the package folder (no build/)
     assert list(tmp_path.iterdir()) == []  # nothing in the temporary folder
     assert Path(out) == here / "frontend"
+
+
+def test_point_layers_code_every_example_once_and_hide_what_is_not_shown():
+    """The points renderer's colour codes: a class colour per example, grey once dropped, the
+    reserved last code for examples not shown; overlays list example indices, sampled and said so."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    points = pd.DataFrame({"index": np.arange(n), "x": rng.normal(size=n), "y": rng.normal(size=n),
+                           "label": rng.integers(0, 3, n), "prediction": rng.integers(0, 3, n),
+                           "is_poison": np.arange(n) < 40, "dropped_before": np.arange(n) % 10 == 0,
+                           "drop": np.arange(n) % 7 == 0, "dropped_epoch": -np.ones(n, np.int64)})
+    shown = points["label"].to_numpy() != 2
+    layers = plots.point_layers(points, class_names=["a", "b", "c"], shown=shown, selected=list(range(100, 1000)),
+                                max_overlay=200)
+    codes, palette = layers["codes"], layers["palette"]
+    assert codes.dtype == np.uint8 and len(codes) == n and palette[-1] == plots.HIDDEN
+    assert (codes[~shown] == len(palette) - 1).all()
+    grey = palette.index(plots.STYLE["dropped earlier"]["color"])
+    keep = shown & ~points["dropped_before"].to_numpy()
+    np.testing.assert_array_equal(codes[keep], points["label"].to_numpy()[keep])
+    assert (codes[shown & points["dropped_before"].to_numpy()] == grey).all()
+    groups = {g["name"].rsplit(" (", 1)[0]: g for g in layers["overlays"]}
+    assert set(groups["poison (ground truth)"]["index"]) == set(np.flatnonzero(shown[:40]))
+    selected = groups["selected by you"]
+    assert len(selected["index"]) == 200 and set(selected["index"]) <= set(np.flatnonzero(shown)) & set(range(100, 1000))
+    assert any("selected by you: 200 of" in note for note in layers["notes"])
+    value = plots.point_layers(points.assign(loss=rng.random(n)), class_names=["a", "b", "c"], color_by="loss")
+    assert value["codes"].max() <= len(value["palette"]) - 1 and "colorbar" in value["legend"][0]
