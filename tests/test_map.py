@@ -87,9 +87,9 @@ def map_args(at: AppTest) -> dict:
     return {"figure": json.loads(chart.spec), "config": json.loads(chart.config)}
 
 
-def stored_positions(run_dir: Path) -> np.ndarray:
+def stored_positions(run_dir: Path, method: str = "umap") -> np.ndarray:
     """Every snapshot's positions (n_snapshots, n_samples, 2) from the stored map, NaN where none."""
-    frame = open_run(run_dir).projection("umap")
+    frame = open_run(run_dir).projection(method)
     n = len(open_run(run_dir).examples())
     epochs = sorted(frame["epoch"].unique())
     xy = np.full((len(epochs), n, 2), np.nan, np.float32)
@@ -115,7 +115,8 @@ def same_file(url: str, data: bytes) -> bool:
 def served_positions(at: AppTest) -> np.ndarray:
     """The positions file the page handed the component: checked to be the stored map's, by its URL."""
     args = map_args(at)
-    xy = stored_positions(_RUN_DIR[0])
+    method = at.session_state["gs_method"] if "gs_method" in at.session_state else "umap"
+    xy = stored_positions(_RUN_DIR[0], method)
     assert same_file(args["positions"], positions_bytes(xy))
     return xy
 
@@ -454,9 +455,14 @@ def test_the_background_job_records_how_the_map_was_made(own_run):
 
 
 def test_a_subsampled_umap_fit_counts_fitted_and_placed_rows(own_run):
-    frame = compute_projection(own_run, method="umap", max_fit=300, write=False)
     n_rows = len(open_run(own_run).examples()) * len(open_run(own_run).snapshot_epochs())
+    # the parametric map (the default) places every row, the fitted ones too
+    frame = compute_projection(own_run, method="umap", max_fit=300, write=False)
     assert 250 <= frame.attrs["n_fit"] <= 400
+    assert frame.attrs["placement"] == "parametric" and frame.attrs["n_placed"] == n_rows
+    # the nearest-neighbour placement keeps the fitted rows and places the others
+    frame = compute_projection(own_run, method="umap", max_fit=300, write=False, placement="knn")
+    assert frame.attrs["placement"] == "knn"
     assert frame.attrs["n_fit"] + frame.attrs["n_placed"] == n_rows
 
 
