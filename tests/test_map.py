@@ -65,9 +65,6 @@ def own_run(dashboard_runs, tmp_path, monkeypatch) -> Path:
 
 
 def app(run: str, **state) -> AppTest:
-    import os
-
-    _RUN_DIR[:] = [Path(os.environ["POISONLENS_RUNS"]) / run]
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["run"] = run
     for key, value in state.items():
@@ -115,13 +112,14 @@ def same_file(url: str, data: bytes) -> bool:
 def served_positions(at: AppTest) -> np.ndarray:
     """The positions file the page handed the component: checked to be the stored map's, by its URL."""
     args = map_args(at)
+    import os
+
     method = at.session_state["gs_method"] if "gs_method" in at.session_state else "umap"
-    xy = stored_positions(_RUN_DIR[0], method)
+    run = at.query_params["run"]
+    run = run[0] if isinstance(run, list) else run
+    xy = stored_positions(Path(os.environ["POISONLENS_RUNS"]) / run, method)
     assert same_file(args["positions"], positions_bytes(xy))
     return xy
-
-
-_RUN_DIR: list[Path] = []
 
 
 def map_figure(at: AppTest) -> dict:
