@@ -156,6 +156,10 @@ def compute_map(run_dir: Path, method: str = "umap") -> dict:
 SIGNATURE = """
 let gd = null;
 for (const f of document.querySelectorAll('iframe')) {
+  // the points renderer (regl-scatterplot) says what it drew last: snapshot | colour codes | message
+  try { const s = f.contentDocument && f.contentDocument.body && f.contentDocument.body.dataset.mapState; if (s) return s; } catch (e) {}
+}
+for (const f of document.querySelectorAll('iframe')) {
   try { gd = f.contentDocument && f.contentDocument.querySelector('.js-plotly-plot'); } catch (e) {}
   if (gd) break;
 }
@@ -225,10 +229,13 @@ def received(driver) -> dict[str, int]:
             totals["websocket"] += len(data) * 3 // 4 if payload.get("opcode") == 2 else len(data)
         elif method == "Network.responseReceived":
             urls[params["requestId"]] = params["response"]["url"]
-        elif method == "Network.loadingFinished" and "/component/" in urls.get(params["requestId"], ""):
+        elif method == "Network.loadingFinished" and any(
+                part in urls.get(params["requestId"], "") for part in ("/component/", "/media/")):
+            # the component's files, and what it fetches from Streamlit's media files (positions,
+            # colour codes, plotly.js)
             size = int(params.get("encodedDataLength", 0))
             totals["component"] += size
-            if urls[params["requestId"]].endswith(".f32"):
+            if urls[params["requestId"]].endswith((".f32", ".bin")):
                 totals["positions"] += size
     return totals
 
@@ -283,6 +290,75 @@ def time_page(driver, url: str, run: str, moves: int, shots: Path | None, shot_n
             "redraw_s": redraws, "redraw_bytes": sizes}
 
 
+# in the points renderer's frame: a box around the median example holding about `want` examples,
+# as screen offsets from the canvas's centre (found by bisection on its half-width)
+BOX_FOR = """
+const a = P.args, off = P.slot * P.n * 2, want = arguments[0];
+const xs = [], ys = [];
+for (let i = 0; i < P.n; i += 50) { xs.push(P.xy[off + 2 * i]); ys.push(P.xy[off + 2 * i + 1]); }
+const med = v => v.filter(isFinite).sort((p, q) => p - q)[v.length >> 1];
+const cx = med(xs), cy = med(ys);
+const count = h => { let c = 0; for (let i = 0; i < P.n; i++) {
+  const x = P.xy[off + 2 * i], y = P.xy[off + 2 * i + 1];
+  if (Math.abs(x - cx) <= h * (a.x_range[1] - a.x_range[0]) && Math.abs(y - cy) <= h * (a.y_range[1] - a.y_range[0])) c++; }
+  return c; };
+let lo = 0, hi = 0.5;
+for (let k = 0; k < 30; k++) { const m = (lo + hi) / 2; if (count(m) < want) lo = m; else hi = m; }
+const h = hi, dx = h * (a.x_range[1] - a.x_range[0]), dy = h * (a.y_range[1] - a.y_range[0]);
+const p0 = screenOf(toGl(cx - dx, a.x_range), toGl(cy + dy, a.y_range));
+const p1 = screenOf(toGl(cx + dx, a.x_range), toGl(cy - dy, a.y_range));
+return [p0[0] - P.width / 2, p0[1] - P.height / 2, p1[0] - p0[0], p1[1] - p0[1], count(h)];
+"""
+
+
+def points_frame(driver) -> bool:
+    """Switch into the points renderer's iframe (False, in the page, when there is none)."""
+    from selenium.webdriver.common.by import By
+
+    for frame in driver.find_elements(By.TAG_NAME, "iframe"):
+        driver.switch_to.frame(frame)
+        if driver.find_elements(By.CSS_SELECTOR, ".pl-bar"):
+            return True
+        driver.switch_to.default_content()
+    return False
+
+
+def time_box(driver, want: int = 10_000) -> dict:
+    """Draw a box over about ``want`` examples in the points renderer; time from the mouse's
+    release to the selection table listing them (and the map drawing them)."""
+    import re
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    if not points_frame(driver):
+        return {"error": "no points renderer"}
+    try:
+        driver.find_element(By.XPATH, "//button[text()='Box']").click()
+        x0, y0, dx, dy, inside = driver.execute_script(BOX_FOR, want)
+        canvas = driver.find_element(By.CSS_SELECTOR, "canvas")
+        chain = ActionChains(driver).move_to_element_with_offset(canvas, int(x0), int(y0)).click_and_hold().pause(0.3)
+        done_x = done_y = 0
+        for k in range(1, 11):  # ten paced steps whose whole pixels add up to the box (it may be small)
+            step_x, step_y = round(dx * k / 10) - done_x, round(dy * k / 10) - done_y
+            chain = chain.move_by_offset(step_x, step_y).pause(0.15)
+            done_x, done_y = done_x + step_x, done_y + step_y
+        chain.perform()
+        t0 = time.perf_counter()
+        ActionChains(driver).release().perform()
+    finally:
+        driver.switch_to.default_content()
+
+    def listed(d):
+        found = re.search(r"([\d,]+) selected", d.find_element(By.TAG_NAME, "body").text)
+        return int(found.group(1).replace(",", "")) if found else None
+
+    n = wait(driver, listed, timeout=120)
+    table = time.perf_counter() - t0
+    wait(driver, idle, timeout=120)
+    return {"box_to_table_s": table, "box_to_idle_s": time.perf_counter() - t0, "selected": n, "inside_box": inside}
+
+
 def sample_panel_shot(driver, shots: Path) -> None:
     """Look an example up by index (as a user would) and photograph its sample panel."""
     from selenium.webdriver.common.by import By
@@ -321,6 +397,7 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=5)
     parser.add_argument("--big", type=int, default=1_000_000, help="examples in the large run")
     parser.add_argument("--skip-big", action="store_true", help="time the 50,000-point run only")
+    parser.add_argument("--no-box", action="store_true", help="do not time a box selection on the large run")
     parser.add_argument("--after-first", action="store_true", help="with --reference: time this checkout first")
     parser.add_argument("--reference", default=None,
                         help="a copy of the tree (its dashboard/ and core/) holding an earlier page: timed the same "
@@ -373,6 +450,8 @@ def main() -> None:
                 try:
                     time_page(driver, url, name, 0, None, "", epochs)  # warm the server's caches, as a first visit would
                     timings[label, name] = time_page(driver, url, name, moves, keep, shot, epochs)
+                    if name != "cifar-50k" and not args.no_box:  # the points renderer: a box of ~10,000 examples
+                        timings[label, name]["box"] = time_box(driver)
                 except Exception as err:  # noqa: BLE001 - one run's failure is reported, the other still measured
                     timings[label, name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
                 print(label, name, json.dumps(timings[label, name]), flush=True)
@@ -396,9 +475,16 @@ def main() -> None:
               "sent per redraw | sent for the first render |", "|---|---|---|---|---|"]
     for name, _, _ in names:
         title = ("50,000 examples × 11 snapshots (points, WebGL)" if name == "cifar-50k"
-                 else f"{args.big:,} examples × 3 snapshots (density image + points)")
+                 else f"{args.big:,} examples × 3 snapshots (every example a point, WebGL)")
         for label, _ in trees:
             lines.append(row(f"{title}{', ' + which[label] if label else ''}", timings[label, name]))
+    for (label, name), t in timings.items():
+        box = t.get("box") if isinstance(t, dict) else None
+        if box and "error" not in box:
+            lines.append("")
+            lines.append(f"Box selection on {name}{' (' + label + ')' if label else ''}: a box over {box['inside_box']:,} "
+                         f"examples → the selection table lists {box['selected']:,} in {box['box_to_table_s']:.2f} s "
+                         f"(the page idle after {box['box_to_idle_s']:.2f} s), from the mouse's release.")
     lines.append("")
     if maps:
         lines += ["The UMAP map, computed once per run by the background process (`python -m poisonlens.projection`):", "",

@@ -4,10 +4,20 @@ A layout is fitted **once** on gradient rows pooled over every snapshot (subsamp
 ``max_fit`` rows when the run is large), and every snapshot is then placed in that same
 layout. An example therefore moves across epochs while the map itself holds still.
 
-Rows that were in the fit sample keep their fitted position. Every other row is placed at the
-distance-weighted mean of the positions of its ``k`` nearest fitted rows in gradient space,
-which is how UMAP's own ``transform`` initialises new points (without its slow refinement
-step); PCA is linear and places every row exactly.
+How the rows are placed (``placement``):
+
+- ``parametric`` (the default): a small MLP is trained to reproduce the fitted rows' UMAP
+  positions (:mod:`poisonlens.parametric`), then places **every** row of every snapshot, in
+  fixed-size batches (on CUDA when there is one). Its cost is linear in the rows and tiny per
+  row; the same network places every snapshot, so a row identical in two snapshots gets the
+  identical position. When the whole run fits in ``max_fit`` rows, the fitted positions are
+  used as they are.
+- ``knn`` (the placement before, kept to compare): rows that were in the fit sample keep their
+  fitted position; every other row is placed at the distance-weighted mean of the positions of
+  its ``k`` nearest fitted rows in gradient space, which is how UMAP's own ``transform``
+  initialises new points (without its slow refinement step). A neighbour search per row.
+
+PCA is linear and places every row exactly.
 
 The result is a table with columns ``epoch, index, x, y`` (the target's row has index -1),
 stored in the run as ``projections/<method>.parquet`` and read back by the dashboard.
@@ -41,6 +51,7 @@ from poisonlens.store import (
 )
 
 METHODS = ("umap", "pca")
+PLACEMENTS = ("parametric", "knn")  # how rows outside the UMAP fit are placed (module docstring)
 TARGET_INDEX = -1  # the `index` of the target's rows in a projection table
 COLUMNS = ("epoch", "index", "x", "y")
 
@@ -185,6 +196,8 @@ def project_snapshots(
     max_fit: int = 5000,
     random_state: int = 0,
     progress: Progress | None = None,
+    placement: str = "parametric",
+    device: str | None = None,
 ) -> pd.DataFrame:
     """One layout for all snapshots: fit on a pooled sample, place every row.
 
@@ -196,11 +209,16 @@ def project_snapshots(
     always : int ndarray of example indices always fitted exactly (e.g. the poisons)
     method : {'umap', 'pca'}
     max_fit : most rows the layout is fitted on
+    placement : {'parametric', 'knn'}, how UMAP places the rows outside the fit (module docstring)
+    device : where the parametric map trains and places ('cpu', 'cuda'; None: CUDA when there is one)
 
     Returns
     -------
-    DataFrame with columns epoch (int32), index (int64; -1 for the target), x, y (float32)
+    DataFrame with columns epoch (int32), index (int64; -1 for the target), x, y (float32);
+    ``attrs`` say how it was made (n_fit, n_placed, placement, fit_seconds, place_seconds)
     """
+    if placement not in PLACEMENTS:
+        raise InputError("projection", f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     report = progress or (lambda fraction, message: None)
     targets = targets if targets is not None else [None] * len(grads)
     if len(grads) != len(epochs) or len(targets) != len(epochs):
@@ -220,8 +238,22 @@ def project_snapshots(
         # fit each distinct gradient once, so identical rows (e.g. an example that did not move
         # between snapshots) land on exactly the same spot
         unique, inverse = np.unique(pooled, axis=0, return_inverse=True)
-        fit_xy = fit_layout(unique, method=method, random_state=random_state)[inverse.reshape(-1)]
+        unique_xy = fit_layout(unique, method=method, random_state=random_state)
+        fit_xy = unique_xy[inverse.reshape(-1)]
+    fit_seconds = time.perf_counter() - t0
+    everything_fitted = int(sum(len(c) for c in chosen)) == int(n_rows.sum())
+    net = None
+    if method == "umap" and placement == "parametric" and not everything_fitted:
+        from poisonlens.device import resolve_device
+        from poisonlens.parametric import fit_parametric
+
+        where = resolve_device(device or "auto")  # a bad --device: one line naming it
+        report(0.5, f"layout fitted in {fit_seconds:.0f} s; training the parametric map on {len(unique):,} rows "
+                    f"({where.type})")
+        net = fit_parametric(unique, unique_xy, seed=random_state, device=where,
+                             progress=lambda share: report(0.5 + 0.2 * share, "training the parametric map"))
     report(0.7, f"layout fitted in {time.perf_counter() - t0:.0f} s; placing every snapshot")
+    t1 = time.perf_counter()
 
     frames = []
     offset = 0
@@ -231,6 +263,13 @@ def project_snapshots(
         xy = np.empty((len(g), 2), np.float32)
         if method == "pca":
             xy[:] = (np.asarray(g, np.float64) - mean) @ comps.T
+        elif net is not None:
+            from poisonlens.parametric import place_parametric
+
+            def batch_done(done: int, total: int, s=s, epoch=epoch) -> None:
+                report(0.7 + 0.3 * (s + done / total) / len(grads), f"placing epoch {epoch}: {done:,} of {total:,} rows")
+
+            xy[:] = place_parametric(net, g, progress=batch_done)
         else:
             xy[rows] = fit_xy[offset : offset + len(rows)]
             rest = np.setdiff1d(np.arange(len(g)), rows, assume_unique=True)
@@ -244,6 +283,10 @@ def project_snapshots(
             continue
         if method == "pca":
             txy = ((np.asarray(t, np.float64) - mean) @ comps.T)[None].astype(np.float32)
+        elif net is not None:
+            from poisonlens.parametric import place_parametric
+
+            txy = place_parametric(net, np.asarray(t, np.float32)[None])
         else:
             txy = fit_xy[offset + n_target][None]
         n_target += 1
@@ -252,8 +295,10 @@ def project_snapshots(
     out = out.sort_values(["epoch", "index"], kind="stable").reset_index(drop=True)
     # how the layout was made, for the page to say ("fitted on 5,000 rows, 545,000 placed")
     n_fit = int(sum(len(c) for c in chosen))
-    out.attrs.update(n_fit=n_fit, n_placed=int(n_rows.sum()) - (0 if method == "pca" else n_fit),
-                     fit_seconds=round(time.perf_counter() - t0, 2))
+    n_placed = 0 if method == "pca" else int(n_rows.sum()) if net is not None else int(n_rows.sum()) - n_fit
+    out.attrs.update(n_fit=n_fit, n_placed=n_placed, fit_seconds=round(fit_seconds, 2),
+                     place_seconds=round(time.perf_counter() - t1, 2),
+                     placement="parametric" if net is not None else "knn" if method == "umap" and n_placed else "fitted")
     return out
 
 
@@ -295,6 +340,8 @@ def compute_projection(
     random_state: int = 0,
     progress: Progress | None = None,
     write: bool = True,
+    placement: str = "parametric",
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Fit one layout for every snapshot of a run and store it as ``projections/<method>.parquet``.
 
@@ -307,6 +354,8 @@ def compute_projection(
     random_state : seed of the subsample and of UMAP
     progress : called as progress(fraction, message) while it works
     write : store the result in the run (False: only return it)
+    placement : {'parametric', 'knn'}, how the rows outside the fit are placed (module docstring)
+    device : where the parametric map runs (None: CUDA when there is one, else the CPU)
 
     Returns
     -------
@@ -339,6 +388,8 @@ def compute_projection(
         max_fit=max_fit,
         random_state=random_state,
         progress=progress,
+        placement=placement,
+        device=device,
     )
     report(1.0, "done")
     if write:
@@ -426,7 +477,8 @@ def read_job(run_dir: str | Path, method: str) -> dict | None:
     return job
 
 
-def launch_projection(run_dir: str | Path, *, method: str = "umap", max_fit: int = 5000) -> int:
+def launch_projection(run_dir: str | Path, *, method: str = "umap", max_fit: int = 5000,
+                      placement: str = "parametric") -> int:
     """Start computing a run's map in a detached background process; returns its pid.
 
     The process writes its progress to :func:`job_path` (read it with :func:`read_job`) and
@@ -449,7 +501,7 @@ def launch_projection(run_dir: str | Path, *, method: str = "umap", max_fit: int
     try:
         child = subprocess.Popen(
             [sys.executable, "-m", "poisonlens.projection", str(run_dir), "--method", method,
-             "--max-fit", str(max_fit)],
+             "--max-fit", str(max_fit), "--placement", placement],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=Path(__file__).resolve().parents[1],
@@ -479,6 +531,8 @@ def _job_main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--method", choices=METHODS, default="umap")
     parser.add_argument("--max-fit", type=int, default=5000)
+    parser.add_argument("--placement", choices=PLACEMENTS, default="parametric")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when there is one)")
     args = parser.parse_args(argv)
     started = time.time()
     last = [0.0, ""]  # time of the last write, the kind of step it reported
@@ -496,7 +550,7 @@ def _job_main(argv: list[str] | None = None) -> int:
 
     try:
         compute_projection(args.run_dir, method=args.method, max_fit=args.max_fit,
-                           progress=progress)
+                           progress=progress, placement=args.placement, device=args.device)
     except Exception as err:  # noqa: BLE001 - every failure is reported to the page
         write_job(args.run_dir, args.method, state="failed", error=f"{type(err).__name__}: {err}",
                   pid=os.getpid(), started=started)

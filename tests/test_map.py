@@ -21,7 +21,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from poisonlens.dashboard import plots
-from poisonlens.dashboard.components.gradient_map import SERVED
+from poisonlens.dashboard.components.gradient_map import framed, positions_bytes
 from poisonlens.dashboard.selection import (
     clicked_index,
     indices_in_shapes,
@@ -84,13 +84,51 @@ def map_args(at: AppTest) -> dict:
     return {"figure": json.loads(chart.spec), "config": json.loads(chart.config)}
 
 
+def stored_positions(run_dir: Path, method: str = "umap") -> np.ndarray:
+    """Every snapshot's positions (n_snapshots, n_samples, 2) from the stored map, NaN where none."""
+    frame = open_run(run_dir).projection(method)
+    n = len(open_run(run_dir).examples())
+    epochs = sorted(frame["epoch"].unique())
+    xy = np.full((len(epochs), n, 2), np.nan, np.float32)
+    for slot, epoch in enumerate(epochs):
+        rows = frame[(frame["epoch"] == epoch) & (frame["index"] >= 0)]
+        xy[slot, rows["index"].to_numpy(), 0] = rows["x"].to_numpy()
+        xy[slot, rows["index"].to_numpy(), 1] = rows["y"].to_numpy()
+    return xy
+
+
+def media_url_of(data: bytes, mimetype: str = "application/octet-stream") -> str:
+    """The URL Streamlit's media file manager gives ``data`` framed as the component frames it."""
+    from streamlit.runtime.memory_media_file_storage import _calculate_file_id
+
+    return f"/media/{_calculate_file_id(framed(data), mimetype)}.bin"
+
+
+def same_file(url: str, data: bytes) -> bool:
+    """Whether ``url`` (AppTest's media endpoint is /mock/media) names ``data`` as the component frames it."""
+    return url.endswith(media_url_of(data))
+
+
+def served_positions(at: AppTest) -> np.ndarray:
+    """The positions file the page handed the component: checked to be the stored map's, by its URL."""
+    args = map_args(at)
+    import os
+
+    method = at.session_state["gs_method"] if "gs_method" in at.session_state else "umap"
+    run = at.query_params["run"]
+    run = run[0] if isinstance(run, list) else run
+    xy = stored_positions(Path(os.environ["POISONLENS_RUNS"]) / run, method)
+    assert same_file(args["positions"], positions_bytes(xy))
+    return xy
+
+
 def map_figure(at: AppTest) -> dict:
     """The map's figure as the browser draws it: the traces the component fills in from the
     positions file it serves get their ``x``/``y`` from that file, as its JavaScript does."""
     args = map_args(at)
     fig = args["figure"]
     if args.get("positions"):
-        xy = np.fromfile(SERVED / args["positions"], "<f4").reshape(-1, args["n_samples"], 2)[args["slot"]]
+        xy = served_positions(at)[args["slot"]]
         for number in args["fill"]:
             custom = fig["data"][number]["customdata"]
             index = np.frombuffer(base64.b64decode(custom["bdata"]), np.dtype(custom["dtype"]).newbyteorder("<"))
@@ -282,7 +320,8 @@ def test_the_map_sends_indices_as_binary_arrays_and_positions_once_per_run(runs_
     assert first["customdata"]["dtype"] in ("i4", "u2", "i2")
     assert "thumb" not in json.dumps(first) and "<br>label" not in json.dumps(first)
     n = len(open_run(runs_env / POISON_RUN).examples())
-    xy = np.fromfile(SERVED / args["positions"], "<f4").reshape(-1, n, 2)
+    xy = stored_positions(runs_env / POISON_RUN)
+    assert same_file(args["positions"], positions_bytes(xy))  # the page served exactly these bytes
     assert len(xy) == len(open_run(runs_env / POISON_RUN).snapshot_epochs()) and args["n_samples"] == n
     want = positions(runs_env / POISON_RUN, epoch)
     np.testing.assert_array_equal(xy[args["slot"], want.index, 0], want["x"].to_numpy(np.float32))
@@ -414,9 +453,14 @@ def test_the_background_job_records_how_the_map_was_made(own_run):
 
 
 def test_a_subsampled_umap_fit_counts_fitted_and_placed_rows(own_run):
-    frame = compute_projection(own_run, method="umap", max_fit=300, write=False)
     n_rows = len(open_run(own_run).examples()) * len(open_run(own_run).snapshot_epochs())
+    # the parametric map (the default) places every row, the fitted ones too
+    frame = compute_projection(own_run, method="umap", max_fit=300, write=False)
     assert 250 <= frame.attrs["n_fit"] <= 400
+    assert frame.attrs["placement"] == "parametric" and frame.attrs["n_placed"] == n_rows
+    # the nearest-neighbour placement keeps the fitted rows and places the others
+    frame = compute_projection(own_run, method="umap", max_fit=300, write=False, placement="knn")
+    assert frame.attrs["placement"] == "knn"
     assert frame.attrs["n_fit"] + frame.attrs["n_placed"] == n_rows
 
 
@@ -457,3 +501,54 @@ def test_the_density_image_puts_points_where_they_are():
     assert tuple(image[9, 9, :3]) == (0, 0, 255)
     assert image[9, 9, 3] > image[0, 0, 3]  # two points there, one at the top left
     assert (image[..., 3] > 0).sum() == 2
+
+
+# --- issue 18: the component is served from the installed package and writes nothing ---------
+
+
+def test_importing_the_map_component_writes_nothing(tmp_path):
+    """No copy into a build/ folder of the package, none into a predictable /tmp folder another
+    user could make first: the component is declared on its installed frontend/ folder."""
+    import subprocess
+    import sys
+
+    from poisonlens.dashboard.components import gradient_map
+
+    here = Path(gradient_map.__file__).resolve().parent
+    before = sorted(str(p.relative_to(here)) for p in here.rglob("*") if "__pycache__" not in p.parts)
+    code = ("import poisonlens.dashboard.components.gradient_map as g; "
+            "print(g._component.path)")
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "TMPDIR": str(tmp_path)},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    after = sorted(str(p.relative_to(here)) for p in here.rglob("*") if "__pycache__" not in p.parts)
+    assert after == before  # nothing added to the package folder (no build/)
+    assert list(tmp_path.iterdir()) == []  # nothing in the temporary folder
+    assert Path(out) == here / "frontend"
+
+
+def test_point_layers_code_every_example_once_and_hide_what_is_not_shown():
+    """The points renderer's colour codes: a class colour per example, grey once dropped, the
+    reserved last code for examples not shown; overlays list example indices, sampled and said so."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    points = pd.DataFrame({"index": np.arange(n), "x": rng.normal(size=n), "y": rng.normal(size=n),
+                           "label": rng.integers(0, 3, n), "prediction": rng.integers(0, 3, n),
+                           "is_poison": np.arange(n) < 40, "dropped_before": np.arange(n) % 10 == 0,
+                           "drop": np.arange(n) % 7 == 0, "dropped_epoch": -np.ones(n, np.int64)})
+    shown = points["label"].to_numpy() != 2
+    layers = plots.point_layers(points, class_names=["a", "b", "c"], shown=shown, selected=list(range(100, 1000)),
+                                max_overlay=200)
+    codes, palette = layers["codes"], layers["palette"]
+    assert codes.dtype == np.uint8 and len(codes) == n and palette[-1] == plots.HIDDEN
+    assert (codes[~shown] == len(palette) - 1).all()
+    grey = palette.index(plots.STYLE["dropped earlier"]["color"])
+    keep = shown & ~points["dropped_before"].to_numpy()
+    np.testing.assert_array_equal(codes[keep], points["label"].to_numpy()[keep])
+    assert (codes[shown & points["dropped_before"].to_numpy()] == grey).all()
+    groups = {g["name"].rsplit(" (", 1)[0]: g for g in layers["overlays"]}
+    assert set(groups["poison (ground truth)"]["index"]) == set(np.flatnonzero(shown[:40]))
+    selected = groups["selected by you"]
+    assert len(selected["index"]) == 200 and set(selected["index"]) <= set(np.flatnonzero(shown)) & set(range(100, 1000))
+    assert any("selected by you: 200 of" in note for note in layers["notes"])
+    value = plots.point_layers(points.assign(loss=rng.random(n)), class_names=["a", "b", "c"], color_by="loss")
+    assert value["codes"].max() <= len(value["palette"]) - 1 and "colorbar" in value["legend"][0]

@@ -120,6 +120,68 @@ def test_subsampled_fit_places_every_row():
     assert frame.groupby("epoch").size().tolist() == [len(grads), len(grads)]
 
 
+# --- the parametric placement (an MLP trained on the fitted UMAP layout places every row) ---
+
+
+@pytest.fixture(scope="module")
+def parametric_maps():
+    """Planted data: 4 well-separated classes in 6-D, two snapshots sharing half their rows;
+    UMAP fitted on 300 of the 1,600 rows, everything placed by the parametric map, twice."""
+    grads, labels = blobs(n_per_class=200, n_classes=4, seed=3)
+    grads = np.hstack([grads, np.random.default_rng(4).normal(scale=0.02, size=(len(grads), 2))]).astype(np.float32)
+    later = grads.copy()
+    moved = np.arange(len(grads)) % 2 == 1
+    later[moved] += np.random.default_rng(5).normal(scale=0.01, size=(int(moved.sum()), grads.shape[1])).astype(np.float32)
+    run = [project_snapshots([grads, later], [0, 1], max_fit=300, random_state=seed) for seed in (7, 7)]
+    return grads, labels, moved, run
+
+
+def test_parametric_placement_is_deterministic_for_a_seed(parametric_maps):
+    *_, (first, second) = parametric_maps
+    assert first.attrs["placement"] == "parametric" and first.attrs["n_placed"] == len(first)
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_parametric_placement_puts_an_unchanged_row_on_the_same_spot_at_every_epoch(parametric_maps):
+    """Aligned snapshots: a row identical in two snapshots (at any place in its batches) lands
+    on exactly the same position; a row that moved in gradient space may move."""
+    grads, _, moved, (frame, _) = parametric_maps
+    a = frame[frame["epoch"] == 0].set_index("index")[["x", "y"]].to_numpy()
+    b = frame[frame["epoch"] == 1].set_index("index")[["x", "y"]].to_numpy()
+    np.testing.assert_array_equal(a[~moved], b[~moved])
+    assert not np.array_equal(a[moved], b[moved])
+
+
+def test_placing_a_row_does_not_depend_on_its_batch():
+    from poisonlens.parametric import fit_parametric, place_parametric
+
+    grads, _ = blobs(n_per_class=50, n_classes=3)
+    xy = grads[:, :2] * 10
+    net = fit_parametric(grads, xy, seed=0)
+    alone = place_parametric(net, grads[[17]], batch=64)
+    among = place_parametric(net, grads, batch=64)  # row 17 in the first of three batches
+    shifted = place_parametric(net, np.concatenate([grads[:100], grads]), batch=64)  # in the third
+    np.testing.assert_array_equal(alone[0], among[17])
+    np.testing.assert_array_equal(among[17], shifted[117])
+
+
+def test_parametric_placement_keeps_planted_classes_apart(parametric_maps):
+    """Quality on planted data: rows the layout was not fitted on land among their own class:
+    the class of each row's 10 nearest neighbours on the map is its own for at least 97%."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    grads, labels, _, (frame, _) = parametric_maps
+    xy = frame[frame["epoch"] == 0].set_index("index")[["x", "y"]].to_numpy()
+    half = np.arange(len(xy)) % 2 == 0
+    knn = KNeighborsClassifier(n_neighbors=10).fit(xy[half], labels[half])
+    assert knn.score(xy[~half], labels[~half]) >= 0.97
+
+
+def test_project_rejects_an_unknown_placement():
+    with pytest.raises(InputError, match="placement"):
+        project_snapshots([np.zeros((5, 3), np.float32)], [0], placement="tsne")
+
+
 def test_project_rejects_an_unknown_method(tmp_path):
     with pytest.raises(InputError, match="method"):
         project_snapshots([np.zeros((5, 3), np.float32)], [0], method="tsne")

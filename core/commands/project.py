@@ -8,7 +8,7 @@ import sys
 import time
 
 from poisonlens.errors import one_line
-from poisonlens.projection import METHODS, compute_projection, write_job
+from poisonlens.projection import METHODS, PLACEMENTS, compute_projection, write_job
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +26,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-fit",
         type=int,
         default=5000,
-        help="most gradient rows the layout is fitted on (the rest are placed by nearest neighbours)",
+        help="most gradient rows the layout is fitted on (the rest are placed by --placement)",
     )
+    p.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="parametric",
+        help="how UMAP places every row: parametric = a small MLP trained on the fitted layout places every row "
+        "(linear, fast); knn = the distance-weighted mean of the 10 nearest fitted rows (the placement before)",
+    )
+    p.add_argument("--device", default=None, help="where the parametric map runs: cpu or cuda (default: CUDA when "
+                   "there is one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsample and of UMAP")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=run)
@@ -51,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         max_fit=args.max_fit,
         random_state=args.seed,
         progress=progress,
+        placement=args.placement,
+        device=args.device,
     )
     print(
         f"{frame['epoch'].nunique()} snapshots, {len(frame):,} points -> {one_line(args.run)}/projections/{args.method}.parquet"

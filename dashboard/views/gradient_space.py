@@ -1,13 +1,15 @@
 """Gradient space: a 2-D map of every example's last-layer gradient at one snapshot.
 
 The map is computed once per run by a background process (``poisonlens.projection``) and only read
-here. Up to ``DENSITY_ABOVE`` examples it is drawn by the map component
-(:mod:`poisonlens.dashboard.components.gradient_map`), which stays mounted between epochs: the browser
-fetches every snapshot's positions once per run and gets, per epoch, the figure without them
-(indices as binary arrays, no per-point text). Past ``DENSITY_ABOVE`` examples the examples
-are drawn as one density image (an image per epoch: Streamlit's own plotly chart), with
-poisons, drops and the selection as points. Selections are read from the drawn box or lasso
-and computed on the server, so they work the same at every size and on both routes.
+here. It is drawn by the map component (:mod:`poisonlens.dashboard.components.gradient_map`),
+which stays mounted between epochs: the browser fetches every snapshot's positions once per run.
+Up to ``DENSITY_ABOVE`` examples it gets, per epoch, the plotly figure without them (indices as
+binary arrays, no per-point text). Past ``DENSITY_ABOVE`` examples every example is still drawn
+as a point, by the component's WebGL points renderer (regl-scatterplot), which gets per epoch a
+colour code per example (one byte) and the overlay groups; a sidebar option draws the examples as
+one density image instead (an image per epoch: Streamlit's own plotly chart). Selections are
+read from the drawn box or lasso and computed on the server, so they work the same at every size
+and on every route.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ from poisonlens.dashboard.common import (
     snapshot_epochs_ui,
     thumbnails,
 )
-from poisonlens.dashboard.components.gradient_map import gradient_map, write_positions
+from poisonlens.dashboard.components.gradient_map import (
+    binary_url,
+    gradient_map,
+    gradient_points,
+    positions_bytes,
+)
 from poisonlens.dashboard.display import expression_ui, readable
 from poisonlens.dashboard.marking import mark_ui, review_or_empty
 from poisonlens.dashboard.selection import (
@@ -71,7 +78,8 @@ HISTORY_COLUMNS = ("prediction", "loss", "confidence", "active", "score", "clust
 METHOD_NAMES = {"umap": "UMAP", "pca": "PCA"}
 TABLE_LIMIT = 500  # rows with thumbnails in the selection table
 NEIGHBOURS = 8  # nearest neighbours listed in the sample panel
-DENSITY_ABOVE = 200_000  # examples; above this the map is a density image plus overlay points
+DENSITY_ABOVE = 200_000  # examples; from this many on: the points renderer (or, as an option, a density image)
+DRAW_AS = ("points (WebGL)", "density image")
 ZOOM = 0.08  # share of the map's width shown around a looked-up example
 PANEL_PIXELS = 192  # the sample panel's image width
 # plotly's default plotGlPixelRatio of 2 draws four times the pixels, costly where WebGL is
@@ -133,6 +141,13 @@ def map_positions(path: str, method: str, mtime: float) -> tuple[np.ndarray, dic
         xy[slot, index[rows], 0] = proj["x"].to_numpy()[rows]
         xy[slot, index[rows], 1] = proj["y"].to_numpy()[rows]
     return xy, {e: s for s, e in enumerate(epochs)}
+
+
+# cache_resource: the positions' bytes (24 MB at 1,000,000 x 3) are made once per map
+@st.cache_resource(max_entries=4, show_spinner=False)
+def map_positions_bytes(path: str, method: str, mtime: float) -> bytes:
+    """Every snapshot's positions as the little-endian float32 file the map component fetches."""
+    return positions_bytes(map_positions(path, method, mtime)[0])
 
 
 # --- the projection ------------------------------------------------------------------------
@@ -241,6 +256,11 @@ def map_caption(path: str, method: str, n_points: int, n_snapshots: int) -> str:
     label = METHOD_NAMES[method]
     if method == "pca":
         return f"PCA of every gradient row: {n_points:,} examples × {n_snapshots} snapshots."
+    if job.get("n_fit") and job.get("placement") == "parametric":
+        n_fit, n_placed = int(job["n_fit"]), int(job.get("n_placed", 0))
+        return (f"{label} fitted on a sample of {n_fit:,} gradient rows drawn over the {n_snapshots} snapshots "
+                f"(poisons always included); all {n_placed:,} rows then placed by a small neural network trained "
+                "to reproduce that layout (the same network for every snapshot).")
     if job.get("n_fit"):
         n_fit, n_placed = int(job["n_fit"]), int(job.get("n_placed", 0))
         return (f"{label} fitted on {n_fit:,} gradient rows sampled over the {n_snapshots} snapshots (poisons always "
@@ -543,6 +563,11 @@ def main() -> None:
                                     format_func=lambda f: plots.COLOR_FIELDS[f][0],
                                     help="Any stored field of the examples at the shown snapshot.")
     has_medoids = "is_medoid" in columns
+    draw_as = DRAW_AS[0]
+    if n_samples >= DENSITY_ABOVE:
+        draw_as = st.sidebar.radio("Draw the examples as", DRAW_AS, key="gs_draw_as",
+                                   help=f"Past {DENSITY_ABOVE:,} examples: every example a point (WebGL), or one "
+                                        "density image with poisons, drops and your selection as points.")
     c1, c2, c3 = st.columns([2, 2, 2], vertical_alignment="bottom")
     view = c1.radio("Show", ["all classes", "one class"], horizontal=True, key="gs_view",
                     help="One class: its examples coloured by EPIC cluster, medoids drawn as stars sized by cluster size.")
@@ -592,31 +617,21 @@ def main() -> None:
         zoom = st.session_state.get("_gs_zoom")
         if zoom is not None and zoom < len(points):
             xr, yr = zoomed_ranges(points, zoom, xr, yr)
-        density = len(shown) > DENSITY_ABOVE
-        fig = plots.gradient_map_figure(
-            shown, class_names=class_names, x_range=xr, y_range=yr, target=target, selected=selected,
-            found=zoom, color_by=color_by, method=METHOD_NAMES[method],
-            by_cluster=one_class is not None and has_medoids,
-            show_medoids=True if one_class is not None else "legendonly",
-            kept_label=kept_label(run.config, epoch), density=density)
-        fig.update_layout(uirevision=f"{fig.layout.uirevision}-{zoom}")
+        big = len(points) >= DENSITY_ABOVE
         left, right = st.columns([3, 1])
         with left:
-            notes = fig.layout.meta.get("notes", [])
-            if density:
-                # the density image changes with every epoch anyway (it is the picture): Streamlit's chart
-                st.plotly_chart(fig, key="gs_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                                width="stretch", config=MAP_CONFIG)
+            if big and draw_as == DRAW_AS[0]:
+                points_map_ui(path, method, mtime, points, target, epoch, x_range=xr, y_range=yr, color_by=color_by,
+                              class_names=class_names,
+                              shown=None if keep.all() else keep,  # the filter expression and one class
+                              selected=selected, found=zoom, kept_label=kept_label(run.config, epoch),
+                              show_medoids=one_class is not None and has_medoids)
             else:
-                # kept mounted between epochs; the browser holds every snapshot's positions
-                xy, slots = map_positions(path, method, mtime)
-                # written once per map (checked on every rerun: another server may have pruned it)
-                file = write_positions(xy, key=f"{path}|{method}|{mtime}")
-                gradient_map(fig, key="gs_map", config=MAP_CONFIG, positions=file, slot=slots[epoch],
-                             n_samples=xy.shape[1])
-            st.caption("Click a legend entry to hide or show it; double-click one to show it alone.")
-            for note in notes:
-                st.caption(f"Subsampled: {note}." if "sample" in note else f"Drawn as a density: {note}.")
+                figure_map_ui(path, method, mtime, shown, target, epoch, x_range=xr, y_range=yr, zoom=zoom,
+                              selected=selected, color_by=color_by, class_names=class_names,
+                              by_cluster=one_class is not None and has_medoids,
+                              show_medoids=True if one_class is not None else "legendonly",
+                              kept_label=kept_label(run.config, epoch), density=big)
         right.radio("A new selection", ["replace", "add", "remove"], horizontal=True, key="gs_mode",
                     help="How a box or lasso selection combines with the examples already selected.")
         snapshot_summary_ui(right, points, epoch, one_class, class_names, has_medoids, run.config)
@@ -642,6 +657,55 @@ def main() -> None:
         st.session_state["_gs_drawn"] = epoch
 
     map_fragment()
+
+
+def figure_map_ui(path: str, method: str, mtime: float, shown: pd.DataFrame, target: pd.DataFrame, epoch: int, *,
+                  x_range, y_range, zoom, selected, color_by: str, class_names: list[str], by_cluster: bool,
+                  show_medoids, kept_label: str, density: bool) -> None:
+    """The map as a plotly figure: in the mounted component (its positions fetched once per run),
+    or, drawn as a density image, in Streamlit's own chart."""
+    fig = plots.gradient_map_figure(
+        shown, class_names=class_names, x_range=x_range, y_range=y_range, target=target, selected=selected,
+        found=zoom, color_by=color_by, method=METHOD_NAMES[method], by_cluster=by_cluster, show_medoids=show_medoids,
+        kept_label=kept_label, density=density)
+    fig.update_layout(uirevision=f"{fig.layout.uirevision}-{zoom}")
+    notes = fig.layout.meta.get("notes", [])
+    if density:
+        # the density image changes with every epoch anyway (it is the picture): Streamlit's chart
+        st.plotly_chart(fig, key="gs_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                        width="stretch", config=MAP_CONFIG)
+    else:
+        # kept mounted between epochs; the browser fetches every snapshot's positions once per run
+        # (a media URL: the same bytes give the same URL)
+        _, slots = map_positions(path, method, mtime)
+        url = binary_url(map_positions_bytes(path, method, mtime), name="positions")
+        gradient_map(fig, key="gs_map", config=MAP_CONFIG, positions=url, slot=slots[epoch],
+                     n_samples=len(load_examples(path)))
+    st.caption("Click a legend entry to hide or show it; double-click one to show it alone.")
+    for note in notes:
+        st.caption(f"Subsampled: {note}." if "sample" in note else f"Drawn as a density: {note}.")
+
+
+def points_map_ui(path: str, method: str, mtime: float, points: pd.DataFrame, target: pd.DataFrame, epoch: int, *,
+                  x_range, y_range, color_by: str, class_names: list[str], shown: np.ndarray | None, selected,
+                  found: int | None, kept_label: str, show_medoids: bool) -> None:
+    """Every example a point, drawn by the component's WebGL points renderer; per epoch only the
+    colour codes (one byte per example) and the overlay groups are sent."""
+    layers = plots.point_layers(points, class_names=class_names, color_by=color_by, shown=shown, selected=selected,
+                                found=found, kept_label=kept_label, show_medoids=show_medoids)
+    _, slots = map_positions(path, method, mtime)
+    positions = binary_url(map_positions_bytes(path, method, mtime), name="positions")
+    colors = binary_url(layers["codes"].tobytes(), name="colors")
+    star = [float(target["x"].iat[0]), float(target["y"].iat[0])] if target is not None and len(target) else None
+    gradient_points(key="gs_map", positions=positions, slot=slots[epoch], n_samples=len(points), colors=colors,
+                    palette=layers["palette"], names=layers["names"], legend=layers["legend"],
+                    overlays=layers["overlays"], x_range=x_range, y_range=y_range, target=star, height=680)
+    n_shown = len(points) if shown is None else int(np.asarray(shown).sum())
+    st.caption(f"Every one of the {n_shown:,} examples shown is drawn as a point (WebGL). Drag to pan, scroll to zoom; "
+               "**Lasso** or **Box** (above the map, or shift + drag) selects; hover a point for its index, click it "
+               "for its panel.")
+    for note in layers["notes"]:
+        st.caption(f"Subsampled: {note}.")
 
 
 def snapshot_summary_ui(container, points: pd.DataFrame, epoch: int, one_class, class_names, has_medoids: bool,

@@ -1,6 +1,8 @@
-// The gradient map, kept mounted: Streamlit sends a new figure per epoch and this frame updates
-// the same plotly graph with Plotly.react, so its WebGL context is made once, not per epoch.
-// The protocol is Streamlit's components v1 (postMessage), written out here: no build step.
+// The gradient map, kept mounted: Streamlit sends new arguments per epoch and this frame updates
+// the same drawing, so its WebGL context is made once, not per epoch. Two renderers:
+// - "figure": a plotly graph updated with Plotly.react (plotly.js from the URL the server gives);
+// - "points": every example a point, drawn by regl-scatterplot (points.js).
+// The protocol is Streamlit's components v1 (postMessage), written out here.
 "use strict";
 
 const gd = document.getElementById("map");
@@ -11,15 +13,27 @@ let latest = 0;         // the newest render message; older ones still waiting a
 let revision = 0;       // changes every figure, so a user's box or lasso does not dim the next one
 let sent = 0;
 
-// plotly.js (4.8 MB) is parsed while Streamlit sends the first figure and the positions file
-// downloads, instead of before this frame can say it is ready
-const plotlyReady = new Promise((resolve, reject) => {
-  const script = document.createElement("script");
-  script.src = "plotly.min.js";
-  script.onload = () => { performance.mark("map:plotly-loaded"); resolve(); };
-  script.onerror = () => reject(new Error("plotly.min.js could not be loaded"));
-  document.head.appendChild(script);
-});
+// Streamlit's root, where its media files are served: this frame is at <root>/component/...
+const ROOT = window.location.pathname.split("/component/")[0];
+
+function mediaUrl(url) {
+  return url.startsWith("/") ? ROOT + url : url;
+}
+
+const scripts = {};
+function loadScript(url) {
+  // plotly.js (4.8 MB) is parsed while the positions file downloads, once per frame
+  if (!scripts[url]) {
+    scripts[url] = new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = mediaUrl(url);
+      script.onload = () => { performance.mark("map:script-loaded"); resolve(); };
+      script.onerror = () => { delete scripts[url]; reject(new Error(url + " could not be loaded")); };
+      document.head.appendChild(script);
+    });
+  }
+  return scripts[url];
+}
 
 function post(type, data) {
   window.parent.postMessage(Object.assign({isStreamlitMessage: true, type: type}, data), "*");
@@ -45,10 +59,10 @@ function decode(value) {
 
 function loadPositions(name) {
   if (!positions[name]) {
-    positions[name] = fetch(name).then(r => {
+    positions[name] = fetch(mediaUrl(name)).then(r => {
       if (!r.ok) throw new Error(name + ": HTTP " + r.status);
       return r.arrayBuffer();
-    }).then(b => new Float32Array(b));
+    }).then(b => new Float32Array(b, 16));  // after the 16-byte digest
     positions[name].catch(() => delete positions[name]);  // a later render tries again
   }
   return positions[name];
@@ -72,8 +86,9 @@ function fill(trace, xy, offset) {
 async function render(args, theme, id) {
   if (id !== latest) return;  // a newer figure is already waiting
   performance.mark("map:render-" + id);
+  if (args.renderer === "points") return renderPoints(args, id);  // points.js
   const fig = JSON.parse(args.figure);
-  const [xy] = await Promise.all([args.positions ? loadPositions(args.positions) : null, plotlyReady]);
+  const [xy] = await Promise.all([args.positions ? loadPositions(args.positions) : null, loadScript(args.plotly)]);
   if (id !== latest) return;
   performance.mark("map:data-" + id);
   if (xy) {
@@ -126,7 +141,7 @@ window.addEventListener("message", event => {
   const id = ++latest;
   queue = queue.then(() => render(data.args, data.theme, id)).catch(err => {
     console.error(err);
-    if (window.Plotly) Plotly.purge(gd);
+    if (window.Plotly && drawn) Plotly.purge(gd);
     drawn = false;
     gd.textContent = "The map could not be drawn: " + err;
     post("streamlit:setFrameHeight", {height: 60});

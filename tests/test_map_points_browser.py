@@ -1,0 +1,154 @@
+"""The gradient map's WebGL points renderer at 200,000 examples, in the real server and headless Chromium.
+
+A synthetic 200,000-example, 3-snapshot store (``bench.dashboard.build_run``) with a cheap fixed
+linear map written as its UMAP map (this tests the map component, not UMAP). Every example is
+drawn as a point by regl-scatterplot (SwiftShader's software WebGL here); the tests move the epoch
+slider, draw a box and click a point, and check what comes back to the page.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests import test_dashboard_browser as real
+from tests.test_dashboard_browser import ARTIFACTS, idle, panel_text, selected_in_table, wait
+
+browser = real.browser  # the same headless Chromium fixture
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+N = 200_000
+RUN = "points-200k"
+
+
+@pytest.fixture(scope="module")
+def big_runs(tmp_path_factory) -> Path:
+    from bench.dashboard import build_run
+    from poisonlens.store import RunWriter, open_run
+
+    root = tmp_path_factory.mktemp("big-runs")
+    rng = np.random.default_rng(2)
+    run = build_run(root / RUN, labels=rng.integers(0, 10, N), images=rng.integers(0, 256, (N, 8, 8, 1), dtype=np.uint8),
+                    epochs=[0, 10, 20], seed=2)
+    reader = open_run(run)
+    w = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
+    frames = [pd.DataFrame({"epoch": np.full(N, e, np.int32), "index": np.arange(N, dtype=np.int64),
+                            "x": (reader.gradients(e) @ w)[:, 0], "y": (reader.gradients(e) @ w)[:, 1]})
+              for e in reader.snapshot_epochs()]
+    RunWriter(run).write_projection("umap", pd.concat(frames, ignore_index=True))
+    return root
+
+
+@pytest.fixture(scope="module")
+def big_server(big_runs):
+    from bench.dashboard import start_server
+
+    proc, url = start_server(big_runs)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def in_frame(driver, script: str, *args):
+    """Run ``script`` inside the map component's iframe (None when there is none yet)."""
+    for frame in driver.find_elements(By.TAG_NAME, "iframe"):
+        driver.switch_to.frame(frame)
+        try:
+            if driver.execute_script("return typeof P !== 'undefined'"):
+                return driver.execute_script(script, *args)
+        finally:
+            driver.switch_to.default_content()
+    return None
+
+
+def drag(driver, element, x0: int, y0: int, dx: int, dy: int, steps: int = 10) -> None:
+    """Press at (x0, y0) from the element's centre and drag by (dx, dy) in small, paced steps
+    (regl-scatterplot's lasso takes a point per animation frame: one jump draws no box)."""
+    chain = ActionChains(driver).move_to_element_with_offset(element, x0, y0).click_and_hold().pause(0.3)
+    for _ in range(steps):
+        chain = chain.move_by_offset(dx // steps, dy // steps).pause(0.15)
+    chain.release().perform()
+
+
+def state(driver) -> str | None:
+    return in_frame(driver, "return document.body.dataset.mapState || null")
+
+
+def test_slider_box_and_click_on_200000_points(big_server, browser):
+    browser.get(f"{big_server}/gradient_space?run={RUN}&epoch=20")
+    wait(browser, lambda d: state(d) is not None and idle(d), timeout=180)
+    assert in_frame(browser, "return P.n") == N
+    assert in_frame(browser, "return P.scatter.get('points').length") == N  # every example a point
+    assert "every one of the 200,000 examples shown is drawn as a point" in browser.find_element(By.TAG_NAME, "body").text.lower()
+
+    # the epoch slider: the frame moves to another snapshot's row of the positions it already has
+    before = state(browser)
+    thumb = browser.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
+    browser.execute_script("arguments[0].focus();", thumb)
+    ActionChains(browser).send_keys(Keys.ARROW_LEFT).perform()
+    wait(browser, lambda d: state(d) not in (None, before) and idle(d), timeout=60)
+    assert state(browser).split("|")[0] == "1"  # epoch 10 is the second snapshot
+    fetched = in_frame(browser, "return performance.getEntriesByType('resource').map(r => r.name)"
+                                ".filter(n => n.includes('/media/')).length")
+    assert fetched <= 4  # positions once; colour codes per epoch (plotly.js is not loaded here)
+
+    # a box drawn over the middle of the map: the server lists every example inside it
+    for frame in browser.find_elements(By.TAG_NAME, "iframe"):
+        browser.switch_to.frame(frame)
+        if browser.find_elements(By.CSS_SELECTOR, ".pl-bar"):
+            break
+        browser.switch_to.default_content()
+    try:
+        browser.find_element(By.XPATH, "//button[text()='Box']").click()
+        canvas = browser.find_element(By.CSS_SELECTOR, "canvas")
+        w, h = canvas.size["width"], canvas.size["height"]
+        drag(browser, canvas, -w // 10, -h // 10, w // 5, h // 5)
+    finally:
+        browser.switch_to.default_content()
+    wait(browser, lambda d: selected_in_table(d) and idle(d), timeout=90)
+    n_selected = selected_in_table(browser)
+    assert n_selected > 0
+    # the frame draws the same selection the table lists (an overlay group with its count)
+    wait(browser, lambda d: in_frame(d, "const g = P.args.overlays.find(g => g.name.startsWith('selected'));"
+                                        "return g ? g.index.length : 0") == min(n_selected, 20_000), timeout=60)
+
+    # a click on a point opens that example's sample panel
+    in_frame(browser, "P.bar.querySelector('button').click()")  # back to pan / zoom
+    i, x, y = in_frame(browser, """
+        const a = P.args, off = P.slot * P.n * 2;
+        for (let i = 0; i < P.n; i += 997) {
+          if (P.codes[i] === a.palette.length - 1) continue;
+          const s = screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));
+          if (s[0] > 20 && s[1] > 20 && s[0] < P.width - 20 && s[1] < P.height - 20) return [i, s[0], s[1]];
+        }
+        return null;""")
+    for frame in browser.find_elements(By.TAG_NAME, "iframe"):
+        browser.switch_to.frame(frame)
+        if browser.find_elements(By.CSS_SELECTOR, ".pl-bar"):
+            break
+        browser.switch_to.default_content()
+    try:
+        canvas = browser.find_elements(By.CSS_SELECTOR, "canvas")[0]
+        w, h = canvas.size["width"], canvas.size["height"]
+        ActionChains(browser).move_to_element_with_offset(canvas, int(x - w / 2), int(y - h / 2)).pause(0.3).click().perform()
+    finally:
+        browser.switch_to.default_content()
+    wait(browser, lambda d: re.search(r"Example (\d+)", panel_text(d)) and idle(d), timeout=90)
+    clicked = int(re.search(r"Example (\d+)", panel_text(browser)).group(1))
+    # the example under the pointer: the one aimed at, or one drawn within a few pixels of it
+    sx, sy = in_frame(browser, """const a = P.args, off = P.slot * P.n * 2, i = arguments[0];
+        return screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));""", clicked)
+    assert clicked == i or abs(sx - x) + abs(sy - y) < 8
+    ARTIFACTS.mkdir(exist_ok=True)
+    time.sleep(0.5)
+    browser.save_screenshot(str(ARTIFACTS / "gradient-space-200k-points.png"))
