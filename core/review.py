@@ -126,7 +126,8 @@ def read_review(run: Run) -> pd.DataFrame:
     if not path.exists():
         return empty_review()
     try:
-        frame = read_parquet(path)
+        # text columns (verdict, note, who, when), at most one row per example of the run
+        frame = read_parquet(path, root=Path(run.path), max_rows=_n_samples(run), text=True)
     except FileNotFoundError:  # removed between the check and the read
         return empty_review()
     except DamagedFile:

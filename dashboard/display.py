@@ -19,8 +19,8 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
 
     Columns handled (by name, with ``_`` or a space): cluster size (0 or missing -> ''),
     medoid (negative or missing -> '', else 'example N'), is medoid / isolated / active / drop /
-    trained on / dropped here / poison (booleans -> 'yes' / 'no', missing -> ''), score and
-    suspicion score (missing -> ''). Other columns are left as they are.
+    trained on / dropped here / poison (booleans -> 'yes' / 'no', missing -> ''), score,
+    suspicion score and EPIC's isolation (missing -> ''). Other columns are left as they are.
     """
     out = frame.copy()
     for column in out.columns:
@@ -34,7 +34,7 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
             out[column] = [f"example {int(v)}" if np.isfinite(v) and v >= 0 else "" for v in number]
         elif key in ("is_medoid", "isolated", "active", "drop", "trained_on", "dropped_here"):
             out[column] = [YES_NO.get(_bool(v), "") for v in values]
-        elif key in ("score", "suspicion_score"):
+        elif key in ("score", "suspicion_score", "isolation"):
             number = pd.to_numeric(values, errors="coerce")
             out[column] = [f"{v:.3g}" if np.isfinite(v) else "" for v in number]
     return out

@@ -55,6 +55,7 @@ def test_the_form_keeps_its_values_when_the_user_visits_another_page(tmp_path, m
 
 def test_a_poison_set_for_another_data_set_is_refused_on_the_page(tmp_path, monkeypatch, cifar_subset):
     new_run_env(tmp_path, monkeypatch)
+    monkeypatch.setenv("POISONLENS_DATA_ROOTS", str(cifar_subset))  # the form reads only allowed folders
     at = app("views/new_run.py")
     at.selectbox(key="nr_poison_choice").set_value(poison_option(at))
     at.text_input(key="nr_dataset").input(f"imagefolder:{cifar_subset}")
