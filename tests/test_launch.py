@@ -191,10 +191,12 @@ def test_stop_signals_only_a_process_this_dashboard_started(tmp_path):
 
 
 def test_a_poison_set_for_another_data_set_is_refused_before_starting_as_the_cli_does(
-    tmp_path, cifar_subset
+    tmp_path, cifar_subset, monkeypatch
 ):
     import subprocess
     import sys
+
+    monkeypatch.setenv("POISONLENS_DATA_ROOTS", str(cifar_subset))  # a folder the form may read
 
     config = tiny_config(dataset=f"imagefolder:{cifar_subset}", poisons=str(DEMO_POISONS))
     with pytest.raises(InputError) as err:
