@@ -19,13 +19,19 @@ MAPPED = {"core": "poisonlens", "dashboard": "poisonlens/dashboard"}
 SKIP_PARTS = {"__pycache__", "build"}  # byte code; the map component's served copy (git-ignored)
 
 
+# The map component's build inputs (they make frontend/regl-scatterplot.min.js, which is carried);
+# nothing at run time reads them.
+BUILD_ONLY = {"build.sh", "package.json", "package-lock.json"}
+
+
 def source_files() -> dict[str, Path]:
     """Every file of the package folders, keyed by its path inside the wheel."""
     files = {}
     for folder, target in MAPPED.items():
         for path in sorted((REPO / folder).rglob("*")):
             rel = path.relative_to(REPO / folder)
-            if not path.is_file() or SKIP_PARTS & set(rel.parts) or path.suffix == ".pyc":
+            if (not path.is_file() or SKIP_PARTS & set(rel.parts) or path.suffix == ".pyc"
+                    or path.name in BUILD_ONLY):
                 continue
             files[f"{target}/{rel.as_posix()}"] = path
     return files
