@@ -13,7 +13,7 @@ def test_the_message_that_starts_a_long_step_reaches_the_job_file(tmp_path, monk
     RunWriter(run_dir).create("r", {"defense": "none"}, {}, class_names=[], target=None)
     seen = []
 
-    def fake_compute(run_dir, *, method, max_fit, progress):
+    def fake_compute(run_dir, *, method, max_fit, progress, **options):  # placement, device
         for i, epoch in enumerate((0, 2, 4)):  # reading is quick: these come within 0.3 s
             progress(0.05 * (i + 1) / 3, f"read snapshot of epoch {epoch}")
         progress(0.05, "fitting a UMAP layout on 1,000 gradient rows")

@@ -69,8 +69,8 @@ def finished_note(run_dir: Path) -> str | None:
     from poisonlens.store import open_run
 
     run = open_run(run_dir)
-    if run.status != "finished":
-        return None
+    if run.status != "finished" or (run.config.get("tags") or {}).get("source") == "EpicTracker":
+        return None  # a tracker's run is refused by the trainer, whatever its state
     epochs = run.config.get("epochs")
     epoch = run.progress().get("epoch", epochs)
     return f"poisonlens: {run_dir}: already finished (epoch {epoch} of {epochs}); nothing to resume"
