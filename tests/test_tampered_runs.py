@@ -174,6 +174,9 @@ def tamper(run_dir: Path, outside: Path, target: str, how: str) -> None:
     from tests.bad_inputs.make_run_corpus import fifo, relink
 
     path = run_dir / target
+    parent = path.parent
+    if parent.is_symlink() or not parent.is_dir():
+        return  # an earlier tampering already replaced the folder this one would reach into
     if how == "link_out":
         relink(path, outside / ("snapshots" if path.name == "snapshots" else "secret.txt"))
     elif how == "link_dev_zero":

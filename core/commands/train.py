@@ -66,11 +66,18 @@ def finished_note(run_dir: Path) -> str | None:
     Read from run.json alone (no torch): resuming a finished run trains nothing, so it says
     so and exits 0 instead of loading the model and drawing a full progress bar.
     """
+    from poisonlens import runfs
     from poisonlens.store import open_run
 
     run = open_run(run_dir)
     if run.status != "finished" or (run.config.get("tags") or {}).get("source") == "EpicTracker":
         return None  # a tracker's run is refused by the trainer, whatever its state
+    try:
+        if runfs.check_tree(run_dir) is not None:
+            return None  # a damaged folder: the trainer refuses it, naming the file
+        run.metrics()  # bounded and checked; a damaged table raises
+    except (OSError, ValueError):  # InputError and DamagedFile are ValueErrors
+        return None
     epochs = run.config.get("epochs")
     epoch = run.progress().get("epoch", epochs)
     return f"poisonlens: {run_dir}: already finished (epoch {epoch} of {epochs}); nothing to resume"
