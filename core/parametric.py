@@ -192,7 +192,7 @@ def place_parametric(model: ParametricMap, rows: np.ndarray, *, batch: int = PLA
         for start in range(0, n, batch):
             stop = min(n, start + batch)
             buf.zero_()
-            buf[: stop - start] = torch.from_numpy(rows[start:stop]).to(device)
+            buf[: stop - start] = torch.from_numpy(np.array(rows[start:stop], dtype=np.float32)).to(device)  # a writable copy
             out[start:stop] = model.to_map(buf)[: stop - start].cpu().numpy()
             if progress is not None:
                 progress(stop, n)

@@ -126,3 +126,12 @@ def test_make_run_calls_poisonlens_ui():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     recipe = makefile.split("\nrun:")[1].split("\n\n")[0]
     assert "poisonlens ui --runs-dir $(RUNS) --port $(PORT)" in recipe
+
+
+def test_the_served_dashboard_offers_no_deploy_to_a_cloud_service():
+    from pathlib import Path
+
+    from poisonlens.commands.ui import streamlit_command
+
+    argv = streamlit_command(Path("app.py"), runs_dir="runs", port=8501, host="127.0.0.1")
+    assert argv[argv.index("--client.toolbarMode") + 1] == "minimal"

@@ -63,13 +63,15 @@ def app_path() -> Path:
 
 
 def streamlit_command(app: Path, *, runs_dir: str, port: int, host: str) -> list[str]:
-    """The argv that serves ``app`` on ``host:port`` over ``runs_dir``, headless, no telemetry."""
+    """The argv that serves ``app`` on ``host:port`` over ``runs_dir``, headless, no telemetry,
+    and no "Deploy" button (it offers to publish the app on a cloud service)."""
     return [
         sys.executable, "-m", "streamlit", "run", str(app),
         "--server.address", host,
         "--server.port", str(port),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
         "--", "--runs-dir", runs_dir,
     ]  # fmt: skip
 
