@@ -158,6 +158,13 @@ def test_help_of_a_command_and_of_an_unknown_topic(capsys):
 
 
 def test_limit_flags_still_work_at_any_position(tmp_path, capsys):
-    assert main(["runs", "--runs-dir", str(tmp_path), "--max-json-bytes", "1K"]) == 0
-    assert main(["--max-json-bytes", "oops", "runs", "--runs-dir", str(tmp_path)]) == 2
-    assert "--max-json-bytes" in capsys.readouterr().err
+    from poisonlens.limits import current_limits, set_limits
+
+    previous = current_limits()
+    try:
+        assert main(["runs", "--runs-dir", str(tmp_path), "--max-json-bytes", "1K"]) == 0
+        assert current_limits().max_json_bytes == 1024
+        assert main(["--max-json-bytes", "oops", "runs", "--runs-dir", str(tmp_path)]) == 2
+        assert "--max-json-bytes" in capsys.readouterr().err
+    finally:
+        set_limits(previous)  # the flags set this process's limits: later tests need the defaults
