@@ -198,7 +198,9 @@ def test_a_poison_set_for_another_data_set_is_refused_before_starting_as_the_cli
 
     monkeypatch.setenv("POISONLENS_DATA_ROOTS", str(cifar_subset))  # a folder the form may read
 
-    config = tiny_config(dataset=f"imagefolder:{cifar_subset}", poisons=str(DEMO_POISONS))
+    # resolved: the launcher makes the spec's path absolute and real, and the CLI's line is
+    # compared with its own (shared/ may be a link to the data, as in a fresh clone beside it)
+    config = tiny_config(dataset=f"imagefolder:{cifar_subset.resolve()}", poisons=str(DEMO_POISONS))
     with pytest.raises(InputError) as err:
         launch_training(config, runs_dir=tmp_path, name="mismatch", projection=None)
     assert not (tmp_path / "mismatch").exists()
