@@ -92,3 +92,23 @@ def test_the_targets_command_refuses_a_surrogate_of_another_shape(tmp_path, caps
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.pt" in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "foreign"])
+def test_a_hostile_surrogate_file_is_one_line_and_never_hangs(tmp_path, kind):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.pt"
+    if kind == "fifo":
+        os.mkfifo(path)  # torch.load on it blocked forever before
+    elif kind == "link":
+        (tmp_path / "elsewhere.txt").write_text("root:x:0:0\n")
+        path.symlink_to(tmp_path / "elsewhere.txt")
+    else:
+        path.write_text("root:x:0:0\n")  # an IndexError and exit 1 before
+    done = subprocess.run([sys.executable, "-m", "poisonlens.cli", "targets", "--surrogate", str(path),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "model.pt" in done.stderr

@@ -135,13 +135,13 @@ def load_surrogate(
 ) -> Classifier:
     """Load a ``model.pt`` state dict (e.g. a clean run's checkpoint) as a frozen surrogate on
     ``device``."""
+    from poisonlens.checkpoint import load_weights  # bounded, no link or FIFO, one-line errors
+
     model = build_surrogate(dataset, options)
+    state = load_weights(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         model.to(torch.device(device))
-    except FileNotFoundError as err:
-        raise InputError(path, "surrogate checkpoint not found") from err
     except (RuntimeError, KeyError) as err:
         raise InputError(
             path,
