@@ -13,7 +13,13 @@
 # SEEDS [0], DEFENSES [clean,none,epic-0.2,random-0.2], OUT [a new temporary folder],
 # PL [.venv/bin/poisonlens], ALLOW_CPU [0: exit with a message where there is no CUDA;
 # 1: run anyway, e.g. DATASET=digits MODEL=smallcnn EPOCHS=2 for a smoke test],
-# DATASET [imagefolder:$CIFAR].
+# DATASET [imagefolder:$CIFAR], CRAFT_PARAMS [none: the attack's paper defaults; e.g. 'restarts=1'
+# for fewer random starts], JOBS [1] runs at once.
+#
+# Run it again with the same OUT and it carries on where it stopped: a finished surrogate, the
+# drawn targets and every crafted set are kept, a killed surrogate resumes from its checkpoint,
+# and `poisonlens evaluate` trains only the runs not yet finished (resuming killed ones). This is
+# how the CPU grid of docs/results.md ran over several sessions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PL=${PL:-.venv/bin/poisonlens}
@@ -50,30 +56,47 @@ t0=$(date +%s)
 say "$MODEL, $DATASET, $TARGETS target(s) x seed(s) $SEEDS, $EPOCHS victim epochs (the paper: 200;" \
     "the full grid here: 30-40), surrogate $SURROGATE_EPOCHS epochs; runs in $OUT"
 
-"$PL" train --dataset "$DATASET" "${ARCH[@]}" --epochs "$SURROGATE_EPOCHS" --seed 1000 --quiet \
-    --runs-dir "$OUT" --name surrogate
+status() { "$PY" -c 'import sys; from poisonlens.store import open_run; print(open_run(sys.argv[1]).status)' "$1"; }
 SURROGATE="$OUT/surrogate/checkpoints/model.pt"
-say "surrogate trained: $(( $(date +%s) - t0 )) s"
+if [ ! -f "$OUT/surrogate/run.json" ]; then
+    "$PL" train --dataset "$DATASET" "${ARCH[@]}" --epochs "$SURROGATE_EPOCHS" --seed 1000 --quiet \
+        --runs-dir "$OUT" --name surrogate
+    say "surrogate trained: $(( $(date +%s) - t0 )) s"
+elif [ "$(status "$OUT/surrogate")" != finished ]; then
+    "$PL" train --resume "$OUT/surrogate" --quiet
+    say "surrogate resumed and finished: $(( $(date +%s) - t0 )) s"
+else
+    say "surrogate: kept from an earlier call ($OUT/surrogate)"
+fi
 
 SURROGATE_ARCH=(--arch "$MODEL")
 [ "$MODEL" = smallcnn ] && SURROGATE_ARCH+=(--width "$WIDTH")
-"$PL" targets --dataset "$DATASET" --surrogate "$SURROGATE" "${SURROGATE_ARCH[@]}" --n "$TARGETS" \
-    --rule benchmark --seed 0 > "$OUT/pairs.txt"
+if [ ! -s "$OUT/pairs.txt" ]; then
+    "$PL" targets --dataset "$DATASET" --surrogate "$SURROGATE" "${SURROGATE_ARCH[@]}" --n "$TARGETS" \
+        --rule benchmark --seed 0 > "$OUT/pairs.tmp"
+    mv "$OUT/pairs.tmp" "$OUT/pairs.txt"
+fi
 say "targets (test index, adversarial class): $(tr '\n' ';' < "$OUT/pairs.txt")"
 
 mkdir -p "$OUT/poisons"
 i=0
 while read -r target adv; do
     i=$((i + 1)); name=$(printf "set%02d" $i)
+    [ -f "$OUT/poisons/$name.npz" ] && continue
     t1=$(date +%s)
+    EXTRA=()
+    for kv in ${CRAFT_PARAMS:-}; do EXTRA+=(--param "$kv"); done
+    rm -rf "$OUT/craft/$name"
     "$PL" craft --dataset "$DATASET" --attack gradient-matching --target-index "$target" \
         --adv-class "$adv" --budget 0.01 --eps 16 --seed "$i" --surrogate "$SURROGATE" \
-        --param model="\"$MODEL\"" --param width="$WIDTH" --quiet --out "$OUT/craft/$name" < /dev/null
-    cp "$OUT/craft/$name/poisons.npz" "$OUT/poisons/$name.npz"
+        --param model="\"$MODEL\"" --param width="$WIDTH" "${EXTRA[@]}" --quiet \
+        --out "$OUT/craft/$name" < /dev/null
+    cp "$OUT/craft/$name/poisons.npz" "$OUT/craft/$name.part"  # never a half-copied set in poisons/
+    mv "$OUT/craft/$name.part" "$OUT/poisons/$name.npz"
     say "crafted $name (target $target -> class $adv): $(( $(date +%s) - t1 )) s"
 done < "$OUT/pairs.txt"
 
 t1=$(date +%s)
 "$PL" evaluate --dataset "$DATASET" --poisons "$OUT/poisons" --defenses "$DEFENSES" \
-    --seeds "$SEEDS" "${ARCH[@]}" "${SCHED[@]}" --jobs 1 --quiet --out "$OUT/eval"
+    --seeds "$SEEDS" "${ARCH[@]}" "${SCHED[@]}" --jobs "${JOBS:-1}" --quiet --out "$OUT/eval"
 say "evaluate: $(( $(date +%s) - t1 )) s; all: $(( $(date +%s) - t0 )) s; tables in $OUT/eval"

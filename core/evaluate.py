@@ -35,7 +35,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -332,11 +334,36 @@ def cell_state(run_dir: Path) -> str:
 
 
 def run_cells(
-    jobs: list[tuple[GridRun, TrainConfig]], *, n_jobs: int = 2, show_progress: bool = True
+    jobs: list[tuple[GridRun, TrainConfig | Callable[[], TrainConfig]]],
+    *,
+    n_jobs: int = 2,
+    show_progress: bool = True,
+    needs: Callable[[GridRun], GridRun | None] | None = None,
 ) -> None:
     """Train every unfinished cell, each in its own worker process, ``n_jobs`` at a time.
 
     A run killed after a checkpoint resumes from it; a failed run is started again.
+
+    Parameters
+    ----------
+    jobs : list of (GridRun, TrainConfig or callable)
+        The cells in the order they start. A callable makes the config when the cell starts,
+        so that a random drop reads the drop counts of a twin that finished moments before.
+    n_jobs : int, default 2
+        Worker processes at once.
+    show_progress : bool, default True
+        One line on stderr per finished cell.
+    needs : callable, optional
+        The cell a cell waits for (a random drop's EPIC twin), or None. A cell starts only
+        once the cell it needs has finished; it is reported failed, and not run, when that
+        one fails.
+
+    Raises
+    ------
+    InputError
+        A cell's run folder is being trained by another process.
+    RuntimeError
+        One or more runs failed (each is named, with the end of its error output).
     """
     todo = []
     for cell, config in jobs:
@@ -351,45 +378,75 @@ def run_cells(
             todo.append((cell, config, state))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     running: list[tuple[subprocess.Popen, GridRun]] = []
+    waiting = {cell for cell, _, _ in todo}
     done = 0
     failed: list[str] = []
+    failed_cells: set[GridRun] = set()
 
-    def reap(block: bool) -> None:
+    def finish(cell: GridRun, error: str | None) -> None:
         nonlocal done
-        while running and (block or any(p.poll() is not None for p, _ in running)):
-            for proc, cell in list(running):
-                if proc.poll() is not None:
-                    running.remove((proc, cell))
-                    done += 1
-                    if proc.returncode != 0:
-                        failed.append(f"{cell.run_dir.name} ({proc.stderr.read().strip()[-300:]})")
-                    proc.stderr.close()
-                    if show_progress:
-                        print(f"[{done}/{len(todo)}] {cell.run_dir.parent.name}/{cell.run_dir.name}",
-                              file=sys.stderr, flush=True)
-            if block and running:
-                time.sleep(0.05)
-            if not block:
-                break
+        done += 1
+        if error is not None:
+            failed.append(f"{cell.run_dir.name} ({error})")
+            failed_cells.add(cell)
+        if show_progress:
+            print(f"[{done}/{len(todo)}] {cell.run_dir.parent.name}/{cell.run_dir.name}"
+                  + (" failed" if error is not None else ""), file=sys.stderr, flush=True)
 
-    for cell, config, state in todo:
-        while len(running) >= max(1, n_jobs):
-            reap(block=False)
+    def reap() -> None:
+        for proc, cell in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, cell))
+                error = proc.stderr.read().strip()[-300:] if proc.returncode != 0 else None
+                proc.stderr.close()
+                waiting.discard(cell)
+                finish(cell, error)
+
+    def blocked(cell: GridRun) -> str | None:
+        """'wait' while the cell it needs has not finished, 'failed' when that failed."""
+        need = needs(cell) if needs is not None else None
+        if need is None:
+            return None
+        if need in failed_cells:
+            return "failed"
+        return "wait" if need in waiting else None
+
+    pending = list(todo)
+    while pending or running:
+        reap()
+        for item in list(pending):
+            cell, config, state = item
+            why = blocked(cell)
+            if why == "failed":
+                pending.remove(item)
+                waiting.discard(cell)
+                finish(cell, f"not run: {needs(cell).run_dir.name} failed")
+                continue
+            if why == "wait" or len(running) >= max(1, n_jobs):
+                continue
+            pending.remove(item)
+            running.append((_start_cell(cell, config, state, env), cell))
+        if running:
             time.sleep(0.05)
-        if state == "fresh" and cell.run_dir.exists():
-            shutil.rmtree(cell.run_dir)
-        cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
-        config_path = cell.run_dir.parent / f".{cell.run_dir.name}.config.json"
-        atomic_write_json(config_path, config.to_json())
-        argv = [sys.executable, "-m", "poisonlens.evaluate_worker", str(config_path), str(cell.run_dir)]
-        if state == "resume":
-            argv.append("--resume")
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
-        running.append((proc, cell))
-    reap(block=True)
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed: " + "; ".join(failed[:3]))
+
+
+def _start_cell(cell: GridRun, config: TrainConfig | Callable[[], TrainConfig], state: str,
+                env: dict) -> subprocess.Popen:
+    """Write the cell's config beside its run folder and start its worker process."""
+    if callable(config):
+        config = config()
+    if state == "fresh" and cell.run_dir.exists():
+        shutil.rmtree(cell.run_dir)
+    cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    config_path = cell.run_dir.parent / f".{cell.run_dir.name}.config.json"
+    atomic_write_json(config_path, config.to_json())
+    argv = [sys.executable, "-m", "poisonlens.evaluate_worker", str(config_path), str(cell.run_dir)]
+    if state == "resume":
+        argv.append("--resume")
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def ensure_pretrained(
@@ -410,12 +467,44 @@ def ensure_pretrained(
 def run_grid(
     base: TrainConfig, grid: list[GridRun], *, n_jobs: int = 2, show_progress: bool = True
 ) -> None:
-    """Train every cell not yet finished: the random drops after the EPIC runs they copy."""
-    first = [c for c in grid if not c.defense.startswith("random-")]
-    second = [c for c in grid if c.defense.startswith("random-")]
-    for wave in (first, second):
-        run_cells([(c, cell_config(base, c)) for c in wave], n_jobs=n_jobs,
-                  show_progress=show_progress)
+    """Train every cell not yet finished, in :func:`run_order`.
+
+    A random drop starts as soon as the EPIC run whose counts it copies has finished, so a grid
+    stopped part-way leaves whole (poison set, seed) groups, each random drop beside its twin.
+
+    Parameters
+    ----------
+    base : TrainConfig
+        The options every cell shares; each cell sets its poison set, defense, seed and tags.
+    grid : list of GridRun
+        The cells, from :func:`plan_grid`.
+    n_jobs : int, default 2
+        Worker processes at once.
+    show_progress : bool, default True
+        One line on stderr per finished cell.
+    """
+    order = run_order(grid)
+    twins = {c: twin_cell(c, grid) for c in order}
+    run_cells([(c, partial(cell_config, base, c)) for c in order], n_jobs=n_jobs,
+              show_progress=show_progress, needs=twins.get)
+
+
+def run_order(grid: list[GridRun]) -> list[GridRun]:
+    """The cells in the order they run: scenario, then seed, the clean control first, then each
+    poison set's cells together with every random drop after the EPIC runs of its set."""
+    index = {c: i for i, c in enumerate(grid)}
+    return sorted(grid, key=lambda c: (
+        SCENARIOS.index(c.scenario) if c.scenario in SCENARIOS else len(SCENARIOS), c.seed,
+        c.poisons is not None, str(c.poisons or ""), c.defense.startswith("random-"), index[c]))
+
+
+def twin_cell(cell: GridRun, grid: list[GridRun]) -> GridRun | None:
+    """The ``epic-<s>`` cell of ``grid`` whose drop counts a ``random-<s>`` cell copies, or None."""
+    if not cell.defense.startswith("random-"):
+        return None
+    want = "epic-" + cell.defense[len("random-"):]
+    return next((c for c in grid if c.defense == want and c.poisons == cell.poisons
+                 and c.seed == cell.seed and c.scenario == cell.scenario), None)
 
 
 # --- numbers -------------------------------------------------------------------------------

@@ -131,3 +131,34 @@ def test_epic_and_its_twin_are_paired_and_finished_only_rebuilds_the_tables(one_
     twin.write_text(json.dumps(meta))
     assert main([*grid, "--finished-only"]) == 0
     assert {name: (out / name).read_bytes() for name in tables} == tables
+
+
+def test_the_grid_runs_a_poison_set_s_cells_together_each_random_drop_after_its_twin(tmp_path):
+    # A grid stopped part-way must leave whole (set, seed) groups: before this order every
+    # random drop waited for the last EPIC run of the whole grid (two waves), so a long grid
+    # killed half-way had EPIC runs and no twin to compare them with.
+    from poisonlens.evaluate import run_order, twin_cell
+
+    sets = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    grid = plan_grid(sets, ["clean", "none", "epic-0.2", "random-0.2"], [0, 1], tmp_path / "out")
+    order = [(c.seed, c.poison_set, c.defense) for c in run_order(grid)]
+    assert order == [(s, p, d) for s in (0, 1)
+                     for p, d in [("", "clean"), *[(p, d) for p in ("a", "b")
+                                                   for d in ("none", "epic-0.2", "random-0.2")]]]
+    rand = next(c for c in grid if c.defense == "random-0.2" and c.poison_set == "b" and c.seed == 1)
+    twin = twin_cell(rand, grid)
+    assert (twin.defense, twin.poison_set, twin.seed) == ("epic-0.2", "b", 1)
+    assert twin_cell(twin, grid) is None
+
+
+def test_a_random_drop_whose_twin_failed_is_not_run_and_both_are_named(tmp_path):
+    from poisonlens.evaluate import twin_cell
+
+    missing = tmp_path / "gone.npz"  # the EPIC run fails: its poison set is not there
+    epic, rand = plan_grid([missing], ["epic-0.2", "random-0.2"], [0], tmp_path / "out")
+    base = tiny_config(epochs=1)
+    grid = [rand, epic]  # listed first, the random drop must still wait for its twin
+    with pytest.raises(RuntimeError, match=r"2 run\(s\) failed.*gone__epic-0.2__seed0.*not run"):
+        run_cells([(c, lambda c=c: cell_config(base, c)) for c in grid], n_jobs=2,
+                  show_progress=False, needs=lambda c: twin_cell(c, grid))
+    assert not rand.run_dir.exists()

@@ -31,6 +31,17 @@ def test_paper_check_runs_every_step_and_writes_the_paired_table(tmp_path):
     dropped = runs.set_index("defense").n_dropped
     assert dropped["epic-0.2"] == dropped["random-0.2"] > 0  # the twin drops as many as EPIC
 
+    # Called again with the same OUT it carries on: nothing is trained or crafted a second time
+    # (the CPU grid of docs/results.md ran over several sessions this way).
+    poisons = (tmp_path / "out" / "poisons" / "set01.npz").stat().st_mtime_ns
+    again = subprocess.run(["bash", str(REPO / "bench" / "paper_check.sh")], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=1700)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "surrogate: kept from an earlier call" in again.stdout
+    assert "crafted" not in again.stdout
+    assert (tmp_path / "out" / "poisons" / "set01.npz").stat().st_mtime_ns == poisons
+    assert pd.read_csv(tmp_path / "out" / "eval" / "runs.csv").equals(runs)
+
 
 def test_paper_check_without_cuda_says_so_and_runs_nothing(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PL": str(Path(sys.executable).parent / "poisonlens"),

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The digits grid of docs/results.md ("three settings"): pretrain, pick targets, craft one
-# poison set per target and scenario, then `poisonlens evaluate` scenario by scenario (transfer,
-# finetune, scratch; each resumable), then the combined tables. Runs go to $OUT (not in git);
-# the tables are copied next to this script.
+# The three-settings grids of docs/results.md (digits and the CIFAR-10 subset): pretrain, pick
+# targets, craft one poison set per target and scenario, then `poisonlens evaluate` scenario by
+# scenario (transfer, finetune, scratch; each resumable), then the combined tables. Runs go to
+# $OUT (not in git); the tables are copied to $RESULTS (bench/results/eval-scenarios-digits by
+# default). The exact calls that made each result are in that folder's README.md.
 set -euo pipefail
 export OMP_NUM_THREADS=1
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../../.." && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HERE="$ROOT/bench/results/eval-scenarios-digits"
 DATASET=${DATASET:-digits}  # any --dataset spec; e.g. imagefolder:../shared/data/cifar10-subset
 RESULTS=${RESULTS:-$HERE}  # where the tables are copied
 OUT=${OUT:-/work/evalruns/scenarios-digits}
@@ -51,7 +52,7 @@ evaluate() {
     --defenses $DEFENSES $SCHED --jobs "${JOBS:-2}" --quiet --out "$OUT" > "$OUT/summary-$1.md"
   echo "evaluate $1: $(( $(date +%s) - t1 )) s" | tee -a "$OUT/times.txt"
 }
-# Steps as arguments, e.g. `run.sh craft:transfer eval:transfer` (default: all, the new
+# Steps as arguments, e.g. `bench/scenario_grid.sh craft:transfer eval:transfer` (default: all, the new
 # settings first; scratch, measured before at one seed, last).
 STEPS=${*:-craft:transfer eval:transfer craft:finetune eval:finetune craft:scratch eval:scratch tables}
 for step in $STEPS; do
