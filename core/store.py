@@ -703,7 +703,7 @@ class Run:
     def status(self) -> str:
         """``running``, ``finished``, ``failed``, or ``interrupted`` (running, but its process is gone)."""
         meta = self.meta
-        if meta["status"] == "running" and not _alive(meta.get("pid")):
+        if meta["status"] == "running" and not pid_alive(meta.get("pid")):
             return "interrupted"
         return meta["status"]
 
@@ -890,8 +890,26 @@ class Run:
         )
 
 
-def _alive(pid: int | None) -> bool:
-    """Whether process ``pid`` still exists on this machine (True when unknown)."""
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still exists on this machine.
+
+    Shared by the run list (a ``running`` run whose process is gone is shown as killed), the
+    background launcher and the projection jobs. It sends signal 0, which checks the process
+    without touching it.
+
+    Parameters
+    ----------
+    pid : int or None
+        A process id as recorded in run.json, launch.json or a projection job file; ``None``
+        or 0 means "not recorded".
+
+    Returns
+    -------
+    bool
+        False only when no such process exists; True when it exists, when ``pid`` is not
+        recorded or not a valid id, or when it belongs to another user (``PermissionError``),
+        so that a doubt never marks a live run as killed.
+    """
     if not pid:
         return True
     try:
