@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from poisonlens.commands import add_command
 from poisonlens.errors import one_line
 from poisonlens.export import check_epoch, suspects_table, to_safe_csv
 from poisonlens.store import DamagedFile, atomic_write_bytes, open_run
@@ -13,11 +14,7 @@ from poisonlens.store import DamagedFile, atomic_write_bytes, open_run
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``export`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "export",
-        help="write the examples dropped or flagged up to an epoch as CSV",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(sub, "export", run)
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument(
         "--epoch",
@@ -30,7 +27,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--dropped-only", action="store_true", help="leave out examples flagged but not dropped"
     )
     p.add_argument("--out", required=True, help="CSV file to write ('-' for standard output)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

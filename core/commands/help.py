@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import argparse
 
+from poisonlens.commands import add_command
+
 LIMITS = "limits"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``help`` subcommand to ``sub``."""
-    p = sub.add_parser(
-        "help",
-        help="show a command's help, or `help limits`: the limits on untrusted files",
+    p = add_command(
+        sub, "help", run,
         description="Show the help of a command, or the limits every command applies to the "
         "files it reads (`poisonlens help limits`).",
     )
     p.add_argument("topic", nargs="?", default=None, metavar="TOPIC",
                    help="a command name, or `limits`")
-    p.set_defaults(func=run)
 
 
 def limits_text() -> str:

@@ -7,18 +7,17 @@ import os
 import sys
 import time
 
+from poisonlens.commands import add_command
 from poisonlens.errors import one_line
 from poisonlens.projection import METHODS, PLACEMENTS, compute_projection, write_job
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``project`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "project",
-        help="precompute the 2-D gradient map the dashboard shows",
+    p = add_command(
+        sub, "project", run,
         description="Fit one 2-D layout on the gradients of every snapshot of a run and "
         "store it in <run>/projections/<method>.parquet.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--method", choices=METHODS, default="umap", help="layout method")
@@ -39,7 +38,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "there is one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsample and of UMAP")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

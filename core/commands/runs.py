@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from poisonlens.commands import add_command
 from poisonlens.errors import one_line
 from poisonlens.store import list_runs
 
@@ -16,13 +17,8 @@ SAMPLE_HINT = (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``runs`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "runs",
-        help="list runs with status and headline metrics",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(sub, "runs", run)
     p.add_argument("--runs-dir", default="runs", help="folder that holds run directories")
-    p.set_defaults(func=run)
 
 
 def target_text(attack_success: bool | None) -> str:

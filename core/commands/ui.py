@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from poisonlens.commands import add_command
 from poisonlens.errors import InputError
 
 LOOPBACK = "127.0.0.1"
@@ -22,9 +23,7 @@ LOOPBACK = "127.0.0.1"
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``ui`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "ui", help="start the dashboard on a runs folder (http://127.0.0.1:8501)"
-    )
+    p = add_command(sub, "ui", run)
     p.add_argument(
         "--runs-dir",
         default=os.environ.get("POISONLENS_RUNS") or "runs",
@@ -37,7 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="address to listen on; anything but loopback needs an authenticating proxy in front "
         "(docs/security.md)",
     )
-    p.set_defaults(func=run)
 
 
 def port_number(text: str) -> int:
