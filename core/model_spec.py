@@ -34,7 +34,7 @@ def parse(spec: str) -> tuple[str, str]:
     Parameters
     ----------
     spec : str
-        The model spec, as ``--model`` takes it.
+        Text as ``--model`` takes it, e.g. ``smallcnn`` or ``torchvision:resnet50``.
 
     Returns
     -------
@@ -71,7 +71,7 @@ def imports_code(spec: str) -> bool:
     Parameters
     ----------
     spec : str
-        The model spec, as ``--model`` takes it.
+        A model spec, checked by :func:`parse`.
 
     Returns
     -------
@@ -95,7 +95,7 @@ def trust(spec: str) -> str:
     Parameters
     ----------
     spec : str
-        The model spec, as ``--model`` takes it.
+        The spec as the user typed it after ``--model``.
 
     Returns
     -------
@@ -118,7 +118,7 @@ def check_trusted(spec: str) -> None:
     Parameters
     ----------
     spec : str
-        The model spec, as ``--model`` takes it.
+        The spec about to be built, e.g. from a run.json.
         Built-in, torchvision and timm specs always pass.
 
     Raises

@@ -112,7 +112,7 @@ def open_root(root: str | os.PathLike) -> int:
     Parameters
     ----------
     root : str or PathLike
-        The run directory; its own last component must not be a link.
+        The run directory. Only its last component is checked here (``O_NOFOLLOW``).
 
     Returns
     -------
@@ -168,7 +168,7 @@ def folder(root: str | os.PathLike, dirs: tuple[str, ...] = (), *, create: bool 
     Parameters
     ----------
     root : str or PathLike
-        The run directory; its own last component must not be a link.
+        The run directory, where the walk starts.
     dirs : tuple of str, default ()
         Folder names below ``root``, outermost first; empty for ``root`` itself.
     create : bool, default False
@@ -204,11 +204,9 @@ def lstat(root: str | os.PathLike, *parts: str) -> os.stat_result | None:
 
     Parameters
     ----------
-    root : str or PathLike
-        The run directory; its own last component must not be a link.
-    *parts : str
-        The path's components below ``root``, e.g. ``"snapshots", "epoch_0003.parquet"``
-        (see :func:`parts_of`); none for ``root`` itself.
+    root, *parts : str or PathLike, then str
+        The run directory and the components of the name below it (:func:`parts_of`); no
+        parts: ``root`` itself.
 
     Returns
     -------
@@ -237,11 +235,8 @@ def kind(root: str | os.PathLike, *parts: str) -> str | None:
 
     Parameters
     ----------
-    root : str or PathLike
-        The run directory; its own last component must not be a link.
-    *parts : str
-        The path's components below ``root``, e.g. ``"snapshots", "epoch_0003.parquet"``
-        (see :func:`parts_of`).
+    root, *parts : str or PathLike, then str
+        The name to look at: the run directory, then its components below it.
 
     Returns
     -------
@@ -267,11 +262,8 @@ def exists(root: str | os.PathLike, *parts: str) -> bool:
 
     Parameters
     ----------
-    root : str or PathLike
-        The run directory; its own last component must not be a link.
-    *parts : str
-        The path's components below ``root``, e.g. ``"snapshots", "epoch_0003.parquet"``
-        (see :func:`parts_of`).
+    root, *parts : str or PathLike, then str
+        The run folder and the file's path inside it, e.g. ``run, "run.json"``.
 
     Returns
     -------
@@ -287,7 +279,7 @@ def listdir(root: str | os.PathLike, *dirs: str) -> list[str]:
     Parameters
     ----------
     root : str or PathLike
-        The run directory; its own last component must not be a link.
+        The run folder.
     *dirs : str
         Folder names below ``root``, outermost first; none for ``root`` itself.
 
@@ -319,10 +311,9 @@ def open_file(root: str | os.PathLike, *parts: str, max_bytes: int | None = None
     Parameters
     ----------
     root : str or PathLike
-        The run directory; its own last component must not be a link.
+        The run directory; no component from it down is followed if it is a link.
     *parts : str
-        The path's components below ``root``, e.g. ``"snapshots", "epoch_0003.parquet"``
-        (see :func:`parts_of`).
+        The file's components below ``root``, e.g. ``"snapshots", "epoch_0003.parquet"``.
     max_bytes : int, optional
         The largest size accepted, in bytes. Default None: any size.
 
@@ -369,11 +360,8 @@ def read_bytes(root: str | os.PathLike, *parts: str, max_bytes: int) -> bytes:
 
     Parameters
     ----------
-    root : str or PathLike
-        The run directory; its own last component must not be a link.
-    *parts : str
-        The path's components below ``root``, e.g. ``"snapshots", "epoch_0003.parquet"``
-        (see :func:`parts_of`).
+    root, *parts : str or PathLike, then str
+        Which file: the run folder, then the components of its path inside.
     max_bytes : int
         The largest size accepted, in bytes.
 
@@ -398,11 +386,8 @@ def tail_bytes(root: str | os.PathLike, *parts: str, max_bytes: int) -> bytes:
 
     Parameters
     ----------
-    root : str or PathLike
-        The run directory; its own last component must not be a link.
-    *parts : str
-        The path's components below ``root``, e.g. ``"snapshots", "epoch_0003.parquet"``
-        (see :func:`parts_of`).
+    root, *parts : str or PathLike, then str
+        The log: its run folder and its path inside, e.g. ``run, "train.log"``.
     max_bytes : int
         How many bytes from the end to return, at most.
 
@@ -433,7 +418,7 @@ def write_atomic(
     Parameters
     ----------
     root : str or PathLike
-        The run directory; its own last component must not be a link.
+        The run directory (made when missing).
     parts : tuple of str
         The file's path components below ``root``, the last one its name; missing folders on
         the way are made (never through a link).
@@ -482,11 +467,8 @@ def write_bytes(root: str | os.PathLike, parts: tuple[str, ...], data: bytes) ->
 
     Parameters
     ----------
-    root : str or PathLike
-        The run directory; its own last component must not be a link.
-    parts : tuple of str
-        The file's path components below ``root``, the last one its name; missing folders on
-        the way are made (never through a link).
+    root, parts : str or PathLike, tuple of str
+        Where to write, as :func:`write_atomic` takes it.
     data : bytes
         The file's whole new contents.
     """
@@ -499,11 +481,8 @@ def create_exclusive(root: str | os.PathLike, parts: tuple[str, ...], data: byte
 
     Parameters
     ----------
-    root : str or PathLike
-        The run directory; its own last component must not be a link.
-    parts : tuple of str
-        The file's path components below ``root``, the last one its name; missing folders on
-        the way are made (never through a link).
+    root, parts : str or PathLike, tuple of str
+        The run folder and the new file's components inside it (folders made as needed).
     data : bytes
         The new file's contents (e.g. the owner's process id).
     perm : int, default 0o644
@@ -532,11 +511,8 @@ def open_append(root: str | os.PathLike, parts: tuple[str, ...]) -> int:
 
     Parameters
     ----------
-    root : str or PathLike
-        The run directory; its own last component must not be a link.
-    parts : tuple of str
-        The file's path components below ``root``, the last one its name; missing folders on
-        the way are made (never through a link).
+    root, parts : str or PathLike, tuple of str
+        The log's run folder and its path components there, e.g. ``run, ("train.log",)``.
 
     Returns
     -------
@@ -571,10 +547,8 @@ def remove(root: str | os.PathLike, parts: tuple[str, ...]) -> bool:
 
     Parameters
     ----------
-    root : str or PathLike
-        The run directory; its own last component must not be a link.
-    parts : tuple of str
-        The file's path components below ``root``, the last one its name.
+    root, parts : str or PathLike, tuple of str
+        The file to delete: its run folder, then its components below it.
 
     Returns
     -------
@@ -604,7 +578,7 @@ def check_tree(root: str | os.PathLike, *, max_entries: int = MAX_TREE_ENTRIES) 
     Parameters
     ----------
     root : str or PathLike
-        The run directory; its own last component must not be a link.
+        The run folder to walk (itself opened without following a link).
     max_entries : int, default ``MAX_TREE_ENTRIES`` (100,000)
         The most entries looked at; a larger tree is called damaged rather than walked on.
 

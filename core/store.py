@@ -1089,7 +1089,7 @@ class Run:
         Parameters
         ----------
         epoch : int
-            A snapshot epoch (one of :meth:`snapshot_epochs`).
+            One of :meth:`snapshot_epochs`; only the footer of its file is read.
 
         Returns
         -------
@@ -1103,7 +1103,7 @@ class Run:
         Parameters
         ----------
         epoch : int
-            A snapshot epoch (one of :meth:`snapshot_epochs`).
+            The snapshot's epoch; its ``g_*`` columns are read, not the others.
 
         Returns
         -------
@@ -1247,7 +1247,7 @@ def unreadable_info(path: Path, reason: str) -> RunInfo:
     Parameters
     ----------
     path : Path
-        The run directory.
+        The run folder whose run.json failed to read; its name is shown as the run's.
     reason : str
         One line saying what is wrong, shown in place of the metrics.
 

@@ -13,7 +13,14 @@ from poisonlens.store import DamagedFile, atomic_write_bytes, open_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``export`` subcommand and its options to ``sub``."""
+    """Add the ``export`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The ``poisonlens`` parser's subcommands; ``export`` takes ``--run``, ``--epoch``,
+        ``--dropped-only`` and ``--out``.
+    """
     p = add_command(sub, "export", run)
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument(
@@ -30,7 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write a run's dropped (and flagged) examples up to an epoch as CSV; return 0."""
+    """Write a run's dropped (and flagged) examples up to an epoch as CSV; return 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``run`` (the run folder), ``epoch`` (a snapshot epoch, None for the last),
+        ``dropped_only`` and ``out`` (a CSV path, ``-`` for standard output).
+    """
     run = open_run(args.run)
     damage = run.info().unreadable  # a link or special file anywhere, or damaged metrics
     if damage:

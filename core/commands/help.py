@@ -15,7 +15,14 @@ LIMITS = "limits"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``help`` subcommand to ``sub``."""
+    """Add the ``help`` subcommand to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        Where the commands are added (:func:`poisonlens.cli.build_parser`); ``help`` takes one
+        optional positional TOPIC.
+    """
     p = add_command(
         sub, "help", run,
         description="Show the help of a command, or the limits every command applies to the "
@@ -49,7 +56,14 @@ def limits_text() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the help asked for; return 0 (an unknown topic is a one-line error, exit 2)."""
+    """Print the help asked for; return 0 (an unknown topic is a one-line error, exit 2).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``topic``: None for the list of commands, a command's name for its options, or
+        ``limits`` for the ``--max-*`` flags.
+    """
     from poisonlens.cli import COMMANDS, build_parser
     from poisonlens.errors import InputError
 

@@ -16,7 +16,14 @@ from poisonlens.commands._options import existing_folder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``review`` subcommand and its options to ``sub``."""
+    """Add the ``review`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The subcommands; ``review`` needs ``--run`` and takes one of ``--import FILE`` and
+        ``--export FILE``.
+    """
     p = add_command(
         sub, "review", run,
         description="A run's review is kept in its folder as review.parquet (see docs/run-format.md).",
@@ -36,7 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Import, export or summarise the review; return 0."""
+    """Import, export or summarise the review; return 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``run``; ``import_file`` (a CSV to merge) or ``export`` (a CSV path, ``-`` for
+        standard output); with neither, the review's counts are printed.
+    """
     from poisonlens.review import (
         REVIEW,
         merge,
