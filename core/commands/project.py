@@ -7,7 +7,6 @@ import os
 import sys
 import time
 
-from poisonlens.commands import add_command
 from poisonlens.errors import one_line
 from poisonlens.projection import METHODS, PLACEMENTS, compute_projection, write_job
 
@@ -21,10 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         Subcommands of ``poisonlens``. This one's options: the run, the layout method, how
         many rows it is fitted on, how the others are placed, the device, the seed.
     """
-    p = add_command(
-        sub, "project", run,
+    p = sub.add_parser(
+        "project",
+        help="precompute the 2-D gradient map the dashboard shows",
         description="Fit one 2-D layout on the gradients of every snapshot of a run and "
         "store it in <run>/projections/<method>.parquet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--method", choices=METHODS, default="umap", help="layout method")
@@ -45,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "there is one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsample and of UMAP")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
