@@ -1,8 +1,9 @@
 """The ``poisonlens`` command line. Each subcommand is one module in ``core/commands``.
 
-A command module defines ``add_parser(subparsers)``, which registers its parser and sets
-``func`` to a ``run(args) -> int``. Commands are listed in :data:`COMMANDS` with their one-line
-help, so ``poisonlens --help`` imports no command module, and ``poisonlens CMD`` imports only
+A command module defines ``add_parser(subparsers)``, which registers its parser with
+:func:`poisonlens.commands.add_command` (its ``func`` is a ``run(args) -> int``) and adds its
+options. Commands are listed in :data:`COMMANDS` with their one-line help, the one place it is
+written, so ``poisonlens --help`` imports no command module, and ``poisonlens CMD`` imports only
 ``CMD``'s module: a command that needs no torch starts without it. Command modules keep heavy
 imports (torch, the trainer) inside ``run``.
 
