@@ -1,8 +1,9 @@
 """The ``poisonlens`` command line. Each subcommand is one module in ``core/commands``.
 
-A command module defines ``add_parser(subparsers)``, which registers its parser and sets
-``func`` to a ``run(args) -> int``. Commands are listed in :data:`COMMANDS` with their one-line
-help, so ``poisonlens --help`` imports no command module, and ``poisonlens CMD`` imports only
+A command module defines ``add_parser(subparsers)``, which registers its parser with
+:func:`poisonlens.commands.add_command` (its ``func`` is a ``run(args) -> int``) and adds its
+options. Commands are listed in :data:`COMMANDS` with their one-line help, the one place it is
+written, so ``poisonlens --help`` imports no command module, and ``poisonlens CMD`` imports only
 ``CMD``'s module: a command that needs no torch starts without it. Command modules keep heavy
 imports (torch, the trainer) inside ``run``.
 
@@ -114,7 +115,14 @@ class Parser(argparse.ArgumentParser):
     command: str | None = None  # set on the top-level parser: whose --help to point at
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        """Print the problem as one line and exit with status 2 (no usage block)."""
+        """Print the problem as one line and exit with status 2 (no usage block).
+
+        Parameters
+        ----------
+        message : str
+            argparse's message, e.g. ``argument --epochs: invalid int value: 'x'``; it is
+            rewritten as ``poisonlens: --epochs: <problem>``, naming the option first.
+        """
         prog = f"{PROG} {self.command}" if self.command else self.prog
         see = f"see `{prog} --help`"
         if found := re.match(r"argument ([^:]+): (.*)", message, re.S):
@@ -163,7 +171,21 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
 
 
 def report(err: BaseException, *, debug: bool = False) -> int:
-    """Print ``err`` as one line on standard error; return the exit status (2 input, 1 other)."""
+    """Print ``err`` as one line on standard error and say which exit status it means.
+
+    Parameters
+    ----------
+    err : BaseException
+        What went wrong. An :class:`InputError`, or an ``OSError`` naming a file, is bad
+        input; anything else is a bug and is shown with its type.
+    debug : bool, default False
+        Print the traceback first (``--debug``).
+
+    Returns
+    -------
+    int
+        2 for bad input, 1 for anything else.
+    """
     if debug:
         traceback.print_exception(err)
     if isinstance(err, InputError):
@@ -193,7 +215,21 @@ def reader_gone() -> int:
 
 
 def guarded(func: Callable[[], int | None], *, debug: bool = False) -> int:
-    """Run ``func`` and turn any exception into :func:`report`'s one line and exit status."""
+    """Run ``func`` and turn any exception into :func:`report`'s one line and exit status.
+
+    Parameters
+    ----------
+    func : callable
+        Takes no arguments and returns an exit status (None counts as 0).
+    debug : bool, default False
+        Print the traceback of an error (``--debug``).
+
+    Returns
+    -------
+    int
+        ``func``'s status; 130 on Ctrl-C; 141 when the reader of standard output went away;
+        otherwise :func:`report`'s 2 or 1.
+    """
     try:
         return int(func() or 0)
     except KeyboardInterrupt:
@@ -216,7 +252,19 @@ def apply_limit_flags(argv: list[str]) -> None:
     """Take the ``--max-*`` limit flags out of ``argv`` (in place) and make them the limits.
 
     They may appear anywhere, so that ``poisonlens train --max-images 3000000 ...`` works
-    for every command that reads a file. A bad value is an :class:`InputError` naming the flag.
+    for every command that reads a file.
+
+    Parameters
+    ----------
+    argv : list of str
+        The command line without the program name; changed in place: each flag in
+        :data:`LIMIT_FLAGS` and its value (``--max-images 3000000`` or ``--max-images=3M``)
+        are removed.
+
+    Raises
+    ------
+    InputError
+        Naming the flag, for a missing value or one that is not a positive number.
     """
     overrides: dict[str, str] = {}
     i = 0
@@ -238,9 +286,21 @@ def apply_limit_flags(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``poisonlens`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+    """Run ``poisonlens`` with ``argv``; return the exit status.
 
     ``--help`` and a parse error raise ``SystemExit`` (0 and 2), as argparse does.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The command line without the program name, e.g. ``["runs", "--runs-dir", "runs"]``;
+        ``--debug`` and the ``--max-*`` flags may stand anywhere in it. Default:
+        ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 for bad input, 1 for a bug, 130 on Ctrl-C, 141 for a closed pipe.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

@@ -59,18 +59,34 @@ def _refuse(problem: str) -> InputError:
 
 
 def column_key(name: str) -> str:
-    """How a column is written in an expression: its name with spaces as ``_``."""
+    """How a column is written in an expression: its name with spaces as ``_``.
+
+    Parameters
+    ----------
+    name : str or object
+        A table column's name (converted with ``str``); leading and trailing space is dropped
+        and every run of white space inside becomes one ``_``.
+
+    Returns
+    -------
+    str, e.g. ``"dropped_at_epoch"`` for ``"dropped at epoch"``
+    """
     return re.sub(r"\s+", "_", str(name).strip())
 
 
 @dataclass(frozen=True)
 class RowFilter:
-    """A checked filter expression (made by :func:`parse_filter`); :meth:`mask` applies it.
+    """A checked filter expression, made by :func:`parse_filter`; :meth:`mask` applies it.
+
+    Only :func:`parse_filter` builds one, so its tree has passed the grammar's checks and names
+    only the columns listed.
 
     Attributes
     ----------
-    text : the expression as typed
-    columns : the table columns it reads
+    text : str
+        The expression as typed, e.g. ``label == 3 and drift > 4``.
+    columns : tuple of str
+        The table's column names the expression reads, in the order they first appear.
     """
 
     text: str
@@ -79,9 +95,23 @@ class RowFilter:
     _names: dict[str, str]  # name in the expression -> table column
 
     def mask(self, table: pd.DataFrame) -> np.ndarray:
-        """bool ndarray of shape (len(table),): the rows the expression keeps.
+        """The rows of ``table`` the expression keeps.
 
-        Raises InputError (one line) when a value cannot be compared (text against a number).
+        Parameters
+        ----------
+        table : pandas.DataFrame
+            Must hold every column of :attr:`columns`; other columns are ignored. A missing
+            value (NaN, None) makes its comparison false.
+
+        Returns
+        -------
+        bool ndarray of shape (len(table),)
+
+        Raises
+        ------
+        InputError
+            One line ``filter: ...`` when a column is absent or a value cannot be compared
+            (text against a number).
         """
         missing = [c for c in self.columns if c not in table.columns]
         if missing:

@@ -28,7 +28,7 @@ from pathlib import Path
 from poisonlens import runfs
 from poisonlens.config import TrainConfig, check_dataset_spec
 from poisonlens.errors import InputError
-from poisonlens.store import RUN_JSON, RunWriter, _alive, atomic_write_json, open_run, read_json
+from poisonlens.store import RUN_JSON, RunWriter, atomic_write_json, open_run, pid_alive, read_json
 
 LAUNCH_JSON = "launch.json"
 LOG = "train.log"
@@ -477,7 +477,7 @@ def launch_status(run_dir: str | Path) -> LaunchStatus:
     pid = launch.get("pid")
     if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31:
         pid = None
-    alive = bool(pid) and _alive(pid) and (pid not in _CHILDREN or _CHILDREN[pid].poll() is None)
+    alive = bool(pid) and pid_alive(pid) and (pid not in _CHILDREN or _CHILDREN[pid].poll() is None)
     tail = _tail(run_dir)
     started = launch.get("started", 0.0)
     base = dict(

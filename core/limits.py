@@ -75,8 +75,25 @@ class Limits:
         """``base`` (default: the current limits) with some fields replaced.
 
         Values may be ints, or strings with a binary suffix (``"512M"``, ``"2G"``), as a
-        CLI flag gives them. Unknown names and values that are not positive numbers raise
-        :class:`InputError` naming the flag (``--max-array-bytes``).
+        CLI flag gives them.
+
+        Parameters
+        ----------
+        base : Limits, optional
+            The limits to start from. Default: :func:`current_limits`.
+        **overrides : int, float or str
+            Field name to new value, e.g. ``max_images=3_000_000`` or ``max_file_bytes="8G"``;
+            ``max_compression_ratio`` keeps a fraction, the others are whole numbers.
+
+        Returns
+        -------
+        Limits
+
+        Raises
+        ------
+        InputError
+            For an unknown name or a value that is not a positive number, naming the flag
+            (``--max-array-bytes``).
         """
         base = base or current_limits()
         names = {f.name: f for f in fields(cls)}
@@ -116,8 +133,19 @@ def current_limits() -> Limits:
 def set_limits(limits: Limits | None = None, **overrides: object) -> Limits:
     """Make ``limits`` (or the current ones with ``overrides``) the process-wide limits.
 
-    The CLI calls this once from its limit flags, before any file is read. Returns the
-    previous limits, so a test can put them back.
+    The CLI calls this once from its limit flags, before any file is read.
+
+    Parameters
+    ----------
+    limits : Limits, optional
+        The new limits, before ``overrides``. Default: the current ones.
+    **overrides : int, float or str
+        Fields to replace, as :meth:`Limits.from_overrides` takes them.
+
+    Returns
+    -------
+    Limits
+        The previous limits, so a test can put them back.
     """
     global _current
     previous = _current
@@ -126,7 +154,21 @@ def set_limits(limits: Limits | None = None, **overrides: object) -> Limits:
 
 
 def check_count(source: object, what: str, n: int, limit: int, flag: str) -> None:
-    """Raise :class:`InputError` when ``n`` exceeds ``limit``; the message names the flag."""
+    """Raise :class:`InputError` when ``n`` exceeds ``limit``; the message names the flag.
+
+    Parameters
+    ----------
+    source : object
+        The file or option the error names, e.g. a path.
+    what : str
+        What ``n`` counts, e.g. ``"images"`` or ``"file size"``.
+    n : int
+        The count found (or declared) in the input.
+    limit : int
+        The most allowed; ``n == limit`` passes.
+    flag : str
+        The flag that raises the limit, e.g. ``"--max-images"``, quoted in the message.
+    """
     if n > limit:
         raise InputError(source, f"{what} {n:,} exceeds the limit {limit:,} (raise it with {flag})")
 
@@ -140,6 +182,19 @@ def _inside(path: Path, root: Path) -> bool:
 
 def resolve_inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
     """``path`` with links resolved, refused unless it stays inside ``root``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A path that must exist.
+    root : str or PathLike
+        The folder ``path`` must stay inside once every link is resolved (``root`` itself
+        counts as inside).
+
+    Returns
+    -------
+    Path
+        The resolved, absolute path.
 
     Raises
     ------
@@ -171,6 +226,21 @@ def open_regular(
     with ``fstat``, so the check and the read see the same file); with ``root``, a path
     whose links lead outside ``root`` is refused.
 
+    Parameters
+    ----------
+    path : str or PathLike
+        The file to open.
+    root : str or PathLike, optional
+        When given, links in ``path`` are resolved and must stay inside it. Default None:
+        links are followed.
+    max_bytes : int, optional
+        The largest size accepted, in bytes. Default: the ``--max-file-bytes`` limit.
+
+    Returns
+    -------
+    BinaryIO
+        A blocking binary reader; the caller closes it.
+
     Raises
     ------
     InputError
@@ -201,7 +271,26 @@ def open_regular(
 def read_regular(
     path: str | os.PathLike, *, root: str | os.PathLike | None = None, max_bytes: int | None = None
 ) -> bytes:
-    """The bytes of a regular file, checked as in :func:`open_regular`."""
+    """The bytes of a regular file, checked as in :func:`open_regular`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file to read.
+    root : str or PathLike, optional
+        When given, links in ``path`` must stay inside it (see :func:`open_regular`).
+    max_bytes : int, optional
+        The largest size accepted, in bytes. Default: the ``--max-file-bytes`` limit.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    InputError
+        As :func:`open_regular`, or when the read fails.
+    """
     with open_regular(path, root=root, max_bytes=max_bytes) as handle:
         try:
             return handle.read()
@@ -216,7 +305,20 @@ _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
 
 
 def json_depth(text: str) -> int:
-    """How deeply ``text`` nests arrays and objects (0 for a scalar), without recursion."""
+    """How deeply ``text`` nests arrays and objects (0 for a scalar), without recursion.
+
+    Brackets inside JSON strings are skipped; the text is not otherwise parsed, so this is
+    cheap to run before :func:`json.loads` on text of any depth.
+
+    Parameters
+    ----------
+    text : str
+        JSON text, valid or not.
+
+    Returns
+    -------
+    int, e.g. 2 for ``{"a": [1]}``
+    """
     depth = deepest = 0
     for match in _JSON_TOKENS.finditer(text):
         token = match.group()
@@ -230,6 +332,21 @@ def json_depth(text: str) -> int:
 
 def parse_json(text: str | bytes, source: object, *, limits: Limits | None = None) -> object:
     """``json.loads`` of untrusted text: bounded size, nesting and integer length, no NaN.
+
+    Parameters
+    ----------
+    text : str or bytes
+        The JSON text; bytes must be UTF-8.
+    source : object
+        The file or option named in an error.
+    limits : Limits, optional
+        Where ``max_json_bytes``, ``max_depth`` and ``max_int_digits`` come from. Default:
+        :func:`current_limits`.
+
+    Returns
+    -------
+    object
+        Whatever the text holds: dict, list, str, int, float, bool or None.
 
     Raises
     ------

@@ -29,8 +29,18 @@ _TRUSTED: set[str] = set()
 
 
 def parse(spec: str) -> tuple[str, str]:
-    """``(kind, name)`` of a model spec: ('builtin', 'smallcnn'), ('torchvision', 'resnet50'),
-    ('timm', 'vit_tiny_patch16_224') or ('module', 'pkg.mod:factory').
+    """Split a model spec into its kind and name, checking its form only (nothing is imported).
+
+    Parameters
+    ----------
+    spec : str
+        Text as ``--model`` takes it, e.g. ``smallcnn`` or ``torchvision:resnet50``.
+
+    Returns
+    -------
+    (kind, name) : (str, str)
+        ('builtin', 'smallcnn'), ('torchvision', 'resnet50'), ('timm', 'vit_tiny_patch16_224')
+        or ('module', 'pkg.mod:factory'); a module spec keeps its whole text as the name.
 
     Raises
     ------
@@ -56,12 +66,47 @@ def parse(spec: str) -> tuple[str, str]:
 
 
 def imports_code(spec: str) -> bool:
-    """Whether building ``spec`` imports a module the spec names (``module.path:factory``)."""
+    """Whether building ``spec`` imports a module the spec names (``module.path:factory``).
+
+    Parameters
+    ----------
+    spec : str
+        A model spec, checked by :func:`parse`.
+
+    Returns
+    -------
+    bool
+        False for built-in, torchvision and timm specs.
+
+    Raises
+    ------
+    InputError
+        As :func:`parse`, for text that is not a model spec.
+    """
     return parse(spec)[0] == "module"
 
 
 def trust(spec: str) -> str:
-    """Let this process build ``spec``, typed by the user on its command line; returns it."""
+    """Let this process build ``spec``, typed by the user on its command line.
+
+    The CLI's ``--model`` option type calls this, so a spec read later from a file is built
+    only when it is one of these.
+
+    Parameters
+    ----------
+    spec : str
+        The spec as the user typed it after ``--model``.
+
+    Returns
+    -------
+    str
+        ``spec`` unchanged (usable as an argparse type).
+
+    Raises
+    ------
+    InputError
+        As :func:`parse`, for text that is not a model spec.
+    """
     parse(spec)
     _TRUSTED.add(spec)
     return spec
@@ -69,6 +114,12 @@ def trust(spec: str) -> str:
 
 def check_trusted(spec: str) -> None:
     """Refuse to build a ``module.path:factory`` spec this process was not told on its command line.
+
+    Parameters
+    ----------
+    spec : str
+        The spec about to be built, e.g. from a run.json.
+        Built-in, torchvision and timm specs always pass.
 
     Raises
     ------

@@ -28,11 +28,31 @@ class Classifier(nn.Module):
         self.std = std
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate embedding of shape (B, n_features)."""
+        """Penultimate embedding of shape (B, n_features).
+
+        Parameters
+        ----------
+        x : float tensor of shape (B, C, H, W)
+            Pixels in [0, 1]; normalised here by the model's ``mean`` and ``std``.
+
+        Returns
+        -------
+        float tensor of shape (B, n_features), on ``x``'s device
+        """
         return self.body((x - self.mean) / self.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (B, n_classes) for pixels ``x`` of shape (B, C, H, W) in [0, 1]."""
+        """Logits of shape (B, n_classes) for pixels ``x``.
+
+        Parameters
+        ----------
+        x : float tensor of shape (B, C, H, W)
+            Pixels in [0, 1], as the data sets hold them.
+
+        Returns
+        -------
+        float tensor of shape (B, n_classes): the head applied to :meth:`features`
+        """
         return self.head(self.features(x))
 
 
@@ -44,7 +64,17 @@ class PoolIfLarge(nn.Module):
         self.min_size = min_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, H/2, W/2) when ``H >= min_size``, else ``x``."""
+        """Halve large inputs, pass small ones unchanged.
+
+        Parameters
+        ----------
+        x : tensor of shape (B, C, H, W)
+            Square feature maps; the width decides, as the data sets hold square images.
+
+        Returns
+        -------
+        tensor of shape (B, C, H // 2, W // 2) when ``W >= min_size``, else ``x`` itself
+        """
         return F.max_pool2d(x, 2) if x.shape[-1] >= self.min_size else x
 
 
@@ -115,7 +145,17 @@ class GreyToRGB(nn.Module):
     """(B, 1, H, W) -> (B, 3, H, W) by repeating the channel: grey images into an RGB network."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Repeat a single channel three times; other inputs pass unchanged."""
+        """Repeat a single channel three times; other inputs pass unchanged.
+
+        Parameters
+        ----------
+        x : tensor of shape (B, C, H, W)
+            Grey images (C = 1) or already RGB ones (C = 3).
+
+        Returns
+        -------
+        tensor of shape (B, 3, H, W); a grey input is expanded (a view, no copy)
+        """
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 

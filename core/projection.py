@@ -44,10 +44,10 @@ from poisonlens.store import (
     PROJECTIONS,
     Run,
     RunWriter,
-    _alive,
     _read_json,
     atomic_write_json,
     open_run,
+    pid_alive,
 )
 
 METHODS = ("umap", "pca")
@@ -472,7 +472,7 @@ def read_job(run_dir: str | Path, method: str) -> dict | None:
         return None
     if not isinstance(job.get("pid", 0), int) or not isinstance(job.get("state", ""), str):
         return None
-    if job.get("state") == "running" and not _alive(job.get("pid")):
+    if job.get("state") == "running" and not pid_alive(job.get("pid")):
         job.update(state="failed", error="the map process stopped before it finished")
     return job
 

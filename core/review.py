@@ -116,6 +116,14 @@ def check_review(frame: pd.DataFrame, n_samples: int, source: object) -> pd.Data
 def read_review(run: Run) -> pd.DataFrame:
     """The run's review (:func:`empty_review` when nobody has reviewed it yet).
 
+    Parameters
+    ----------
+    run : the run, whose review.parquet is read (at most one row per example)
+
+    Returns
+    -------
+    DataFrame with :data:`COLUMNS`, a row per reviewed example, sorted by index
+
     Raises
     ------
     DamagedFile
@@ -212,7 +220,17 @@ def merge(run: Run, rows: pd.DataFrame, *, source: object) -> pd.DataFrame:
 
 
 def unmark(run: Run, indices: Iterable[int]) -> pd.DataFrame:
-    """Remove the verdicts of ``indices`` and save; returns the whole review after the change."""
+    """Remove the verdicts of ``indices`` and save the review.
+
+    Parameters
+    ----------
+    run : the run whose examples these are
+    indices : example indices; one without a verdict is ignored
+
+    Returns
+    -------
+    DataFrame, the whole review after the change
+    """
     drop = set(int(i) for i in indices)
     old = read_review(run)
     review = old[~old["index"].isin(drop)]
@@ -221,7 +239,17 @@ def unmark(run: Run, indices: Iterable[int]) -> pd.DataFrame:
 
 
 def verdicts(review: pd.DataFrame, n_samples: int) -> np.ndarray:
-    """Each example's verdict as text of shape (n_samples,), '' for an example not reviewed."""
+    """Each example's verdict, '' for an example not reviewed.
+
+    Parameters
+    ----------
+    review : a review (:data:`COLUMNS`), e.g. from :func:`read_review`
+    n_samples : examples in the run; a review row with a larger index is left out
+
+    Returns
+    -------
+    object ndarray of shape (n_samples,) holding 'poison', 'clean', 'unsure' or ''
+    """
     out = np.full(n_samples, "", dtype=object)
     keep = review["index"].to_numpy() < n_samples
     out[review["index"].to_numpy()[keep]] = review["verdict"].to_numpy()[keep]
@@ -229,7 +257,16 @@ def verdicts(review: pd.DataFrame, n_samples: int) -> np.ndarray:
 
 
 def summary(review: pd.DataFrame) -> str:
-    """'3 poison, 1 clean, 0 unsure' (or 'not reviewed yet')."""
+    """A review in one line: '3 poison, 1 clean, 0 unsure' (or 'not reviewed yet').
+
+    Parameters
+    ----------
+    review : a review (:data:`COLUMNS`)
+
+    Returns
+    -------
+    str, the count of each verdict in :data:`VERDICTS` order
+    """
     if review.empty:
         return "not reviewed yet"
     counts = review["verdict"].value_counts()
@@ -240,7 +277,17 @@ def summary(review: pd.DataFrame) -> str:
 
 
 def review_csv(review: pd.DataFrame) -> str:
-    """The review as spreadsheet-safe CSV text (what ``poisonlens review --export`` writes)."""
+    """The review as spreadsheet-safe CSV text (what ``poisonlens review --export`` writes).
+
+    Parameters
+    ----------
+    review : a review (:data:`COLUMNS`; other columns are left out)
+
+    Returns
+    -------
+    str, a header line and a line per row; a cell that a spreadsheet would run as a formula
+    is prefixed with ``'`` (:func:`read_review_csv` takes it off again)
+    """
     from poisonlens.export import to_safe_csv
 
     return to_safe_csv(review[list(COLUMNS)])
@@ -369,7 +416,16 @@ def retrain_config(run: Run, exclude_file: str | Path) -> dict:
 def write_poison_list(review: pd.DataFrame, path: str | Path) -> int:
     """Write the review's ``poison`` rows as CSV (``index,verdict,note,who,when``) to ``path``.
 
-    The file is what ``poisonlens train --exclude`` reads; returns the number of examples.
+    The file is what ``poisonlens train --exclude`` reads.
+
+    Parameters
+    ----------
+    review : a review (:data:`COLUMNS`); its 'clean' and 'unsure' rows are left out
+    path : the CSV file, written atomically
+
+    Returns
+    -------
+    int, the number of examples written
     """
     from poisonlens.store import atomic_write_bytes
 

@@ -72,6 +72,18 @@ def _kind(mode: int) -> str:
 def parts_of(root: str | os.PathLike, path: str | os.PathLike) -> tuple[str, ...]:
     """The components of ``path`` relative to the run directory ``root``.
 
+    Parameters
+    ----------
+    root : str or PathLike
+        The run directory.
+    path : str or PathLike
+        A path inside it, absolute or as written relative to the same folder as ``root``;
+        compared as written (normalised, never resolved through links).
+
+    Returns
+    -------
+    tuple of str, e.g. ``("snapshots", "epoch_0003.parquet")``; empty for ``root`` itself
+
     Raises
     ------
     RunFileError
@@ -95,7 +107,24 @@ def _display(root: Path, parts: tuple[str, ...]) -> Path:
 
 
 def open_root(root: str | os.PathLike) -> int:
-    """A descriptor of the run directory itself (its last component must not be a link)."""
+    """A descriptor of the run directory itself (its last component must not be a link).
+
+    Parameters
+    ----------
+    root : str or PathLike
+        The run directory. Only its last component is checked here (``O_NOFOLLOW``).
+
+    Returns
+    -------
+    int
+        An ``O_RDONLY | O_DIRECTORY`` descriptor; the caller closes it.
+
+    Raises
+    ------
+    RunFileError
+        ``missing`` set when there is no such folder; otherwise a link, not a folder, or
+        unreadable.
+    """
     try:
         return os.open(root, _DIR_FLAGS)
     except FileNotFoundError:
@@ -134,7 +163,27 @@ def _lstat_mode(parent: int, name: str) -> int:
 def folder(root: str | os.PathLike, dirs: tuple[str, ...] = (), *, create: bool = False) -> Iterator[int]:
     """A descriptor of the folder ``root/dirs...``, walked without following any link.
 
-    With ``create``, missing folders are made (never through a link).
+    A context manager: the descriptor is closed on leaving it.
+
+    Parameters
+    ----------
+    root : str or PathLike
+        The run directory, where the walk starts.
+    dirs : tuple of str, default ()
+        Folder names below ``root``, outermost first; empty for ``root`` itself.
+    create : bool, default False
+        Make missing folders, ``root`` included (never through a link).
+
+    Yields
+    ------
+    int
+        A directory descriptor, for ``dir_fd=`` calls.
+
+    Raises
+    ------
+    RunFileError
+        When a component is a link or not a folder; ``missing`` set when one is missing and
+        ``create`` is False.
     """
     root = Path(root)
     if create and not os.path.lexists(root):
@@ -152,6 +201,17 @@ def folder(root: str | os.PathLike, dirs: tuple[str, ...] = (), *, create: bool 
 
 def lstat(root: str | os.PathLike, *parts: str) -> os.stat_result | None:
     """``lstat`` of ``root/parts`` (None when it or a folder above it is missing).
+
+    Parameters
+    ----------
+    root, *parts : str or PathLike, then str
+        The run directory and the components of the name below it (:func:`parts_of`); no
+        parts: ``root`` itself.
+
+    Returns
+    -------
+    os.stat_result or None
+        Of the last component itself, never of what a link points to.
 
     Raises
     ------
@@ -171,7 +231,22 @@ def lstat(root: str | os.PathLike, *parts: str) -> os.stat_result | None:
 
 
 def kind(root: str | os.PathLike, *parts: str) -> str | None:
-    """'file', 'folder', None (missing); raises RunFileError for a link or special file."""
+    """What ``root/parts`` is: ``"file"``, ``"folder"``, or None when it is missing.
+
+    Parameters
+    ----------
+    root, *parts : str or PathLike, then str
+        The name to look at: the run directory, then its components below it.
+
+    Returns
+    -------
+    str or None
+
+    Raises
+    ------
+    RunFileError
+        For a link or special file (FIFO, socket, device), at the end or on the way.
+    """
     info = lstat(root, *parts)
     if info is None:
         return None
@@ -183,12 +258,41 @@ def kind(root: str | os.PathLike, *parts: str) -> str | None:
 
 
 def exists(root: str | os.PathLike, *parts: str) -> bool:
-    """Whether ``root/parts`` is a regular file (a link or special file raises RunFileError)."""
+    """Whether ``root/parts`` is a regular file (a link or special file raises RunFileError).
+
+    Parameters
+    ----------
+    root, *parts : str or PathLike, then str
+        The run folder and the file's path inside it, e.g. ``run, "run.json"``.
+
+    Returns
+    -------
+    bool
+        False for a missing name or a folder.
+    """
     return kind(root, *parts) == "file"
 
 
 def listdir(root: str | os.PathLike, *dirs: str) -> list[str]:
-    """The names in folder ``root/dirs`` ([] when it is missing); a linked folder is refused."""
+    """The names in folder ``root/dirs`` ([] when it is missing); a linked folder is refused.
+
+    Parameters
+    ----------
+    root : str or PathLike
+        The run folder.
+    *dirs : str
+        Folder names below ``root``, outermost first; none for ``root`` itself.
+
+    Returns
+    -------
+    list of str
+        Sorted; entries are named, not checked (links among them are listed).
+
+    Raises
+    ------
+    RunFileError
+        When a folder on the way is a link or not a folder.
+    """
     try:
         with folder(root, dirs) as fd:
             return sorted(os.listdir(fd))
@@ -200,6 +304,23 @@ def listdir(root: str | os.PathLike, *dirs: str) -> list[str]:
 
 def open_file(root: str | os.PathLike, *parts: str, max_bytes: int | None = None) -> BinaryIO:
     """A binary reader of the regular file ``root/parts``, at most ``max_bytes`` long.
+
+    The file is opened non-blocking (a FIFO cannot hang the reader) and checked on the opened
+    descriptor before the reader is returned.
+
+    Parameters
+    ----------
+    root : str or PathLike
+        The run directory; no component from it down is followed if it is a link.
+    *parts : str
+        The file's components below ``root``, e.g. ``"snapshots", "epoch_0003.parquet"``.
+    max_bytes : int, optional
+        The largest size accepted, in bytes. Default None: any size.
+
+    Returns
+    -------
+    BinaryIO
+        A blocking reader positioned at the start; the caller closes it.
 
     Raises
     ------
@@ -235,7 +356,24 @@ def open_file(root: str | os.PathLike, *parts: str, max_bytes: int | None = None
 
 def read_bytes(root: str | os.PathLike, *parts: str, max_bytes: int) -> bytes:
     """The bytes of the regular file ``root/parts`` (checked as in :func:`open_file`); never
-    more than ``max_bytes`` are read, even if the file grows meanwhile."""
+    more than ``max_bytes`` are read, even if the file grows meanwhile.
+
+    Parameters
+    ----------
+    root, *parts : str or PathLike, then str
+        Which file: the run folder, then the components of its path inside.
+    max_bytes : int
+        The largest size accepted, in bytes.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    RunFileError
+        As :func:`open_file`, and when more than ``max_bytes`` could be read.
+    """
     with open_file(root, *parts, max_bytes=max_bytes) as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -244,7 +382,20 @@ def read_bytes(root: str | os.PathLike, *parts: str, max_bytes: int) -> bytes:
 
 
 def tail_bytes(root: str | os.PathLike, *parts: str, max_bytes: int) -> bytes:
-    """The last ``max_bytes`` of the regular file ``root/parts`` (a log of any size)."""
+    """The last ``max_bytes`` of the regular file ``root/parts`` (a log of any size).
+
+    Parameters
+    ----------
+    root, *parts : str or PathLike, then str
+        The log: its run folder and its path inside, e.g. ``run, "train.log"``.
+    max_bytes : int
+        How many bytes from the end to return, at most.
+
+    Returns
+    -------
+    bytes
+        The whole file when it is shorter.
+    """
     with open_file(root, *parts) as f:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - max_bytes))
@@ -263,6 +414,24 @@ def write_atomic(
     """Write ``root/parts`` atomically: ``write(handle)`` fills a temporary file created with
     ``O_EXCL | O_NOFOLLOW`` in the real folder (folders made as needed, none followed), then it
     is renamed over the name. An existing link or special file under the name is refused.
+
+    Parameters
+    ----------
+    root : str or PathLike
+        The run directory (made when missing).
+    parts : tuple of str
+        The file's path components below ``root``, the last one its name; missing folders on
+        the way are made (never through a link).
+    write : callable
+        ``write(handle)`` writes the whole contents to a binary handle; if it raises, the
+        temporary file is removed and the old file is left as it was.
+    mode : int, optional
+        Permission bits of the new file. Default: 0o666 less the umask, as ``open`` makes.
+
+    Raises
+    ------
+    RunFileError
+        When the name or a folder on the way is a link or special file.
     """
     shown = _display(Path(root), parts)
     with folder(root, parts[:-1], create=True) as parent:
@@ -294,13 +463,37 @@ def write_atomic(
 
 
 def write_bytes(root: str | os.PathLike, parts: tuple[str, ...], data: bytes) -> None:
-    """Write ``data`` to ``root/parts`` atomically (see :func:`write_atomic`)."""
+    """Write ``data`` to ``root/parts`` atomically (see :func:`write_atomic`).
+
+    Parameters
+    ----------
+    root, parts : str or PathLike, tuple of str
+        Where to write, as :func:`write_atomic` takes it.
+    data : bytes
+        The file's whole new contents.
+    """
     write_atomic(root, parts, lambda f: f.write(data))
 
 
 def create_exclusive(root: str | os.PathLike, parts: tuple[str, ...], data: bytes, *, perm: int = 0o644) -> bool:
     """Create ``root/parts`` holding ``data`` only if nothing has that name (``O_EXCL``, no
-    link followed); False when the name is taken."""
+    link followed): a lock or a claim that two processes cannot both win.
+
+    Parameters
+    ----------
+    root, parts : str or PathLike, tuple of str
+        The run folder and the new file's components inside it (folders made as needed).
+    data : bytes
+        The new file's contents (e.g. the owner's process id).
+    perm : int, default 0o644
+        Permission bits of the new file (less the umask).
+
+    Returns
+    -------
+    bool
+        True when this call created the file, False when the name was taken (by a file, a
+        folder or a link, which is not followed).
+    """
     with folder(root, parts[:-1], create=True) as parent:
         try:
             fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, perm,
@@ -314,7 +507,24 @@ def create_exclusive(root: str | os.PathLike, parts: tuple[str, ...], data: byte
 
 def open_append(root: str | os.PathLike, parts: tuple[str, ...]) -> int:
     """A write descriptor appending to the regular file ``root/parts`` (created when missing),
-    for a child process's log; a link or special file under the name is refused."""
+    for a child process's log; a link or special file under the name is refused.
+
+    Parameters
+    ----------
+    root, parts : str or PathLike, tuple of str
+        The log's run folder and its path components there, e.g. ``run, ("train.log",)``.
+
+    Returns
+    -------
+    int
+        A blocking ``O_WRONLY | O_APPEND`` descriptor; the caller (or the child it is handed
+        to) closes it.
+
+    Raises
+    ------
+    RunFileError
+        When the name is a link, FIFO, socket, device or folder.
+    """
     shown = _display(Path(root), parts)
     with folder(root, parts[:-1], create=True) as parent:
         try:
@@ -333,7 +543,19 @@ def open_append(root: str | os.PathLike, parts: tuple[str, ...]) -> int:
 
 def remove(root: str | os.PathLike, parts: tuple[str, ...]) -> bool:
     """Delete the regular file ``root/parts`` (the folders above it walked without following
-    links); a link or special file is left alone. True when a file was removed."""
+    links); a link or special file is left alone.
+
+    Parameters
+    ----------
+    root, parts : str or PathLike, tuple of str
+        The file to delete: its run folder, then its components below it.
+
+    Returns
+    -------
+    bool
+        True when a file was removed; False when it was missing, not a regular file, or a
+        folder on the way was refused.
+    """
     try:
         with folder(root, parts[:-1]) as parent:
             mode = _lstat_mode(parent, parts[-1])
@@ -351,7 +573,20 @@ def check_tree(root: str | os.PathLike, *, max_entries: int = MAX_TREE_ENTRIES) 
     """Why the run folder is damaged (a link or special file anywhere in it), or None.
 
     Walks every folder of the run (each opened without following links) and ``lstat`` s each
-    entry; returns ``"<path>: a symbolic link; refused"`` for the first offender.
+    entry.
+
+    Parameters
+    ----------
+    root : str or PathLike
+        The run folder to walk (itself opened without following a link).
+    max_entries : int, default ``MAX_TREE_ENTRIES`` (100,000)
+        The most entries looked at; a larger tree is called damaged rather than walked on.
+
+    Returns
+    -------
+    str or None
+        One line for the first offender, e.g. ``"<path>: a symbolic link; refused (not
+        followed)"``; None when every entry is a regular file or a folder.
     """
     seen = 0
     todo: list[tuple[str, ...]] = [()]

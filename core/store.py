@@ -71,22 +71,62 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, root: Path | None = None) -> None:
-    """Write ``data`` to ``path`` so that readers never see a partial file (``root``: the run
-    directory, whose links are then never followed)."""
+    """Write ``data`` to ``path`` so that readers never see a partial file.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, then replace
+    ``path`` in one ``os.replace``: a reader sees the old file or the new one.
+
+    Parameters
+    ----------
+    path : Path
+        The file to write.
+    data : bytes
+        Its whole new contents.
+    root : Path, optional
+        The run directory that holds ``path``. Given, the write goes through
+        :mod:`poisonlens.runfs`: no folder on the way and no final name may be a link. Default
+        None: a plain atomic write, creating missing folders.
+    """
     _atomic(path, lambda f: f.write(data), root=root)
 
 
 def atomic_write_json(path: Path, obj: dict, *, root: Path | None = None) -> None:
-    """Write ``obj`` as sorted, indented JSON to ``path`` atomically (``root`` as in
-    :func:`atomic_write_bytes`)."""
+    """Write ``obj`` as sorted, indented JSON to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : Path
+        The JSON file to write.
+    obj : dict
+        A JSON-serialisable object; numpy scalars, arrays and paths are converted by
+        :func:`json_default`.
+    root : Path, optional
+        The run directory that holds ``path``. Given, the write goes through
+        :mod:`poisonlens.runfs`: no folder on the way and no final name may be a link. Default
+        None: a plain atomic write, creating missing folders.
+    """
     atomic_write_bytes(
         path, json.dumps(obj, indent=2, sort_keys=True, default=json_default).encode(), root=root
     )
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame, *, root: Path | None = None) -> None:
-    """Write ``frame`` as a zstd Parquet file to ``path`` atomically (``root`` as in
-    :func:`atomic_write_bytes`)."""
+    """Write ``frame`` as a zstd Parquet file to ``path`` atomically.
+
+    Float columns are stored byte-stream-split, the others dictionary-encoded; the index is
+    not stored.
+
+    Parameters
+    ----------
+    path : Path
+        The Parquet file to write.
+    frame : pandas.DataFrame
+        The table, any number of rows.
+    root : Path, optional
+        The run directory that holds ``path``. Given, the write goes through
+        :mod:`poisonlens.runfs`: no folder on the way and no final name may be a link. Default
+        None: a plain atomic write, creating missing folders.
+    """
     table = pa.Table.from_pandas(frame, preserve_index=False)
     floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
     others = [f.name for f in table.schema if f.name not in floats]
@@ -108,6 +148,20 @@ def atomic_write_parquet_columns(
 
     Streams through ``pyarrow.ParquetWriter`` (same encodings as :func:`atomic_write_parquet`),
     so the memory used beyond the arrays themselves is one row group, never a DataFrame.
+
+    Parameters
+    ----------
+    path : Path
+        The Parquet file to write.
+    columns : dict of str to ndarray of shape (n_rows,)
+        Column name to values, all of the same length, in column order; an empty dict writes
+        an empty table.
+    row_group_size : int, default 65,536
+        Rows per row group, and so the most rows converted to Arrow at once.
+    root : Path, optional
+        The run directory that holds ``path``. Given, the write goes through
+        :mod:`poisonlens.runfs`: no folder on the way and no final name may be a link. Default
+        None: a plain atomic write, creating missing folders.
     """
     names = list(columns)
     n = len(next(iter(columns.values()))) if columns else 0
@@ -130,12 +184,40 @@ def atomic_write_parquet_columns(
 
 
 def atomic_write_npy(path: Path, array: np.ndarray, *, root: Path | None = None) -> None:
-    """Write ``array`` as a ``.npy`` file (no pickled objects) to ``path`` atomically."""
+    """Write ``array`` as a ``.npy`` file (no pickled objects) to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.npy`` file to write.
+    array : ndarray of any shape and numeric dtype
+        Written C-contiguous; an object array is refused by numpy (``allow_pickle=False``).
+    root : Path, optional
+        The run directory that holds ``path``. Given, the write goes through
+        :mod:`poisonlens.runfs`: no folder on the way and no final name may be a link. Default
+        None: a plain atomic write, creating missing folders.
+    """
     _atomic(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), root=root)
 
 
 def json_default(obj):
-    """``json.dumps``'s ``default`` for numpy scalars and arrays and paths (the one used by every writer)."""
+    """``json.dumps``'s ``default`` for numpy scalars and arrays and paths (the one used by every writer).
+
+    Parameters
+    ----------
+    obj : object
+        A value ``json`` cannot write itself.
+
+    Returns
+    -------
+    int, float, bool, str or list
+        A numpy scalar's Python value, an array as nested lists, a path as text.
+
+    Raises
+    ------
+    TypeError
+        For any other type, as ``json.dumps`` expects.
+    """
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -153,7 +235,19 @@ def _read_json(path: Path, root: Path | None = None) -> dict:
 
 
 def snapshot_path(run_dir: Path, epoch: int) -> Path:
-    """The path of the snapshot file of ``epoch`` in ``run_dir``."""
+    """The path of the snapshot file of ``epoch`` in ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run directory.
+    epoch : int
+        The epoch, from 0; written with at least four digits (``epoch_0007.parquet``).
+
+    Returns
+    -------
+    Path, ``<run_dir>/snapshots/epoch_NNNN.parquet``
+    """
     return Path(run_dir) / SNAPSHOTS / f"epoch_{epoch:04d}.parquet"
 
 
@@ -180,9 +274,24 @@ class RunWriter:
         target: dict | None,
         extra: dict | None = None,
     ) -> None:
-        """Start a run: run.json with status ``running``. ``target`` holds the poison set's
-        target_label, adv_label, target_index, attack, eps and n_poisons (None for a clean run);
-        ``extra`` holds more top-level keys (e.g. ``exclude``, docs/run-format.md)."""
+        """Start a run: run.json with status ``running``, this process's id and the time now.
+
+        Parameters
+        ----------
+        name : str
+            The run's name, as the dashboard lists it.
+        config : dict
+            The training configuration (``TrainConfig.to_dict()``).
+        versions : dict
+            Package versions of the training process (torch, numpy, poisonlens ...).
+        class_names : list of str
+            The data set's class names, in label order.
+        target : dict or None
+            The poison set's ``target_label``, ``adv_label``, ``target_index``, ``attack``,
+            ``eps`` and ``n_poisons``; None for a clean run.
+        extra : dict, optional
+            More top-level keys of run.json (e.g. ``exclude``, docs/run-format.md).
+        """
         now = time.time()
         self._json(
             RUN_JSON,
@@ -204,9 +313,21 @@ class RunWriter:
         )
 
     def set_status(self, status: str, error: str | None = None) -> None:
-        """Set the run's status (one of ``STATUSES``) and error in run.json.
+        """Set the run's status and error in run.json.
 
         A status other than 'running' also records when the run finished.
+
+        Parameters
+        ----------
+        status : str
+            One of ``STATUSES``: ``running``, ``finished`` or ``failed``.
+        error : str, optional
+            Why the run failed, one line; None (the default) clears it.
+
+        Raises
+        ------
+        ValueError
+            When ``status`` is not one of ``STATUSES``.
         """
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
@@ -218,17 +339,37 @@ class RunWriter:
 
     def update_config(self, config: dict) -> None:
         """Replace the config in run.json (a run written by your own loop learns its last epoch
-        only at the end: :class:`poisonlens.tracker.EpicTracker`)."""
+        only at the end: :class:`poisonlens.tracker.EpicTracker`).
+
+        Parameters
+        ----------
+        config : dict
+            The whole new configuration (``TrainConfig.to_dict()``); the other keys of
+            run.json are kept.
+        """
         meta = _read_json(self.dir / RUN_JSON)
         meta.update(config=config, updated=time.time())
         atomic_write_json(self.dir / RUN_JSON, meta)
 
     def write_progress(self, **fields) -> None:
-        """Replace progress.json with ``fields`` and the time now."""
+        """Replace progress.json with ``fields`` and the time now.
+
+        Parameters
+        ----------
+        **fields
+            JSON-serialisable values, e.g. ``epoch=3, epochs=40, phase="train"``; the
+            dashboard checks ``epoch`` and ``epochs`` as whole numbers.
+        """
         self._json(PROGRESS_JSON, {**fields, "updated": time.time()})
 
     def write_examples(self, frame: pd.DataFrame) -> None:
-        """Write the per-example table (examples.parquet)."""
+        """Write the per-example table (examples.parquet).
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame of n_samples rows
+            Columns ``index``, ``label``, ``is_poison``, ``base_index`` (docs/run-format.md).
+        """
         self._parquet(self.dir / EXAMPLES, frame)
 
     def write_images(self, images: np.ndarray, target_image: np.ndarray | None) -> None:
@@ -246,19 +387,47 @@ class RunWriter:
             atomic_write_npy(self.dir / TARGET_IMAGE, target_image, root=self.dir)
 
     def write_metrics(self, frame: pd.DataFrame) -> None:
-        """Write the per-epoch metrics table (metrics.parquet)."""
+        """Write the per-epoch metrics table (metrics.parquet).
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            A row per finished epoch, every epoch so far (the file is replaced whole).
+        """
         self._parquet(self.dir / METRICS, frame)
 
     def write_targets(self, frame: pd.DataFrame) -> None:
-        """Write the target-prediction table (targets.parquet)."""
+        """Write the target-prediction table (targets.parquet).
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            A row per snapshot epoch so far: the target's gradient, embedding and prediction.
+        """
         self._parquet(self.dir / TARGETS, frame)
 
     def write_snapshot(self, epoch: int, frame: pd.DataFrame) -> None:
-        """Write the snapshot table of ``epoch``."""
+        """Write the snapshot table of ``epoch``.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch the snapshot was taken at.
+        frame : pandas.DataFrame of n_samples rows
+            A row per training example, in index order (columns in docs/run-format.md).
+        """
         self._parquet(snapshot_path(self.dir, epoch), frame)
 
     def write_snapshot_columns(self, epoch: int, columns: dict[str, np.ndarray]) -> None:
-        """The snapshot table of ``epoch`` from per-column arrays, streamed in row groups."""
+        """Write the snapshot table of ``epoch`` from per-column arrays, streamed in row groups.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch the snapshot was taken at.
+        columns : dict of str to ndarray of shape (n_samples,)
+            Column name to a value per training example, in index order.
+        """
         atomic_write_parquet_columns(snapshot_path(self.dir, epoch), columns, root=self.dir)
 
     def record_epoch(
@@ -268,8 +437,19 @@ class RunWriter:
         targets: pd.DataFrame | None = None,
         snapshot: tuple[int, dict[str, np.ndarray]] | None = None,
     ) -> None:
-        """Everything one finished epoch writes: its snapshot (``(epoch, columns)``), the target
-        rows and the metrics table, in that order (a metrics row means the epoch is complete)."""
+        """Everything one finished epoch writes: its snapshot, the target rows and the metrics
+        table, in that order (a metrics row means the epoch is complete).
+
+        Parameters
+        ----------
+        metrics : pandas.DataFrame
+            The metrics table with this epoch's row last.
+        targets : pandas.DataFrame, optional
+            The target table so far; None or empty writes nothing.
+        snapshot : (int, dict of str to ndarray of shape (n_samples,)), optional
+            ``(epoch, columns)`` as :meth:`write_snapshot_columns` takes them; None when this
+            epoch takes no snapshot.
+        """
         if snapshot is not None:
             self.write_snapshot_columns(*snapshot)
         if targets is not None and len(targets):
@@ -277,7 +457,15 @@ class RunWriter:
         self.write_metrics(metrics)
 
     def write_projection(self, name: str, frame: pd.DataFrame) -> None:
-        """Write the 2-D map ``name`` to ``projections/<name>.parquet``."""
+        """Write the 2-D map ``name`` to ``projections/<name>.parquet``.
+
+        Parameters
+        ----------
+        name : str
+            The layout method, e.g. ``umap`` or ``pca`` (letters, digits, ``_`` and ``-``).
+        frame : pandas.DataFrame
+            A row per (epoch, example) placed, and the target's rows (``index`` -1).
+        """
         self._parquet(self.dir / PROJECTIONS / f"{name}.parquet", frame)
 
 
@@ -350,11 +538,31 @@ def _root_parts(path: Path, root: Path | None) -> tuple[Path, tuple[str, ...]]:
 
 
 def read_json(path: Path, *, max_bytes: int | None = None, root: Path | None = None) -> dict:
-    """A JSON object from ``path``, refused (DamagedFile) when it is larger than ``max_bytes``
-    (default ``MAX_JSON_BYTES``), nested deeper than ``MAX_JSON_DEPTH``, holds an integer of
-    more than ``MAX_INT_DIGITS`` digits or a number that is not finite (``1e999``, ``NaN``), is
-    not an object, or is a link or special file at any component below ``root`` (default: its
-    folder). FileNotFoundError passes through."""
+    """A JSON object from ``path``, checked before and while it is decoded.
+
+    Parameters
+    ----------
+    path : Path
+        The JSON file (run.json, progress.json, launch.json ...).
+    max_bytes : int, optional
+        The largest file accepted, in bytes. Default ``MAX_JSON_BYTES`` (1 MiB).
+    root : Path, optional
+        The folder below which no component of ``path`` may be a link or special file.
+        Default: the file's own folder.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    DamagedFile
+        When the file is larger than ``max_bytes``, nested deeper than ``MAX_JSON_DEPTH``,
+        holds an integer of more than ``MAX_INT_DIGITS`` digits or a number that is not
+        finite (``1e999``, ``NaN``), is not a JSON object, or is a link or special file.
+    FileNotFoundError
+        When there is no such file.
+    """
     limit = MAX_JSON_BYTES if max_bytes is None else max_bytes
     root, parts = _root_parts(path, root)
     try:
@@ -436,7 +644,29 @@ def read_parquet(
     A path-based read may open the file more than once (footer, then pages); if the writer
     replaces the file in between, the reader mixes two versions. One handle pins one version.
     The pandas metadata a file carries is ignored: the frame is built from the Arrow types alone.
-    Errors: FileNotFoundError, DamagedFile, or pyarrow's own (see :meth:`Run.snapshot`, which
+
+    Parameters
+    ----------
+    path : Path
+        The Parquet file.
+    columns : list of str, optional
+        Read only these columns. Default: all.
+    root : Path, optional
+        The folder below which no component of ``path`` may be a link or special file.
+        Default: the file's own folder.
+    max_rows : int, optional
+        The most rows its footer may declare. Default: the ``--max-images`` limit.
+    text : bool, default False
+        Also accept text columns (metrics.parquet has one); otherwise only numeric and bool
+        columns are accepted, which bounds the decoded size by rows x columns x 8 bytes.
+
+    Returns
+    -------
+    pandas.DataFrame
+
+    Raises
+    ------
+    FileNotFoundError, DamagedFile, or pyarrow's own errors (see :meth:`Run.snapshot`, which
     turns every error into DamagedFile).
     """
     root, parts = _root_parts(path, root)
@@ -655,7 +885,17 @@ class Run:
         self.meta  # noqa: B018  (reads and checks run.json now, so a bad run fails to open)
 
     def file(self, *parts: str) -> Path:
-        """The path of a file of this run (as written: never resolved through links)."""
+        """The path of a file of this run (as written: never resolved through links).
+
+        Parameters
+        ----------
+        *parts : str
+            Path components below the run folder, e.g. ``"snapshots", "epoch_0003.parquet"``.
+
+        Returns
+        -------
+        Path
+        """
         return self.path.joinpath(*parts)
 
     def _exists(self, *parts: str) -> bool:
@@ -703,7 +943,7 @@ class Run:
     def status(self) -> str:
         """``running``, ``finished``, ``failed``, or ``interrupted`` (running, but its process is gone)."""
         meta = self.meta
-        if meta["status"] == "running" and not _alive(meta.get("pid")):
+        if meta["status"] == "running" and not pid_alive(meta.get("pid")):
             return "interrupted"
         return meta["status"]
 
@@ -811,7 +1051,25 @@ class Run:
         return damaged
 
     def snapshot(self, epoch: int, columns: list[str] | None = None) -> pd.DataFrame:
-        """The snapshot table of ``epoch`` (a row per example, in index order)."""
+        """The snapshot table of ``epoch`` (a row per example, in index order).
+
+        Parameters
+        ----------
+        epoch : int
+            A snapshot epoch (one of :meth:`snapshot_epochs`).
+        columns : list of str, optional
+            Read only these columns. Default: all.
+
+        Returns
+        -------
+        pandas.DataFrame of n_samples rows
+
+        Raises
+        ------
+        DamagedFile
+            When the file is missing, damaged, or its rows or its labels and predictions do not
+            fit the run.
+        """
         path = self.file(*self._snapshot_parts(epoch))
         try:
             n_samples = self.n_examples()
@@ -826,16 +1084,56 @@ class Run:
         return frame
 
     def snapshot_columns(self, epoch: int) -> list[str]:
-        """The column names of the snapshot of ``epoch``, read from the file's footer."""
+        """The column names of the snapshot of ``epoch``, read from the file's footer.
+
+        Parameters
+        ----------
+        epoch : int
+            One of :meth:`snapshot_epochs`; only the footer of its file is read.
+
+        Returns
+        -------
+        list of str
+        """
         return _table_info(self.file(*self._snapshot_parts(epoch)), root=self.path)[1]
 
     def gradients(self, epoch: int) -> np.ndarray:
-        """float32 (n_samples, n_classes): the snapshot's softmax - onehot."""
+        """The last-layer gradients of the snapshot of ``epoch``: softmax - onehot.
+
+        Parameters
+        ----------
+        epoch : int
+            The snapshot's epoch; its ``g_*`` columns are read, not the others.
+
+        Returns
+        -------
+        float32 ndarray of shape (n_samples, n_classes)
+            The ``g_*`` columns, in column order.
+        """
         cols = [c for c in self.snapshot_columns(epoch) if c.startswith("g_")]
         return self.snapshot(epoch, columns=cols).to_numpy(np.float32)
 
     def projection(self, name: str = "umap") -> pd.DataFrame | None:
-        """The stored 2-D layout ``projections/<name>.parquet``; None when there is none."""
+        """The stored 2-D layout ``projections/<name>.parquet``; None when there is none.
+
+        Parameters
+        ----------
+        name : str, default "umap"
+            The layout method: 1 to 64 letters, digits, ``_`` or ``-``.
+
+        Returns
+        -------
+        pandas.DataFrame or None
+            Columns ``epoch, index, x, y``, a row per (snapshot epoch, example); the target's
+            rows have index -1.
+
+        Raises
+        ------
+        InputError
+            When ``name`` is not a projection name.
+        DamagedFile
+            When the file is damaged or its epochs or indices do not fit the run.
+        """
         if not _PROJECTION_NAME.fullmatch(name):
             raise InputError(name, "not a projection name")
         parts = (PROJECTIONS, f"{name}.parquet")
@@ -890,8 +1188,26 @@ class Run:
         )
 
 
-def _alive(pid: int | None) -> bool:
-    """Whether process ``pid`` still exists on this machine (True when unknown)."""
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still exists on this machine.
+
+    Shared by the run list (a ``running`` run whose process is gone is shown as killed), the
+    background launcher and the projection jobs. It sends signal 0, which checks the process
+    without touching it.
+
+    Parameters
+    ----------
+    pid : int or None
+        A process id as recorded in run.json, launch.json or a projection job file; ``None``
+        or 0 means "not recorded".
+
+    Returns
+    -------
+    bool
+        False only when no such process exists; True when it exists, when ``pid`` is not
+        recorded or not a valid id, or when it belongs to another user (``PermissionError``),
+        so that a doubt never marks a live run as killed.
+    """
     if not pid:
         return True
     try:
@@ -904,13 +1220,43 @@ def _alive(pid: int | None) -> bool:
 
 
 def open_run(path: str | Path) -> Run:
-    """Open a run directory for reading; a clear error when it is not one (InputError) or its
-    run.json cannot be read (DamagedFile)."""
+    """Open a run directory for reading; its run.json is read and checked now.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory, the folder that holds run.json.
+
+    Returns
+    -------
+    Run
+
+    Raises
+    ------
+    InputError
+        When the folder holds no run.json.
+    DamagedFile
+        When its run.json cannot be read or is malformed.
+    """
     return Run(Path(path))
 
 
 def unreadable_info(path: Path, reason: str) -> RunInfo:
-    """The line of ``poisonlens runs`` for a run whose run.json cannot be read."""
+    """The line of ``poisonlens runs`` for a run whose run.json cannot be read.
+
+    Parameters
+    ----------
+    path : Path
+        The run folder whose run.json failed to read; its name is shown as the run's.
+    reason : str
+        One line saying what is wrong, shown in place of the metrics.
+
+    Returns
+    -------
+    RunInfo
+        Status ``unreadable``, created and updated at run.json's modification time (0 when
+        even that cannot be read), no metrics.
+    """
     try:
         stamp = (Path(path) / RUN_JSON).lstat().st_mtime
     except OSError:
@@ -937,6 +1283,17 @@ def list_runs(*roots: str | Path) -> list[RunInfo]:
 
     A folder holding a run.json is a run; one that cannot be read (or is itself a link) is
     listed with status ``unreadable`` and the reason, never left out, and never hides the others.
+
+    Parameters
+    ----------
+    *roots : str or Path
+        Folders of runs (``--runs-dir``); a folder that does not exist or cannot be listed is
+        skipped.
+
+    Returns
+    -------
+    list of RunInfo
+        Newest first, by creation time.
     """
     infos: list[RunInfo] = []
     for root in roots:

@@ -23,6 +23,7 @@ from poisonlens.store import (
     atomic_write_parquet,
     list_runs,
     open_run,
+    pid_alive,
 )
 from poisonlens.train import TrainConfig, train
 from tests.conftest import tiny_config
@@ -133,3 +134,11 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_like_an_uninterrupted_one(tm
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert open_run(run_dir).status == "finished"
+
+
+def test_pid_alive_tells_a_live_process_from_a_finished_one():
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: the id no longer names a process
+    assert not pid_alive(child.pid)
+    assert pid_alive(None) and pid_alive(0)  # not recorded: never marked as killed

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from poisonlens.commands import add_command
 from poisonlens.commands._options import add_config_arguments, config_file, config_from_args
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
@@ -29,17 +30,16 @@ GRID_FIELDS = ("poisons", "clean_control", "scenario", "pretrained", "defense", 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``evaluate`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "evaluate",
-        help="train every defense on every poison set, seed and scenario; write results tables",
+    """Add the ``evaluate`` subcommand and its options to ``sub``: every TrainConfig option
+    but the grid's fields (:data:`GRID_FIELDS`), and the grid's own options."""
+    p = add_command(
+        sub, "evaluate", run,
         description="Train each defense on each poison set, seed and scenario, one process per "
         "run (finished runs are skipped, killed ones resumed), then write runs.csv, "
         "detection.csv, summary.csv, paired.csv (EPIC against its random twin, cell by cell) and "
         "summary.md. For transfer and finetune a clean model is "
         "first pretrained on half of every class of the training set (cached in "
         "<out>/pretrained). --poisons may hold one subfolder per scenario.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--config",
@@ -75,7 +75,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "grid cut off by a deadline; resume it later without this flag)")
     p.add_argument("--out", required=True, help="results folder (runs go to <out>/runs/<scenario>)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=run)
 
 
 def _seeds(text: str) -> list[int]:

@@ -6,18 +6,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from poisonlens.commands import add_command
 from poisonlens.errors import one_line
 from poisonlens.export import check_epoch, suspects_table, to_safe_csv
 from poisonlens.store import DamagedFile, atomic_write_bytes, open_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``export`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "export",
-        help="write the examples dropped or flagged up to an epoch as CSV",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    """Add the ``export`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The ``poisonlens`` parser's subcommands; ``export`` takes ``--run``, ``--epoch``,
+        ``--dropped-only`` and ``--out``.
+    """
+    p = add_command(sub, "export", run)
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument(
         "--epoch",
@@ -30,11 +34,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--dropped-only", action="store_true", help="leave out examples flagged but not dropped"
     )
     p.add_argument("--out", required=True, help="CSV file to write ('-' for standard output)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write a run's dropped (and flagged) examples up to an epoch as CSV; return 0."""
+    """Write a run's dropped (and flagged) examples up to an epoch as CSV; return 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``run`` (the run folder), ``epoch`` (a snapshot epoch, None for the last),
+        ``dropped_only`` and ``out`` (a CSV path, ``-`` for standard output).
+    """
     run = open_run(args.run)
     damage = run.info().unreadable  # a link or special file anywhere, or damaged metrics
     if damage:

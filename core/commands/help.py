@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import argparse
 
+from poisonlens.commands import add_command
+
 LIMITS = "limits"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``help`` subcommand to ``sub``."""
-    p = sub.add_parser(
-        "help",
-        help="show a command's help, or `help limits`: the limits on untrusted files",
+    """Add the ``help`` subcommand to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        Where the commands are added (:func:`poisonlens.cli.build_parser`); ``help`` takes one
+        optional positional TOPIC.
+    """
+    p = add_command(
+        sub, "help", run,
         description="Show the help of a command, or the limits every command applies to the "
         "files it reads (`poisonlens help limits`).",
     )
     p.add_argument("topic", nargs="?", default=None, metavar="TOPIC",
                    help="a command name, or `limits`")
-    p.set_defaults(func=run)
 
 
 def limits_text() -> str:
@@ -49,7 +56,14 @@ def limits_text() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the help asked for; return 0 (an unknown topic is a one-line error, exit 2)."""
+    """Print the help asked for; return 0 (an unknown topic is a one-line error, exit 2).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``topic``: None for the list of commands, a command's name for its options, or
+        ``limits`` for the ``--max-*`` flags.
+    """
     from poisonlens.cli import COMMANDS, build_parser
     from poisonlens.errors import InputError
 

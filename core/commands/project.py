@@ -12,7 +12,14 @@ from poisonlens.projection import METHODS, PLACEMENTS, compute_projection, write
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``project`` subcommand and its options to ``sub``."""
+    """Add the ``project`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        Subcommands of ``poisonlens``. This one's options: the run, the layout method, how
+        many rows it is fitted on, how the others are placed, the device, the seed.
+    """
     p = sub.add_parser(
         "project",
         help="precompute the 2-D gradient map the dashboard shows",
@@ -43,7 +50,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compute and store a run's 2-D gradient map; return 0."""
+    """Compute and store a run's 2-D gradient map; return 0.
+
+    Progress goes to standard error and to the job file the dashboard polls.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``run``, ``method`` (umap or pca), ``max_fit`` (rows the layout is fitted on),
+        ``placement``, ``device``, ``seed`` and ``quiet``.
+    """
     started, last = time.time(), [0.0]
 
     def progress(fraction: float, message: str) -> None:

@@ -11,14 +11,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from poisonlens.commands import add_command
 from poisonlens.commands._options import existing_folder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``review`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "review",
-        help="import or export a run's review (poison / clean / unsure verdicts) as CSV",
+    """Add the ``review`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The subcommands; ``review`` needs ``--run`` and takes one of ``--import FILE`` and
+        ``--export FILE``.
+    """
+    p = add_command(
+        sub, "review", run,
         description="A run's review is kept in its folder as review.parquet (see docs/run-format.md).",
     )
     p.add_argument("--run", required=True, type=existing_folder, help="run directory")
@@ -33,11 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what.add_argument(
         "--export", metavar="FILE", help="write the review as CSV ('-' for standard output)"
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Import, export or summarise the review; return 0."""
+    """Import, export or summarise the review; return 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``run``; ``import_file`` (a CSV to merge) or ``export`` (a CSV path, ``-`` for
+        standard output); with neither, the review's counts are printed.
+    """
     from poisonlens.review import (
         REVIEW,
         merge,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from poisonlens.commands import add_command
 from poisonlens.errors import one_line
 from poisonlens.store import list_runs
 
@@ -15,18 +16,29 @@ SAMPLE_HINT = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``runs`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "runs",
-        help="list runs with status and headline metrics",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    """Add the ``runs`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        As :func:`poisonlens.cli.build_parser` makes it; ``runs`` has one option, ``--runs-dir``.
+    """
+    p = add_command(sub, "runs", run)
     p.add_argument("--runs-dir", default="runs", help="folder that holds run directories")
-    p.set_defaults(func=run)
 
 
 def target_text(attack_success: bool | None) -> str:
-    """What happened to the attack's target test image: '-' for a clean run (no target)."""
+    """What happened to the attack's target test image: '-' for a clean run (no target).
+
+    Parameters
+    ----------
+    attack_success : bool or None
+        Whether the target is now predicted as the attacker's class; None for a clean run.
+
+    Returns
+    -------
+    str: 'flipped', 'not flipped' or '-'
+    """
     if attack_success is None:
         return "-"
     return "flipped" if attack_success else "not flipped"
@@ -37,6 +49,17 @@ def format_runs(infos) -> str:
 
     ``target`` says whether the attack's target test image is now predicted as the attacker's
     class (``flipped``: the attack succeeded), so that it does not read as the run's status.
+
+    Parameters
+    ----------
+    infos : iterable of poisonlens.store.RunInfo
+        The runs, in the order to print them (:func:`poisonlens.store.list_runs`: newest
+        first). Names, defenses and errors are escaped to one printable line each.
+
+    Returns
+    -------
+    str
+        A header line, then the runs' lines, joined by newlines (no trailing newline).
     """
     header = (
         f"{'name':<32} {'status':<11} {'epoch':>9} {'defense':<10} {'test acc':>8} "
@@ -64,7 +87,13 @@ def format_runs(infos) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the runs in ``--runs-dir`` with status and headline metrics; return 0."""
+    """Print the runs in ``--runs-dir`` with status and headline metrics; return 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``runs_dir``: the folder of runs (or a run folder itself).
+    """
     infos = list_runs(args.runs_dir)
     if not infos:
         print(f"no runs in {one_line(args.runs_dir)} {SAMPLE_HINT}")

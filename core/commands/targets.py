@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from poisonlens.commands import add_command
 from poisonlens.commands._options import nonneg_int, positive_int, text
 from poisonlens.targets import RULES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``targets`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "targets",
-        help="choose (target, adversarial class) pairs to attack, from a clean model's predictions",
+    p = add_command(
+        sub, "targets", run,
         description="Print one `TARGET ADV_CLASS` line per pair (the test index and the class "
         "it should be read as), for `poisonlens craft --target-index TARGET --adv-class "
         "ADV_CLASS`. Only test images the model classifies correctly are chosen. Rules: "
@@ -32,7 +32,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rule", choices=RULES, default="benchmark", help="how to choose (default: benchmark)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the draws (default: 0)")
     p.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda, cuda:N or mps")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

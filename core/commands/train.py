@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from poisonlens.commands import add_command
 from poisonlens.commands._options import (
     add_config_arguments,
     config_file,
@@ -25,9 +26,8 @@ from poisonlens.errors import one_line
 # The network and schedule options `poisonlens evaluate` shares with `train`.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``poisonlens train``: every TrainConfig option plus the run's place."""
-    p = sub.add_parser(
-        "train",
-        help="train a model under a defense, recording snapshots in a run directory",
+    p = add_command(
+        sub, "train", run,
         description="Train a model on a (poisoned) data set under a defense. Everything the "
         "dashboard shows is written to <runs-dir>/<name>. Options given on the command line "
         "override those of --config.",
@@ -57,7 +57,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="continue a killed run from its last checkpoint (other options are ignored)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def finished_note(run_dir: Path) -> str | None:

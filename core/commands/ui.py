@@ -15,16 +15,22 @@ import os
 import sys
 from pathlib import Path
 
+from poisonlens.commands import add_command
 from poisonlens.errors import InputError
 
 LOOPBACK = "127.0.0.1"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``ui`` subcommand and its options to ``sub``."""
-    p = sub.add_parser(
-        "ui", help="start the dashboard on a runs folder (http://127.0.0.1:8501)"
-    )
+    """Add the ``ui`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        Subcommands of the top-level parser. ``ui`` takes ``--runs-dir`` (default
+        ``$POISONLENS_RUNS``, else ``runs``), ``--port`` and ``--host``.
+    """
+    p = add_command(sub, "ui", run)
     p.add_argument(
         "--runs-dir",
         default=os.environ.get("POISONLENS_RUNS") or "runs",
@@ -37,11 +43,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="address to listen on; anything but loopback needs an authenticating proxy in front "
         "(docs/security.md)",
     )
-    p.set_defaults(func=run)
 
 
 def port_number(text: str) -> int:
-    """A TCP port from the command line (1-65535); argparse turns the error into one line."""
+    """A TCP port from the command line (1-65535); argparse turns the error into one line.
+
+    Parameters
+    ----------
+    text : str
+        The option's value as typed.
+
+    Returns
+    -------
+    int in [1, 65535]
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For text that is not a whole number in range.
+    """
     try:
         port = int(text)
     except ValueError:
@@ -64,7 +84,23 @@ def app_path() -> Path:
 
 def streamlit_command(app: Path, *, runs_dir: str, port: int, host: str) -> list[str]:
     """The argv that serves ``app`` on ``host:port`` over ``runs_dir``, headless, no telemetry,
-    and no "Deploy" button (it offers to publish the app on a cloud service)."""
+    and no "Deploy" button (it offers to publish the app on a cloud service).
+
+    Parameters
+    ----------
+    app : Path
+        The dashboard's entry file (:func:`app_path`).
+    runs_dir : str
+        Absolute folders of runs joined by ``os.pathsep``, handed to the app as ``--runs-dir``.
+    port : int
+        The TCP port to listen on.
+    host : str
+        The address to listen on, checked by :func:`check_host`.
+
+    Returns
+    -------
+    list of str, starting with this interpreter: ``python -m streamlit run APP ...``
+    """
     return [
         sys.executable, "-m", "streamlit", "run", str(app),
         "--server.address", host,
@@ -77,14 +113,41 @@ def streamlit_command(app: Path, *, runs_dir: str, port: int, host: str) -> list
 
 
 def check_host(host: str) -> str:
-    """``host`` unless it is empty or has characters no address or host name has."""
+    """``host`` unless it is empty or has characters no address or host name has.
+
+    Parameters
+    ----------
+    host : str
+        ``--host`` as typed: an IPv4 or IPv6 address (brackets allowed) or a host name, at
+        most 253 characters of letters, digits and ``.-:[]``.
+
+    Returns
+    -------
+    str, ``host`` unchanged
+
+    Raises
+    ------
+    InputError
+        Naming ``--host``, for anything else (a space, a slash, a shell character).
+    """
     if not host or len(host) > 253 or not all(c.isalnum() or c in ".-:[]" for c in host):
         raise InputError("--host", f"not an address or host name: {host!r}")
     return host
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (127.0.0.0/8, ::1 or localhost)."""
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1 or localhost).
+
+    Parameters
+    ----------
+    host : str
+        An address (an IPv6 one may be in brackets) or a host name; a name other than
+        ``localhost`` counts as not loopback, as it may resolve anywhere.
+
+    Returns
+    -------
+    bool
+    """
     if host == "localhost":
         return True
     try:
@@ -94,7 +157,19 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Replace this process with the Streamlit server; returns only on a bad option."""
+    """Replace this process with the Streamlit server; returns only on a bad option.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``runs_dir`` (folders joined by ``os.pathsep``), ``port`` and ``host``; a host other
+        than loopback is served with a warning on standard error.
+
+    Raises
+    ------
+    InputError
+        When streamlit is missing, a runs folder is a file, or the host is not an address.
+    """
     if importlib.util.find_spec("streamlit") is None:
         raise InputError("streamlit", "not installed; `pip install poisonlens` installs it")
     # absolute, so the server reads the folder the user meant whatever its working directory
