@@ -10,7 +10,13 @@ from poisonlens.targets import RULES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``targets`` subcommand and its options to ``sub``."""
+    """Add the ``targets`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        What ``ArgumentParser.add_subparsers()`` returned for the ``poisonlens`` command.
+    """
     p = sub.add_parser(
         "targets",
         help="choose (target, adversarial class) pairs to attack, from a clean model's predictions",
@@ -36,7 +42,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the chosen pairs, one ``TARGET ADV_CLASS`` line each; return 0."""
+    """Print the chosen pairs, one ``TARGET ADV_CLASS`` line each.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``targets`` options (see :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        0; a bad input raises :class:`InputError` (one line, exit code 2).
+    """
     from poisonlens.attacks.surrogate import SurrogateOptions, load_surrogate
     from poisonlens.data import load_dataset
     from poisonlens.device import resolve_device
