@@ -52,7 +52,20 @@ class DeepKNN(ScoringDefense):
             raise InputError("deepknn", f"batch_size must be >= 1, got {self.batch_size}")
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
+        """Flag the examples whose nearest neighbours out-vote their own label; see :class:`~poisonlens.defense.base.ScoringDefense`.
+
+        Parameters
+        ----------
+        snapshot : Snapshot
+            Its ``labels`` and ``embeddings`` (n_samples, n_features) are read.
+        active : bool ndarray of shape (n_samples,)
+            The examples still in training (already checked); the others get NaN scores.
+
+        Returns
+        -------
+        DefenseResult
+            With ``knn_agree`` and ``knn_label`` columns.
+        """
         n_samples = snapshot.n_samples
         rows = np.flatnonzero(active)
         labels = np.asarray(snapshot.labels)[rows]

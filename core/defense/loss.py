@@ -37,7 +37,19 @@ class LossFilter(ScoringDefense):
             raise InputError("loss", f"fraction must be in [0, 1], got {self.fraction}")
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
+        """Flag the top ``fraction`` of active examples by loss; see :class:`~poisonlens.defense.base.ScoringDefense`.
+
+        Parameters
+        ----------
+        snapshot : Snapshot
+            Its ``loss`` (n_samples,) are read.
+        active : bool ndarray of shape (n_samples,)
+            The examples still in training (already checked); the others get NaN scores.
+
+        Returns
+        -------
+        DefenseResult
+        """
         n_samples = snapshot.n_samples
         rows = np.flatnonzero(active)
 
