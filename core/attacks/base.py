@@ -10,13 +10,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
 from poisonlens.errors import InputError
+from poisonlens.models import to_tensor
 
 
 @dataclass(frozen=True)
@@ -456,70 +459,118 @@ class CleanLabelStart:
                                    extra=extra)
 
 
-def clean_label_start(attack, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
-                      show_progress: bool) -> CleanLabelStart:
-    """Surrogates, then ``goal.budget`` x n_train bases of the adversarial class, on one device.
+@dataclass(frozen=True, kw_only=True)
+class CleanLabelAttack(SurrogateOptions, CraftingAttack):
+    """Base of the clean-label attacks that perturb adversarial-class images against surrogates.
 
-    Parameters
-    ----------
-    attack : CraftingAttack and SurrogateOptions
-        The attack; its ``bases`` ({'random', 'closest'}) says whether bases are drawn with
-        ``goal.random_state`` or taken nearest the target in the surrogates' feature space.
-    dataset : ImageDataset
-        The clean data set; bases come from its training split.
-    goal : AttackGoal
-        The target, the adversarial class, the budget and the seed.
-    surrogates : list of Classifier or None
-        Models to craft against; None trains the attack's own ensemble.
-    show_progress : bool
-        Progress bars while surrogates train.
-
-    Returns
-    -------
-    CleanLabelStart
+    A subclass declares ``name``, ``eps`` (the l-inf radius, 0-255 units), ``bases``
+    ({'random', 'closest'}) and its own parameters, and writes only its objective and
+    optimisation in ``make_poisons``: :meth:`start` trains (or takes) the surrogates and picks
+    the bases, :meth:`random_start`, :meth:`project` and :meth:`to_uint8` keep the iterate in
+    the ball, and :meth:`CleanLabelStart.poison_set` records the result.
     """
-    # here, not at the top: surrogate imports the training loop, which `import poisonlens.attacks`
-    # (the CLI's registry of names) does not need
-    from poisonlens.attacks.surrogate import feature_distances
-    from poisonlens.models import to_tensor
 
-    started = time.perf_counter()
-    models = attack.surrogate_models(dataset, goal, surrogates, show_progress)
-    device = next(models[0].parameters()).device  # the surrogates' device is the attack's
-    target_x = dataset.x_test[goal.target_index]
-    distances = (
-        feature_distances(models, dataset.x_train, target_x) if attack.bases == "closest" else None
-    )
-    base_indices = choose_bases(
-        dataset.y_train,
-        goal.adv_label,
-        n_poisons_for(goal.budget, len(dataset.y_train)),
-        random_state=goal.random_state,
-        distances=distances,
-    )
-    base_u8 = dataset.x_train[base_indices]
-    return CleanLabelStart(models, base_indices, base_u8, to_tensor(base_u8).to(device),
-                           to_tensor(target_x[None]).to(device), started)
+    needs_surrogate: ClassVar[bool] = True
 
+    def check(self, **positive: float) -> None:
+        """Raise :class:`InputError` for a non-positive parameter or an unknown ``bases``.
 
-def random_start(base: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
-    """A perturbation drawn uniformly from the ``eps`` ball around ``base`` (and kept in [0, 1]).
+        Parameters
+        ----------
+        **positive : float
+            The parameters that must be > 0, by name (``eps=8.0, steps=100``).
+        """
+        check_params(self.name, **positive)
+        check_choice(self.name, "bases", self.bases, BASE_CHOICES)
 
-    Parameters
-    ----------
-    base : float tensor of shape (n_poisons, channels, height, width) in [0, 1]
-        The images the poisons start from.
-    eps : float
-        Radius of the l-inf ball, 0-255 units.
-    gen : torch.Generator
-        CPU generator of the draw (one stream per restart, see :func:`seeded_generator`).
+    def start(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
+              show_progress: bool) -> CleanLabelStart:
+        """Surrogates, then ``goal.budget`` x n_train bases of the adversarial class, on one device.
 
-    Returns
-    -------
-    float tensor of base's shape: delta with ``base + delta`` inside the ball.
-    """
-    noise = (torch.rand(base.shape, generator=gen) * 2 - 1).to(base.device)
-    return project_linf(base + noise * (eps / 255.0), base, eps) - base
+        Bases are drawn with ``goal.random_state`` (``bases='random'``) or taken nearest the
+        target in the surrogates' feature space (``'closest'``).
+
+        Parameters
+        ----------
+        dataset : ImageDataset
+            The clean data set; bases come from its training split.
+        goal : AttackGoal
+            The target, the adversarial class, the budget and the seed.
+        surrogates : list of Classifier or None
+            Models to craft against; None trains this attack's own ensemble.
+        show_progress : bool
+            Progress bars while surrogates train.
+
+        Returns
+        -------
+        CleanLabelStart
+        """
+        started = time.perf_counter()
+        models = self.surrogate_models(dataset, goal, surrogates, show_progress)
+        device = next(models[0].parameters()).device  # the surrogates' device is the attack's
+        target_x = dataset.x_test[goal.target_index]
+        distances = (
+            feature_distances(models, dataset.x_train, target_x) if self.bases == "closest" else None
+        )
+        base_indices = choose_bases(
+            dataset.y_train,
+            goal.adv_label,
+            n_poisons_for(goal.budget, len(dataset.y_train)),
+            random_state=goal.random_state,
+            distances=distances,
+        )
+        base_u8 = dataset.x_train[base_indices]
+        return CleanLabelStart(models, base_indices, base_u8, to_tensor(base_u8).to(device),
+                               to_tensor(target_x[None]).to(device), started)
+
+    def random_start(self, base: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """A perturbation drawn uniformly from the ``eps`` ball around ``base`` (kept in [0, 1]).
+
+        Parameters
+        ----------
+        base : float tensor of shape (n_poisons, channels, height, width) in [0, 1]
+            The images the poisons start from.
+        gen : torch.Generator
+            CPU generator of the draw (one stream per restart, see :func:`seeded_generator`).
+
+        Returns
+        -------
+        float tensor of base's shape: delta with ``base + delta`` inside the ball.
+        """
+        noise = (torch.rand(base.shape, generator=gen) * 2 - 1).to(base.device)
+        return project_linf(base + noise * (self.eps / 255.0), base, self.eps) - base
+
+    def project(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """:func:`project_linf` of ``x`` into this attack's ``eps`` ball around ``base``.
+
+        Parameters
+        ----------
+        x : float tensor of shape (n_poisons, channels, height, width)
+            The iterate.
+        base : float tensor of x's shape in [0, 1]
+            The centres.
+
+        Returns
+        -------
+        float tensor of x's shape, in the ball and in [0, 1]
+        """
+        return project_linf(x, base, self.eps)
+
+    def to_uint8(self, x: torch.Tensor, base_u8: np.ndarray) -> np.ndarray:
+        """:func:`to_uint8_within` this attack's ``eps`` of the uint8 bases.
+
+        Parameters
+        ----------
+        x : float tensor of shape (n_poisons, channels, height, width) in [0, 1]
+            The crafted poisons.
+        base_u8 : uint8 ndarray of shape (n_poisons, height, width, channels)
+            Their bases.
+
+        Returns
+        -------
+        uint8 ndarray of shape (n_poisons, height, width, channels)
+        """
+        return to_uint8_within(x, base_u8, self.eps)
 
 
 def max_perturbation(poisons: PoisonSet, dataset: ImageDataset) -> np.ndarray:

@@ -19,20 +19,7 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from poisonlens.attacks.base import (
-    BASE_CHOICES,
-    AttackGoal,
-    CraftingAttack,
-    check_choice,
-    check_params,
-    clean_label_start,
-    project_linf,
-    random_start,
-    register,
-    seeded_generator,
-    to_uint8_within,
-)
-from poisonlens.attacks.surrogate import SurrogateOptions
+from poisonlens.attacks.base import AttackGoal, CleanLabelAttack, register, seeded_generator
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
 from poisonlens.models import Classifier, to_tensor
@@ -65,11 +52,10 @@ def bullseye_loss(models: list[Classifier], x: torch.Tensor, target: torch.Tenso
 
 @register("bullseye-polytope")
 @dataclass(frozen=True, kw_only=True)
-class BullseyePolytope(SurrogateOptions, CraftingAttack):
+class BullseyePolytope(CleanLabelAttack):
     """Bullseye Polytope with the paper's transfer-learning defaults (Adam, lr 0.04, 4000 steps)."""
 
     name: ClassVar[str] = "bullseye-polytope"
-    needs_surrogate: ClassVar[bool] = True
 
     eps: float = 8.0  # l-inf radius in 0-255 pixel units (the paper's 8/255)
     steps: int = 4000  # Adam steps
@@ -77,8 +63,7 @@ class BullseyePolytope(SurrogateOptions, CraftingAttack):
     bases: str = "closest"  # {'random', 'closest'}: adv-class train images nearest the target in feature space, or drawn
 
     def __post_init__(self) -> None:
-        check_params(self.name, eps=self.eps, steps=self.steps, lr=self.lr)
-        check_choice(self.name, "bases", self.bases, BASE_CHOICES)
+        self.check(eps=self.eps, steps=self.steps, lr=self.lr)
 
     def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
                      show_progress: bool) -> PoisonSet:
@@ -87,17 +72,14 @@ class BullseyePolytope(SurrogateOptions, CraftingAttack):
         Parameters
         ----------
         dataset, goal, surrogates, show_progress
-            As for :meth:`CraftingAttack.__call__`.
-
-        Returns
-        -------
-        PoisonSet
+            See :meth:`CraftingAttack.make_poisons`; the surrogates given (or trained) are
+            the ensemble whose mean feature is pulled onto the target's.
         """
-        start = clean_label_start(self, dataset, goal, surrogates, show_progress)
+        start = self.start(dataset, goal, surrogates, show_progress)
         models, base, target = start.models, start.base, start.target
         with torch.no_grad():
             loss_start = float(bullseye_loss(models, base, target))
-        delta = random_start(base, self.eps, seeded_generator(goal.random_state, 1))
+        delta = self.random_start(base, seeded_generator(goal.random_state, 1))
         delta.requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=self.lr)
         for _ in tqdm(range(self.steps), desc=self.name, unit="step", disable=not show_progress):
@@ -106,8 +88,8 @@ class BullseyePolytope(SurrogateOptions, CraftingAttack):
             (delta.grad,) = torch.autograd.grad(loss, delta)
             optimizer.step()
             with torch.no_grad():
-                delta.copy_(project_linf(base + delta, base, self.eps) - base)
-        poisons_u8 = to_uint8_within(base + delta, start.base_u8, self.eps)
+                delta.copy_(self.project(base + delta, base) - base)
+        poisons_u8 = self.to_uint8(base + delta, start.base_u8)
         with torch.no_grad():
             loss_end = float(bullseye_loss(models, to_tensor(poisons_u8).to(start.device), target))
         return start.poison_set(dataset, goal, poisons_u8, attack=self, extra={

@@ -22,18 +22,7 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from poisonlens.attacks.base import (
-    BASE_CHOICES,
-    AttackGoal,
-    CraftingAttack,
-    check_choice,
-    check_params,
-    clean_label_start,
-    project_linf,
-    register,
-    to_uint8_within,
-)
-from poisonlens.attacks.surrogate import SurrogateOptions
+from poisonlens.attacks.base import AttackGoal, CleanLabelAttack, register
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
 from poisonlens.errors import InputError
@@ -46,11 +35,11 @@ def collision_loss(models: list[Classifier], x: torch.Tensor, target: torch.Tens
     Parameters
     ----------
     models : list of Classifier
-        The surrogate ensemble (anything with ``features(x) -> (n, d)``).
-    x : float tensor of shape (n_poisons, channels, height, width) in [0, 1]
-        The poisons.
-    target : float tensor of shape (1, channels, height, width) in [0, 1]
-        The target image.
+        Surrogates; each contributes its squared feature distance.
+    x : float tensor (n_poisons, channels, height, width), values in [0, 1]
+        The poisons being crafted.
+    target : float tensor (1, channels, height, width), values in [0, 1]
+        The image whose feature the poisons move to.
 
     Returns
     -------
@@ -68,12 +57,8 @@ def relative_distance(models: list[Classifier], x: torch.Tensor, target: torch.T
 
     Parameters
     ----------
-    models : list of Classifier
-        The surrogate ensemble.
-    x : float tensor of shape (n_poisons, channels, height, width) in [0, 1]
-        The poisons.
-    target : float tensor of shape (1, channels, height, width) in [0, 1]
-        The target image.
+    models, x, target
+        As for :func:`collision_loss`.
 
     Returns
     -------
@@ -88,11 +73,10 @@ def relative_distance(models: list[Classifier], x: torch.Tensor, target: torch.T
 
 @register("feature-collision")
 @dataclass(frozen=True, kw_only=True)
-class FeatureCollision(SurrogateOptions, CraftingAttack):
+class FeatureCollision(CleanLabelAttack):
     """Feature collision with the poisoning benchmark's defaults (eps 8, 120 steps, lr 0.001)."""
 
     name: ClassVar[str] = "feature-collision"
-    needs_surrogate: ClassVar[bool] = True
 
     eps: float = 8.0  # l-inf radius in 0-255 pixel units (the benchmark's 8/255)
     steps: int = 120  # forward-backward iterations (the benchmark's crafting_iters)
@@ -102,10 +86,9 @@ class FeatureCollision(SurrogateOptions, CraftingAttack):
     bases: str = "closest"  # {'random', 'closest'}: adv-class train images nearest the target in feature space, or drawn
 
     def __post_init__(self) -> None:
-        check_params(self.name, eps=self.eps, steps=self.steps, lr=self.lr)
+        self.check(eps=self.eps, steps=self.steps, lr=self.lr)
         if self.beta < 0 or not 0 <= self.watermark <= 1:
             raise InputError(self.name, "need beta >= 0 and watermark in [0, 1]")
-        check_choice(self.name, "bases", self.bases, BASE_CHOICES)
 
     def craft(self, models: list[Classifier], base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Poisons for ``base`` (P, C, H, W) against ``target`` (1, C, H, W), floats in [0, 1].
@@ -116,18 +99,18 @@ class FeatureCollision(SurrogateOptions, CraftingAttack):
         Parameters
         ----------
         models : list of Classifier
-            The surrogate ensemble, parameters frozen.
-        base : float tensor of shape (n_poisons, channels, height, width) in [0, 1]
+            Surrogates with frozen parameters.
+        base : float tensor (n_poisons, channels, height, width), values in [0, 1]
             The images the poisons start from (and must stay within ``eps`` of).
-        target : float tensor of shape (1, channels, height, width) in [0, 1]
-            The target image.
+        target : float tensor (1, channels, height, width), values in [0, 1]
+            The image whose feature the poisons move to.
 
         Returns
         -------
         float tensor of base's shape, within ``eps`` of ``base``
         """
         lr = torch.full((len(base), 1, 1, 1), self.lr, device=base.device)
-        x = project_linf(self.watermark * target + (1 - self.watermark) * base, base, self.eps)
+        x = self.project(self.watermark * target + (1 - self.watermark) * base, base)
         best = torch.full((len(base),), float("inf"), device=base.device)
         for _ in range(self.steps):
             x.requires_grad_(True)
@@ -136,7 +119,7 @@ class FeatureCollision(SurrogateOptions, CraftingAttack):
             with torch.no_grad():
                 x_hat = x - lr * grad  # forward: gradient step on the feature term
                 x_new = (x_hat + lr * self.beta * base) / (1 + lr * self.beta)  # backward: prox
-                x_new = project_linf(x_new, base, self.eps)
+                x_new = self.project(x_new, base)
                 obj = loss.detach() + self.beta * ((x - base) ** 2).flatten(1).sum(1)
                 # The benchmark's rule: a rising objective shrinks the step and keeps the iterate.
                 rose = obj > best
@@ -152,13 +135,10 @@ class FeatureCollision(SurrogateOptions, CraftingAttack):
         Parameters
         ----------
         dataset, goal, surrogates, show_progress
-            As for :meth:`CraftingAttack.__call__`.
-
-        Returns
-        -------
-        PoisonSet
+            See :meth:`CraftingAttack.make_poisons`; every surrogate's feature of each
+            poison is pulled onto the target's.
         """
-        start = clean_label_start(self, dataset, goal, surrogates, show_progress)
+        start = self.start(dataset, goal, surrogates, show_progress)
         models, base, target = start.models, start.base, start.target
         for m in models:
             for p in m.parameters():
@@ -170,7 +150,7 @@ class FeatureCollision(SurrogateOptions, CraftingAttack):
             self.craft(models, base[idx], target)
             for idx in tqdm(chunks, desc=self.name, unit="batch", disable=not show_progress)
         ]
-        poisons_u8 = to_uint8_within(torch.cat(out).cpu(), start.base_u8, self.eps)
+        poisons_u8 = self.to_uint8(torch.cat(out).cpu(), start.base_u8)
         with torch.no_grad():
             dist_end = float(
                 relative_distance(models, to_tensor(poisons_u8).to(start.device), target).mean()

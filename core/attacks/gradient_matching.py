@@ -22,20 +22,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from poisonlens.attacks.base import (
-    BASE_CHOICES,
     AttackGoal,
+    CleanLabelAttack,
     CleanLabelStart,
-    CraftingAttack,
-    check_choice,
-    check_params,
-    clean_label_start,
-    project_linf,
-    random_start,
     register,
     seeded_generator,
-    to_uint8_within,
 )
-from poisonlens.attacks.surrogate import SurrogateOptions
 from poisonlens.augment import augment_batch, resolve_augment
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
@@ -152,11 +144,10 @@ def target_gradients(
 
 @register("gradient-matching")
 @dataclass(frozen=True, kw_only=True)
-class GradientMatching(SurrogateOptions, CraftingAttack):
+class GradientMatching(CleanLabelAttack):
     """Witches' Brew with its paper defaults (eps 16, 250 steps, 8 restarts, tau 0.1, augmentation)."""
 
     name: ClassVar[str] = "gradient-matching"
-    needs_surrogate: ClassVar[bool] = True
 
     eps: float = 16.0  # l-inf radius in 0-255 pixel units
     steps: int = 250  # signed-Adam steps per restart
@@ -168,10 +159,7 @@ class GradientMatching(SurrogateOptions, CraftingAttack):
     bases: str = "random"  # {'random', 'closest'}: adv-class train images, drawn or nearest the target in feature space
 
     def __post_init__(self) -> None:
-        check_params(
-            self.name, eps=self.eps, steps=self.steps, restarts=self.restarts, tau=self.tau
-        )
-        check_choice(self.name, "bases", self.bases, BASE_CHOICES)
+        self.check(eps=self.eps, steps=self.steps, restarts=self.restarts, tau=self.tau)
 
     def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
                      show_progress: bool) -> PoisonSet:
@@ -180,14 +168,10 @@ class GradientMatching(SurrogateOptions, CraftingAttack):
         Parameters
         ----------
         dataset, goal, surrogates, show_progress
-            As for :meth:`CraftingAttack.__call__`; ``surrogates`` (eval mode) replace the ones
-            this attack would train on ``dataset``'s train split.
-
-        Returns
-        -------
-        PoisonSet
+            See :meth:`CraftingAttack.make_poisons`; ``surrogates`` (eval mode) replace the
+            ones this attack would train on ``dataset``'s train split.
         """
-        start = clean_label_start(self, dataset, goal, surrogates, show_progress)
+        start = self.start(dataset, goal, surrogates, show_progress)
         labels = torch.as_tensor(dataset.y_train[start.base_indices]).to(start.device)
         targets = target_gradients(start.models, start.target, goal.adv_label)
         alignment_start = float(alignment(start.models, start.base, labels, targets))
@@ -199,7 +183,7 @@ class GradientMatching(SurrogateOptions, CraftingAttack):
         for restart in range(self.restarts):
             gen = seeded_generator(goal.random_state, restart + 1)
             delta = self._brew(start, labels, targets, mode, gen, bar)
-            poisons_u8 = to_uint8_within(start.base + delta, start.base_u8, self.eps)
+            poisons_u8 = self.to_uint8(start.base + delta, start.base_u8)
             poisons = to_tensor(poisons_u8).to(start.device)
             reached = float(alignment(start.models, poisons, labels, targets))
             if reached > max(per_restart, default=-np.inf):
@@ -217,7 +201,7 @@ class GradientMatching(SurrogateOptions, CraftingAttack):
               gen: torch.Generator, bar) -> torch.Tensor:
         """One restart: signed Adam on delta from a uniform start in the ball; returns delta (P, C, H, W)."""
         models, base = start.models, start.base
-        delta = random_start(base, self.eps, gen)
+        delta = self.random_start(base, gen)
         # augmentation draws on the data's device (a CPU run keeps the CPU stream, as before)
         aug_gen = gen if base.device.type == "cpu" else torch.Generator(device=base.device).manual_seed(
             int(torch.randint(2**62, (1,), generator=gen))
@@ -234,7 +218,7 @@ class GradientMatching(SurrogateOptions, CraftingAttack):
             optimizer.step()
             schedule.step()
             with torch.no_grad():
-                delta.copy_(project_linf(base + delta, base, self.eps) - base)
+                delta.copy_(self.project(base + delta, base) - base)
             bar.update(1)
         return delta.detach()
 

@@ -46,12 +46,7 @@ class LabelFlip(CraftingAttack):
         Parameters
         ----------
         dataset, goal, surrogates, show_progress
-            As for :meth:`CraftingAttack.__call__` (this attack trains no surrogate and shows no
-            progress).
-
-        Returns
-        -------
-        PoisonSet
+            See :meth:`CraftingAttack.make_poisons`; no surrogate is used, nothing to show.
         """
         target_x = dataset.x_test[goal.target_index]
         target_label = int(dataset.y_test[goal.target_index])

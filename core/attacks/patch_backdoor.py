@@ -92,12 +92,7 @@ class PatchBackdoor(CraftingAttack):
         Parameters
         ----------
         dataset, goal, surrogates, show_progress
-            As for :meth:`CraftingAttack.__call__` (this attack trains no surrogate and shows no
-            progress).
-
-        Returns
-        -------
-        PoisonSet
+            See :meth:`CraftingAttack.make_poisons`; the trigger needs no surrogate.
         """
         h, w, c = dataset.image_shape
         if self.patch_size < 1 or self.margin < 0 or self.patch_size + self.margin > min(h, w):

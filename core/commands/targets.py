@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     Parameters
     ----------
     sub : argparse._SubParsersAction
-        What ``ArgumentParser.add_subparsers()`` returned for the ``poisonlens`` command.
+        The ``poisonlens`` command's subcommands, to which ``targets`` is added.
     """
     p = sub.add_parser(
         "targets",
@@ -47,12 +47,12 @@ def run(args: argparse.Namespace) -> int:
     Parameters
     ----------
     args : argparse.Namespace
-        The parsed ``targets`` options (see :func:`add_parser`).
+        The parsed ``targets`` options: data set, surrogate weights, rule, seed, device.
 
     Returns
     -------
     int
-        0; a bad input raises :class:`InputError` (one line, exit code 2).
+        0 (a bad input raises :class:`InputError`).
     """
     from poisonlens.attacks.surrogate import SurrogateOptions, load_surrogate
     from poisonlens.data import load_dataset

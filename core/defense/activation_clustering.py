@@ -90,14 +90,14 @@ class ActivationClustering(ScoringDefense):
             raise InputError("activation-clustering", f"n_init must be >= 1, got {self.n_init}")
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """Split each active class in two and flag a small half; see :class:`ScoringDefense`.
+        """Split each active class in two and flag a small half.
 
         Parameters
         ----------
         snapshot : Snapshot
-            Its ``labels`` and ``embeddings`` (n_samples, n_features) are read.
+            Its penultimate ``embeddings``, reduced and split by 2-means per active class.
         active : bool ndarray of shape (n_samples,)
-            The examples still in training (already checked); the others get NaN scores.
+            See :meth:`ScoringDefense.decide`.
 
         Returns
         -------

@@ -37,14 +37,12 @@ class LossFilter(ScoringDefense):
             raise InputError("loss", f"fraction must be in [0, 1], got {self.fraction}")
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """Flag the top ``fraction`` of active examples by loss; see :class:`~poisonlens.defense.base.ScoringDefense`.
+        """Flag the top ``fraction`` of active examples by loss.
 
         Parameters
         ----------
-        snapshot : Snapshot
-            Its ``loss`` (n_samples,) are read.
-        active : bool ndarray of shape (n_samples,)
-            The examples still in training (already checked); the others get NaN scores.
+        snapshot, active
+            See :meth:`ScoringDefense.decide`; ``snapshot.loss`` is the score.
 
         Returns
         -------

@@ -46,14 +46,13 @@ class SpectralSignatures(ScoringDefense):
             raise InputError("spectral", f"multiplier must be >= 0, got {self.multiplier}")
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """Flag each active class's largest spectral signatures; see :class:`ScoringDefense`.
+        """Flag each active class's largest spectral signatures.
 
         Parameters
         ----------
-        snapshot : Snapshot
-            Its ``labels`` and ``embeddings`` (n_samples, n_features) are read.
-        active : bool ndarray of shape (n_samples,)
-            The examples still in training (already checked); the others get NaN scores.
+        snapshot, active
+            See :meth:`ScoringDefense.decide`; each active class's centred ``embeddings``
+            are projected on their top singular vector.
 
         Returns
         -------
