@@ -1,4 +1,5 @@
-"""What every attack shares: the goal it is given, the registry, base choice and the eps ball.
+"""What every attack shares: the goal it is given, the registry, base choice and the eps ball;
+and :class:`CleanLabelAttack`, the scaffolding of the attacks that craft against surrogates.
 
 Pixel units: images are uint8 0-255 on disk; inside crafting they are float tensors of shape
 (P, C, H, W) in [0, 1] (see :func:`poisonlens.models.to_tensor`); ``eps`` is always in 0-255 units.

@@ -73,7 +73,7 @@ class Kernel:
         self.metric = metric
         self.Z = Z.astype(np.float32)  # unit rows for cosine
         self.self_similarity = self_similarity  # s_ii: 1, or 0 for a zero row under cosine
-        self._Zt = np.ascontiguousarray(self.Z.T)
+        self.Zt = np.ascontiguousarray(self.Z.T)  # Z.T, contiguous: what fill_rows scores rows against
 
     def __len__(self) -> int:
         return len(self.Z)
@@ -93,7 +93,7 @@ class Kernel:
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         if out is None:
             out = np.empty((len(rows), len(self)), dtype=np.float32)
-        fill_rows(self.Z, self._Zt, rows, self.metric == "euclidean", out)
+        fill_rows(self.Z, self.Zt, rows, self.metric == "euclidean", out)
         if self.metric == "euclidean":
             np.exp(out, out=out)
         else:

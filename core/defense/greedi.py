@@ -670,7 +670,7 @@ def _evaluated_columns(kernel: Kernel, candidates: np.ndarray, sample: int | Non
     n_class = len(kernel)
     others = n_class - len(candidates)
     if sample is None or sample >= others:
-        return _Columns(kernel._Zt, np.arange(n_class), np.ones(n_class), False)
+        return _Columns(kernel.Zt, np.arange(n_class), np.ones(n_class), False)
     # Stratified: every candidate (a candidate's own cover is most of an outlier's gain,
     # and outliers are what EPIC isolates) and a uniform sample of the other examples,
     # each standing for others / sample of them. F on these, weighted, is an unbiased
