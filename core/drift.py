@@ -28,7 +28,19 @@ MIN_SCALE = 1e-3  # floor of a class's median distance (gradient norms lie in [0
 
 
 def cosine_to(grads: np.ndarray, direction: np.ndarray | None) -> np.ndarray:
-    """Cosine similarity of each row of ``grads`` (n, C) with ``direction`` (C,); 0 where a norm is 0."""
+    """Cosine similarity of each row of ``grads`` with ``direction``; 0 where a norm is 0.
+
+    Parameters
+    ----------
+    grads : float ndarray of shape (n_samples, n_classes)
+        Gradients (softmax - onehot).
+    direction : float ndarray of shape (n_classes,), or None
+        E.g. the target's gradient for ``adv_label``; None gives NaN everywhere.
+
+    Returns
+    -------
+    float64 ndarray of shape (n_samples,), in [-1, 1]
+    """
     grads = np.asarray(grads, dtype=np.float64)
     if direction is None:
         return np.full(len(grads), np.nan)
@@ -126,7 +138,22 @@ def group_quantiles(
 ) -> pd.DataFrame:
     """Quantiles of ``value`` per group (e.g. per epoch and poison/clean), for box plots of big runs.
 
-    Returns one row per group: the ``by`` columns, ``n``, ``mean`` and ``q05``, ``q25``, ... .
+    Parameters
+    ----------
+    values : DataFrame
+        One row per example and epoch.
+    value : str
+        The column summarised, e.g. ``'drift'``.
+    by : list of str
+        The grouping columns, e.g. ``['epoch', 'is_poison']``.
+    q : tuple of float
+        The quantiles, in [0, 1].
+
+    Returns
+    -------
+    DataFrame
+        One row per group: the ``by`` columns, ``q05``, ``q25``, ... (one per ``q``), ``n``
+        and ``mean``.
     """
     grouped = values.groupby(by, observed=True)[value]
     out = grouped.quantile(list(q)).unstack()

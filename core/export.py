@@ -47,6 +47,18 @@ def defense_columns(run: Run, epoch: int) -> dict[str, str]:
     Read from the defense's declaration (``poisonlens.defense.output_columns(name)``) when it has one;
     otherwise every snapshot column that is not one of the format's own (docs/run-format.md),
     with an empty description. Nothing here names a particular defense's columns.
+
+    Parameters
+    ----------
+    run : Run
+        The run; its config names the defense.
+    epoch : int
+        A snapshot epoch of the run.
+
+    Returns
+    -------
+    dict
+        Column name -> description, in the declaration's (or the snapshot's) order.
     """
     available = run.snapshot_columns(epoch)
     declared = _declared_columns(str(run.config.get("defense", "")))
@@ -67,7 +79,18 @@ def _declared_columns(defense: str) -> dict[str, str] | None:
 
 
 def column_descriptions(run: Run, epoch: int) -> dict[str, str]:
-    """What each snapshot column of the suspects table means (for table headers and docs)."""
+    """What each snapshot column of the suspects table means (for table headers and docs).
+
+    Parameters
+    ----------
+    run, epoch
+        As for :func:`defense_columns`.
+
+    Returns
+    -------
+    dict
+        Column name -> description: the facts, drift, the defense's columns, the review.
+    """
     declared = _declared_columns(str(run.config.get("defense", ""))) or {}
     score = {"score": str(declared["score"])} if "score" in declared else {}
     return {
@@ -84,6 +107,19 @@ def check_epoch(run: Run, epoch: int | None, *, source: str = "epoch") -> int:
 
     Raises InputError naming ``source`` (e.g. ``--epoch``) and listing the snapshot epochs when
     ``epoch`` has no snapshot, or when the run has none at all.
+
+    Parameters
+    ----------
+    run : Run
+        The run whose snapshots are listed.
+    epoch : int or None
+        The epoch asked for; None: the last snapshot.
+    source : str
+        The option named in the message.
+
+    Returns
+    -------
+    int
     """
     epochs = run.snapshot_epochs()
     if not epochs:
@@ -136,10 +172,29 @@ def suspects_table(
     )
     keep = (dropped_epoch >= 0) | (flagged & include_flagged)
     table = current[facts].copy()
+    # each kept row's facts come from the snapshot that dropped it (or this one); -1: not kept
+    facts_epoch = np.where(keep, np.where(dropped_epoch >= 0, dropped_epoch, at), -1)
+    drift, damaged = _read_facts(run, table, facts, facts_epoch, at, skip_damaged)
+    table.insert(0, "drift", np.round(drift, 3))
+    table.insert(0, "flagged", flagged)
+    table.insert(0, "dropped_epoch", dropped_epoch)
+    table = pd.concat([examples, table], axis=1)
+    if run.class_names and "label" in table:
+        _name_classes(table, run.class_names)
+    table = _ranked(table[keep])
+    _add_review(run, table, damaged, skip_damaged)
+    table.attrs["damaged"] = damaged
+    return table
+
+
+def _read_facts(run: Run, table: pd.DataFrame, facts: list[str], facts_epoch: np.ndarray, at: int,
+                skip_damaged: bool) -> tuple[np.ndarray, list[str]]:
+    # Fill the rows of ``table`` whose facts_epoch is an earlier snapshot from it, and compute
+    # every kept row's drift at its facts_epoch; returns the drift and the damaged files named
+    # (when skip_damaged; their rows' facts are blanked).
     drift = np.full(len(table), np.nan)
     damaged: list[str] = []
-    facts_epoch = np.where(dropped_epoch >= 0, dropped_epoch, at)
-    for e in np.unique(facts_epoch[keep]):
+    for e in np.unique(facts_epoch[facts_epoch >= 0]):
         rows = np.flatnonzero(facts_epoch == e)
         try:
             if e != at:
@@ -153,28 +208,29 @@ def suspects_table(
                 raise
             damaged.append(str(err))
             _blank(table, rows, facts)
-    table.insert(0, "drift", np.round(drift, 3))
-    table.insert(0, "flagged", flagged)
-    table.insert(0, "dropped_epoch", dropped_epoch)
-    table = pd.concat([examples, table], axis=1)
-    if run.class_names and "label" in table:
-        top = int(table["label"].max())
-        if "prediction" in table and table["prediction"].notna().any():
-            top = max(top, int(table["prediction"].max()))
-        names = np.asarray(
-            run.class_names + [str(c) for c in range(len(run.class_names), top + 1)],
-            dtype=object,
-        )
-        table.insert(
-            table.columns.get_loc("label") + 1, "class_name", names[table["label"].to_numpy()]
-        )
-        if "prediction" in table:
-            predicted = table["prediction"].to_numpy()
-            known = ~pd.isna(predicted)
-            named = np.full(len(table), None, dtype=object)
-            named[known] = names[predicted[known].astype(np.int64)]
-            table["prediction"] = named
-    table = table[keep]
+    return drift, damaged
+
+
+def _name_classes(table: pd.DataFrame, class_names: list[str]) -> None:
+    # A class_name column after label, and predictions as class names (None where missing);
+    # classes past the run's names are named by their number.
+    top = int(table["label"].max())
+    if "prediction" in table and table["prediction"].notna().any():
+        top = max(top, int(table["prediction"].max()))
+    names = np.asarray(
+        class_names + [str(c) for c in range(len(class_names), top + 1)], dtype=object
+    )
+    table.insert(table.columns.get_loc("label") + 1, "class_name", names[table["label"].to_numpy()])
+    if "prediction" in table:
+        predicted = table["prediction"].to_numpy()
+        known = ~pd.isna(predicted)
+        named = np.full(len(table), None, dtype=object)
+        named[known] = names[predicted[known].astype(np.int64)]
+        table["prediction"] = named
+
+
+def _ranked(table: pd.DataFrame) -> pd.DataFrame:
+    # Dropped first, then flagged; within each, higher score first (NaN last), ties by index.
     score = table["score"].to_numpy(np.float64) if "score" in table else np.full(len(table), np.nan)
     order = np.lexsort(
         (
@@ -185,8 +241,6 @@ def suspects_table(
     )
     table = table.iloc[order].reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
-    _add_review(run, table, damaged, skip_damaged)
-    table.attrs["damaged"] = damaged
     return table
 
 
@@ -250,14 +304,37 @@ def _blank(table: pd.DataFrame, rows: np.ndarray, columns: list[str]) -> None:
 
 
 def neutralise_formula(value):
-    """Prefix a text cell with ``'`` when a spreadsheet would read it as a formula."""
+    """Prefix a text cell with ``'`` when a spreadsheet would read it as a formula.
+
+    Parameters
+    ----------
+    value : object
+        A cell; only a str starting with ``=``, ``+``, ``-``, ``@``, tab or CR is changed.
+
+    Returns
+    -------
+    object
+        ``value``, or ``"'" + value``.
+    """
     if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
         return "'" + value
     return value
 
 
 def to_safe_csv(frame: pd.DataFrame) -> str:
-    """RFC 4180 CSV text in which no cell can be read as a formula (text cells escaped; numbers stay numbers)."""
+    """RFC 4180 CSV text in which no cell can be read as a formula.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        The table (e.g. :func:`suspects_table`); not changed. Text cells and column names
+        are escaped with :func:`neutralise_formula`; numeric columns stay numbers.
+
+    Returns
+    -------
+    str
+        CSV with CRLF line ends and no index column.
+    """
     safe = frame.copy()
     safe.columns = [neutralise_formula(str(c)) for c in safe.columns]
     for col in safe.columns:

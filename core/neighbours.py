@@ -70,11 +70,7 @@ def nearest_neighbours(
     query = X[index].astype(np.float64)
     if not np.isfinite(query).all():
         raise InputError("neighbours", f"example {index} has no finite position in this space")
-    # one row against all: float64 differences, chunked so that a 1M × 64 matrix is not copied
-    d2 = np.empty(n, np.float64)
-    for start in range(0, n, 65_536):
-        block = X[start : start + 65_536].astype(np.float64) - query
-        d2[start : start + len(block)] = np.einsum("ij,ij->i", block, block)
+    d2 = _squared_distances(X, query)
     allowed = np.isfinite(d2)
     if mask is not None:
         mask = np.asarray(mask, bool)
@@ -87,13 +83,7 @@ def nearest_neighbours(
     if k == 0:
         empty = np.empty(0, np.int64)
         return Neighbours(index, empty, np.empty(0), np.empty(0, bool))
-    # the k smallest in O(n), then ordered by (distance, index)
-    part = candidates[np.argpartition(d2[candidates], k - 1)[:k]] if k < len(candidates) else candidates
-    # rows tied with the k-th distance may lie outside the partition: take them all, then cut
-    kth = d2[part].max()
-    tied = candidates[d2[candidates] <= kth]
-    order = np.lexsort((tied, d2[tied]))[:k]
-    chosen = tied[order].astype(np.int64)
+    chosen = _k_smallest(d2, candidates, k)
     same = (
         np.asarray(labels)[chosen] == np.asarray(labels)[index]
         if labels is not None
@@ -102,8 +92,39 @@ def nearest_neighbours(
     return Neighbours(index, chosen, np.sqrt(d2[chosen]), same)
 
 
+def _squared_distances(X: np.ndarray, query: np.ndarray) -> np.ndarray:
+    # One row against all: float64 differences, chunked so that a 1M × 64 matrix is not copied.
+    d2 = np.empty(len(X), np.float64)
+    for start in range(0, len(X), 65_536):
+        block = X[start : start + 65_536].astype(np.float64) - query
+        d2[start : start + len(block)] = np.einsum("ij,ij->i", block, block)
+    return d2
+
+
+def _k_smallest(d2: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    # The k candidates of smallest d2 in O(n), ordered by (distance, index); 1 <= k <= len.
+    part = candidates[np.argpartition(d2[candidates], k - 1)[:k]] if k < len(candidates) else candidates
+    # rows tied with the k-th distance may lie outside the partition: take them all, then cut
+    kth = d2[part].max()
+    tied = candidates[d2[candidates] <= kth]
+    order = np.lexsort((tied, d2[tied]))[:k]
+    return tied[order].astype(np.int64)
+
+
 def space_columns(columns: list[str], space: str) -> list[str]:
-    """The snapshot columns of ``space`` ({'gradient', 'features'}), in stored order; [] when
-    the snapshot does not store that space (features: ``emb_*``, see docs/run-format.md)."""
+    """The snapshot columns of ``space``, in stored order; [] when the snapshot does not store
+    that space (features: ``emb_*``, see docs/run-format.md).
+
+    Parameters
+    ----------
+    columns : list of str
+        A snapshot's column names.
+    space : {'gradient', 'features'}
+        ``g_0, g_1, ...`` or ``emb_0, emb_1, ...``.
+
+    Returns
+    -------
+    list of str
+    """
     prefix = SPACES[space]
     return [c for c in columns if c.startswith(prefix) and c[len(prefix) :].isdigit()]

@@ -68,19 +68,26 @@ def pick_targets(
     if len(correct) < n:
         raise InputError("targets", f"only {len(correct)} test images are classified correctly; asked for {n}")
     rng = np.random.default_rng(random_state)
-
-    def target(i: int, adv: int) -> Target:
-        return Target(int(i), int(labels[i]), int(adv), float(probs[i, labels[i]]))
-
     if rule == "low-margin":
         margin = probs[correct, order[correct, 0]] - probs[correct, order[correct, 1]]
-        return [target(i, order[i, 1]) for i in correct[np.argsort(margin, kind="stable")[:n]]]
-    if rule == "random":
-        return [target(i, order[i, 1]) for i in rng.choice(correct, size=n, replace=False)]
+        rows = correct[np.argsort(margin, kind="stable")[:n]]
+    elif rule == "random":
+        rows = rng.choice(correct, size=n, replace=False)
+    else:
+        return _benchmark_draw(probs, labels, correct, n, rng)
+    return [_target(probs, labels, i, order[i, 1]) for i in rows]
+
+
+def _target(probs: np.ndarray, labels: np.ndarray, i: int, adv: int) -> Target:
+    return Target(int(i), int(labels[i]), int(adv), float(probs[i, labels[i]]))
+
+
+def _benchmark_draw(probs: np.ndarray, labels: np.ndarray, correct: np.ndarray, n: int,
+                    rng: np.random.Generator) -> list[Target]:
+    """The benchmark's rule: a random target class, a different adversarial class, then a random
+    untaken correctly classified image of the target class (``correct`` is never empty)."""
     n_classes = probs.shape[1]
     by_class = {c: correct[labels[correct] == c] for c in range(n_classes)}
-    if sum(len(v) > 0 for v in by_class.values()) == 0:  # pragma: no cover - guarded above
-        raise InputError("targets", "no correctly classified test image")
     chosen: list[Target] = []
     taken: set[int] = set()
     for _ in range(100 * n):  # a class with no (untaken) correct image is drawn again
@@ -94,7 +101,7 @@ def pick_targets(
             continue
         i = int(rng.choice(pool))
         taken.add(i)
-        chosen.append(target(i, adv))
+        chosen.append(_target(probs, labels, i, adv))
     if len(chosen) < n:
         raise InputError("targets", f"could draw only {len(chosen)} of {n} targets")
     return chosen

@@ -229,7 +229,7 @@ def test_stochastic_greedy_chooses_distinct_examples_with_a_near_greedy_value():
 def test_every_example_joins_its_most_similar_medoid_first_chosen_on_ties(metric):
     X = softmax_minus_onehot(150, seed=11)
     X[100:110] = X[0]  # ties
-    fit = fl.cluster(X, 12, metric=metric)
+    fit = fl.cluster(X, 12, fl.ClusterOptions(metric=metric))
     S = fl.Kernel(X, metric=metric).matrix()
     sims = S[:, fit.order]
     assert np.array_equal(fit.assignment, np.argmax(sims, axis=1))  # argmax: first maximum
@@ -266,8 +266,8 @@ def test_a_single_example_is_its_own_medoid():
 def test_rows_on_demand_give_the_same_decisions_as_the_dense_kernel(greedy, metric):
     X = softmax_minus_onehot(500, seed=15)
     X[200:260] = X[3]  # duplicates: ties must break the same way
-    dense = fl.cluster(X, 40, metric=metric, greedy=greedy, random_state=4)
-    chunked = fl.cluster(X, 40, metric=metric, greedy=greedy, random_state=4, max_dense=100)
+    dense = fl.cluster(X, 40, fl.ClusterOptions(metric, greedy), random_state=4)
+    chunked = fl.cluster(X, 40, fl.ClusterOptions(metric, greedy, max_dense=100), random_state=4)
     assert dense.dense and not chunked.dense
     assert np.array_equal(dense.order, chunked.order)
     assert np.array_equal(dense.assignment, chunked.assignment)

@@ -7,6 +7,7 @@ An attack is one module holding a frozen config dataclass (its paper defaults) r
 from poisonlens.attacks.base import (
     Attack,
     AttackGoal,
+    CleanLabelAttack,
     attack_class,
     attack_names,
     build_attack,
@@ -16,5 +17,5 @@ from poisonlens.attacks.base import (
     register,
 )
 
-__all__ = ["Attack", "AttackGoal", "attack_class", "attack_names", "build_attack", "check_within_eps",
+__all__ = ["Attack", "AttackGoal", "CleanLabelAttack", "attack_class", "attack_names", "build_attack", "check_within_eps",
            "choose_bases", "clean_control", "register"]

@@ -13,38 +13,33 @@ minimised over ``delta`` by Adam with projection onto the ball after every step;
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
-from poisonlens.attacks.base import (
-    AttackGoal,
-    CraftingAttack,
-    check_params,
-    choose_bases,
-    n_poisons_for,
-    project_linf,
-    register,
-    seeded_generator,
-    targeted_poison_set,
-    to_uint8_within,
-)
-from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances
+from poisonlens.attacks.base import AttackGoal, CleanLabelAttack, register, seeded_generator
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
-from poisonlens.errors import InputError
 from poisonlens.models import Classifier, to_tensor
-
-BASE_CHOICES = ("random", "closest")
 
 
 def bullseye_loss(models: list[Classifier], x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Relative squared distance between the poisons' mean feature and the target's, ensemble mean.
 
-    ``x`` is (P, C, H, W), ``target`` (1, C, H, W); both float in [0, 1].
+    Parameters
+    ----------
+    models : list of Classifier
+        The surrogate ensemble (anything with ``features(x) -> (n, d)``).
+    x : float tensor of shape (n_poisons, channels, height, width) in [0, 1]
+        The poisons.
+    target : float tensor of shape (1, channels, height, width) in [0, 1]
+        The target image.
+
+    Returns
+    -------
+    scalar float tensor, differentiable in ``x``
     """
     losses = []
     for model in models:
@@ -57,11 +52,10 @@ def bullseye_loss(models: list[Classifier], x: torch.Tensor, target: torch.Tenso
 
 @register("bullseye-polytope")
 @dataclass(frozen=True, kw_only=True)
-class BullseyePolytope(SurrogateOptions, CraftingAttack):
+class BullseyePolytope(CleanLabelAttack):
     """Bullseye Polytope with the paper's transfer-learning defaults (Adam, lr 0.04, 4000 steps)."""
 
     name: ClassVar[str] = "bullseye-polytope"
-    needs_surrogate: ClassVar[bool] = True
 
     eps: float = 8.0  # l-inf radius in 0-255 pixel units (the paper's 8/255)
     steps: int = 4000  # Adam steps
@@ -69,41 +63,24 @@ class BullseyePolytope(SurrogateOptions, CraftingAttack):
     bases: str = "closest"  # {'random', 'closest'}: adv-class train images nearest the target in feature space, or drawn
 
     def __post_init__(self) -> None:
-        check_params(self.name, eps=self.eps, steps=self.steps, lr=self.lr)
-        if self.bases not in BASE_CHOICES:
-            raise InputError(
-                self.name, f"bases must be one of {', '.join(BASE_CHOICES)}, got {self.bases!r}"
-            )
+        self.check(eps=self.eps, steps=self.steps, lr=self.lr)
 
     def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
                      show_progress: bool) -> PoisonSet:
-        """Craft ``goal.budget`` x n_train poisons; the feature distance reached is in ``extra``."""
-        start = time.perf_counter()
-        models = self.surrogate_models(dataset, goal, surrogates, show_progress)
-        device = next(models[0].parameters()).device  # the surrogates' device is the attack's
-        target_x = dataset.x_test[goal.target_index]
-        n_poisons = n_poisons_for(goal.budget, len(dataset.y_train))
-        distances = (
-            feature_distances(models, dataset.x_train, target_x)
-            if self.bases == "closest"
-            else None
-        )
-        base_indices = choose_bases(
-            dataset.y_train,
-            goal.adv_label,
-            n_poisons,
-            random_state=goal.random_state,
-            distances=distances,
-        )
-        base_u8 = dataset.x_train[base_indices]
-        base, target = to_tensor(base_u8).to(device), to_tensor(target_x[None]).to(device)
+        """Craft ``goal.budget`` x n_train poisons; the feature distance reached is in ``extra``.
+
+        Parameters
+        ----------
+        dataset, goal, surrogates, show_progress
+            See :meth:`CraftingAttack.make_poisons`; the surrogates given (or trained) are
+            the ensemble whose mean feature is pulled onto the target's.
+        """
+        start = self.start(dataset, goal, surrogates, show_progress)
+        models, base, target = start.models, start.base, start.target
         with torch.no_grad():
             loss_start = float(bullseye_loss(models, base, target))
-
-        gen = seeded_generator(goal.random_state, 1)
-        radius = self.eps / 255.0
-        noise = (torch.rand(base.shape, generator=gen) * 2 - 1).to(device)
-        delta = (project_linf(base + noise * radius, base, self.eps) - base).requires_grad_(True)
+        delta = self.random_start(base, seeded_generator(goal.random_state, 1))
+        delta.requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=self.lr)
         for _ in tqdm(range(self.steps), desc=self.name, unit="step", disable=not show_progress):
             loss = bullseye_loss(models, base + delta, target)
@@ -111,21 +88,9 @@ class BullseyePolytope(SurrogateOptions, CraftingAttack):
             (delta.grad,) = torch.autograd.grad(loss, delta)
             optimizer.step()
             with torch.no_grad():
-                delta.copy_(project_linf(base + delta, base, self.eps) - base)
-        poisons_u8 = to_uint8_within(base + delta, base_u8, self.eps)
+                delta.copy_(self.project(base + delta, base) - base)
+        poisons_u8 = self.to_uint8(base + delta, start.base_u8)
         with torch.no_grad():
-            loss_end = float(bullseye_loss(models, to_tensor(poisons_u8).to(device), target))
-        return targeted_poison_set(
-            dataset,
-            goal,
-            poisons_u8,
-            base_indices,
-            attack=self.name,
-            eps=self.eps,
-            extra={
-                "feature_distance_start": loss_start,
-                "feature_distance": loss_end,
-                "n_surrogates": len(models),
-                "seconds": time.perf_counter() - start,
-            },
-        )
+            loss_end = float(bullseye_loss(models, to_tensor(poisons_u8).to(start.device), target))
+        return start.poison_set(dataset, goal, poisons_u8, attack=self, extra={
+            "feature_distance_start": loss_start, "feature_distance": loss_end})

@@ -16,37 +16,34 @@ around its base, and the step size shrinks by 5x whenever the objective rises.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
-from poisonlens.attacks.base import (
-    AttackGoal,
-    CraftingAttack,
-    check_params,
-    choose_bases,
-    n_poisons_for,
-    project_linf,
-    register,
-    targeted_poison_set,
-    to_uint8_within,
-)
-from poisonlens.attacks.surrogate import SurrogateOptions, feature_distances
+from poisonlens.attacks.base import AttackGoal, CleanLabelAttack, register
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
 from poisonlens.errors import InputError
 from poisonlens.models import Classifier, to_tensor
 
-BASE_CHOICES = ("random", "closest")
-
 
 def collision_loss(models: list[Classifier], x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-poison squared feature distance to the target, summed over the ensemble; shape (P,).
 
-    ``x`` is (P, C, H, W), ``target`` (1, C, H, W); both float in [0, 1].
+    Parameters
+    ----------
+    models : list of Classifier
+        Surrogates; each contributes its squared feature distance.
+    x : float tensor (n_poisons, channels, height, width), values in [0, 1]
+        The poisons being crafted.
+    target : float tensor (1, channels, height, width), values in [0, 1]
+        The image whose feature the poisons move to.
+
+    Returns
+    -------
+    float tensor of shape (n_poisons,), differentiable in ``x``
     """
     total = torch.zeros(len(x), device=x.device)
     for model in models:
@@ -56,7 +53,17 @@ def collision_loss(models: list[Classifier], x: torch.Tensor, target: torch.Tens
 
 
 def relative_distance(models: list[Classifier], x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """||phi(x) - phi(t)||^2 / ||phi(t)||^2 per poison, ensemble mean; shape (P,)."""
+    """||phi(x) - phi(t)||^2 / ||phi(t)||^2 per poison, ensemble mean.
+
+    Parameters
+    ----------
+    models, x, target
+        As for :func:`collision_loss`.
+
+    Returns
+    -------
+    float tensor of shape (n_poisons,); 0 means the poison's feature sits on the target's
+    """
     out = torch.zeros(len(x), device=x.device)
     for model in models:
         ft = model.features(target).detach()
@@ -66,11 +73,10 @@ def relative_distance(models: list[Classifier], x: torch.Tensor, target: torch.T
 
 @register("feature-collision")
 @dataclass(frozen=True, kw_only=True)
-class FeatureCollision(SurrogateOptions, CraftingAttack):
+class FeatureCollision(CleanLabelAttack):
     """Feature collision with the poisoning benchmark's defaults (eps 8, 120 steps, lr 0.001)."""
 
     name: ClassVar[str] = "feature-collision"
-    needs_surrogate: ClassVar[bool] = True
 
     eps: float = 8.0  # l-inf radius in 0-255 pixel units (the benchmark's 8/255)
     steps: int = 120  # forward-backward iterations (the benchmark's crafting_iters)
@@ -80,22 +86,31 @@ class FeatureCollision(SurrogateOptions, CraftingAttack):
     bases: str = "closest"  # {'random', 'closest'}: adv-class train images nearest the target in feature space, or drawn
 
     def __post_init__(self) -> None:
-        check_params(self.name, eps=self.eps, steps=self.steps, lr=self.lr)
+        self.check(eps=self.eps, steps=self.steps, lr=self.lr)
         if self.beta < 0 or not 0 <= self.watermark <= 1:
             raise InputError(self.name, "need beta >= 0 and watermark in [0, 1]")
-        if self.bases not in BASE_CHOICES:
-            raise InputError(
-                self.name, f"bases must be one of {', '.join(BASE_CHOICES)}, got {self.bases!r}"
-            )
 
     def craft(self, models: list[Classifier], base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Poisons for ``base`` (P, C, H, W) against ``target`` (1, C, H, W), floats in [0, 1].
 
         Each poison has its own step size (the benchmark crafts them one at a time), so one
-        poison's overshoot does not slow the others. Returns (P, C, H, W) within ``eps`` of base.
+        poison's overshoot does not slow the others.
+
+        Parameters
+        ----------
+        models : list of Classifier
+            Surrogates with frozen parameters.
+        base : float tensor (n_poisons, channels, height, width), values in [0, 1]
+            The images the poisons start from (and must stay within ``eps`` of).
+        target : float tensor (1, channels, height, width), values in [0, 1]
+            The image whose feature the poisons move to.
+
+        Returns
+        -------
+        float tensor of base's shape, within ``eps`` of ``base``
         """
         lr = torch.full((len(base), 1, 1, 1), self.lr, device=base.device)
-        x = project_linf(self.watermark * target + (1 - self.watermark) * base, base, self.eps)
+        x = self.project(self.watermark * target + (1 - self.watermark) * base, base)
         best = torch.full((len(base),), float("inf"), device=base.device)
         for _ in range(self.steps):
             x.requires_grad_(True)
@@ -104,7 +119,7 @@ class FeatureCollision(SurrogateOptions, CraftingAttack):
             with torch.no_grad():
                 x_hat = x - lr * grad  # forward: gradient step on the feature term
                 x_new = (x_hat + lr * self.beta * base) / (1 + lr * self.beta)  # backward: prox
-                x_new = project_linf(x_new, base, self.eps)
+                x_new = self.project(x_new, base)
                 obj = loss.detach() + self.beta * ((x - base) ** 2).flatten(1).sum(1)
                 # The benchmark's rule: a rising objective shrinks the step and keeps the iterate.
                 rose = obj > best
@@ -115,27 +130,19 @@ class FeatureCollision(SurrogateOptions, CraftingAttack):
 
     def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
                      show_progress: bool) -> PoisonSet:
-        """Craft ``goal.budget`` x n_train poisons, one per base; distances reached in ``extra``."""
-        start = time.perf_counter()
-        models = self.surrogate_models(dataset, goal, surrogates, show_progress)
+        """Craft ``goal.budget`` x n_train poisons, one per base; distances reached in ``extra``.
+
+        Parameters
+        ----------
+        dataset, goal, surrogates, show_progress
+            See :meth:`CraftingAttack.make_poisons`; every surrogate's feature of each
+            poison is pulled onto the target's.
+        """
+        start = self.start(dataset, goal, surrogates, show_progress)
+        models, base, target = start.models, start.base, start.target
         for m in models:
             for p in m.parameters():
                 p.requires_grad_(False)
-        device = next(models[0].parameters()).device
-        target_x = dataset.x_test[goal.target_index]
-        n_poisons = n_poisons_for(goal.budget, len(dataset.y_train))
-        distances = (
-            feature_distances(models, dataset.x_train, target_x) if self.bases == "closest" else None
-        )
-        base_indices = choose_bases(
-            dataset.y_train,
-            goal.adv_label,
-            n_poisons,
-            random_state=goal.random_state,
-            distances=distances,
-        )
-        base_u8 = dataset.x_train[base_indices]
-        base, target = to_tensor(base_u8).to(device), to_tensor(target_x[None]).to(device)
         with torch.no_grad():
             dist_start = float(relative_distance(models, base, target).mean())
         chunks = list(torch.split(torch.arange(len(base)), 64))
@@ -143,22 +150,10 @@ class FeatureCollision(SurrogateOptions, CraftingAttack):
             self.craft(models, base[idx], target)
             for idx in tqdm(chunks, desc=self.name, unit="batch", disable=not show_progress)
         ]
-        poisons_u8 = to_uint8_within(torch.cat(out).cpu(), base_u8, self.eps)
+        poisons_u8 = self.to_uint8(torch.cat(out).cpu(), start.base_u8)
         with torch.no_grad():
             dist_end = float(
-                relative_distance(models, to_tensor(poisons_u8).to(device), target).mean()
+                relative_distance(models, to_tensor(poisons_u8).to(start.device), target).mean()
             )
-        return targeted_poison_set(
-            dataset,
-            goal,
-            poisons_u8,
-            base_indices,
-            attack=self.name,
-            eps=self.eps,
-            extra={
-                "feature_distance_start": dist_start,
-                "feature_distance": dist_end,
-                "n_surrogates": len(models),
-                "seconds": time.perf_counter() - start,
-            },
-        )
+        return start.poison_set(dataset, goal, poisons_u8, attack=self, extra={
+            "feature_distance_start": dist_start, "feature_distance": dist_end})

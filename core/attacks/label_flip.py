@@ -15,13 +15,13 @@ import numpy as np
 from poisonlens.attacks.base import (
     AttackGoal,
     CraftingAttack,
+    check_choice,
     choose_bases,
     n_poisons_for,
     register,
 )
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.data.poisons import PoisonSet
-from poisonlens.errors import InputError
 
 SELECTIONS = ("nearest", "random")
 
@@ -37,15 +37,17 @@ class LabelFlip(CraftingAttack):
     selection: str = "nearest"  # {'nearest', 'random'}: target-class images nearest the target (pixel l2) or drawn
 
     def __post_init__(self) -> None:
-        if self.selection not in SELECTIONS:
-            raise InputError(
-                self.name,
-                f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}",
-            )
+        check_choice(self.name, "selection", self.selection, SELECTIONS)
 
     def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
                      show_progress: bool) -> PoisonSet:
-        """Relabel ``goal.budget`` x n_train train images as the adversarial class (no surrogate)."""
+        """Relabel ``goal.budget`` x n_train train images as the adversarial class (no surrogate).
+
+        Parameters
+        ----------
+        dataset, goal, surrogates, show_progress
+            See :meth:`CraftingAttack.make_poisons`; no surrogate is used, nothing to show.
+        """
         target_x = dataset.x_test[goal.target_index]
         target_label = int(dataset.y_test[goal.target_index])
         distances = None

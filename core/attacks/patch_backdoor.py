@@ -31,13 +31,39 @@ from poisonlens.errors import InputError
 
 
 def checkerboard(size: int, channels: int) -> np.ndarray:
-    """A uint8 (size, size, channels) black-and-white checkerboard, white in the top-left corner."""
+    """A black-and-white checkerboard, white in the top-left corner.
+
+    Parameters
+    ----------
+    size : int
+        Side of the square, pixels.
+    channels : int
+        Colour channels (1 grey, 3 RGB).
+
+    Returns
+    -------
+    uint8 ndarray of shape (size, size, channels), values 0 or 255
+    """
     cells = (np.add.outer(np.arange(size), np.arange(size)) % 2 == 0).astype(np.uint8) * 255
     return np.repeat(cells[:, :, None], channels, axis=2)
 
 
 def stamp(images: np.ndarray, trigger: np.ndarray, xy: tuple[int, int]) -> np.ndarray:
-    """Copy of uint8 ``images`` (n, h, w, c) with ``trigger`` (th, tw, c) pasted at column x, row y."""
+    """Copy of ``images`` with ``trigger`` pasted at column x, row y.
+
+    Parameters
+    ----------
+    images : uint8 ndarray of shape (n, height, width, channels)
+        The images to stamp (not changed).
+    trigger : uint8 ndarray of shape (trigger_height, trigger_width, channels)
+        The patch.
+    xy : (int, int)
+        Column and row of the patch's top-left pixel.
+
+    Returns
+    -------
+    uint8 ndarray of images' shape
+    """
     x, y = xy
     th, tw = trigger.shape[:2]
     out = images.copy()
@@ -61,7 +87,13 @@ class PatchBackdoor(CraftingAttack):
 
     def make_poisons(self, dataset: ImageDataset, goal: AttackGoal, surrogates: list | None,
                      show_progress: bool) -> PoisonSet:
-        """Stamp the trigger on ``goal.budget`` x n_train train images (no surrogate, no progress to show)."""
+        """Stamp the trigger on ``goal.budget`` x n_train train images.
+
+        Parameters
+        ----------
+        dataset, goal, surrogates, show_progress
+            See :meth:`CraftingAttack.make_poisons`; the trigger needs no surrogate.
+        """
         h, w, c = dataset.image_shape
         if self.patch_size < 1 or self.margin < 0 or self.patch_size + self.margin > min(h, w):
             raise InputError(

@@ -57,14 +57,37 @@ class SurrogateOptions:
         return models
 
     def train_config(self, seed: int) -> TrainConfig:
-        """The training configuration of one surrogate seeded with ``seed``."""
+        """The training configuration of one surrogate seeded with ``seed``.
+
+        Parameters
+        ----------
+        seed : int
+            The surrogate's training seed.
+
+        Returns
+        -------
+        TrainConfig
+            This architecture and width, trained for ``max(surrogate_epochs)`` epochs.
+        """
         return TrainConfig(
             model=self.model, width=self.width, epochs=max(self.surrogate_epochs), seed=seed
         )
 
 
 def build_surrogate(dataset: ImageDataset, options: SurrogateOptions) -> Classifier:
-    """A fresh, untrained model of the surrogate architecture for ``dataset``."""
+    """A fresh, untrained model of the surrogate architecture for ``dataset``.
+
+    Parameters
+    ----------
+    dataset : ImageDataset
+        Sets the number of classes and input channels.
+    options : SurrogateOptions
+        The architecture and width.
+
+    Returns
+    -------
+    Classifier
+    """
     return build_model(
         options.model,
         n_classes=dataset.n_classes,
@@ -86,6 +109,23 @@ def train_surrogates(
     Surrogate ``i`` uses seed ``random_state + i`` and contributes a copy of itself at every
     epoch in ``options.surrogate_epochs`` (snapshots of one run make a cheap ensemble). The
     surrogates train and stay on ``device``; the attacks craft on the surrogates' device.
+
+    Parameters
+    ----------
+    dataset : ImageDataset
+        Its training split is what the surrogates learn (never the test split).
+    options : SurrogateOptions
+        Architecture, width, ensemble size and the epochs at which members are kept.
+    random_state : int
+        Seed of surrogate 0; surrogate ``i`` uses ``random_state + i``.
+    show_progress : bool
+        A progress bar per surrogate.
+    device : torch.device or str
+        Where they train, e.g. ``'cpu'`` or ``'cuda:0'``.
+
+    Returns
+    -------
+    list of Classifier, ``ensemble * len(surrogate_epochs)`` members
     """
     device = torch.device(device)
     if options.ensemble < 1 or not options.surrogate_epochs or min(options.surrogate_epochs) < 1:
@@ -134,7 +174,23 @@ def load_surrogate(
     device: torch.device | str = "cpu",
 ) -> Classifier:
     """Load a ``model.pt`` state dict (e.g. a clean run's checkpoint) as a frozen surrogate on
-    ``device``."""
+    ``device``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The weights file; read bounded, never through a link or FIFO.
+    dataset : ImageDataset
+        Sets the number of classes and input channels the weights must fit.
+    options : SurrogateOptions
+        The architecture and width the weights must fit.
+    device : torch.device or str
+        Where the model goes.
+
+    Returns
+    -------
+    Classifier in eval mode
+    """
     from poisonlens.checkpoint import load_weights  # bounded, no link or FIFO, one-line errors
 
     model = build_surrogate(dataset, options)
@@ -151,7 +207,15 @@ def load_surrogate(
 
 
 def save_surrogate(model: Classifier, path: str | Path) -> None:
-    """Write ``model``'s state dict so a victim can start from it (``TrainConfig(pretrained=path)``)."""
+    """Write ``model``'s state dict so a victim can start from it (``TrainConfig(pretrained=path)``).
+
+    Parameters
+    ----------
+    model : Classifier
+        The surrogate, on any device (saved as CPU tensors).
+    path : str or Path
+        The file to write.
+    """
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)  # loads on any machine
     Path(path).write_bytes(buf.getvalue())
@@ -163,7 +227,20 @@ def feature_distances(
 ) -> np.ndarray:
     """Squared distance of each image's penultimate feature to the target's, summed over the ensemble.
 
-    ``images`` is uint8 (n, h, w, c), ``target`` uint8 (h, w, c); returns float64 (n,).
+    Each member's distance is relative to the target feature's squared norm.
+
+    Parameters
+    ----------
+    models : list of Classifier
+        The surrogate ensemble.
+    images : uint8 ndarray of shape (n, height, width, channels)
+        The candidate bases.
+    target : uint8 ndarray of shape (height, width, channels)
+        The target image.
+
+    Returns
+    -------
+    float64 ndarray of shape (n,)
     """
     device = next(models[0].parameters()).device
     x, t = to_tensor(images).to(device), to_tensor(target[None]).to(device)

@@ -23,7 +23,13 @@ CONTROL_DIR = "control"
 
 
 def add_parser(subparsers) -> None:
-    """Add the ``craft`` subcommand and its options to ``subparsers``."""
+    """Add the ``craft`` subcommand and its options to ``subparsers``.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        What ``ArgumentParser.add_subparsers()`` returned for the ``poisonlens`` command.
+    """
     p = subparsers.add_parser(
         "craft",
         help="craft a poison set (gradient matching, bullseye polytope, feature collision, "
@@ -32,16 +38,23 @@ def add_parser(subparsers) -> None:
         "Never uses test images other than the target. Writes the poisonlens .npz and the "
         "poisoning benchmark's pickle folder into --out.",
     )
+    _add_goal_options(p)
+    _add_attack_options(p)
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--control", action="store_true",
+                   help="also write the clean control to <out>/control: the same target and rows with "
+                        "every poison restored to its base image and label")
+    p.add_argument("--overwrite", action="store_true", help="replace a poison set already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _add_goal_options(p: argparse.ArgumentParser) -> None:
+    # what is attacked: the data set, the target and its adversarial class, the budget
     p.add_argument(
         "--dataset",
         default="digits",
         help="data set spec, e.g. digits, npz:<file> (default: %(default)s)",
-    )
-    p.add_argument(
-        "--attack",
-        default="gradient-matching",
-        help="gradient-matching, bullseye-polytope, feature-collision, patch-backdoor or label-flip "
-        "(default: %(default)s)",
     )
     p.add_argument(
         "--target-index", type=int, required=True, help="index of the target in the test split"
@@ -57,6 +70,16 @@ def add_parser(subparsers) -> None:
         type=float,
         default=0.01,
         help="poisons as a fraction of the training set (default: %(default)s)",
+    )
+
+
+def _add_attack_options(p: argparse.ArgumentParser) -> None:
+    # how it is attacked: the attack, its parameters, the surrogate and the device
+    p.add_argument(
+        "--attack",
+        default="gradient-matching",
+        help="gradient-matching, bullseye-polytope, feature-collision, patch-backdoor or label-flip "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--eps",
@@ -93,19 +116,22 @@ def add_parser(subparsers) -> None:
         help="where surrogates train and poisons are optimised: auto (CUDA when present), cpu, "
         "cuda, cuda:N or mps (default: %(default)s)",
     )
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--control", action="store_true",
-                   help="also write the clean control to <out>/control: the same target and rows with "
-                        "every poison restored to its base image and label")
-    p.add_argument("--overwrite", action="store_true", help="replace a poison set already in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
 
 
 def parse_params(items: list[str]) -> dict:
     """``["restarts=4", "surrogate_epochs=[10,20]"]`` -> ``{"restarts": 4, "surrogate_epochs": (10, 20)}``.
 
     Values are read as JSON; a value that is not JSON is kept as a string; lists become tuples.
+
+    Parameters
+    ----------
+    items : list of str
+        The ``--param`` values, each ``KEY=VALUE``; dashes in KEY become underscores.
+
+    Returns
+    -------
+    dict
+        Parameter name -> value, ready for :func:`poisonlens.attacks.build_attack`.
     """
     params = {}
     for item in items:
@@ -121,16 +147,20 @@ def parse_params(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Craft a poison set and write it to ``--out``; return 0."""
-    from poisonlens.attacks import (
-        AttackGoal,
-        attack_class,
-        build_attack,
-        check_within_eps,
-        clean_control,
-    )
+    """Craft a poison set and write it to ``--out``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``craft`` options (see :func:`add_parser`).
+
+    Returns
+    -------
+    int
+        0; a bad input raises :class:`InputError` (one line, exit code 2).
+    """
+    from poisonlens.attacks import AttackGoal, check_within_eps, clean_control
     from poisonlens.attacks.base import validate_goal
-    from poisonlens.attacks.surrogate import load_surrogate, save_surrogate, train_surrogates
     from poisonlens.data import load_dataset
     from poisonlens.device import resolve_device
 
@@ -140,14 +170,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             out, "already holds a poison set; pass --overwrite or choose another --out"
         )
-    params = parse_params(args.param)
-    if args.eps is not None:
-        if "eps" not in {f.name for f in fields(attack_class(args.attack))}:
-            raise InputError(
-                "--eps", f"attack {args.attack} has no eps (its poisons are not l-inf bounded)"
-            )
-        params["eps"] = args.eps
-    attack = build_attack(args.attack, **params)
+    attack = _attack(args)
     dataset = load_dataset(args.dataset)
     goal = AttackGoal(
         target_index=args.target_index,
@@ -156,26 +179,7 @@ def run(args: argparse.Namespace) -> int:
         random_state=args.seed,
     )
     validate_goal(dataset, goal)  # before any surrogate is trained
-
-    surrogates = None
-    if args.surrogate and not attack.needs_surrogate:
-        raise InputError("--surrogate", f"attack {args.attack} uses no surrogate")
-    if attack.needs_surrogate:
-        if args.surrogate:
-            surrogates = [load_surrogate(args.surrogate, dataset, attack, device)]
-            final = surrogates[0]
-        else:
-            surrogates = train_surrogates(
-                dataset, attack, random_state=args.seed, show_progress=not args.quiet,
-                device=device,
-            )
-            final = surrogates[
-                len(set(attack.surrogate_epochs)) - 1
-            ]  # first surrogate, fully trained
-        out.mkdir(parents=True, exist_ok=True)
-        save_surrogate(final, out / SURROGATE_FILE)  # the model a fine-tuning victim starts from
-    else:
-        (out / SURROGATE_FILE).unlink(missing_ok=True)
+    surrogates = _surrogates(args, attack, dataset, device)
     poisons = attack(dataset, goal, surrogates=surrogates, show_progress=not args.quiet)
     poisons = replace(
         poisons,
@@ -196,10 +200,59 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack(args: argparse.Namespace):
+    """The attack ``--attack`` names, with ``--param`` and ``--eps`` applied."""
+    from poisonlens.attacks import attack_class, build_attack
+
+    params = parse_params(args.param)
+    if args.eps is not None:
+        if "eps" not in {f.name for f in fields(attack_class(args.attack))}:
+            raise InputError(
+                "--eps", f"attack {args.attack} has no eps (its poisons are not l-inf bounded)"
+            )
+        params["eps"] = args.eps
+    return build_attack(args.attack, **params)
+
+
+def _surrogates(args: argparse.Namespace, attack, dataset, device) -> list | None:
+    """The models to craft against (loaded or trained), saved to ``--out``; None for attacks without."""
+    from poisonlens.attacks.surrogate import load_surrogate, save_surrogate, train_surrogates
+
+    out = Path(args.out)
+    if args.surrogate and not attack.needs_surrogate:
+        raise InputError("--surrogate", f"attack {args.attack} uses no surrogate")
+    if not attack.needs_surrogate:
+        (out / SURROGATE_FILE).unlink(missing_ok=True)
+        return None
+    if args.surrogate:
+        surrogates = [load_surrogate(args.surrogate, dataset, attack, device)]
+        final = surrogates[0]
+    else:
+        surrogates = train_surrogates(
+            dataset, attack, random_state=args.seed, show_progress=not args.quiet, device=device,
+        )
+        final = surrogates[len(set(attack.surrogate_epochs)) - 1]  # first surrogate, fully trained
+    out.mkdir(parents=True, exist_ok=True)
+    save_surrogate(final, out / SURROGATE_FILE)  # the model a fine-tuning victim starts from
+    return surrogates
+
+
 def write_both(poisons, folder: Path, dataset) -> float:
     """Write the benchmark folder and ``poisons.npz``, read both back and check the eps ball again.
 
-    Returns the largest change of a poison from its base, 0-255 units.
+    Parameters
+    ----------
+    poisons : PoisonSet
+        The set to write.
+    folder : Path
+        Where the benchmark's pickles and ``poisons.npz`` go (created).
+    dataset : ImageDataset
+        The clean data set the bases come from (to check the eps ball).
+
+    Returns
+    -------
+    float
+        The largest change of a poison from its base, 0-255 units.
     """
     from poisonlens.attacks import check_within_eps
     from poisonlens.data import load_poisons
@@ -217,7 +270,21 @@ def write_both(poisons, folder: Path, dataset) -> float:
 
 
 def summary(poisons, largest: float, out: Path) -> str:
-    """One paragraph: what was written and how far the attack got."""
+    """One paragraph: what was written and how far the attack got.
+
+    Parameters
+    ----------
+    poisons : PoisonSet
+        The crafted set; its ``extra`` holds the attack's figures.
+    largest : float
+        The largest change of a poison from its base, 0-255 units.
+    out : Path
+        The output folder (a control or surrogate found there is mentioned).
+
+    Returns
+    -------
+    str
+    """
     bound = "unbounded" if poisons.eps is None else f"eps {poisons.eps:g}"
     lines = [
         f"wrote {poisons.n_poisons} {poisons.attack} poisons ({bound}, largest change {largest:g}/255) "

@@ -11,7 +11,13 @@ from poisonlens.targets import RULES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``targets`` subcommand and its options to ``sub``."""
+    """Add the ``targets`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The ``poisonlens`` command's subcommands, to which ``targets`` is added.
+    """
     p = add_command(
         sub, "targets", run,
         description="Print one `TARGET ADV_CLASS` line per pair (the test index and the class "
@@ -35,7 +41,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the chosen pairs, one ``TARGET ADV_CLASS`` line each; return 0."""
+    """Print the chosen pairs, one ``TARGET ADV_CLASS`` line each.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``targets`` options: data set, surrogate weights, rule, seed, device.
+
+    Returns
+    -------
+    int
+        0 (a bad input raises :class:`InputError`).
+    """
     from poisonlens.attacks.surrogate import SurrogateOptions, load_surrogate
     from poisonlens.data import load_dataset
     from poisonlens.device import resolve_device

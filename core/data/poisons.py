@@ -104,6 +104,13 @@ def check_poisons(poisons: PoisonSet, source: str) -> None:
 
     These checks need no data set: dtypes, shapes, lengths, repeated base indices, and
     that the trigger fits inside the image.
+
+    Parameters
+    ----------
+    poisons : PoisonSet
+        The set to check, as read from a file or made by an attack.
+    source : str
+        The file (or description) named in the message.
     """
     x = as_images(poisons.x, source, "x")
     n = len(x)
@@ -144,7 +151,18 @@ def check_poisons(poisons: PoisonSet, source: str) -> None:
 def validate_poisons(
     poisons: PoisonSet, dataset: ImageDataset, *, source: str = "poison set"
 ) -> None:
-    """Raise :class:`InputError` naming ``source`` and the field when ``poisons`` does not fit ``dataset``."""
+    """Raise :class:`InputError` naming ``source`` and the field when ``poisons`` does not fit ``dataset``.
+
+    Parameters
+    ----------
+    poisons : PoisonSet
+        The set to check: image shape, labels in [0, n_classes), base indices in the
+        training split, target index in the test split (or -1).
+    dataset : ImageDataset
+        The clean data set it is meant for.
+    source : str
+        The file (or option) named in the message.
+    """
     check_poisons(poisons, source)
     if (
         poisons.x.shape[1:] != dataset.x_train.shape[1:]
@@ -188,7 +206,23 @@ def validate_poisons(
 def apply_poisons(
     dataset: ImageDataset, poisons: PoisonSet | None, *, source: str = "poison set"
 ) -> PoisonedDataset:
-    """Replace the base images of ``dataset`` by ``poisons``; every row keeps its index."""
+    """Replace the base images of ``dataset`` by ``poisons``; every row keeps its index.
+
+    Parameters
+    ----------
+    dataset : ImageDataset
+        The clean data set (not changed).
+    poisons : PoisonSet or None
+        The poisons, checked against ``dataset`` first; None gives the clean training set.
+    source : str
+        The file (or option) named in the message when they do not fit.
+
+    Returns
+    -------
+    PoisonedDataset
+        The training images and labels with the poisons in place, and ``is_poison`` of shape
+        (n_train,) marking their rows.
+    """
     x = dataset.x_train.copy()
     y = dataset.y_train.copy()
     is_poison = np.zeros(len(y), dtype=bool)
@@ -213,7 +247,17 @@ def _scalar(value: np.ndarray, source: str, field_name: str, kind: str) -> np.nd
 
 
 def load_poisons_npz(path: str | os.PathLike) -> PoisonSet:
-    """Read a poison set from a poisonlens ``.npz`` (fields in docs/data-formats.md)."""
+    """Read a poison set from a poisonlens ``.npz`` (fields in docs/data-formats.md).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file; read bounded, never through a FIFO or a broken link.
+
+    Returns
+    -------
+    PoisonSet
+    """
     source = str(path)
     fields = read_npz(path)
     for name in ("x", "y", "base_indices", "target_x", "target_label", "adv_label"):
@@ -263,7 +307,15 @@ def load_poisons_npz(path: str | os.PathLike) -> PoisonSet:
 
 
 def save_poisons_npz(poisons: PoisonSet, path: str | os.PathLike) -> None:
-    """Write ``poisons`` as a poisonlens ``.npz``; optional fields only when set."""
+    """Write ``poisons`` as a poisonlens ``.npz``; optional fields only when set.
+
+    Parameters
+    ----------
+    poisons : PoisonSet
+        The set to write (checked first).
+    path : str or PathLike
+        The file, written under exactly this name (no ``.npz`` added).
+    """
     check_poisons(poisons, str(path))
     fields: dict[str, np.ndarray] = {
         "format_version": np.array(FORMAT_VERSION),
@@ -436,6 +488,15 @@ def load_poisons_folder(folder: str | os.PathLike) -> PoisonSet:
     common poison label (the benchmark's poisons all carry it) unless ``poisonlens.json``
     says otherwise. A 4-tuple target ``(image, label, patch, [x, y])`` is a patch
     backdoor: the patch is pasted onto the target image at column x, row y.
+
+    Parameters
+    ----------
+    folder : str or PathLike
+        The folder; a link out of it, a FIFO or a missing pickle is refused by name.
+
+    Returns
+    -------
+    PoisonSet
     """
     folder = Path(folder)
     for name in (POISONS_FILE, BASE_INDICES_FILE, TARGET_FILE):
@@ -449,17 +510,7 @@ def load_poisons_folder(folder: str | os.PathLike) -> PoisonSet:
     images, labels = _image_label_pairs(safe_load(folder / POISONS_FILE, root=folder), source)
     x = images_to_array(images, [f"{source}, item {i}" for i in range(len(images))])
 
-    source = str(folder / BASE_INDICES_FILE)
-    base = safe_load(folder / BASE_INDICES_FILE, root=folder)
-    if isinstance(base, (list, tuple)) and all(_is_int(b) for b in base):
-        outside = [int(b) for b in base if not 0 <= int(b) < 2**63]
-        if outside:  # np.asarray would raise OverflowError past int64
-            raise InputError(source, f"index {outside[0]} is outside [0, 2^63)")
-        base = np.asarray(base, dtype=np.int64)  # int64 even when empty
-    if not isinstance(base, np.ndarray):
-        raise InputError(source, "expected a list or array of integer indices")
-    base = as_labels(base, source, "base_indices", n=len(x))
-
+    base = _read_base_indices(folder, n=len(x))
     target_x, target_label, trigger, trigger_xy = _read_target(folder / TARGET_FILE, x.shape[-1])
     if not len(x):  # no image to take the shape from
         x = np.zeros((0, *target_x.shape), dtype=np.uint8)
@@ -467,11 +518,7 @@ def load_poisons_folder(folder: str | os.PathLike) -> PoisonSet:
         x = np.repeat(x, target_x.shape[-1], axis=-1)
 
     side = _read_side_file(folder / SIDE_FILE) if os.path.lexists(folder / SIDE_FILE) else {}
-    if "adv_label" in side:
-        adv_label = side["adv_label"]
-    elif labels:
-        adv_label = int(np.bincount(labels).argmax())
-    else:
+    if "adv_label" not in side and not labels:
         raise InputError(
             folder / POISONS_FILE, "holds no poison, so the adversarial label is unknown"
         )
@@ -481,7 +528,8 @@ def load_poisons_folder(folder: str | os.PathLike) -> PoisonSet:
         base_indices=base,
         target_x=target_x,
         target_label=target_label,
-        adv_label=adv_label,
+        # the benchmark's poisons all carry the adversarial label
+        adv_label=side["adv_label"] if "adv_label" in side else int(np.bincount(labels).argmax()),
         attack=side.get("attack", "unknown" if trigger is None else "patch-backdoor"),
         eps=None if side.get("eps") is None else float(side["eps"]),
         trigger=trigger,
@@ -491,6 +539,20 @@ def load_poisons_folder(folder: str | os.PathLike) -> PoisonSet:
     )
     check_poisons(poisons, str(folder))
     return poisons
+
+
+def _read_base_indices(folder: Path, n: int) -> np.ndarray:
+    # base_indices.pickle: a list (or array) of n training rows, as int64.
+    source = str(folder / BASE_INDICES_FILE)
+    base = safe_load(folder / BASE_INDICES_FILE, root=folder)
+    if isinstance(base, (list, tuple)) and all(_is_int(b) for b in base):
+        outside = [int(b) for b in base if not 0 <= int(b) < 2**63]
+        if outside:  # np.asarray would raise OverflowError past int64
+            raise InputError(source, f"index {outside[0]} is outside [0, 2^63)")
+        base = np.asarray(base, dtype=np.int64)  # int64 even when empty
+    if not isinstance(base, np.ndarray):
+        raise InputError(source, "expected a list or array of integer indices")
+    return as_labels(base, source, "base_indices", n=n)
 
 
 def _to_pil(image: np.ndarray) -> Image.Image:
@@ -503,6 +565,13 @@ def save_poisons_folder(poisons: PoisonSet, folder: str | os.PathLike) -> None:
     The pickles hold what the benchmark's own scripts write (PIL images, int labels, a
     list of indices; for a backdoor the patch as float32 (channels, h, w) in [0, 1]), so
     its ``poison_test.py`` reads the folder as it is.
+
+    Parameters
+    ----------
+    poisons : PoisonSet
+        The set to write (checked first).
+    folder : str or PathLike
+        The folder, created when missing.
     """
     folder = Path(folder)
     check_poisons(poisons, str(folder))
@@ -533,7 +602,17 @@ def save_poisons_folder(poisons: PoisonSet, folder: str | os.PathLike) -> None:
 
 
 def load_poisons(path: str | os.PathLike) -> PoisonSet:
-    """Read a poison set from a poisonlens ``.npz`` file or a benchmark pickle folder."""
+    """Read a poison set from a poisonlens ``.npz`` file or a benchmark pickle folder.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A folder (the benchmark's pickles) or a file (a poisonlens ``.npz``).
+
+    Returns
+    -------
+    PoisonSet
+    """
     path = Path(path)
     if path.is_dir():
         return load_poisons_folder(path)

@@ -346,22 +346,23 @@ class _Machine:
 
     # -- reading the byte stream
 
-    def read_view(self, n: int) -> memoryview:
-        """Like :meth:`read`, without copying (for text decoded straight from the file)."""
+    def _advance(self, n: int) -> int:
+        # Move past the next n bytes and return where they start; _Malformed when fewer are left.
         if n < 0 or self.pos + n > len(self.data):
             raise _Malformed(
                 f"truncated: an opcode wants {n:,} bytes, {self.remaining():,} are left"
             )
         start, self.pos = self.pos, self.pos + n
+        return start
+
+    def read_view(self, n: int) -> memoryview:
+        """Like :meth:`read`, without copying (for text decoded straight from the file)."""
+        start = self._advance(n)
         return self.view[start : self.pos]
 
     def read(self, n: int) -> bytes:
         """The next ``n`` bytes; _Malformed when fewer are left."""
-        if n < 0 or self.pos + n > len(self.data):
-            raise _Malformed(
-                f"truncated: an opcode wants {n:,} bytes, {self.remaining():,} are left"
-            )
-        start, self.pos = self.pos, self.pos + n
+        start = self._advance(n)
         return self.data[start : self.pos]
 
     def remaining(self) -> int:
@@ -886,10 +887,17 @@ def _op_appends(m: _Machine) -> None:
     _append(m, m.pop_mark())
 
 
-def _append(m: _Machine, items: list) -> None:
+def _open_container(m: _Machine, kind: type, action: str) -> list | dict | set:
+    # The container on top of the stack that APPEND(S), SETITEM(S) or ADDITEMS fill; refused
+    # when it is not a ``kind`` (``action`` names the opcode in the message).
     target = m.value(m.top())
-    if not isinstance(target, list):
-        raise _Refused(f"APPEND to a {type(target).__name__}")
+    if not isinstance(target, kind):
+        raise _Refused(f"{action} a {type(target).__name__}")
+    return target
+
+
+def _append(m: _Machine, items: list) -> None:
+    target = _open_container(m, list, "APPEND to")
     m.add_to(target, items)
     target.extend(items)
 
@@ -905,17 +913,12 @@ def _op_setitems(m: _Machine) -> None:
 
 
 def _setitems(m: _Machine, items: list) -> None:
-    target = m.value(m.top())
-    if not isinstance(target, dict):
-        raise _Refused(f"SETITEM on a {type(target).__name__}")
-    _add_pairs(m, target, items)
+    _add_pairs(m, _open_container(m, dict, "SETITEM on"), items)
 
 
 def _op_additems(m: _Machine) -> None:
     items = m.pop_mark()
-    target = m.value(m.top())
-    if not isinstance(target, set):
-        raise _Refused(f"ADDITEMS to a {type(target).__name__}")
+    target = _open_container(m, set, "ADDITEMS to")
     m.hashable(items)
     m.add_to(target, items)
     target.update(items)
@@ -1065,6 +1068,11 @@ def _u1(m: _Machine) -> int:
 _u2, _u4, _u8 = _u("<H", 2), _u("<I", 4), _u("<Q", 8)
 _i4 = _u("<i", 4)
 
+def _memo_op(op: Callable[[_Machine, int], None], index: Callable[[_Machine], int]):
+    # BINGET, BINPUT and their LONG_ forms: op applied to a 1- or 4-byte memo index.
+    return lambda m: op(m, index(m))
+
+
 _OPS: dict[str, Callable[[_Machine], None]] = {
     "INT": _op_int,
     "BININT": lambda m: _push(m, _i4(m)),
@@ -1110,11 +1118,11 @@ _OPS: dict[str, Callable[[_Machine], None]] = {
     "MARK": _op_mark,
     "POP_MARK": _op_pop_mark,
     "GET": _op_get,
-    "BINGET": lambda m: _get(m, _u1(m)),
-    "LONG_BINGET": lambda m: _get(m, _u4(m)),
+    "BINGET": _memo_op(_get, _u1),
+    "LONG_BINGET": _memo_op(_get, _u4),
     "PUT": _op_put,
-    "BINPUT": lambda m: _put(m, _u1(m)),
-    "LONG_BINPUT": lambda m: _put(m, _u4(m)),
+    "BINPUT": _memo_op(_put, _u1),
+    "LONG_BINPUT": _memo_op(_put, _u4),
     "MEMOIZE": _op_memoize,
     "GLOBAL": _op_global,
     "STACK_GLOBAL": _op_stack_global,
@@ -1215,12 +1223,17 @@ def safe_load(
 
     Parameters
     ----------
-    file : a path, or a binary file object
-    source : the name used in error messages; defaults to the path
-    encoding : how to decode Python 2 ``str`` objects, as in :func:`pickle.load`
-        (``"latin1"`` for CIFAR-10's batches, ``"bytes"`` to keep them as bytes)
-    root : with a path: refuse it if its links lead outside this folder
-    limits : defaults to :func:`poisonlens.limits.current_limits`
+    file : str, PathLike or binary file object
+        The pickle; a path is opened as a regular file only (no FIFO, no device).
+    source : str, optional
+        The name used in error messages; defaults to the path.
+    encoding : str
+        How to decode Python 2 ``str`` objects, as in :func:`pickle.load` (``"latin1"`` for
+        CIFAR-10's batches, ``"bytes"`` to keep them as bytes).
+    root : str or PathLike, optional
+        With a path: refuse it if its links lead outside this folder.
+    limits : Limits, optional
+        Size bounds; defaults to :func:`poisonlens.limits.current_limits`.
 
     Returns
     -------
@@ -1244,22 +1257,16 @@ def safe_load(
             data = handle.read()
     else:
         source = source or str(getattr(file, "name", "pickle"))
-        chunks, size = [], 0
-        while size <= limits.max_file_bytes:  # in chunks: read(n) may reserve all n bytes
-            chunk = file.read(1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        data = b"".join(chunks) if chunks and isinstance(chunks[0], bytes) else "".join(chunks)
-        if size > limits.max_file_bytes:
-            raise InputError(
-                source, f"larger than the limit {limits.max_file_bytes:,} bytes (--max-file-bytes)"
-            )
+        data = _read_bounded(file, source, limits.max_file_bytes)
     if isinstance(data, str):
         raise InputError(source, "opened in text mode; a pickle is bytes")
+    return _run_machine(bytes(data), source, encoding, limits)
+
+
+def _run_machine(data: bytes, source: str, encoding: str, limits: Limits) -> object:
+    # Every way the machine can refuse the bytes becomes one InputError line naming source.
     try:
-        return _Machine(bytes(data), encoding=encoding, limits=limits).load()
+        return _Machine(data, encoding=encoding, limits=limits).load()
     except _Malformed as err:
         raise InputError(source, f"not a readable pickle: {err}") from None
     except _Refused as err:
@@ -1274,6 +1281,36 @@ def safe_load(
         ) from None
 
 
+def _read_bounded(file: BinaryIO, source: str, max_bytes: int) -> bytes | str:
+    # An open file's contents, refused once past max_bytes; read in chunks because read(n)
+    # may reserve all n bytes. A text-mode file gives str (refused by the caller).
+    chunks, size = [], 0
+    while size <= max_bytes:
+        chunk = file.read(1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > max_bytes:
+        raise InputError(source, f"larger than the limit {max_bytes:,} bytes (--max-file-bytes)")
+    return b"".join(chunks) if chunks and isinstance(chunks[0], bytes) else "".join(chunks)
+
+
 def safe_loads(data: bytes, *, source: str = "pickle", **kw: object) -> object:
-    """:func:`safe_load` of bytes in memory."""
+    """:func:`safe_load` of bytes in memory.
+
+    Parameters
+    ----------
+    data : bytes
+        The pickle.
+    source : str
+        The name used in error messages.
+    **kw
+        ``encoding``, ``limits``: as for :func:`safe_load`.
+
+    Returns
+    -------
+    object
+        As :func:`safe_load` returns.
+    """
     return safe_load(io.BytesIO(data), source=source, **kw)  # type: ignore[arg-type]

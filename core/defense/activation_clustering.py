@@ -22,6 +22,7 @@ from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 
 from poisonlens.defense.base import DefenseResult, ScoringDefense, Snapshot, register
+from poisonlens.defense.per_class import active_classes, class_report
 from poisonlens.errors import InputError
 
 TIE_BREAK = 1e-3  # weight of the within-cluster grading of a suspect cluster (score docstring)
@@ -89,18 +90,26 @@ class ActivationClustering(ScoringDefense):
             raise InputError("activation-clustering", f"n_init must be >= 1, got {self.n_init}")
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
-        n_samples = snapshot.n_samples
-        labels = np.asarray(snapshot.labels)
-        embeddings = np.asarray(snapshot.embeddings)
+        """Split each active class in two and flag a small half.
 
-        score = np.full(n_samples, np.nan)
-        suspect = np.zeros(n_samples, dtype=bool)
-        cluster = np.full(n_samples, -1, dtype=np.int64)
+        Parameters
+        ----------
+        snapshot : Snapshot
+            Its penultimate ``embeddings``, reduced and split by 2-means per active class.
+        active : bool ndarray of shape (n_samples,)
+            See :meth:`ScoringDefense.decide`.
+
+        Returns
+        -------
+        DefenseResult
+            With a ``cluster`` column (-1 for inactive rows).
+        """
+        score = np.full(snapshot.n_samples, np.nan)
+        suspect = np.zeros(snapshot.n_samples, dtype=bool)
+        cluster = np.full(snapshot.n_samples, -1, dtype=np.int64)
         per_class: dict[str, dict] = {}
-        for c in np.unique(labels[active]):
-            rows = np.flatnonzero(active & (labels == c))
-            assigned, converged = self._two_means(embeddings[rows])
+        for key, rows, features in active_classes(snapshot, active):
+            assigned, converged = self._two_means(features)
             sizes = np.bincount(assigned, minlength=2)
             share = sizes / len(rows)
             score[rows] = 1.0 - share[assigned]
@@ -108,29 +117,18 @@ class ActivationClustering(ScoringDefense):
             flagged = 0 < share[1] <= self.size_thresh
             suspect[rows] = flagged & (assigned == 1)
             if flagged:
-                small = rows[assigned == 1]
-                score[small] += TIE_BREAK * _apartness(embeddings[small], embeddings[rows[assigned == 0]])
-            per_class[str(c)] = {
+                score[rows[assigned == 1]] += TIE_BREAK * _apartness(
+                    features[assigned == 1], features[assigned == 0])
+            per_class[key] = {
                 "n": int(len(rows)),
                 "cluster_sizes": [int(s) for s in sizes],
                 "smaller_share": float(share[1]),
                 "suspicious_cluster": bool(flagged),
                 "converged": converged,
             }
-
-        return DefenseResult(
-            score=score,
-            suspect=suspect,
-            columns={"cluster": cluster},
-            info={
-                "n_dims": self.n_dims,
-                "reduce": self.reduce,
-                "size_thresh": self.size_thresh,
-                "n_active": int(active.sum()),
-                "n_suspect": int(suspect.sum()),
-                "per_class": per_class,
-            },
-        )
+        info = class_report(active, suspect, per_class, n_dims=self.n_dims, reduce=self.reduce,
+                            size_thresh=self.size_thresh)
+        return DefenseResult(score=score, suspect=suspect, columns={"cluster": cluster}, info=info)
 
     def _two_means(self, features: np.ndarray) -> tuple[np.ndarray, bool]:
         """Cluster of each row and whether the reduction and k-means converged.

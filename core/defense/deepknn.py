@@ -46,13 +46,24 @@ class DeepKNN(ScoringDefense):
     batch_size: int = 4096  # query rows per kneighbors call; bounds the memory of one call
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise InputError("deepknn", f"k must be >= 1, got {self.k}")
-        if self.batch_size < 1:
-            raise InputError("deepknn", f"batch_size must be >= 1, got {self.batch_size}")
+        for key, value in (("k", self.k), ("batch_size", self.batch_size)):
+            if value < 1:
+                raise InputError("deepknn", f"{key} must be >= 1, got {value}")
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
+        """Flag the examples whose nearest neighbours out-vote their own label.
+
+        Parameters
+        ----------
+        snapshot, active : Snapshot, bool ndarray of shape (n_samples,)
+            See :meth:`ScoringDefense.decide`; only active examples vote, on their
+            ``embeddings``.
+
+        Returns
+        -------
+        DefenseResult
+            With ``knn_agree`` and ``knn_label`` columns.
+        """
         n_samples = snapshot.n_samples
         rows = np.flatnonzero(active)
         labels = np.asarray(snapshot.labels)[rows]

@@ -53,8 +53,14 @@ import numpy as np
 
 from poisonlens.defense.base import DefenseResult, Snapshot, register
 from poisonlens.defense.epic_config import EpicConfig
-from poisonlens.defense.facility_location import Clustering, cluster
-from poisonlens.defense.greedi import Partition, partition_plan, run_partitions, timed_merges
+from poisonlens.defense.facility_location import Clustering, ClusterOptions, cluster
+from poisonlens.defense.greedi import (
+    Partition,
+    partition_plan,
+    picks_by_class,
+    run_partitions,
+    timed_merges,
+)
 
 __all__ = [
     "EpicConfig",
@@ -261,39 +267,21 @@ def finish_selection(
     counts = np.bincount(labels[active], minlength=n_classes)
     k = budgets(counts, config.subset_size, random_state=config.random_state)
     out = _Decisions(n_samples, n_classes)
-    merged = timed_merges(
-        grads,
-        labels,
-        active,
-        parts,
-        picks,
-        k,
-        metric=config.metric,
-        n_jobs=config.n_jobs,
-        sample=config.merge_sample,
-        random_state=config.random_state,
-    )
+    merged = timed_merges(grads, labels, active, picks_by_class(parts, picks), k, config=config)
     for c, (members, fit, seconds) in merged.items():
-        out.record(c, members, fit, seconds, config.cluster_thresh, grads[members], config)
+        out.record(c, members, fit, seconds, grads, config)
+    # One kernel buffer for every exact class, sized for the largest that is held dense.
     dense_sizes = counts[(counts <= config.max_dense) & (counts > 0)]
     buffer = np.empty(int(dense_sizes.max(initial=0)) ** 2, dtype=np.float32)
+    options = ClusterOptions(config.metric, config.greedy, config.epsilon, config.max_dense)
     for c in np.flatnonzero(counts):
         if int(c) in merged:
             continue
         start = time.perf_counter()
         members = np.flatnonzero(active & (labels == c))
-        fit = cluster(
-            grads[members],
-            int(k[c]),
-            metric=config.metric,
-            greedy=config.greedy,
-            epsilon=config.epsilon,
-            random_state=np.random.default_rng([config.random_state, int(c)]),
-            max_dense=config.max_dense,
-            buffer=buffer,
-        )
-        out.record(c, members, fit, time.perf_counter() - start, config.cluster_thresh,
-                   grads[members], config)  # fmt: skip
+        rng = np.random.default_rng([config.random_state, int(c)])
+        fit = cluster(grads[members], int(k[c]), options, random_state=rng, buffer=buffer)
+        out.record(c, members, fit, time.perf_counter() - start, grads, config)
     return out.selection(k)
 
 
@@ -317,8 +305,7 @@ class _Decisions:
         members: np.ndarray,
         fit: Clustering,
         seconds: float,
-        thresh: float,
-        X: np.ndarray,
+        grads: np.ndarray,
         config: EpicConfig,
     ) -> None:
         """Store the clustering of class ``c`` and which of its examples to drop.
@@ -333,15 +320,15 @@ class _Decisions:
             The clustering of those examples.
         seconds : float
             Time the clustering took.
-        thresh : float
-            Clusters of at most this many examples (and at least one) are isolated and dropped.
-        X : ndarray of shape (n_members, n_classes)
-            The members' gradients, for the isolation of the dropped ones.
+        grads : ndarray of shape (n_samples, n_classes)
+            Every example's gradient; the members' rows measure the isolation of the dropped ones.
         config : EpicConfig
-            Seeds the sample of the class's nearest-neighbour scale.
+            Its ``cluster_thresh``: clusters of at most this many examples (and at least one)
+            are isolated and dropped; its ``random_state`` seeds the sample of the class's
+            nearest-neighbour scale.
         """
         sizes = np.bincount(fit.assignment, minlength=len(fit.order))
-        lonely = (sizes > 0) & (sizes <= thresh)
+        lonely = (sizes > 0) & (sizes <= config.cluster_thresh)
         self.medoid[members] = members[fit.order][fit.assignment]
         self.cluster_size[members] = sizes[fit.assignment]
         self.is_medoid[members[fit.order]] = True
@@ -352,7 +339,7 @@ class _Decisions:
         if drop.any():
             rows = np.flatnonzero(drop)
             rng = np.random.default_rng([config.random_state, int(c), 1])
-            r = isolation(X, fit.assignment, rows, random_state=rng)
+            r = isolation(grads[members], fit.assignment, rows, random_state=rng)
             self.isolation[members[rows]] = r
             log_r = np.log1p(r)
             with np.errstate(invalid="ignore"):

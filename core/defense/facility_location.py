@@ -73,7 +73,7 @@ class Kernel:
         self.metric = metric
         self.Z = Z.astype(np.float32)  # unit rows for cosine
         self.self_similarity = self_similarity  # s_ii: 1, or 0 for a zero row under cosine
-        self._Zt = np.ascontiguousarray(self.Z.T)
+        self.Zt = np.ascontiguousarray(self.Z.T)  # Z.T, contiguous: what fill_rows scores rows against
 
     def __len__(self) -> int:
         return len(self.Z)
@@ -93,7 +93,7 @@ class Kernel:
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         if out is None:
             out = np.empty((len(rows), len(self)), dtype=np.float32)
-        fill_rows(self.Z, self._Zt, rows, self.metric == "euclidean", out)
+        fill_rows(self.Z, self.Zt, rows, self.metric == "euclidean", out)
         if self.metric == "euclidean":
             np.exp(out, out=out)
         else:
@@ -403,15 +403,32 @@ class Clustering:
     dense: bool
 
 
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How :func:`cluster` chooses medoids: the similarity, the greedy and the kernel's memory.
+
+    Attributes
+    ----------
+    metric : {'euclidean', 'cosine'}, the similarity (see the module docstring)
+    greedy : {'lazy', 'stochastic'}; 'lazy' is exact greedy, 'stochastic' scores a random
+        sample of candidates each step
+    epsilon : stochastic greedy's epsilon, in (0, 1)
+    max_dense : largest n_samples whose n x n float32 kernel is held in memory; larger classes
+        compute kernel rows on demand (same decisions, slower)
+    """
+
+    metric: str = "euclidean"
+    greedy: str = "lazy"
+    epsilon: float = 0.01
+    max_dense: int = 20_000
+
+
 def cluster(
     X: np.ndarray,
     k: int,
+    options: ClusterOptions = ClusterOptions(),
     *,
-    metric: str = "euclidean",
-    greedy: str = "lazy",
-    epsilon: float = 0.01,
     random_state: int | np.random.Generator = 0,
-    max_dense: int = 20_000,
     buffer: np.ndarray | None = None,
 ) -> Clustering:
     """Choose ``k`` medoids of one class by greedy facility location and assign every example.
@@ -423,54 +440,68 @@ def cluster(
 
     Parameters
     ----------
-    X : array of shape (n_samples, n_features), one class's gradients
-    k : number of medoids, 0 <= k <= n_samples
-    metric : {'euclidean', 'cosine'}
-    greedy : {'lazy', 'stochastic'}; 'lazy' is exact greedy
-    epsilon : stochastic greedy's epsilon, in (0, 1)
-    random_state : seed or Generator (stochastic greedy only)
-    max_dense : largest n_samples whose n x n float32 kernel is held in memory; larger classes
-        compute kernel rows on demand (same decisions, slower)
-    buffer : float32 array with at least n_samples**2 elements to hold the kernel, optional
+    X : array of shape (n_samples, n_features)
+        One class's gradients.
+    k : int
+        Number of medoids, 0 <= k <= n_samples.
+    options : ClusterOptions
+        The metric, the greedy variant and its epsilon, and the largest dense kernel.
+    random_state : int or Generator
+        Seed of stochastic greedy's samples (lazy greedy draws nothing).
+    buffer : float32 ndarray, optional
+        Reused to hold the dense kernel when it has at least n_samples**2 elements (a caller
+        clustering many classes allocates it once).
 
     Returns
     -------
     Clustering, with ``order`` of shape (k,) and per-example arrays of shape (n_samples,)
     """
-    if greedy not in GREEDY:
-        raise ValueError(f"greedy must be one of {GREEDY}, got {greedy!r}")
-    kernel = Kernel(X, metric=metric)
+    if options.greedy not in GREEDY:
+        raise ValueError(f"greedy must be one of {GREEDY}, got {options.greedy!r}")
+    kernel = Kernel(X, metric=options.metric)
     n = len(kernel)
     check_budget(k, n)
     S = None
-    if n <= max_dense:
+    if n <= options.max_dense:
         out = buffer[: n * n].reshape(n, n) if buffer is not None and buffer.size >= n * n else None
         S = kernel.matrix(out=out)
-        if greedy == "lazy":
-            run = lazy_greedy(S, k)
-        else:
-            run = stochastic_greedy(S, k, epsilon=epsilon, random_state=random_state)
-    elif greedy == "lazy":
-        run = _lazy_greedy_chunked(kernel, k)
-    else:
-        run = _stochastic(
-            lambda cand, cur: gains(kernel.rows(cand), cur, np.arange(len(cand))),
-            lambda j: kernel.rows(np.array([j]))[0],
-            n,
-            k,
-            epsilon,
-            np.random.default_rng(random_state),
-        )
-
-    best = np.full(n, -np.inf, dtype=np.float32)
-    assignment = np.full(n, -1, dtype=np.int64)
-    for start in range(0, k, BLOCK_ROWS):
-        medoids = run.order[start : start + BLOCK_ROWS]
-        if S is not None:
-            _assign_rows(S, medoids, start, best, assignment)
-        else:
-            _assign_rows(kernel.rows(medoids), np.arange(len(medoids)), start, best, assignment)
+    run = _greedy(kernel, S, k, options, random_state)
+    assignment, best = _assign(kernel, S, run.order)
     distance = kernel.distance(np.arange(n), run.order[assignment]) if k else np.full(n, np.nan)
     return Clustering(
         run.order, run.gains, run.objective, assignment, best, distance, S is not None
     )
+
+
+def _greedy(kernel: Kernel, S: np.ndarray | None, k: int, options: ClusterOptions,
+            random_state: int | np.random.Generator) -> Greedy:
+    # The greedy options.greedy names, on the dense kernel S when held, else on kernel rows.
+    if S is not None and options.greedy == "lazy":
+        return lazy_greedy(S, k)
+    if S is not None:
+        return stochastic_greedy(S, k, epsilon=options.epsilon, random_state=random_state)
+    if options.greedy == "lazy":
+        return _lazy_greedy_chunked(kernel, k)
+    return _stochastic(
+        lambda cand, cur: gains(kernel.rows(cand), cur, np.arange(len(cand))),
+        lambda j: kernel.rows(np.array([j]))[0],
+        len(kernel),
+        k,
+        options.epsilon,
+        np.random.default_rng(random_state),
+    )
+
+
+def _assign(kernel: Kernel, S: np.ndarray | None, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Each example's position in ``order`` of its most similar medoid, and that similarity;
+    # from the dense kernel S when held, else from kernel rows a block of medoids at a time.
+    n = len(kernel)
+    best = np.full(n, -np.inf, dtype=np.float32)
+    assignment = np.full(n, -1, dtype=np.int64)
+    for start in range(0, len(order), BLOCK_ROWS):
+        medoids = order[start : start + BLOCK_ROWS]
+        if S is not None:
+            _assign_rows(S, medoids, start, best, assignment)
+        else:
+            _assign_rows(kernel.rows(medoids), np.arange(len(medoids)), start, best, assignment)
+    return assignment, best

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from poisonlens.defense.epic_config import EpicConfig
 from poisonlens.defense.facility_location import Clustering, Kernel, gains, lazy_greedy
 from poisonlens.defense.kernels import (
     BLOCK_ROWS,
@@ -622,48 +623,84 @@ def merge_picks(
     n_class = len(kernel)
     candidates = np.unique(np.asarray(candidates, dtype=np.int64))
     check_budget(k, len(candidates))
-    others = n_class - len(candidates)
-    sampled = sample is not None and sample < others
-    if sampled:
-        # Stratified: every candidate (a candidate's own cover is most of an outlier's gain,
-        # and outliers are what EPIC isolates) and a uniform sample of the other examples,
-        # each standing for others / sample of them. F on these, weighted, is an unbiased
-        # estimate of F on the class.
-        rng = np.random.default_rng(random_state)
-        rest = np.setdiff1d(np.arange(n_class), candidates, assume_unique=True)
-        drawn = rng.choice(rest, size=int(sample), replace=False)
-        evaluated = np.concatenate([candidates, drawn])
-        weight = np.concatenate([np.ones(len(candidates)), np.full(len(drawn), others / sample)])
-        by_row = np.argsort(evaluated)
-        evaluated, weight = evaluated[by_row], weight[by_row]
-        Zt = np.ascontiguousarray(kernel.Z[evaluated].T)
-        col = np.full(n_class, -1, dtype=np.int64)
-        col[evaluated] = np.arange(len(evaluated))
-    else:
-        Zt, col, weight = kernel._Zt, np.arange(n_class), np.ones(n_class)
-    n = Zt.shape[1]
+    cols = _evaluated_columns(kernel, candidates, sample, random_state)
+    n = cols.Zt.shape[1]
     sparse_max = max(64, n // SPARSE_DIV)
     pool = int(min(_POOL_ENTRIES, max(1024, len(candidates) * sparse_max)))
-    euclidean = metric == "euclidean"
-    order = np.empty(k, dtype=np.int64)
-    state = (
-        order,
+    state = _merge_state(kernel, k, n)
+    order, t0 = state[0], min(k, BATCH_STEPS)
+    left, keys = _plain_steps(kernel, cols, candidates, state, t0)
+    if k > t0:  # the gains of step t0 - 1 are upper bounds from step t0 on
+        _merge_greedy(kernel.Z, cols.Zt, cols.col, cols.weight, left, keys, state, t0, pool,
+                      sparse_max)
+    # sampled: the merge's cover is over the sample, so assign the whole class to the medoids
+    position, best = assign(kernel, order) if cols.sampled else (state[4], state[3])
+    objective = float(np.maximum(best, 0).sum(dtype=np.float64)) if k else 0.0
+    distance = kernel.distance(np.arange(n_class), order[position]) if k else np.full(n_class, np.nan)
+    return Clustering(order, state[1], objective, position, best, distance, False)
+
+
+def _merge_state(kernel: Kernel, k: int, n: int) -> tuple:
+    # What the compiled merge updates in place, over the n evaluated columns.
+    return (
+        np.empty(k, dtype=np.int64),  # order: the medoids chosen
         np.empty(k, dtype=np.float64),  # the gains
         np.zeros(n, dtype=np.float32),  # cur: the cover, 0 for the empty set
         np.full(n, -np.inf, dtype=np.float32),  # best similarity to a medoid so far
         np.full(n, -1, dtype=np.int64),  # position (in order) of that medoid
         np.full(n, np.inf, dtype=np.float32),  # rad2: squared distance beyond which s <= cur
         kernel.self_similarity,
-        euclidean,
+        kernel.metric == "euclidean",
     )
+
+
+@dataclass(frozen=True, eq=False)
+class _Columns:
+    # The examples F is evaluated on in a merge: Zt holds their rows as columns (ascending),
+    # col maps a class-local index to its column (-1 when not evaluated), weight is what each
+    # stands for, sampled says whether they are a sample of the class.
+    Zt: np.ndarray
+    col: np.ndarray
+    weight: np.ndarray
+    sampled: bool
+
+
+def _evaluated_columns(kernel: Kernel, candidates: np.ndarray, sample: int | None,
+                       random_state: int | np.random.Generator) -> _Columns:
+    n_class = len(kernel)
+    others = n_class - len(candidates)
+    if sample is None or sample >= others:
+        return _Columns(kernel.Zt, np.arange(n_class), np.ones(n_class), False)
+    # Stratified: every candidate (a candidate's own cover is most of an outlier's gain,
+    # and outliers are what EPIC isolates) and a uniform sample of the other examples,
+    # each standing for others / sample of them. F on these, weighted, is an unbiased
+    # estimate of F on the class.
+    rng = np.random.default_rng(random_state)
+    rest = np.setdiff1d(np.arange(n_class), candidates, assume_unique=True)
+    drawn = rng.choice(rest, size=int(sample), replace=False)
+    evaluated = np.concatenate([candidates, drawn])
+    weight = np.concatenate([np.ones(len(candidates)), np.full(len(drawn), others / sample)])
+    by_row = np.argsort(evaluated)
+    evaluated, weight = evaluated[by_row], weight[by_row]
+    col = np.full(n_class, -1, dtype=np.int64)
+    col[evaluated] = np.arange(len(evaluated))
+    return _Columns(np.ascontiguousarray(kernel.Z[evaluated].T), col, weight, True)
+
+
+def _plain_steps(kernel: Kernel, cols: _Columns, candidates: np.ndarray, state: tuple,
+                 t0: int) -> tuple[np.ndarray, np.ndarray]:
     # The first BATCH_STEPS steps re-score every candidate anyway (after the first medoid every
     # stale bound is far above every fresh gain), and every entry needs its exp, so these steps
     # run as plain greedy over all candidates: a sampled euclidean merge (F is an estimate)
     # through _candidate_scores, each candidate pair once; a whole-class merge over numpy row
-    # blocks, in the arithmetic of the exact path.
+    # blocks, in the arithmetic of the exact path. Returns the candidates left and their gains
+    # at the last step (upper bounds from then on).
+    Zt, col, weight = cols.Zt, cols.col, cols.weight
+    n = Zt.shape[1]
+    order, euclidean = state[0], state[7]
     rows = max(1, min(BLOCK_ROWS, (1 << 22) // max(n, 1)))  # blocks of at most 16 MB
-    t0 = min(k, BATCH_STEPS)
-    if sampled and euclidean:  # every candidate is an evaluated column (see above)
+    pairwise = cols.sampled and euclidean  # every candidate is an evaluated column (see above)
+    if pairwise:
         mine = col[candidates]
         theirs = np.setdiff1d(np.arange(n), mine, assume_unique=True)
         Zc, Zr = np.ascontiguousarray(Zt[:, mine]), np.ascontiguousarray(Zt[:, theirs])
@@ -672,7 +709,7 @@ def merge_picks(
     live = np.empty(n, dtype=np.int64)
     keys = np.empty(0)
     for t in range(t0):
-        if sampled and euclidean:
+        if pairwise:
             every = np.empty(len(candidates), dtype=np.float64)
             cur = state[2]
             _candidate_scores(Zc, weight[mine], cur[mine], Zr, weight[theirs], cur[theirs], every)
@@ -682,7 +719,7 @@ def merge_picks(
             for start in range(0, len(pos), rows):
                 block = candidates[pos[start : start + rows]]
                 S = _cross_rows(kernel, Zt, col, block)
-                if sampled:
+                if cols.sampled:
                     scored = np.empty(len(block), dtype=np.float64)
                     _weighted_gains(S, state[2], weight, scored)
                 else:
@@ -697,16 +734,7 @@ def merge_picks(
                             state[5], weight, scratch[0], live, scratch[1])
         _cover(scratch[0][live[:m]], live[:m], state, t, kernel.Z.shape[1])
         pos, keys = np.delete(pos, q), np.delete(keys, q)
-    left = candidates[pos]
-    if k > t0:  # the gains of step t0 - 1 are upper bounds from step t0 on
-        _merge_greedy(kernel.Z, Zt, col, weight, left, keys, state, t0, pool, sparse_max)
-    if sampled:
-        position, best = assign(kernel, order)
-    else:
-        position, best = state[4], state[3]
-    objective = float(np.maximum(best, 0).sum(dtype=np.float64)) if k else 0.0
-    distance = kernel.distance(np.arange(n_class), order[position]) if k else np.full(n_class, np.nan)
-    return Clustering(order, state[1], objective, position, best, distance, False)
+    return candidates[pos], keys
 
 
 def run_partitions(
@@ -737,37 +765,6 @@ def run_partitions(
         return list(pool.map(lambda part: greedy_on_partition(grads, part, metric=metric), plan))
 
 
-def merge_class(
-    grads: np.ndarray,
-    members: np.ndarray,
-    picks: Sequence[np.ndarray],
-    k: int,
-    *,
-    metric: str = "euclidean",
-    sample: int | None = None,
-    random_state: int | np.random.Generator = 0,
-) -> Clustering:
-    """Merge one class's partition picks (global indices) into its final clustering.
-
-    Parameters
-    ----------
-    grads : float array of shape (n_samples, n_classes)
-    members : int64 array of shape (n_class,), the class's active examples, ascending
-    picks : the class's partitions' picks, global indices
-    k : K_c
-    metric : {'euclidean', 'cosine'}
-    sample, random_state : see :func:`merge_picks`
-
-    Returns
-    -------
-    Clustering over ``members`` (class-local indices, as :func:`facility_location.cluster`)
-    """
-    union = np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in picks]))
-    local = np.searchsorted(members, union)
-    X = np.asarray(grads)[members]
-    return merge_picks(X, local, k, metric=metric, sample=sample, random_state=random_state)
-
-
 def _workers(n_jobs: int | None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if n_jobs is None or n_jobs == 0:
@@ -775,51 +772,72 @@ def _workers(n_jobs: int | None) -> int:
     return max(1, cores or 1) if n_jobs < 0 else int(n_jobs)
 
 
-def timed_merges(
-    grads: np.ndarray,
-    labels: np.ndarray,
-    active: np.ndarray,
-    plan: Sequence[Partition],
-    picks: Sequence[np.ndarray],
-    k: np.ndarray,
-    *,
-    metric: str = "euclidean",
-    n_jobs: int = 1,
-    sample: int | None = None,
-    random_state: int = 0,
-) -> dict[int, tuple[np.ndarray, Clustering, float]]:
-    """:func:`merge_class` for every class of ``plan``, ``n_jobs`` classes at a time.
+def picks_by_class(plan: Sequence[Partition], picks: Sequence[np.ndarray]) -> dict[int, list[np.ndarray]]:
+    """The picks of round one grouped by class, in the plan's order.
 
     Parameters
     ----------
-    grads : float array of shape (n_samples, n_classes)
-    labels : int array of shape (n_samples,)
-    active : bool array of shape (n_samples,)
-    plan : list of Partition; picks : its picks, ``picks[i]`` for ``plan[i]``
-    k : int array of shape (n_classes,), the class budgets
-    metric : {'euclidean', 'cosine'}
-    n_jobs : threads; -1 for every core (each merges one class at a time)
-    sample : the most examples of a class F is evaluated on in its merge (None: all)
-    random_state : the sample of class c is drawn with the seed ``[random_state, c]``
+    plan : sequence of Partition
+        The partitions of :func:`partition_plan`.
+    picks : sequence of int arrays
+        ``picks[i]``, the global indices chosen in ``plan[i]``.
 
     Returns
     -------
-    {class: (members, Clustering, seconds)}
+    dict
+        class -> list of its partitions' picks.
     """
     by_class: dict[int, list[np.ndarray]] = {}
     for part, chosen in zip(plan, picks, strict=True):
         by_class.setdefault(part.label, []).append(chosen)
+    return by_class
+
+
+def timed_merges(
+    grads: np.ndarray,
+    labels: np.ndarray,
+    active: np.ndarray,
+    by_class: dict[int, list[np.ndarray]],
+    k: np.ndarray,
+    *,
+    config: EpicConfig,
+) -> dict[int, tuple[np.ndarray, Clustering, float]]:
+    """:func:`merge_picks` for every class of ``by_class``, ``config.n_jobs`` classes at a time.
+
+    Parameters
+    ----------
+    grads : float array of shape (n_samples, n_classes)
+        Every example's gradient.
+    labels : int array of shape (n_samples,)
+        The classes.
+    active : bool array of shape (n_samples,)
+        The examples still in training; a class's active ones are clustered.
+    by_class : dict
+        class -> its partitions' picks (global indices), as :func:`picks_by_class` groups them.
+    k : int array of shape (n_classes,)
+        The class budgets K_c.
+    config : EpicConfig
+        Its ``metric``; ``n_jobs`` threads (-1: every core), each merging one class at a time;
+        ``merge_sample``, the most examples of a class F is evaluated on (None: all); and
+        ``random_state``: class c's sample is drawn with the seed ``[random_state, c]``.
+
+    Returns
+    -------
+    {class: (members, Clustering, seconds)}
+        ``members`` the class's active rows, ascending; the Clustering over them (class-local
+        indices, as :func:`facility_location.cluster`).
+    """
 
     def one(c: int) -> tuple[int, tuple[np.ndarray, Clustering, float]]:
         start = time.perf_counter()
         members = np.flatnonzero(active & (labels == c))
-        rng = np.random.default_rng([random_state, c])
-        fit = merge_class(
-            grads, members, by_class[c], int(k[c]), metric=metric, sample=sample, random_state=rng
-        )
+        union = np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in by_class[c]]))
+        fit = merge_picks(np.asarray(grads)[members], np.searchsorted(members, union), int(k[c]),
+                          metric=config.metric, sample=config.merge_sample,
+                          random_state=np.random.default_rng([config.random_state, c]))
         return c, (members, fit, time.perf_counter() - start)
 
-    workers = _workers(n_jobs)
+    workers = _workers(config.n_jobs)
     if workers == 1 or len(by_class) <= 1:
         return dict(one(c) for c in by_class)
     with ThreadPoolExecutor(workers) as pool:

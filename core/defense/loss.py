@@ -37,7 +37,17 @@ class LossFilter(ScoringDefense):
             raise InputError("loss", f"fraction must be in [0, 1], got {self.fraction}")
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
+        """Flag the top ``fraction`` of active examples by loss.
+
+        Parameters
+        ----------
+        snapshot, active
+            See :meth:`ScoringDefense.decide`; ``snapshot.loss`` is the score.
+
+        Returns
+        -------
+        DefenseResult
+        """
         n_samples = snapshot.n_samples
         rows = np.flatnonzero(active)
 

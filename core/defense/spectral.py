@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from poisonlens.defense.base import DefenseResult, ScoringDefense, Snapshot, highest, register
+from poisonlens.defense.per_class import active_classes, class_report
 from poisonlens.errors import InputError
 
 
@@ -45,39 +46,34 @@ class SpectralSignatures(ScoringDefense):
             raise InputError("spectral", f"multiplier must be >= 0, got {self.multiplier}")
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """See :class:`~poisonlens.defense.base.ScoringDefense`; ``active`` is already checked."""
-        n_samples = snapshot.n_samples
-        labels = np.asarray(snapshot.labels)
-        embeddings = np.asarray(snapshot.embeddings)
+        """Flag each active class's largest spectral signatures.
 
-        score = np.full(n_samples, np.nan)
-        suspect = np.zeros(n_samples, dtype=bool)
+        Parameters
+        ----------
+        snapshot, active
+            See :meth:`ScoringDefense.decide`; each active class's centred ``embeddings``
+            are projected on their top singular vector.
+
+        Returns
+        -------
+        DefenseResult
+        """
+        score = np.full(snapshot.n_samples, np.nan)
+        suspect = np.zeros(snapshot.n_samples, dtype=bool)
         per_class: dict[str, dict] = {}
-        for c in np.unique(labels[active]):
-            rows = np.flatnonzero(active & (labels == c))
-            class_score, top_singular = _signature(embeddings[rows])
+        for key, rows, features in active_classes(snapshot, active):
+            class_score, top_singular = _signature(features)
             score[rows] = class_score
             dropped = highest(rows, class_score, self.multiplier * self.eps)  # 1.5 · 0.05 · 200 is 15
-            n_drop = len(dropped)
             suspect[dropped] = True
-            per_class[str(c)] = {
+            per_class[key] = {
                 "n": int(len(rows)),
-                "n_suspect": int(n_drop),
-                "threshold": float(score[dropped].min()) if n_drop else None,
+                "n_suspect": int(len(dropped)),
+                "threshold": float(score[dropped].min()) if len(dropped) else None,
                 "top_singular_value": top_singular,
             }
-
-        return DefenseResult(
-            score=score,
-            suspect=suspect,
-            info={
-                "eps": self.eps,
-                "multiplier": self.multiplier,
-                "n_active": int(active.sum()),
-                "n_suspect": int(suspect.sum()),
-                "per_class": per_class,
-            },
-        )
+        info = class_report(active, suspect, per_class, eps=self.eps, multiplier=self.multiplier)
+        return DefenseResult(score=score, suspect=suspect, info=info)
 
 
 def _signature(features: np.ndarray) -> tuple[np.ndarray, float]:
