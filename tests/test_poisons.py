@@ -406,3 +406,32 @@ def test_poison_path_that_is_a_fifo_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "p.npz")
     with pytest.raises(InputError, match="p.npz: not a regular file"):
         load_poisons(tmp_path / "p.npz")
+
+
+@pytest.mark.parametrize("name", ["poisons.npz", "poisons.pickle", "base_indices.pickle",
+                                  "target.pickle", "poisonlens.json", "surrogate.pt"])
+def test_writers_never_write_through_a_link_planted_in_the_output_folder(tmp_path, name):
+    # `craft --out` may be a folder copied from someone else: a link planted under a name the
+    # writers use must not carry the write outside it. Before they went through runfs, each of
+    # these writes replaced the sentinel's contents.
+    import torch
+
+    from poisonlens.attacks.surrogate import save_surrogate
+    from poisonlens.models import build_model
+    from poisonlens.runfs import RunFileError
+
+    sentinel = tmp_path / "bashrc"
+    sentinel.write_text("keep me\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(sentinel)
+    with pytest.raises(RunFileError, match="link"):
+        if name == "poisons.npz":
+            save_poisons_npz(make_poisons(), out / name)
+        elif name == "surrogate.pt":
+            torch.manual_seed(0)
+            save_surrogate(build_model("smallcnn", n_classes=10, in_channels=3, width=4), out / name)
+        else:
+            save_poisons_folder(make_poisons(), out)
+    assert sentinel.read_text() == "keep me\n"
+    assert (out / name).is_symlink()

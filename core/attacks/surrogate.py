@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from poisonlens import runfs
 from poisonlens.data.datasets import ImageDataset
 from poisonlens.errors import InputError
 from poisonlens.models import Classifier, build_model, to_tensor
@@ -218,7 +219,8 @@ def save_surrogate(model: Classifier, path: str | Path) -> None:
     """
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)  # loads on any machine
-    Path(path).write_bytes(buf.getvalue())
+    path = Path(path)
+    runfs.write_bytes(path.parent, (path.name,), buf.getvalue())  # never through a link
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from poisonlens import runfs
 from poisonlens.data.datasets import ImageDataset, as_images, as_labels, images_to_array, read_npz
 from poisonlens.data.safe_pickle import safe_load
 from poisonlens.errors import InputError
@@ -335,9 +336,10 @@ def save_poisons_npz(poisons: PoisonSet, path: str | os.PathLike) -> None:
         fields["trigger_xy"] = np.asarray(poisons.trigger_xy, dtype=np.int64)
     if poisons.extra:
         fields["extra_json"] = np.array(json.dumps(poisons.extra))
-    # np.savez adds ".npz" to names without it; open the file ourselves to keep the name
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, **fields)
+    # np.savez adds ".npz" to names without it; write the handle ourselves to keep the name, and
+    # through runfs: never through a link planted under that name, never half-written
+    path = Path(path)
+    runfs.write_atomic(path.parent, (path.name,), lambda handle: np.savez_compressed(handle, **fields))
 
 
 def _finite_eps(eps: float, source: object) -> float:
@@ -588,8 +590,7 @@ def save_poisons_folder(poisons: PoisonSet, folder: str | os.PathLike) -> None:
         (BASE_INDICES_FILE, [int(i) for i in poisons.base_indices]),
         (TARGET_FILE, target),
     ):
-        with open(folder / name, "wb") as handle:
-            pickle.dump(obj, handle)
+        runfs.write_bytes(folder, (name,), pickle.dumps(obj))
     side = {
         "format_version": FORMAT_VERSION,
         "attack": poisons.attack,
@@ -598,7 +599,7 @@ def save_poisons_folder(poisons: PoisonSet, folder: str | os.PathLike) -> None:
         "target_index": int(poisons.target_index),
         "extra": poisons.extra,
     }
-    (folder / SIDE_FILE).write_text(json.dumps(side, indent=2) + "\n")
+    runfs.write_bytes(folder, (SIDE_FILE,), (json.dumps(side, indent=2) + "\n").encode())
 
 
 def load_poisons(path: str | os.PathLike) -> PoisonSet:
