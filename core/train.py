@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import poisonlens
-from poisonlens import distributed, runfs
+from poisonlens import runfs
 from poisonlens.augment import augment_batch, resolve_augment  # noqa: F401  (re-exported for attacks)
 from poisonlens.checkpoint import (
     FINAL,
@@ -38,14 +38,29 @@ from poisonlens.checkpoint import (
     read_table,
     save_checkpoint,
 )
+from poisonlens.collectives import broadcast_mask, check_same_mask
 from poisonlens.config import AUGMENTS, SCENARIOS, TrainConfig  # noqa: F401  (re-exported)
 from poisonlens.data import PoisonedDataset, apply_poisons, load_dataset, load_poisons
 from poisonlens.defense import build_defense
 from poisonlens.defense.base import Defense, DefenseResult, Snapshot
-from poisonlens.device import fits_on_device, resolve_device, seeded_generator
+from poisonlens.device import (
+    ALONE,
+    DistContext,
+    device_spec,
+    fits_on_device,
+    process_device,
+    seeded_generator,
+    this_process,
+)
 from poisonlens.errors import InputError
 from poisonlens.model_spec import check_trusted
 from poisonlens.models import Classifier, build_model
+from poisonlens.process_group import init_distributed, sync_buffers, wrap_model
+from poisonlens.rank_signals import failure_reason, stop_on_sigterm
+from poisonlens.rank_writer import lock_run, record_world, run_writer
+from poisonlens.sharded_snapshot import take_snapshot_sharded
+from poisonlens.sharding import rank_batches, rank_seed
+from poisonlens.shared_defense import run_defense
 from poisonlens.snapshot import forward_batched, model_device, storage_projection
 from poisonlens.store import (
     CHECKPOINTS,
@@ -115,7 +130,8 @@ class TrainState:
     projection : fixed (n_features, embedding_dims) projection for stored embeddings, or None
     amp_dtype : autocast dtype for training (None: float32)
     scaler : fp16 gradient scaler, or None
-    dist : this process's place under torchrun (None: a single process; docs/distributed.md)
+    dist : this process's place (:data:`poisonlens.device.ALONE` for a single process;
+        docs/distributed.md)
     ddp : the DistributedDataParallel wrapper the training steps go through, or None
     """
 
@@ -135,20 +151,44 @@ class TrainState:
     projection: np.ndarray | None = None
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
-    dist: distributed.DistContext | None = None
+    dist: DistContext = ALONE
     ddp: torch.nn.Module | None = None
 
 
 def check_config(config: TrainConfig) -> torch.device:
     """Validate ``config`` and resolve its device; every problem is an :class:`InputError`.
 
+    A run calls this once: :func:`train` before anything is made, or :func:`start_run` /
+    :func:`resume_run` when called on their own.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's options.
+
     Returns
     -------
     torch.device the run trains on
     """
     config.validate()
+    return run_device(config)
+
+
+def run_device(config: TrainConfig) -> torch.device:
+    """The device a validated ``config`` trains on in this process (``cuda:<local rank>`` under
+    torchrun), after the checks that need this machine: the model's source and ``--amp``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's options, already validated.
+
+    Returns
+    -------
+    torch.device
+    """
     check_trusted(config.model)  # a module:factory model read from a file needs --model again
-    device = distributed.process_device(config.device) or resolve_device(config.device)
+    device = process_device(config.device)
     if config.amp != "off" and device.type != "cuda":
         raise InputError("--amp", f"{config.amp} needs a CUDA device (this run is on {device})")
     return device
@@ -156,7 +196,13 @@ def check_config(config: TrainConfig) -> torch.device:
 
 def load_training_data(config: TrainConfig) -> PoisonedDataset:
     """The training set as the victim sees it; for the clean control, the poison rows are
-    restored to their base images and only the target is kept."""
+    restored to their base images and only the target is kept.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's options (``dataset``, ``poisons``, ``clean_control``).
+    """
     dataset = load_dataset(config.dataset)
     poisons = load_poisons(config.poisons) if config.poisons else None
     if poisons is None or config.clean_control:
@@ -171,7 +217,15 @@ def load_training_data(config: TrainConfig) -> PoisonedDataset:
 
 def make_model(config: TrainConfig, data: PoisonedDataset) -> Classifier:
     """A seeded model for ``data`` on the CPU, with ``config.pretrained`` loaded for
-    transfer / finetune (transfer also freezes the body)."""
+    transfer / finetune (transfer also freezes the body).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's options (``model``, ``width``, ``seed``, ``scenario``, ``pretrained``).
+    data : PoisonedDataset
+        The training set (its classes and channels size the model).
+    """
     torch.manual_seed(config.seed)
     model = build_model(
         config.model,
@@ -208,7 +262,15 @@ def make_model(config: TrainConfig, data: PoisonedDataset) -> Classifier:
 
 
 def make_optimizer(config: TrainConfig, model: Classifier) -> torch.optim.Optimizer:
-    """SGD over the trainable parameters, with the config's momentum and weight decay."""
+    """SGD over the trainable parameters, with the config's momentum and weight decay.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's options (learning rate, momentum, Nesterov, weight decay).
+    model : Classifier
+        The model; frozen parameters (transfer) are left out.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(
         params,
@@ -221,7 +283,15 @@ def make_optimizer(config: TrainConfig, model: Classifier) -> torch.optim.Optimi
 
 def place_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """The uint8 training images where batches are cut from: the CPU's own array (no copy),
-    the GPU's memory when they fit in half of what is free, else pinned host memory."""
+    the GPU's memory when they fit in half of what is free, else pinned host memory.
+
+    Parameters
+    ----------
+    images : uint8 array of shape (n_samples, height, width, channels)
+        The training images.
+    device : torch.device
+        Where the run trains.
+    """
     host = torch.from_numpy(np.ascontiguousarray(images))
     if device.type == "cpu":
         return host
@@ -254,24 +324,29 @@ def _setup(config: TrainConfig, device: torch.device) -> TrainState:
     )
 
 
-def start_run(config: TrainConfig, run_dir: str | Path) -> TrainState:
+def start_run(config: TrainConfig, run_dir: str | Path, *, device: torch.device | None = None) -> TrainState:
     """Set up a new run and write its fixed files (run.json, examples, images).
 
     Parameters
     ----------
-    config : the run's options (validated here)
-    run_dir : the run directory; files already in it are replaced
+    config : TrainConfig
+        The run's options.
+    run_dir : str or Path
+        The run directory; files already in it are replaced.
+    device : torch.device or None
+        Where to train, from :func:`check_config` when the caller has already checked
+        ``config``; None checks it here.
 
     Returns
     -------
     TrainState at epoch 0
     """
-    state = _setup(config, check_config(config))
+    state = _setup(config, check_config(config) if device is None else device)
     excluded, record = excluded_examples(config, state.data.n_samples)
     if record:
         record["n_poisons"] = int(state.data.is_poison[excluded].sum())
     state.active[excluded] = False  # never trained on, never seen by the defense as active
-    if not distributed.is_main_process():
+    if not this_process().is_main:
         return state  # under torchrun only rank 0 writes the run
     data, poisons = state.data, state.data.poisons
     writer = RunWriter(Path(run_dir))
@@ -369,10 +444,10 @@ def resume_run(run_dir: str | Path, *, device: str | None = None) -> TrainState:
         raise InputError(run_dir / RUN_JSON, f"config: unusable ({err})") from None
     if device is not None:
         config = replace(config, device=device)
-    dev = check_config(config)  # a missing device names --device: pass another to move the run
+    dev = run_device(config)  # a missing device names --device: pass another to move the run
     last = run_dir / CHECKPOINTS / LAST
     if not runfs.exists(run_dir, CHECKPOINTS, LAST):  # a linked checkpoints/ raises
-        return start_run(config, run_dir)  # killed before its first checkpoint: start over
+        return start_run(config, run_dir, device=dev)  # killed before its first checkpoint: start over
     state = _setup(config, dev)
     ckpt = load_checkpoint(last, n_samples=state.data.n_samples, map_location=dev, root=run_dir)
     try:
@@ -389,7 +464,7 @@ def resume_run(run_dir: str | Path, *, device: str | None = None) -> TrainState:
     if state.data.poisons is not None:
         snaps = [e for e in config.snapshot_epochs() if e < state.epoch]
         state.targets = _rows_before(run_dir, TARGETS, state.epoch, snaps)
-    if distributed.is_main_process():
+    if this_process().is_main:
         RunWriter(run_dir).set_status("running")
     return state
 
@@ -415,14 +490,32 @@ def _rows_before(run_dir: Path, name: str, epoch: int, expected: Iterable[int]) 
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
-    """Learning rate during ``epoch`` (1-based): multi-step decay at fractions of the run."""
+    """Learning rate during ``epoch`` (1-based): multi-step decay at fractions of the run.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's options (``lr``, ``lr_milestones`` as fractions of ``epochs``, ``lr_gamma``).
+    epoch : int
+        The epoch, >= 1.
+    """
     passed = sum(epoch > round(m * config.epochs) for m in config.lr_milestones)
     return config.resolved_lr * config.lr_gamma**passed
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator for one epoch's shuffling and augmentation (``seeded_generator(seed, epoch)``);
-    a resumed run re-makes it exactly."""
+    a resumed run re-makes it exactly.
+
+    Parameters
+    ----------
+    seed : int
+        The run's (or this rank's) seed.
+    epoch : int
+        The epoch, its stream.
+    device : torch.device or str
+        Where the generator draws.
+    """
     return seeded_generator(seed, epoch, device)
 
 
@@ -456,21 +549,56 @@ def iter_batches(
     batch_size: int,
     augment: str,
     gen: torch.Generator,
-    order: list[np.ndarray] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of training batches, cut from uint8 images and converted per batch.
+    """One epoch of training batches over ``indices``, shuffled and cut by :func:`batches`,
+    then fed by :func:`feed_batches`.
 
     Parameters
     ----------
-    images : uint8 of shape (n_samples, height, width, channels), on any device
-    labels : int64 of shape (n_samples,), on the device to train on
-    indices : the examples to visit (the active ones)
-    batch_size : examples per batch
+    images : uint8 tensor of shape (n_samples, height, width, channels)
+        The training images, on any device.
+    labels : int64 tensor of shape (n_samples,)
+        On the device to train on.
+    indices : int array of shape (n,)
+        The examples to visit (the active ones).
+    batch_size : int
+        Examples per batch.
     augment : {'none', 'crop', 'crop-flip'}
-    gen : CPU generator for the shuffle; on a CPU run it also draws the augmentation (so CPU
-        runs repeat exactly), elsewhere a generator on the device with the same seed does
-    order : the batches already cut (a rank's shard under torchrun); then ``indices`` and
-        ``batch_size`` are not used and ``gen`` only draws the augmentation
+        The augmentation.
+    gen : torch.Generator
+        CPU generator: it draws the shuffle, then (on a CPU run) the augmentation.
+
+    Returns
+    -------
+    iterator of (x, y), as :func:`feed_batches` yields them
+    """
+    return feed_batches(images, labels, batches(indices, batch_size, gen), augment=augment, gen=gen)
+
+
+def feed_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: list[np.ndarray],
+    *,
+    augment: str,
+    gen: torch.Generator,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches already cut (by :func:`batches`, or a rank's shard under torchrun), taken from
+    uint8 images, augmented and converted one batch at a time.
+
+    Parameters
+    ----------
+    images : uint8 tensor of shape (n_samples, height, width, channels)
+        The training images, on any device.
+    labels : int64 tensor of shape (n_samples,)
+        On the device to train on.
+    order : list of int arrays
+        The batches, in training order.
+    augment : {'none', 'crop', 'crop-flip'}
+        The augmentation.
+    gen : torch.Generator
+        CPU generator; on a CPU run it draws the augmentation (so CPU runs repeat exactly),
+        elsewhere a generator on the device with the same seed does.
 
     Yields
     ------
@@ -481,7 +609,7 @@ def iter_batches(
     aug_gen = gen
     if device.type != "cpu":
         aug_gen = torch.Generator(device=device).manual_seed(gen.initial_seed())
-    for batch in order if order is not None else batches(indices, batch_size, gen):
+    for batch in order:
         idx = torch.from_numpy(batch)
         x = images[idx.to(images.device)].to(device, non_blocking=True)
         # Crop and flip while still uint8 (a quarter of the bytes), then convert.
@@ -540,13 +668,33 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
-    """Accuracy of ``model`` on uint8 ``images`` of shape (n, height, width, channels)."""
+    """Accuracy of ``model`` on uint8 ``images`` of shape (n, height, width, channels).
+
+    Parameters
+    ----------
+    model : Classifier
+        The classifier (evaluated in eval mode, batch-norm folded).
+    images : uint8 array of shape (n, height, width, channels)
+        The images.
+    labels : int array of shape (n,)
+        Their labels.
+    batch_size : int
+        Examples per forward pass.
+    """
     logits, _ = forward_batched(model, images, batch_size=batch_size)
     return float((logits.argmax(1) == labels).mean()) if len(labels) else float("nan")
 
 
 def target_metrics(model: Classifier, poisons) -> dict:
-    """The target's predicted class, its probability of ``adv_label`` and attack success."""
+    """The target's predicted class, its probability of ``adv_label`` and attack success.
+
+    Parameters
+    ----------
+    model : Classifier
+        The classifier.
+    poisons : PoisonSet or None
+        The run's poison set (its ``target_x`` and ``adv_label``); None for a clean run.
+    """
     if poisons is None:
         return {"target_pred": -1, "target_prob_adv": float("nan"), "attack_success": float("nan")}
     logits, _ = forward_batched(model, poisons.target_x[None])
@@ -560,7 +708,13 @@ def target_metrics(model: Classifier, poisons) -> dict:
 
 
 def evaluate(state: TrainState) -> dict:
-    """Test accuracy and the target's metrics (``test_acc``, ``target_*``, ``attack_success``)."""
+    """Test accuracy and the target's metrics (``test_acc``, ``target_*``, ``attack_success``).
+
+    Parameters
+    ----------
+    state : TrainState
+        The run's state (its model and data).
+    """
     test = state.data.dataset
     acc = accuracy(state.model, test.x_test, test.y_test, state.config.snapshot_batch_size)
     return {"test_acc": acc, **target_metrics(state.model, state.data.poisons)}
@@ -588,32 +742,43 @@ NO_SNAPSHOT = {"snapshot_seconds": 0.0, "defense_seconds": 0.0, "n_new_drops": 0
 
 
 def snapshot_phase(state: TrainState, epoch: int) -> SnapshotPhase:
-    """Take the snapshot, run the defense and build the table; changes nothing in ``state``."""
+    """Take the snapshot, run the defense and build the table; changes nothing in ``state``.
+
+    Parameters
+    ----------
+    state : TrainState
+        The run's state, read only.
+    epoch : int
+        The snapshot's epoch.
+
+    Returns
+    -------
+    SnapshotPhase
+    """
     config, poisons = state.config, state.data.poisons
     t0 = time.perf_counter()
-    snap, target = distributed.take_snapshot_sharded(
+    snap, target = take_snapshot_sharded(
         state.dist,
         state.model,
         state.images,
         state.data.y_train,
         epoch=epoch,
-        target_image=poisons.target_x if poisons else None,
-        adv_label=poisons.adv_label if poisons else None,
+        target=(poisons.target_x, poisons.adv_label) if poisons else None,
         batch_size=config.snapshot_batch_size,
     )
     t1 = time.perf_counter()
     # rank 0 decides; under torchrun every rank may run a share of the work (EPIC's GreeDi)
     n_classes = state.data.dataset.n_classes
-    result = distributed.run_defense(state.dist, state.defense, snap, state.data.y_train,
+    result = run_defense(state.dist, state.defense, snap, state.data.y_train,
                                      state.active.copy(), n_classes=n_classes)  # fmt: skip
     t2 = time.perf_counter()
     if snap is None:  # a rank other than 0: the drops come by broadcast
-        new = distributed.broadcast_mask(np.zeros_like(state.active))
+        new = broadcast_mask(np.zeros_like(state.active))
         return SnapshotPhase({}, new, None, NO_SNAPSHOT)
     # The last snapshot drops nothing: no training is left for a drop to change.
     in_window = config.drop_after <= epoch < min(config.stop_after, config.epochs)
     new = result.suspect & state.active if in_window else np.zeros_like(state.active)
-    new = distributed.broadcast_mask(new)  # every rank drops the same examples (alone: a copy)
+    new = broadcast_mask(new)  # every rank drops the same examples (alone: a copy)
     table = snapshot_table(snap, result, state.active, state.dropped_epoch, new, state.projection)
     metrics = {
         "snapshot_seconds": t1 - t0,
@@ -637,6 +802,21 @@ def snapshot_table(
     ``active`` and ``dropped_epoch`` are the masks before this snapshot's decisions;
     ``new_drops`` are those decisions. Embeddings wider than the projection's input are
     stored projected. The arrays are views or fresh arrays, never Python lists.
+
+    Parameters
+    ----------
+    snap : Snapshot
+        The snapshot (on rank 0).
+    result : DefenseResult
+        The defense's scores, suspects and columns.
+    active : bool array of shape (n_samples,)
+        The examples trained on before this snapshot.
+    dropped_epoch : int64 array of shape (n_samples,)
+        The epoch each example was dropped at, -1 if not, before this snapshot.
+    new_drops : bool array of shape (n_samples,)
+        This snapshot's decisions.
+    projection : float32 array of shape (n_features, n_stored) or None
+        The fixed projection of wide embeddings.
     """
     emb = snap.embeddings if projection is None else snap.embeddings @ projection
     cols = {"index": np.arange(snap.n_samples, dtype=np.int64), "label": snap.labels}
@@ -657,7 +837,17 @@ def snapshot_table(
 
 
 def target_row(epoch: int, target: dict | None, projection: np.ndarray | None) -> dict | None:
-    """The targets.parquet row of a snapshot: epoch, prediction, prob_adv, g_*, emb_*."""
+    """The targets.parquet row of a snapshot: epoch, prediction, prob_adv, g_*, emb_*.
+
+    Parameters
+    ----------
+    epoch : int
+        The snapshot's epoch.
+    target : dict or None
+        The target's quantities from ``take_snapshot``; None for a clean run.
+    projection : float32 array of shape (n_features, n_stored) or None
+        The fixed projection of wide embeddings.
+    """
     if target is None:
         return None
     emb = target["embedding"] if projection is None else target["embedding"] @ projection
@@ -672,7 +862,13 @@ def target_row(epoch: int, target: dict | None, projection: np.ndarray | None) -
 
 def drop_counts(state: TrainState) -> dict:
     """``n_active``, ``n_dropped`` and ``n_poison_dropped`` of the current masks (an example
-    left out by ``--exclude`` is inactive but was never dropped)."""
+    left out by ``--exclude`` is inactive but was never dropped).
+
+    Parameters
+    ----------
+    state : TrainState
+        The run's state after this epoch's decisions.
+    """
     dropped = state.dropped_epoch >= 0
     return {
         "n_active": int(state.active.sum()),
@@ -682,7 +878,13 @@ def drop_counts(state: TrainState) -> dict:
 
 
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
-    """metrics.parquet from one dict per epoch; every row must have exactly :data:`METRICS_COLUMNS`."""
+    """metrics.parquet from one dict per epoch; every row must have exactly :data:`METRICS_COLUMNS`.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One row per finished epoch.
+    """
     for row in rows:
         if set(row) != set(METRICS_COLUMNS):
             raise ValueError(f"metrics row keys {sorted(set(row) ^ set(METRICS_COLUMNS))} differ")
@@ -690,7 +892,13 @@ def metrics_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def checkpoint_state(state: TrainState) -> dict:
-    """What last.pt holds after epoch ``state.epoch - 1``, on the CPU (so any device reads it)."""
+    """What last.pt holds after epoch ``state.epoch - 1``, on the CPU (so any device reads it).
+
+    Parameters
+    ----------
+    state : TrainState
+        The run's state after its epoch.
+    """
     ckpt = {
         "epoch": state.epoch - 1,
         "model": state.model.state_dict(),
@@ -738,60 +946,108 @@ def train(
     if resume and not (run_dir / RUN_JSON).is_file():
         runfs.kind(run_dir, RUN_JSON)  # a link, FIFO or device: refused with its own reason
         raise InputError(run_dir, f"not a poisonlens run (no {RUN_JSON})")
+    checked = None
     if not resume:
-        check_config(config)  # before a run directory exists
+        checked = check_config(config)  # before a run directory exists; the run's one check
         if (run_dir / RUN_JSON).exists():
             raise InputError(run_dir, "run already exists; pass --resume to continue it or choose another --name")
     # after the checks above: rank 0 cannot create run.json before every rank has joined
-    ctx = distributed.init_distributed(
-        distributed.device_spec(config, run_dir, resume=resume, device=device)
-    )
-    distributed.stop_on_sigterm(ctx)
-    with distributed.lock_run(ctx, lambda: RunLock(run_dir)):
-        state = resume_run(run_dir, device=device) if resume else start_run(config, run_dir)
-        state.dist, state.ddp = ctx, distributed.wrap_model(state.model, ctx)
-        writer = RunWriter(run_dir) if ctx.is_main else distributed.NullWriter(run_dir)
-        distributed.record_world(run_dir, ctx)
+    ctx = init_distributed(device_spec(config, run_dir, resume=resume, device=device))
+    stop_on_sigterm(ctx)
+    with lock_run(ctx, lambda: RunLock(run_dir)):
+        state = resume_run(run_dir, device=device) if resume else start_run(config, run_dir, device=checked)
+        state.dist, state.ddp = ctx, wrap_model(state.model, ctx)
+        writer = run_writer(run_dir, ctx)
+        record_world(run_dir, ctx)
         try:
             run_loop(state, writer, stop_at_epoch=stop_at_epoch, show_progress=show_progress)
         except KeyboardInterrupt:
             writer.set_status("failed", "interrupted")
             raise
         except Exception as err:
-            writer.set_status("failed", distributed.failure_reason(err))
+            writer.set_status("failed", failure_reason(err))
             raise
     return run_dir
+
+
+def train_phase(state: TrainState, epoch: int, augment: str) -> float:
+    """One epoch's training pass over the active examples (this rank's shard under torchrun).
+
+    Parameters
+    ----------
+    state : TrainState
+        Its model and optimiser are trained in place; under torchrun every rank then holds
+        rank 0's batch-norm statistics.
+    epoch : int
+        The epoch, >= 1 (it sets the learning rate and the generator).
+    augment : {'none', 'crop', 'crop-flip'}
+        The resolved augmentation.
+
+    Returns
+    -------
+    float, the mean training loss
+    """
+    config = state.config
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr_at(config, epoch)
+    gen = epoch_generator(rank_seed(config.seed, state.dist), epoch)
+    shard = rank_batches(state.dist, state.active, seed=config.seed, epoch=epoch, batch_size=config.batch_size)
+    if shard is None:
+        feed = iter_batches(state.images, state.labels, np.flatnonzero(state.active),
+                            batch_size=config.batch_size, augment=augment, gen=gen)  # fmt: skip
+    else:
+        feed = feed_batches(state.images, state.labels, shard, augment=augment, gen=gen)
+    loss = train_one_epoch(state.ddp or state.model, state.optimizer, feed, amp_dtype=state.amp_dtype,
+                           scaler=state.scaler, freeze_body=config.scenario == "transfer")  # fmt: skip
+    sync_buffers(state.model, state.dist)  # one model for eval and snapshot
+    return loss
+
+
+def apply_snapshot(state: TrainState, snap: SnapshotPhase, epoch: int) -> None:
+    """Make a snapshot's drops final in ``state`` (every rank proves it holds the same ones).
+
+    Parameters
+    ----------
+    state : TrainState
+        Its ``active``, ``dropped_epoch`` and ``targets`` are updated.
+    snap : SnapshotPhase
+        What :func:`snapshot_phase` decided at ``epoch``.
+    epoch : int
+        The snapshot's epoch.
+    """
+    state.active &= ~snap.new_drops
+    state.dropped_epoch[snap.new_drops] = epoch
+    check_same_mask(state.active, epoch=epoch)  # all ranks, the same drops
+    if snap.target_row is not None:
+        state.targets.append(snap.target_row)
 
 
 def run_loop(
     state: TrainState, writer: RunWriter, *, stop_at_epoch: int | None, show_progress: bool
 ) -> None:
-    """The epochs from ``state.epoch`` to the last (or ``stop_at_epoch``), in order."""
-    config, data = state.config, state.data
+    """The epochs from ``state.epoch`` to the last (or ``stop_at_epoch``), in order.
+
+    Parameters
+    ----------
+    state : TrainState
+        The run's state, advanced in place.
+    writer : RunWriter or NullWriter
+        Where the epochs are recorded (a NullWriter on ranks other than 0).
+    stop_at_epoch : int or None
+        End early after this epoch's checkpoint (None: run to the last epoch).
+    show_progress : bool
+        A progress bar on stderr (rank 0 only).
+    """
+    config, main = state.config, state.dist.is_main  # under torchrun only rank 0 writes
     snapshot_epochs = set(config.snapshot_epochs())
-    augment = resolve_augment(config.augment, data.x_train.shape[-1])
-    main = state.dist is None or state.dist.is_main  # under torchrun only rank 0 writes
+    augment = resolve_augment(config.augment, state.data.x_train.shape[-1])
     bar = tqdm(total=config.epochs + 1, initial=state.epoch, desc=writer.dir.name, unit="epoch",
                disable=not show_progress or not main)  # fmt: skip
     for epoch in range(state.epoch, config.epochs + 1):
         # 1. train (epoch 0 is the untrained model)
-        lr = lr_at(config, max(epoch, 1))
         writer.write_progress(epoch=epoch, epochs=config.epochs, phase="train")
         t0 = time.perf_counter()
-        train_loss = float("nan")
-        if epoch > 0:
-            for group in state.optimizer.param_groups:
-                group["lr"] = lr
-            shard = distributed.rank_batches(state.dist, state.active, seed=config.seed,
-                                             epoch=epoch, batch_size=config.batch_size)  # fmt: skip
-            feed = iter_batches(state.images, state.labels, np.flatnonzero(state.active),
-                                batch_size=config.batch_size, augment=augment, order=shard,
-                                gen=epoch_generator(distributed.rank_seed(config.seed, state.dist),
-                                                    epoch))  # fmt: skip
-            train_loss = train_one_epoch(state.ddp or state.model, state.optimizer, feed,
-                                         amp_dtype=state.amp_dtype, scaler=state.scaler,
-                                         freeze_body=config.scenario == "transfer")  # fmt: skip
-            distributed.sync_buffers(state.model, state.dist)  # one model for eval and snapshot
+        train_loss = train_phase(state, epoch, augment) if epoch > 0 else float("nan")
         t1 = time.perf_counter()
         # 2. evaluate
         writer.write_progress(epoch=epoch, epochs=config.epochs, phase="evaluate")
@@ -802,20 +1058,14 @@ def run_loop(
         if epoch in snapshot_epochs:
             writer.write_progress(epoch=epoch, epochs=config.epochs, phase="snapshot")
             snap = snapshot_phase(state, epoch)
-            state.active &= ~snap.new_drops
-            state.dropped_epoch[snap.new_drops] = epoch
-            distributed.check_same_mask(state.active, epoch=epoch)  # all ranks, the same drops
-            if snap.target_row is not None:
-                state.targets.append(snap.target_row)
+            apply_snapshot(state, snap, epoch)
         # 4. record the epoch (one write path), then checkpoint: a resume redoes at most one epoch
-        state.metrics.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
+        state.metrics.append({"epoch": epoch, "lr": lr_at(config, max(epoch, 1)), "train_loss": train_loss,
                               "epoch_seconds": t1 - t0, "eval_seconds": t2 - t1, **scores,
                               **(snap.metrics if snap else NO_SNAPSHOT), **drop_counts(state)})  # fmt: skip
-        writer.record_epoch(
-            metrics_frame(state.metrics),
-            targets=pd.DataFrame(state.targets) if snap and snap.target_row else None,
-            snapshot=(epoch, snap.columns) if snap else None,
-        )
+        writer.record_epoch(metrics_frame(state.metrics),
+                            targets=pd.DataFrame(state.targets) if snap and snap.target_row else None,
+                            snapshot=(epoch, snap.columns) if snap else None)  # fmt: skip
         state.epoch = epoch + 1
         if main:
             save_checkpoint(writer.dir / CHECKPOINTS / LAST, checkpoint_state(state), root=writer.dir)
@@ -823,13 +1073,25 @@ def run_loop(
         bar.set_postfix(acc=f"{scores['test_acc']:.3f}", dropped=int((state.dropped_epoch >= 0).sum()))
         if stop_at_epoch is not None and stop_at_epoch <= epoch < config.epochs:
             writer.write_progress(epoch=epoch, epochs=config.epochs, phase="stopped")
-            bar.close()
-            return
+            return bar.close()
     bar.close()
-    if main:
+    finish_run(state, writer)
+
+
+def finish_run(state: TrainState, writer: RunWriter) -> None:
+    """Write the final weights (rank 0) and mark the run finished.
+
+    Parameters
+    ----------
+    state : TrainState
+        The run after its last epoch.
+    writer : RunWriter or NullWriter
+        The run's writer.
+    """
+    if state.dist.is_main:
         save_checkpoint(writer.dir / CHECKPOINTS / FINAL, _to_cpu(state.model.state_dict()),
-                        root=writer.dir)
-    writer.write_progress(epoch=config.epochs, epochs=config.epochs, phase="done")
+                        root=writer.dir)  # fmt: skip
+    writer.write_progress(epoch=state.config.epochs, epochs=state.config.epochs, phase="done")
     writer.set_status("finished")
 
 

@@ -52,6 +52,23 @@ def test_same_seed_gives_identical_runs(tmp_path):
         torch.testing.assert_close(v, weights(b)[k], rtol=0, atol=0)
 
 
+def test_a_run_validates_its_config_once_fresh_and_resumed(tmp_path, monkeypatch):
+    calls = []
+    validate = TrainConfig.validate
+
+    def counted(self):
+        calls.append(self.epochs)
+        return validate(self)
+
+    monkeypatch.setattr(TrainConfig, "validate", counted)
+    train(tiny_config(epochs=2), tmp_path / "r", show_progress=False, stop_at_epoch=1)
+    assert calls == [2]  # a fresh run: once, before its folder exists
+    calls.clear()
+    train(TrainConfig(), tmp_path / "r", resume=True, show_progress=False)
+    assert calls == [2]  # a resumed run: once, the config read from run.json
+    assert open_run(tmp_path / "r").status == "finished"
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     config = tiny_config(epochs=5, defense="test-first-active", defense_params={"k": 3})
     whole = train(config, tmp_path / "whole", show_progress=False)
