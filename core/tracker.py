@@ -15,7 +15,7 @@ The run it writes is like a ``poisonlens train`` run (docs/run-format.md): run.j
 examples.parquet, images.npy when images are given, a snapshot table per snapshot epoch and a
 metrics row per call of :meth:`EpicTracker.snapshot`; ``poisonlens runs``, ``export``,
 ``project`` and every dashboard page read it. The snapshot's columns and the drop rule are the
-trainer's own (:func:`poisonlens.train.snapshot_table`, ``drop_after <= epoch < min(stop_after,
+trainer's own (:func:`poisonlens.phases.snapshot_table`, ``drop_after <= epoch < min(stop_after,
 epochs)``), and EPIC runs through :func:`poisonlens.shared_defense.run_defense`, so GreeDi takes
 over above ``max_dense`` and, under ``torch.distributed``, every rank runs a share of it.
 
@@ -291,7 +291,7 @@ class EpicTracker:
     def _create(self, name: str, class_names: list[str], images: np.ndarray | None) -> None:
         import pandas as pd
 
-        from poisonlens.train import versions
+        from poisonlens.run_setup import versions
 
         self.writer.create(name, self.config, versions(), class_names=list(class_names), target=None)
         n = len(self.labels)
@@ -372,7 +372,7 @@ class EpicTracker:
         int64 of shape (n_new,): the indices dropped at this epoch (empty when none); they are no
         longer in :meth:`active_indices`.
         """
-        from poisonlens.train import NO_SNAPSHOT, metrics_frame
+        from poisonlens.phases import NO_SNAPSHOT, metrics_frame
 
         if self._finished:
             raise InputError("snapshot", "the tracker is finished")
@@ -406,9 +406,9 @@ class EpicTracker:
 
     def _decide(self, epoch: int, logits, features) -> tuple[np.ndarray, dict | None, dict]:
         from poisonlens.defense.base import Snapshot
+        from poisonlens.phases import snapshot_table
         from poisonlens.snapshot import last_layer_stats, storage_projection
         from poisonlens.store import json_default
-        from poisonlens.train import snapshot_table
 
         n = len(self.labels)
         snap = None

@@ -216,7 +216,7 @@ def test_greedi_runs_above_max_dense(tmp_path):
 
 def test_the_sampler_alone_visits_the_active_examples_in_the_trainers_order(own_run, tmp_path):
     from poisonlens.device import seeded_generator
-    from poisonlens.train import batches
+    from poisonlens.epoch import batches
 
     tracker = poisonlens.EpicTracker(tmp_path / "r", np.arange(50) % 5, poisonlens.TrackerOptions(seed=3))
     tracker.active[[1, 7, 20]] = False

@@ -7,21 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
+from poisonlens.augment import augment_batch
+from poisonlens.config import TrainConfig
 from poisonlens.defense.base import DefenseResult, register
+from poisonlens.epoch import batches, epoch_generator, lr_at, make_optimizer
 from poisonlens.errors import InputError
+from poisonlens.phases import METRICS_COLUMNS
+from poisonlens.run_setup import load_training_data, make_model
 from poisonlens.store import CHECKPOINTS, open_run
-from poisonlens.train import (
-    METRICS_COLUMNS,
-    TrainConfig,
-    augment_batch,
-    batches,
-    epoch_generator,
-    load_training_data,
-    lr_at,
-    make_model,
-    make_optimizer,
-    train,
-)
+from poisonlens.train import train
 from tests.conftest import tiny_config
 
 
