@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from poisonlens.device import this_process
+
 #: Environment variable naming a file to which every rank appends one line
 #: ``<epoch> <rank> <digest>`` per snapshot (the DDP tests read it to check that all ranks
 #: dropped the same examples). Unset: nothing is written.
@@ -106,7 +108,7 @@ def gather_rows(
         return _in_index_order(local_rows, local_index, n_total, local_rows.dtype)
     rows, index = _padded(local_rows, local_index)
     world = dist.get_world_size()
-    keep = to_all or dist.get_rank() == 0
+    keep = to_all or this_process().is_main
     all_rows = [torch.empty_like(rows) for _ in range(world)] if keep else None
     all_index = [torch.empty_like(index) for _ in range(world)] if keep else None
     if to_all:
@@ -174,7 +176,7 @@ def broadcast_array(
     that dtype and is contiguous)
     """
     dtype = np.dtype(dtype)
-    if not active() or dist.get_rank() == src:
+    if not active() or this_process().rank == src:
         out = np.ascontiguousarray(array, dtype=dtype)
         if out.shape != tuple(shape):
             raise ValueError(f"array of shape {out.shape}, expected {tuple(shape)}")
@@ -212,7 +214,7 @@ def gather_picks(
     if (sizes < 1).any():
         raise ValueError("every piece must have room for at least one pick")
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    rank = dist.get_rank() if active() else 0
+    rank = this_process().rank if active() else 0
     rows, index = [np.empty((0, 2), np.int64)], [np.empty(0, np.int64)]
     for i, chosen in sorted(local.items()):
         chosen = np.asarray(chosen, dtype=np.int64)
@@ -273,7 +275,7 @@ def check_same_mask(mask: np.ndarray, *, epoch: int | None = None) -> str:
         Naming the ranks whose masks differ from rank 0's.
     """
     digest = mask_digest(mask)
-    rank = dist.get_rank() if active() else 0
+    rank = this_process().rank if active() else 0
     path = os.environ.get(DIGEST_FILE_ENV)
     if path:
         with open(path, "a") as f:

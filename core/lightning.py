@@ -131,7 +131,7 @@ class _EpicHooks:
 
     def _record(self, trainer, pl_module, epoch: int) -> None:
         logits = features = None
-        if self.tracker.wants_snapshot(epoch) and trainer.is_global_zero:
+        if self.tracker.wants_snapshot(epoch) and self.tracker.ctx.is_main:
             logits, features = _forward(pl_module, self.loader)
         loss = trainer.callback_metrics.get("train_loss", None)
         self.dropped[epoch] = self.tracker.snapshot(epoch, logits=logits, features=features,

@@ -13,7 +13,7 @@ import sys
 import torch.distributed as dist
 
 from poisonlens.collectives import active
-from poisonlens.device import DistContext
+from poisonlens.device import DistContext, this_process
 
 
 class RankStopped(RuntimeError):
@@ -63,5 +63,5 @@ def failure_reason(err: BaseException) -> str:
         word in text for word in ("gloo/transport", "Connection reset", "Connection closed", "NCCL")
     )
     if broken and active():
-        return f"another process of the run ended (rank {dist.get_rank()}: {text[:160]})"
+        return f"another process of the run ended (rank {this_process().rank}: {text[:160]})"
     return text

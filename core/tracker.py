@@ -246,7 +246,6 @@ class EpicTracker:
         self._finished = False
         self._last_call: float | None = None
         self.ctx = this_process()
-        self.is_main = self.ctx.is_main
         if (self.run_dir / RUN_JSON).exists():
             raise InputError(self.run_dir, "run already exists; choose another folder")
         self.config = {**self._train_config(), **dict(options.config or {})}
@@ -255,7 +254,7 @@ class EpicTracker:
         except (TypeError, ValueError) as err:
             raise InputError("config", f"not JSON ({err})") from None
         self.writer = run_writer(self.run_dir, self.ctx)
-        if self.is_main:
+        if self.ctx.is_main:
             self._create(options.name or self.run_dir.name, class_names, images)
         barrier()
 
@@ -413,7 +412,7 @@ class EpicTracker:
         n = len(self.labels)
         snap = None
         t0 = time.perf_counter()
-        if self.is_main:
+        if self.ctx.is_main:
             if logits is None:
                 raise InputError("logits", f"needed at epoch {epoch}, a snapshot epoch")
             z = _to_numpy(logits, "logits", dtype=np.float32)
@@ -466,7 +465,7 @@ class EpicTracker:
             return
         self._finished = True
         last = self.metrics[-1]["epoch"] if self.metrics else 0
-        if self.epochs is None and self.is_main:  # the schedule's end is now known
+        if self.epochs is None and self.ctx.is_main:  # the schedule's end is now known
             self.writer.update_config({**self.config, "epochs": max(last, 1)})
         if status == "finished":
             self.writer.write_progress(epoch=last, epochs=self.epochs or last, phase="done")
