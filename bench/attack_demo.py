@@ -31,22 +31,15 @@ import torch  # noqa: E402
 
 from poisonlens.attacks import AttackGoal, build_attack, check_within_eps  # noqa: E402
 from poisonlens.attacks.surrogate import SurrogateOptions, train_surrogates  # noqa: E402
+from poisonlens.augment import resolve_augment  # noqa: E402
 from poisonlens.commands.craft import parse_params  # noqa: E402
+from poisonlens.config import TrainConfig  # noqa: E402
 from poisonlens.data import apply_poisons, load_dataset  # noqa: E402
+from poisonlens.epoch import epoch_generator, iter_batches, lr_at, make_optimizer, train_one_epoch  # noqa: E402
 from poisonlens.models import Classifier  # noqa: E402
+from poisonlens.phases import accuracy, target_metrics  # noqa: E402
+from poisonlens.run_setup import make_model  # noqa: E402
 from poisonlens.targets import class_probabilities, pick_targets  # noqa: E402
-from poisonlens.train import (  # noqa: E402
-    TrainConfig,
-    accuracy,
-    epoch_generator,
-    iter_batches,
-    lr_at,
-    make_model,
-    make_optimizer,
-    resolve_augment,
-    target_metrics,
-    train_one_epoch,
-)
 
 
 def train_victim(dataset, poisons, config: TrainConfig, *, clean: bool) -> dict:

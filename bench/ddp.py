@@ -7,7 +7,7 @@ time of the whole command (process start, data loading and rendezvous included).
 
 Usage: python -m bench.ddp [--dataset imagefolder:../shared/data/cifar10-subset] [--epochs 3]
 
-``--greedi`` measures EPIC's GreeDi selection alone instead (``poisonlens.distributed.run_defense``
+``--greedi`` measures EPIC's GreeDi selection alone instead (``poisonlens.shared_defense.run_defense``
 on a synthetic snapshot, ``--n-samples`` x 10 classes, subset 0.1, ``method=greedi``): one
 process with one thread, one process with two threads (``n_jobs=2``) and two gloo processes
 of one thread each, alternating; every configuration must reach the same suspects.
@@ -68,12 +68,14 @@ def greedi_worker(n_samples: int, partition_size: int, n_jobs: int) -> None:
     import torch
 
     from bench.select import softmax_minus_onehot
-    from poisonlens import distributed as D
+    from poisonlens.collectives import barrier
     from poisonlens.defense.base import Snapshot
     from poisonlens.defense.epic import Epic, select
+    from poisonlens.process_group import init_distributed, shutdown
+    from poisonlens.shared_defense import run_defense
 
     torch.set_num_threads(1)
-    ctx = D.init_distributed("cpu")
+    ctx = init_distributed("cpu")
     grads, labels = softmax_minus_onehot(n_samples)
     active = np.ones(n_samples, dtype=bool)
     epic = Epic(subset_size=0.1, method="greedi", partition_size=partition_size, n_jobs=n_jobs)
@@ -83,16 +85,16 @@ def greedi_worker(n_samples: int, partition_size: int, n_jobs: int) -> None:
         snap = Snapshot(0, labels, grads, np.zeros((n_samples, 1), np.float32), z, z, labels)
     # load the compiled kernels from numba's cache before the clock starts
     select(grads[:2000], labels[:2000], method="greedi", partition_size=100)
-    D.barrier()
+    barrier()
     t0 = time.perf_counter()
-    result = D.run_defense(ctx, epic, snap, labels, active, n_classes=grads.shape[1])
+    result = run_defense(ctx, epic, snap, labels, active, n_classes=grads.shape[1])
     seconds = time.perf_counter() - t0
     if result is not None:
         digest = hashlib.sha256(np.packbits(result.suspect).tobytes()).hexdigest()[:12]
         print(json.dumps({"seconds": seconds, "suspects": digest,
                           "n_suspects": int(result.suspect.sum()),
                           "per_rank": result.info.get("partitions_per_rank")}))  # fmt: skip
-    D.shutdown(ctx)
+    shutdown(ctx)
 
 
 def greedi_run(nproc: int, n_jobs: int, n_samples: int, partition_size: int) -> dict:
@@ -140,7 +142,7 @@ def greedi_main(args) -> None:
             rows[c].append(greedi_run(*c, args.n_samples, args.partition_size))
     digests = {x["suspects"] for v in rows.values() for x in v}
     assert len(digests) == 1, f"the configurations chose different suspects: {rows}"
-    print(f"EPIC selection (`poisonlens.distributed.run_defense`) on softmax - onehot of {args.n_samples:,}"
+    print(f"EPIC selection (`poisonlens.shared_defense.run_defense`) on softmax - onehot of {args.n_samples:,}"
           f" x 10 classes, subset 0.1, method=greedi, partition_size {args.partition_size}; "
           f"median of {args.repeats} alternating runs, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")  # fmt: skip

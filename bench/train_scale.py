@@ -90,9 +90,9 @@ def snapshot_vs_forward(npz: Path, out_dir: Path, *, width: int, batch_size: int
     """Seconds of one plain eval forward pass and of a full snapshot (with its Parquet file)."""
     from poisonlens.defense.base import DefenseResult
     from poisonlens.models import build_model
+    from poisonlens.phases import snapshot_table
     from poisonlens.snapshot import take_snapshot
     from poisonlens.store import RunWriter
-    from poisonlens.train import snapshot_table
 
     data = np.load(npz)
     x, y = data["x_train"], data["y_train"].astype(np.int64)

@@ -3,15 +3,15 @@
 ``import poisonlens`` is light (no torch): the public API below is imported on first use.
 
 - :class:`EpicTracker`: EPIC's snapshots, schedule and run store in your own training loop
-  (docs/api.md);
+  (docs/api.md), with its options in a :class:`TrackerOptions`;
 - :class:`ActiveSampler`: a torch ``Sampler`` over the examples still trained on (DDP-aware).
 """
 
 __version__ = "0.1.0"
 
 # name -> module, imported when the name is first used (PEP 562)
-_LAZY = {"EpicTracker": "poisonlens.tracker", "ActiveSampler": "poisonlens.tracker"}
-__all__ = ["ActiveSampler", "EpicTracker", "__version__"]
+_LAZY = {name: "poisonlens.tracker" for name in ("EpicTracker", "TrackerOptions", "ActiveSampler")}
+__all__ = ["ActiveSampler", "EpicTracker", "TrackerOptions", "__version__"]
 
 
 def __getattr__(name: str):

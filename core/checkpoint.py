@@ -143,6 +143,11 @@ def load_checkpoint(
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A model state dict (e.g. another run's ``checkpoints/model.pt``) for ``--pretrained``.
 
+    Parameters
+    ----------
+    path : str or Path
+        The state dict file; read with the safe loader (no link, no FIFO, bounded).
+
     Returns
     -------
     dict mapping parameter names to CPU tensors.
@@ -164,6 +169,14 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def read_table(path: Path, *, root: Path | None = None) -> pd.DataFrame:
     """A Parquet table of the run (metrics, targets) that must be readable to resume (``root``:
     the run directory; links and special files below it are refused).
+
+    Parameters
+    ----------
+    path : Path
+        The Parquet file (``metrics.parquet`` or ``targets.parquet``).
+    root : Path or None
+        The run directory the file must lie in; no link or special file below it is opened
+        (None: the file's own folder).
 
     Raises
     ------
@@ -271,6 +284,11 @@ def remove_temp_files(run_dir: str | Path) -> list[Path]:
 
     Only the folders the trainer writes (the run, ``checkpoints/``, ``snapshots/``); the
     projection folder is left alone, since a projector may be writing there right now.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run directory.
 
     Returns
     -------

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 
+from poisonlens.device import parse_device
 from poisonlens.errors import InputError
 
 MODEL_NAMES = ("smallcnn", "resnet18")
@@ -219,10 +219,7 @@ class TrainConfig:
                 if (problem := rng.problem(v)) is not None:
                     raise InputError(option, problem)
         check_dataset_spec(self.dataset)
-        if not DEVICE_PATTERN.fullmatch(self.device):
-            raise InputError(
-                "--device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
-            )
+        parse_device(self.device)  # the one rule for --device (poisonlens.device)
         checks = [
             (
                 self.drop_after <= self.stop_after,
@@ -343,7 +340,6 @@ def option_fields(*, cli_only: bool = True) -> list[Field]:
     return [f for f in fields(TrainConfig) if f.metadata.get("cli", True) or not cli_only]
 
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,2})?")
 MAX_PARAM_TEXT = 1000  # characters of one --defense-param
 
 

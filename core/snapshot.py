@@ -56,7 +56,13 @@ def fold_batchnorm(body: nn.Module) -> nn.Module:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device ``model``'s parameters live on (where its inputs must be sent)."""
+    """The device ``model``'s parameters live on (where its inputs must be sent).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model with at least one parameter.
+    """
     return next(model.parameters()).device
 
 
@@ -95,6 +101,15 @@ def forward_batched(
 
     The same passes as :func:`iter_forward`, gathered into host arrays; ``images`` is uint8 of
     shape (n, height, width, channels).
+
+    Parameters
+    ----------
+    model : Classifier
+        The classifier (left in whatever mode it is in).
+    images : uint8 array or tensor of shape (n, height, width, channels)
+        On any device.
+    batch_size : int
+        Examples per forward pass.
     """
     n_classes, n_features = model.head.out_features, model.n_features
     logits = np.empty((len(images), n_classes), np.float32)
@@ -123,6 +138,13 @@ def _stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor
 def last_layer_stats(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per-example last-layer quantities from logits of shape (n, C) and labels of shape (n,).
 
+    Parameters
+    ----------
+    logits : float array of shape (n, n_classes)
+        The model's outputs.
+    labels : int array of shape (n,)
+        The class each row is read against.
+
     Returns
     -------
     dict with ``grads`` float32 (n, C) = softmax - onehot, ``loss`` float32 (n,),
@@ -139,11 +161,10 @@ def take_snapshot(
     labels: np.ndarray,
     *,
     epoch: int,
-    target_image: np.ndarray | None = None,
-    adv_label: int | None = None,
+    target: tuple[np.ndarray, int] | None = None,
     batch_size: int = 128,
 ) -> tuple[Snapshot, dict | None]:
-    """Snapshot of every training example, plus the target's row for ``adv_label``.
+    """Snapshot of every training example, plus the target's row for its adversarial label.
 
     Forward passes run in batches on the model's device, in float32 (never under autocast);
     each batch's results are copied into preallocated host arrays, so memory is one batch plus
@@ -151,13 +172,19 @@ def take_snapshot(
 
     Parameters
     ----------
-    model : the classifier
-    images : uint8 of shape (n_samples, height, width, channels), array or tensor on any device
-    labels : int of shape (n_samples,)
-    epoch : the epoch the snapshot is taken after
-    target_image : uint8 of shape (height, width, channels), or None
-    adv_label : the class the attacker wants the target read as, or None
-    batch_size : examples per forward pass
+    model : Classifier
+        The classifier.
+    images : uint8 array or tensor of shape (n_samples, height, width, channels)
+        The training images, on any device.
+    labels : int array of shape (n_samples,)
+        Their labels.
+    epoch : int
+        The epoch the snapshot is taken after.
+    target : (image, adv_label) or None
+        The target, uint8 of shape (height, width, channels), and the class the attacker wants
+        it read as; None for a clean run.
+    batch_size : int
+        Examples per forward pass.
 
     Returns
     -------
@@ -166,43 +193,51 @@ def take_snapshot(
         ``prediction`` and ``prob_adv``; None without a target
     """
     labels = np.asarray(labels, np.int64)
-    n, n_classes = len(labels), model.head.out_features
-    grads = np.empty((n, n_classes), np.float32)
+    n = len(labels)
+    cols = {"grads": np.empty((n, model.head.out_features), np.float32),
+            "loss": np.empty(n, np.float32), "confidence": np.empty(n, np.float32),
+            "prediction": np.empty(n, np.int64)}  # fmt: skip
     feats = np.empty((n, model.n_features), np.float32)
-    loss, confidence = np.empty(n, np.float32), np.empty(n, np.float32)
-    prediction = np.empty(n, np.int64)
     device = model_device(model)
     with torch.autocast(device.type, enabled=False):
         for start, logits, f in iter_forward(model, images, batch_size=batch_size):
             rows = slice(start, start + len(logits))
             y = torch.from_numpy(labels[rows]).to(device, non_blocking=True)
-            stats = _stats(logits, y)
-            grads[rows] = stats["grads"].cpu().numpy()
-            loss[rows] = stats["loss"].cpu().numpy()
-            confidence[rows] = stats["confidence"].cpu().numpy()
-            prediction[rows] = stats["prediction"].cpu().numpy()
+            for name, value in _stats(logits, y).items():
+                cols[name][rows] = value.cpu().numpy()
             feats[rows] = f.cpu().numpy()
-    snap = Snapshot(
-        epoch=epoch,
-        labels=labels,
-        embeddings=feats,
-        grads=grads,
-        loss=loss,
-        confidence=confidence,
-        prediction=prediction,
-    )
-    target = None
-    if target_image is not None and adv_label is not None:
-        t_logits, t_feats = forward_batched(model, np.asarray(target_image)[None])
-        t_stats = last_layer_stats(t_logits, np.array([adv_label]))
-        target = {
-            "grads": t_stats["grads"][0],
-            "embedding": t_feats[0],
-            "prediction": int(t_stats["prediction"][0]),
-            "prob_adv": float(t_stats["confidence"][0]),
-        }
-        snap = Snapshot(**{**snap.__dict__, "target_grad": target["grads"]})
-    return snap, target
+    snap = Snapshot(epoch=epoch, labels=labels, embeddings=feats, **cols)
+    row = None if target is None else target_stats(model, *target)
+    if row is not None:
+        snap = Snapshot(**{**snap.__dict__, "target_grad": row["grads"]})
+    return snap, row
+
+
+def target_stats(model: Classifier, image: np.ndarray, adv_label: int) -> dict:
+    """The target's last-layer quantities, read against the attacker's label.
+
+    Parameters
+    ----------
+    model : Classifier
+        The classifier, on any device.
+    image : uint8 array of shape (height, width, channels)
+        The target image.
+    adv_label : int
+        The class the attacker wants the target read as.
+
+    Returns
+    -------
+    dict with ``grads`` float32 (n_classes,) = softmax - onehot(adv_label), ``embedding``
+    float32 (n_features,), ``prediction`` int and ``prob_adv`` float
+    """
+    t_logits, t_feats = forward_batched(model, np.asarray(image)[None])
+    t_stats = last_layer_stats(t_logits, np.array([adv_label]))
+    return {
+        "grads": t_stats["grads"][0],
+        "embedding": t_feats[0],
+        "prediction": int(t_stats["prediction"][0]),
+        "prob_adv": float(t_stats["confidence"][0]),
+    }
 
 
 def storage_projection(
@@ -213,6 +248,15 @@ def storage_projection(
 
     The same matrix is used at every epoch of a run, so stored embeddings stay comparable;
     distances are kept approximately (Johnson-Lindenstrauss).
+
+    Parameters
+    ----------
+    n_features : int
+        Width of the model's penultimate features.
+    n_stored : int
+        Columns stored per snapshot (``--embedding-dims``).
+    random_state : int
+        Seed of the Gaussian matrix (the run's seed).
     """
     if n_features <= n_stored:
         return None

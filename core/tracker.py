@@ -2,7 +2,8 @@
 
 ::
 
-    tracker = poisonlens.EpicTracker("runs/mine", labels=y_train, subset_size=0.1, drop_after=1)
+    options = poisonlens.TrackerOptions(subset_size=0.1, drop_after=1, epochs=epochs)
+    tracker = poisonlens.EpicTracker("runs/mine", y_train, options)
     for epoch in range(1, epochs + 1):
         for batch in my_batches(tracker.active_indices()):   # the examples still trained on
             ...                                              # the user's own training step
@@ -14,8 +15,8 @@ The run it writes is like a ``poisonlens train`` run (docs/run-format.md): run.j
 examples.parquet, images.npy when images are given, a snapshot table per snapshot epoch and a
 metrics row per call of :meth:`EpicTracker.snapshot`; ``poisonlens runs``, ``export``,
 ``project`` and every dashboard page read it. The snapshot's columns and the drop rule are the
-trainer's own (:func:`poisonlens.train.snapshot_table`, ``drop_after <= epoch < min(stop_after,
-epochs)``), and EPIC runs through :func:`poisonlens.distributed.run_defense`, so GreeDi takes
+trainer's own (:func:`poisonlens.phases.snapshot_table`, ``drop_after <= epoch < min(stop_after,
+epochs)``), and EPIC runs through :func:`poisonlens.shared_defense.run_defense`, so GreeDi takes
 over above ``max_dense`` and, under ``torch.distributed``, every rank runs a share of it.
 
 Under ``torch.distributed`` every rank makes the tracker and calls :meth:`snapshot` at the same
@@ -30,12 +31,18 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from poisonlens.collectives import barrier, broadcast_mask
+from poisonlens.device import this_process
 from poisonlens.errors import InputError
+from poisonlens.rank_writer import run_writer
+from poisonlens.sharding import deal
+from poisonlens.shared_defense import run_defense
 
 # A run written by this module says so in run.json (config.tags.source): `poisonlens train
 # --resume` refuses it, since the training loop that made it is the user's, not ours.
@@ -73,36 +80,130 @@ def _images_nhwc(images, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8))
 
 
+@dataclass(frozen=True)
+class TrackerOptions:
+    """EPIC's schedule and options for an :class:`EpicTracker`, and what its run.json records.
+
+    Attributes
+    ----------
+    subset_size : float
+        EPIC's subset size, the share of each class kept as medoids, in (0, 1] (default 0.1).
+    drop_after : int
+        First epoch whose snapshot may drop examples (default 1).
+    stop_after : int or None
+        Snapshots at this epoch or later drop nothing (None: never stop).
+    snapshot_every : int
+        Epochs between snapshots (EPIC's T, default 1); epoch 0 and ``epochs`` are snapshot
+        epochs too.
+    epochs : int or None
+        The last epoch, when known: its snapshot drops nothing (no training is left for a drop
+        to change), as in ``poisonlens train``; None records the last epoch seen.
+    seed : int
+        The run's seed (the stored projection of wide features, the sampler's shuffle); EPIC's
+        own seed is its option ``random_state``, as in ``poisonlens train``.
+    embedding_dims : int
+        Penultimate features stored per snapshot (wider: a fixed random projection; default 64).
+    class_names : sequence of str or None
+        A name per class (default: '0', '1', ...).
+    n_classes : int or None
+        Number of classes (default: ``len(class_names)``, else ``max(labels) + 1``).
+    name : str or None
+        The run's name (default: the folder's name).
+    config : mapping or None
+        Further keys for run.json's ``config`` (e.g. your learning rate), JSON types only.
+    epic : mapping
+        EPIC's other options (:class:`poisonlens.defense.epic.EpicConfig`: ``cluster_thresh``,
+        ``metric``, ``max_dense``, ``partition_size``, ``random_state``, ...).
+    """
+
+    subset_size: float = 0.1
+    drop_after: int = 1
+    stop_after: int | None = None
+    snapshot_every: int = 1
+    epochs: int | None = None
+    seed: int = 0
+    embedding_dims: int = 64
+    class_names: Sequence[str] | None = None
+    n_classes: int | None = None
+    name: str | None = None
+    config: Mapping | None = None
+    epic: Mapping = field(default_factory=dict)
+
+    @property
+    def last_drop(self) -> int:
+        """``stop_after``, with "never" as a large epoch."""
+        return 1_000_000 if self.stop_after is None else self.stop_after
+
+    def check(self) -> None:
+        """Raise :class:`InputError` naming the option for a schedule value out of range."""
+        schedule = {"drop_after": self.drop_after, "stop_after": self.last_drop, "seed": self.seed,
+                    "snapshot_every": self.snapshot_every, "embedding_dims": self.embedding_dims}  # fmt: skip
+        for key, value in schedule.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(key, f"must be an integer >= 0, got {value!r}")
+        if self.snapshot_every < 1 or self.embedding_dims < 1:
+            raise InputError("snapshot_every" if self.snapshot_every < 1 else "embedding_dims", "must be at least 1")
+        epochs = self.epochs
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise InputError("epochs", f"must be an integer >= 1 or None, got {epochs!r}")
+        if self.drop_after > self.last_drop:
+            raise InputError("drop_after", f"must be at most stop_after ({self.last_drop}), got {self.drop_after}")
+
+    def defense_params(self) -> dict:
+        """EPIC's parameters as ``build_defense('epic', ...)`` and run.json take them."""
+        return {"subset_size": self.subset_size, **dict(self.epic)}
+
+
+def _class_labels(labels, options: TrackerOptions) -> tuple[np.ndarray, list[str]]:
+    """The labels as int64 class indices, and a name per class; one-line errors naming ``labels``."""
+    y = _to_numpy(labels, "labels")
+    if y.ndim != 1 or len(y) == 0 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+        raise InputError("labels", f"expected a 1-D array of class indices, got {y.dtype} {y.shape}")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise InputError("labels", f"class indices must be >= 0, found {int(y.min())}")
+    names, n_classes = options.class_names, options.n_classes
+    if n_classes is None:
+        n_classes = len(names) if names is not None else int(y.max()) + 1
+    names = [str(c) for c in range(n_classes)] if names is None else list(names)
+    if len(names) != n_classes or int(y.max()) >= n_classes:
+        raise InputError("labels", f"labels up to {int(y.max())} do not fit {n_classes} classes "
+                         f"({len(names)} class names)")  # fmt: skip
+    return y, names
+
+
+def _epic(options: TrackerOptions):
+    """EPIC built from the options, its refusals as one line naming the option."""
+    from poisonlens.defense import build_defense
+
+    try:
+        return build_defense("epic", **options.defense_params())
+    except TypeError as err:  # an option EPIC does not have
+        raise InputError("epic", str(err)) from None
+    except ValueError as err:  # EpicConfig's check: "<option> <problem>"
+        option, _, problem = str(err).partition(" ")
+        raise InputError(option, problem) from None
+
+
 class EpicTracker:
     """EPIC's snapshots, schedule and run store for a training loop you write yourself.
 
     Parameters
     ----------
-    run_dir : the run directory to create (must not hold a run yet)
-    labels : int of shape (n_samples,), the training labels in the order of your training set
-        (numpy, a list or a torch tensor)
-    subset_size : EPIC's subset size, the share of each class kept as medoids, in (0, 1]
-    drop_after : first epoch whose snapshot may drop examples
-    stop_after : snapshots at this epoch or later drop nothing (None: never stop)
-    snapshot_every : epochs between snapshots (EPIC's T); epoch 0 and ``epochs`` are snapshot
-        epochs too
-    epochs : the last epoch, when known: its snapshot drops nothing (no training is left for a
-        drop to change), as in ``poisonlens train``; None records the last epoch seen
-    class_names : a name per class (default: '0', '1', ...)
-    n_classes : number of classes (default: ``len(class_names)``, else ``max(labels) + 1``)
-    images : the training images, for the dashboard's thumbnails: uint8 or float in [0, 1], of
-        shape (n_samples, height, width, channels) or (n_samples, channels, height, width)
-    is_poison : bool of shape (n_samples,), ground truth of a poisoning experiment (the
-        dashboard then scores the drops against it)
-    base_index : int of shape (n_samples,), the clean example each row was made from (default:
-        its own index)
-    seed : the run's seed (the stored projection of wide features, the sampler's shuffle);
-        EPIC's own seed is its option ``random_state``, as in ``poisonlens train``
-    embedding_dims : penultimate features stored per snapshot (wider: a fixed random projection)
-    name : the run's name (default: the folder's name)
-    config : further keys for run.json's ``config`` (e.g. your learning rate), JSON types only
-    **epic_options : EPIC's other options (:class:`poisonlens.defense.epic.EpicConfig`:
-        ``cluster_thresh``, ``metric``, ``max_dense``, ``partition_size``, ...)
+    run_dir : str or os.PathLike
+        The run directory to create (must not hold a run yet).
+    labels : int array of shape (n_samples,)
+        The training labels in the order of your training set (numpy, a list or a torch tensor).
+    options : TrackerOptions or None
+        EPIC's schedule and options, the class names and what run.json records (None: the
+        defaults).
+    images : array of shape (n_samples, height, width, channels) or None
+        The training images, for the dashboard's thumbnails: uint8 or float in [0, 1], channels
+        last or first ((n_samples, channels, height, width)).
+    is_poison : bool array of shape (n_samples,) or None
+        Ground truth of a poisoning experiment (the dashboard then scores the drops against it).
+    base_index : int array of shape (n_samples,) or None
+        The clean example each row was made from (default: its own index).
 
     Raises
     ------
@@ -114,67 +215,25 @@ class EpicTracker:
         self,
         run_dir: str | os.PathLike,
         labels,
+        options: TrackerOptions | None = None,
         *,
-        subset_size: float = 0.1,
-        drop_after: int = 1,
-        stop_after: int | None = None,
-        snapshot_every: int = 1,
-        epochs: int | None = None,
-        class_names: list[str] | None = None,
-        n_classes: int | None = None,
         images=None,
         is_poison=None,
         base_index=None,
-        seed: int = 0,
-        embedding_dims: int = 64,
-        name: str | None = None,
-        config: dict | None = None,
-        **epic_options,
     ) -> None:
-        from poisonlens import distributed
-        from poisonlens.defense import build_defense
-        from poisonlens.store import RUN_JSON, RunWriter
+        from poisonlens.store import RUN_JSON
 
         self.run_dir = Path(run_dir)
-        y = _to_numpy(labels, "labels")
-        if y.ndim != 1 or len(y) == 0 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
-            raise InputError("labels", f"expected a 1-D array of class indices, got {y.dtype} {y.shape}")
-        self.labels = y.astype(np.int64)
-        n = len(self.labels)
-        if self.labels.min() < 0:
-            raise InputError("labels", f"class indices must be >= 0, found {int(self.labels.min())}")
-        if n_classes is None:
-            n_classes = len(class_names) if class_names is not None else int(self.labels.max()) + 1
-        if class_names is None:
-            class_names = [str(c) for c in range(n_classes)]
-        if len(class_names) != n_classes or int(self.labels.max()) >= n_classes:
-            raise InputError("labels", f"labels up to {int(self.labels.max())} do not fit {n_classes} classes "
-                             f"({len(class_names)} class names)")  # fmt: skip
-        self.n_classes = int(n_classes)
-        stop = 1_000_000 if stop_after is None else stop_after
-        schedule = {"drop_after": drop_after, "stop_after": stop, "snapshot_every": snapshot_every,
-                    "seed": seed, "embedding_dims": embedding_dims}  # fmt: skip
-        for key, value in schedule.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InputError(key, f"must be an integer >= 0, got {value!r}")
-        if snapshot_every < 1 or embedding_dims < 1:
-            raise InputError("snapshot_every" if snapshot_every < 1 else "embedding_dims", "must be at least 1")
-        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-            raise InputError("epochs", f"must be an integer >= 1 or None, got {epochs!r}")
-        if drop_after > stop:
-            raise InputError("drop_after", f"must be at most stop_after ({stop}), got {drop_after}")
-        self.drop_after, self.stop_after, self.snapshot_every = drop_after, stop, snapshot_every
-        self.epochs, self.seed, self.embedding_dims = epochs, seed, embedding_dims
+        self.options = options = TrackerOptions() if options is None else options
+        self.labels, class_names = _class_labels(labels, options)
+        self.n_classes = len(class_names)
+        options.check()
+        self.drop_after, self.stop_after = options.drop_after, options.last_drop
+        self.snapshot_every, self.epochs = options.snapshot_every, options.epochs
+        self.seed, self.embedding_dims = options.seed, options.embedding_dims
         # EPIC's own random_state (default 0) is left as `poisonlens train` leaves it
-        params = {"subset_size": subset_size, **epic_options}
-        try:
-            self.defense = build_defense("epic", **params)
-        except TypeError as err:  # an option EPIC does not have
-            raise InputError("epic_options", str(err)) from None
-        except ValueError as err:  # EpicConfig's check: "<option> <problem>"
-            option, _, problem = str(err).partition(" ")
-            raise InputError(option, problem) from None
-        self.defense_params = params
+        self.defense, self.defense_params = _epic(options), options.defense_params()
+        n = len(self.labels)
         self.is_poison = np.zeros(n, bool) if is_poison is None else self._per_example(is_poison, "is_poison", bool)
         self.base_index = (np.arange(n, dtype=np.int64) if base_index is None
                            else self._per_example(base_index, "base_index", np.int64))  # fmt: skip
@@ -186,21 +245,18 @@ class EpicTracker:
         self._n_features: int | None = None
         self._finished = False
         self._last_call: float | None = None
-        self.ctx = _dist_context()
-        self.is_main = self.ctx is None or self.ctx.is_main
-        self._distributed = distributed
+        self.ctx = this_process()
         if (self.run_dir / RUN_JSON).exists():
             raise InputError(self.run_dir, "run already exists; choose another folder")
-        extra = {} if config is None else dict(config)
-        self.config = {**self._train_config(), **extra}
+        self.config = {**self._train_config(), **dict(options.config or {})}
         try:
             json.dumps(self.config)
         except (TypeError, ValueError) as err:
             raise InputError("config", f"not JSON ({err})") from None
-        self.writer = RunWriter(self.run_dir) if self.is_main else distributed.NullWriter(self.run_dir)
-        if self.is_main:
-            self._create(name or self.run_dir.name, class_names, images)
-        distributed.barrier()
+        self.writer = run_writer(self.run_dir, self.ctx)
+        if self.ctx.is_main:
+            self._create(options.name or self.run_dir.name, class_names, images)
+        barrier()
 
     # --- setup -------------------------------------------------------------------------
 
@@ -234,7 +290,7 @@ class EpicTracker:
     def _create(self, name: str, class_names: list[str], images: np.ndarray | None) -> None:
         import pandas as pd
 
-        from poisonlens.train import versions
+        from poisonlens.run_setup import versions
 
         self.writer.create(name, self.config, versions(), class_names=list(class_names), target=None)
         n = len(self.labels)
@@ -249,11 +305,23 @@ class EpicTracker:
 
     def wants_snapshot(self, epoch: int) -> bool:
         """Whether ``epoch`` is a snapshot epoch (0, every ``snapshot_every``, and ``epochs``):
-        skip the forward pass over the training set at other epochs."""
+        skip the forward pass over the training set at other epochs.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch just trained (0: before training).
+        """
         return epoch == 0 or epoch % self.snapshot_every == 0 or epoch == self.epochs
 
     def may_drop(self, epoch: int) -> bool:
-        """Whether the snapshot of ``epoch`` may drop examples (``poisonlens train``'s window)."""
+        """Whether the snapshot of ``epoch`` may drop examples (``poisonlens train``'s window).
+
+        Parameters
+        ----------
+        epoch : int
+            A snapshot epoch.
+        """
         last = self.epochs if self.epochs is not None else math.inf
         return self.drop_after <= epoch < min(self.stop_after, last)
 
@@ -263,7 +331,15 @@ class EpicTracker:
 
     def sampler(self, *, shuffle: bool = True, seed: int | None = None) -> ActiveSampler:
         """A torch ``Sampler`` over the active examples (a rank's shard under torch.distributed);
-        call its ``set_epoch(epoch)`` at the start of every epoch, as with ``DistributedSampler``."""
+        call its ``set_epoch(epoch)`` at the start of every epoch, as with ``DistributedSampler``.
+
+        Parameters
+        ----------
+        shuffle : bool
+            False visits the active examples in index order.
+        seed : int or None
+            The shuffle's seed (None: the options' ``seed``).
+        """
         return ActiveSampler(self, shuffle=shuffle, seed=self.seed if seed is None else seed)
 
     # --- one epoch ---------------------------------------------------------------------
@@ -295,7 +371,7 @@ class EpicTracker:
         int64 of shape (n_new,): the indices dropped at this epoch (empty when none); they are no
         longer in :meth:`active_indices`.
         """
-        from poisonlens.train import NO_SNAPSHOT, metrics_frame
+        from poisonlens.phases import NO_SNAPSHOT, metrics_frame
 
         if self._finished:
             raise InputError("snapshot", "the tracker is finished")
@@ -329,15 +405,14 @@ class EpicTracker:
 
     def _decide(self, epoch: int, logits, features) -> tuple[np.ndarray, dict | None, dict]:
         from poisonlens.defense.base import Snapshot
+        from poisonlens.phases import snapshot_table
         from poisonlens.snapshot import last_layer_stats, storage_projection
         from poisonlens.store import json_default
-        from poisonlens.train import snapshot_table
 
-        dist = self._distributed
         n = len(self.labels)
         snap = None
         t0 = time.perf_counter()
-        if self.is_main:
+        if self.ctx.is_main:
             if logits is None:
                 raise InputError("logits", f"needed at epoch {epoch}, a snapshot epoch")
             z = _to_numpy(logits, "logits", dtype=np.float32)
@@ -359,13 +434,13 @@ class EpicTracker:
             stats = last_layer_stats(z, self.labels)  # softmax - onehot, loss, confidence, prediction
             snap = Snapshot(epoch=epoch, labels=self.labels, embeddings=feats, **stats)
         t1 = time.perf_counter()
-        result = dist.run_defense(self.ctx, self.defense, snap, self.labels, self.active.copy(),
+        result = run_defense(self.ctx, self.defense, snap, self.labels, self.active.copy(),
                                   n_classes=self.n_classes)  # fmt: skip
         t2 = time.perf_counter()
         new = np.zeros_like(self.active)
         if snap is not None and self.may_drop(epoch):
             new = result.suspect & self.active
-        new = dist.broadcast_mask(new)  # every rank drops the same examples (alone: a copy)
+        new = broadcast_mask(new)  # every rank drops the same examples (alone: a copy)
         if snap is None:
             return new, None, {"snapshot_seconds": 0.0, "defense_seconds": 0.0, "n_new_drops": int(new.sum()),
                                "defense_info": ""}  # fmt: skip
@@ -377,12 +452,20 @@ class EpicTracker:
     # --- the end -----------------------------------------------------------------------
 
     def finish(self, status: str = "finished", error: str | None = None) -> None:
-        """Mark the run finished (or ``failed`` with ``error``); nothing is recorded after this."""
+        """Mark the run finished (or ``failed`` with ``error``); nothing is recorded after this.
+
+        Parameters
+        ----------
+        status : {'finished', 'failed'}
+            What run.json records.
+        error : str or None
+            One line saying why a failed run failed.
+        """
         if self._finished:
             return
         self._finished = True
         last = self.metrics[-1]["epoch"] if self.metrics else 0
-        if self.epochs is None and self.is_main:  # the schedule's end is now known
+        if self.epochs is None and self.ctx.is_main:  # the schedule's end is now known
             self.writer.update_config({**self.config, "epochs": max(last, 1)})
         if status == "finished":
             self.writer.write_progress(epoch=last, epochs=self.epochs or last, phase="done")
@@ -406,18 +489,6 @@ def _num(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _dist_context():
-    """This process's place when torch.distributed is running (None alone)."""
-    import torch.distributed as tdist
-
-    from poisonlens.distributed import DistContext
-
-    if not (tdist.is_available() and tdist.is_initialized()):
-        return None
-    return DistContext(rank=tdist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-                       world_size=tdist.get_world_size(), device=None, backend=tdist.get_backend())  # fmt: skip
-
-
 def _sampler_base():
     from torch.utils.data import Sampler
 
@@ -429,7 +500,7 @@ class ActiveSampler(_sampler_base()):
 
     Alone, an epoch is a permutation of the active examples drawn from
     ``seeded_generator(seed, epoch)``: the order ``poisonlens train`` visits them in. Under
-    torch.distributed, each rank gets its shard as :func:`poisonlens.distributed.shard_indices`
+    torch.distributed, each rank gets its shard as :func:`poisonlens.sharding.deal`
     deals them (shuffled from ``(seed, epoch)``, padded to a multiple of the world size, dealt
     round-robin), so every rank takes the same number of steps and together they cover every
     active example. Drops take effect at the next ``set_epoch``'s iteration.
@@ -445,35 +516,23 @@ class ActiveSampler(_sampler_base()):
         self.tracker, self.shuffle, self.seed, self.epoch = tracker, shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch``'s shuffle (call it before each epoch's iteration)."""
+        """Use ``epoch``'s shuffle (call it before each epoch's iteration).
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch about to be trained (1-based); it fixes the shuffle.
+        """
         self.epoch = int(epoch)
 
     def indices(self) -> np.ndarray:
         """int64: this rank's examples of the epoch, in visiting order."""
-        import torch
-
-        from poisonlens.device import seeded_generator
-
-        active = self.tracker.active_indices()
         ctx = self.tracker.ctx
-        world, rank = (1, 0) if ctx is None else (ctx.world_size, ctx.rank)
-        if world == 1:
-            if not self.shuffle:
-                return active
-            perm = torch.randperm(len(active), generator=seeded_generator(self.seed, self.epoch))
-            return active[perm.numpy()]
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # as shard_indices
-            active = active[torch.randperm(len(active), generator=gen).numpy()]
-        total = -(-len(active) // world) * world
-        if total > len(active) and len(active):
-            active = np.concatenate([active, np.resize(active, total - len(active))])
-        return active[rank:total:world]
+        return deal(self.tracker.active_indices(), seed=self.seed, epoch=self.epoch,
+                    world_size=ctx.world_size, rank=ctx.rank, shuffle=self.shuffle)  # fmt: skip
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        ctx = self.tracker.ctx
-        world = 1 if ctx is None else ctx.world_size
-        return -(-int(self.tracker.active.sum()) // world)
+        return -(-int(self.tracker.active.sum()) // self.tracker.ctx.world_size)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
+import poisonlens
 from poisonlens.lightning import EpicCallback
 
 
@@ -54,9 +55,9 @@ def main(argv=None) -> str:
     x = torch.tensor(digits.images[:, None] / 16.0, dtype=torch.float32)  # (n, 1, 8, 8) in [0, 1]
     y = torch.tensor(digits.target)
     epic = EpicCallback(
-        f"{args.runs_dir}/{args.name}", labels=y,
+        f"{args.runs_dir}/{args.name}", y,
         snapshot_loader=DataLoader(TensorDataset(x, y), batch_size=512),  # in order, no augmentation
-        subset_size=0.1, drop_after=2, snapshot_every=2, images=x,
+        options=poisonlens.TrackerOptions(subset_size=0.1, drop_after=2, snapshot_every=2), images=x,
     )  # fmt: skip
     train = DataLoader(TensorDataset(x, y), batch_size=128, sampler=epic.sampler())
     torch.manual_seed(0)

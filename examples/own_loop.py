@@ -73,11 +73,12 @@ def main(argv=None) -> str:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                                 weight_decay=5e-4)  # fmt: skip
 
-    tracker = poisonlens.EpicTracker(
-        f"{args.runs_dir}/{args.name}", labels=labels, subset_size=args.subset_size,
-        drop_after=args.drop_after, stop_after=args.stop_after, snapshot_every=args.snapshot_every,
-        epochs=args.epochs, class_names=data.class_names, images=data.x_train, seed=args.seed,
+    options = poisonlens.TrackerOptions(
+        subset_size=args.subset_size, drop_after=args.drop_after, stop_after=args.stop_after,
+        snapshot_every=args.snapshot_every, epochs=args.epochs, seed=args.seed,
+        class_names=data.class_names,
     )  # fmt: skip
+    tracker = poisonlens.EpicTracker(f"{args.runs_dir}/{args.name}", labels, options, images=data.x_train)
     with tracker:  # a crash in the loop marks the run failed
         for epoch in range(args.epochs + 1):  # epoch 0: the snapshot before training
             loss_sum, seen = 0.0, 0

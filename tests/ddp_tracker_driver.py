@@ -30,8 +30,9 @@ def main(out: Path) -> None:
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, CLASSES))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     # GreeDi's partitions (classes of 300 > max_dense 100) are spread over the ranks
-    tracker = poisonlens.EpicTracker(out / "run", labels=y, subset_size=0.1, drop_after=1, snapshot_every=1,
-                                     epochs=EPOCHS, max_dense=100, partition_size=100)  # fmt: skip
+    options = poisonlens.TrackerOptions(subset_size=0.1, drop_after=1, snapshot_every=1, epochs=EPOCHS,
+                                        epic={"max_dense": 100, "partition_size": 100})
+    tracker = poisonlens.EpicTracker(out / "run", y, options)
     sampler = tracker.sampler()
     seen, drops = {}, {}
     for epoch in range(EPOCHS + 1):

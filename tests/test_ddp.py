@@ -1,4 +1,5 @@
-"""Data-parallel training: poisonlens.distributed's primitives, alone and in real torchrun processes."""
+"""Data-parallel training: the primitives (device, sharding, collectives, shared defense), alone and in
+real torchrun processes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from poisonlens import distributed as D
+from poisonlens.collectives import DIGEST_FILE_ENV, gather_picks, gather_rows, mask_digest
+from poisonlens.device import ALONE, DistContext, device_spec, resolve_device
 from poisonlens.errors import InputError
+from poisonlens.process_group import init_distributed
+from poisonlens.rank_writer import NullWriter
+from poisonlens.sharded_snapshot import take_snapshot_sharded
+from poisonlens.sharding import rank_seed, shard_indices, share, snapshot_shard
+from poisonlens.shared_defense import run_defense
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +47,7 @@ def test_shards_cover_every_active_example_with_equal_steps(n_active, world, bat
     rng = np.random.default_rng(n_active)
     active = np.sort(rng.choice(1000, n_active, replace=False))
     per_rank = [
-        D.shard_indices(active, seed=3, epoch=2, world_size=world, rank=r, batch_size=batch)
+        shard_indices(active, seed=3, epoch=2, world_size=world, rank=r, batch_size=batch)
         for r in range(world)
     ]
     # the same number of steps everywhere, or the gradient all-reduce would hang
@@ -59,10 +66,10 @@ def test_shards_cover_every_active_example_with_equal_steps(n_active, world, bat
 def test_shards_follow_seed_and_epoch_only():
     active = np.arange(0, 500, 3)
     kw = dict(world_size=2, rank=1, batch_size=32)
-    a = np.concatenate(D.shard_indices(active, seed=0, epoch=1, **kw))
-    b = np.concatenate(D.shard_indices(active, seed=0, epoch=1, **kw))
-    c = np.concatenate(D.shard_indices(active, seed=0, epoch=2, **kw))
-    d = np.concatenate(D.shard_indices(active, seed=1, epoch=1, **kw))
+    a = np.concatenate(shard_indices(active, seed=0, epoch=1, **kw))
+    b = np.concatenate(shard_indices(active, seed=0, epoch=1, **kw))
+    c = np.concatenate(shard_indices(active, seed=0, epoch=2, **kw))
+    d = np.concatenate(shard_indices(active, seed=1, epoch=1, **kw))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c) and not np.array_equal(a, d)
 
@@ -70,19 +77,19 @@ def test_shards_follow_seed_and_epoch_only():
 def test_one_process_shard_is_a_permutation_in_global_batches():
     for n, sizes in [(50, [16, 16, 16, 2]), (49, [16, 16, 17])]:  # a last batch of 1 joins
         active = np.arange(n)
-        batches = D.shard_indices(active, seed=0, epoch=1, world_size=1, rank=0, batch_size=16)
+        batches = shard_indices(active, seed=0, epoch=1, world_size=1, rank=0, batch_size=16)
         assert [len(b) for b in batches] == sizes
         assert sorted(np.concatenate(batches)) == list(active)
 
 
 def test_batch_smaller_than_world_is_refused():
     with pytest.raises(InputError, match="--batch-size"):
-        D.shard_indices(np.arange(10), seed=0, epoch=1, world_size=4, rank=0, batch_size=2)
+        shard_indices(np.arange(10), seed=0, epoch=1, world_size=4, rank=0, batch_size=2)
 
 
 def test_snapshot_shards_partition_the_examples():
     for n, world in [(101, 2), (10, 3), (2, 4)]:
-        parts = [D.snapshot_shard(n, world, r) for r in range(world)]
+        parts = [snapshot_shard(n, world, r) for r in range(world)]
         np.testing.assert_array_equal(np.concatenate(parts), np.arange(n))
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
@@ -93,7 +100,7 @@ def test_snapshot_shards_partition_the_examples():
 def test_without_torchrun_the_context_is_one_process(monkeypatch):
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)
-    ctx = D.init_distributed("cpu")
+    ctx = init_distributed("cpu")
     assert (ctx.rank, ctx.world_size, ctx.backend, ctx.is_main) == (0, 1, None, True)
     assert ctx.device is None  # a single process resolves --device as it always has
     assert not torch.distributed.is_initialized()
@@ -102,44 +109,46 @@ def test_without_torchrun_the_context_is_one_process(monkeypatch):
 def test_alone_gather_puts_rows_in_index_order_and_finds_holes():
     index = np.array([2, 0, 1])
     rows = np.array([[20.0], [0.0], [10.0]], dtype=np.float32)
-    np.testing.assert_array_equal(D.gather_rows(rows, index, 3)[:, 0], [0.0, 10.0, 20.0])
+    np.testing.assert_array_equal(gather_rows(rows, index, 3)[:, 0], [0.0, 10.0, 20.0])
     with pytest.raises(ValueError, match="1 of 4"):
-        D.gather_rows(rows, index, 4)
+        gather_rows(rows, index, 4)
 
 
 def test_digest_tells_masks_apart():
     m = np.zeros(100, dtype=bool)
     m2 = m.copy()
     m2[57] = True
-    assert D.mask_digest(m) == D.mask_digest(m.copy())
-    assert D.mask_digest(m) != D.mask_digest(m2)
-    assert D.mask_digest(np.zeros(8, bool)) != D.mask_digest(np.zeros(9, bool))
+    assert mask_digest(m) == mask_digest(m.copy())
+    assert mask_digest(m) != mask_digest(m2)
+    assert mask_digest(np.zeros(8, bool)) != mask_digest(np.zeros(9, bool))
 
 
 def test_unavailable_devices_are_one_line_errors():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="--device: cuda"):
-            D.local_device("cuda", 0, distributed=True)
-    with pytest.raises(InputError, match="--device: unknown device 'tpu'"):
-        D.local_device("tpu", 0, distributed=False)
+            resolve_device("cuda", local_rank=0)
+    with pytest.raises(InputError, match="--device: 'tpu' is not a device"):
+        resolve_device("tpu")
     with pytest.raises(InputError, match="mps has no distributed backend"):
-        D.local_device("mps", 0, distributed=True)
+        resolve_device("mps", local_rank=0)
+    with pytest.raises(InputError, match="would put every process on one GPU"):
+        resolve_device("cuda:0", local_rank=1)
 
 
 def test_a_resume_under_torchrun_picks_the_device_of_run_json(tmp_path):
     from poisonlens.config import TrainConfig
 
     (tmp_path / "run.json").write_text('{"config": {"device": "cpu"}}')
-    spec = D.device_spec(TrainConfig(device="cuda"), tmp_path, resume=True, device=None)
+    spec = device_spec(TrainConfig(device="cuda"), tmp_path, resume=True, device=None)
     assert spec == "cpu"
-    assert D.device_spec(TrainConfig(), tmp_path, resume=True, device="mps") == "mps"
-    assert D.device_spec(TrainConfig(device="cuda"), tmp_path, resume=False, device=None) == "cuda"
+    assert device_spec(TrainConfig(), tmp_path, resume=True, device="mps") == "mps"
+    assert device_spec(TrainConfig(device="cuda"), tmp_path, resume=False, device=None) == "cuda"
     (tmp_path / "run.json").write_text("{broken")
-    assert D.device_spec(TrainConfig(), tmp_path, resume=True, device=None) == "auto"
+    assert device_spec(TrainConfig(), tmp_path, resume=True, device=None) == "auto"
 
 
 def test_other_ranks_write_nothing(tmp_path):
-    writer = D.NullWriter(tmp_path / "run")
+    writer = NullWriter(tmp_path / "run")
     writer.create("x", {}, {}, class_names=[], target=None)
     writer.set_status("failed", "boom")
     writer.record_epoch(None, snapshot=(0, {}))
@@ -154,16 +163,16 @@ def test_alone_the_sharded_snapshot_is_the_snapshot():
     model = build_model("smallcnn", n_classes=3, in_channels=1, width=4)
     images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
     labels = np.arange(20) % 3
-    a, _ = D.take_snapshot_sharded(None, model, images, labels, epoch=2, batch_size=8)
+    a, _ = take_snapshot_sharded(ALONE, model, images, labels, epoch=2, batch_size=8)
     b, _ = take_snapshot(model, images, labels, epoch=2, batch_size=8)
     np.testing.assert_array_equal(a.grads, b.grads)
     np.testing.assert_array_equal(a.embeddings, b.embeddings)
 
 
 def test_augmentation_seeds_differ_per_rank_and_rank0_keeps_the_run_seed():
-    ctx = [D.DistContext(r, r, 2, torch.device("cpu"), "gloo") for r in range(2)]
-    assert D.rank_seed(5, None) == D.rank_seed(5, ctx[0]) == 5
-    assert D.rank_seed(5, ctx[1]) != 5
+    ctx = [DistContext(r, r, 2, torch.device("cpu"), "gloo") for r in range(2)]
+    assert rank_seed(5, ALONE) == rank_seed(5, ctx[0]) == 5
+    assert rank_seed(5, ctx[1]) != 5
 
 
 # --- GreeDi's first round shared by the ranks, checked in one process ----------------------------
@@ -191,17 +200,17 @@ def assert_same_result(a, b):
 
 def test_alone_gather_picks_keeps_piece_order_and_strips_the_padding():
     local = {1: np.array([7, 3]), 0: np.array([5]), 2: np.array([9, 8, 1])}
-    picks, ranks = D.gather_picks(local, [2, 2, 3])  # piece 0 chose one of its two slots
+    picks, ranks = gather_picks(local, [2, 2, 3])  # piece 0 chose one of its two slots
     assert [p.tolist() for p in picks] == [[5], [7, 3], [9, 8, 1]]
     assert ranks.tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="piece 0 has 3 picks, room for 2"):
-        D.gather_picks({0: np.arange(3), 1: np.arange(2)}, [2, 2])
+        gather_picks({0: np.arange(3), 1: np.arange(2)}, [2, 2])
     with pytest.raises(ValueError, match="2 of 4"):  # piece 1 (two slots) ran nowhere
-        D.gather_picks({0: np.arange(2)}, [2, 2])
+        gather_picks({0: np.arange(2)}, [2, 2])
 
 
 def test_share_deals_every_piece_to_one_rank_round_robin():
-    shares = [D.share(11, 3, r) for r in range(3)]
+    shares = [share(11, 3, r) for r in range(3)]
     assert sorted(sum(shares, [])) == list(range(11))
     assert [len(s) for s in shares] == [4, 4, 3] and shares[1][:2] == [1, 4]
 
@@ -212,9 +221,9 @@ def test_epic_finished_from_the_ranks_shares_of_picks_is_its_one_process_decisio
     assert len(parts) >= 2 * n_classes  # several partitions a class: something to share
     local = {}
     for rank in range(2):  # what each of two ranks runs, then what rank 0 gathers
-        mine = D.share(len(parts), 2, rank)
+        mine = share(len(parts), 2, rank)
         local.update(zip(mine, epic.first_round(snap.grads, [parts[i] for i in mine]), strict=True))
-    picks, _ = D.gather_picks(local, [p.budget for p in parts])
+    picks, _ = gather_picks(local, [p.budget for p in parts])
     finished = epic.finish(snap, active, parts, picks, info={"partitions_per_rank": [8, 7]})
     alone = epic(snap, active)
     assert_same_result(finished, alone)
@@ -225,10 +234,10 @@ def test_epic_finished_from_the_ranks_shares_of_picks_is_its_one_process_decisio
 
 def test_alone_run_defense_is_the_defense_called_on_the_snapshot():
     snap, active, epic, n_classes = greedi_snapshot()
-    result = D.run_defense(None, epic, snap, snap.labels, active, n_classes=n_classes)
+    result = run_defense(ALONE, epic, snap, snap.labels, active, n_classes=n_classes)
     assert_same_result(result, epic(snap, active))
     assert "partitions_per_rank" not in result.info
-    assert D.run_defense(None, epic, None, snap.labels, active, n_classes=n_classes) is None
+    assert run_defense(ALONE, epic, None, snap.labels, active, n_classes=n_classes) is None
 
 
 # --- two real processes on gloo -----------------------------------------------------------------
@@ -241,7 +250,7 @@ def test_collectives_in_two_torchrun_processes(tmp_path):
         2,
         "tests/ddp_primitives_driver.py",
         str(tmp_path),
-        env=torchrun_env(**{D.DIGEST_FILE_ENV: str(digests)}),
+        env=torchrun_env(**{DIGEST_FILE_ENV: str(digests)}),
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -261,7 +270,7 @@ def test_collectives_in_two_torchrun_processes(tmp_path):
     assert not np.array_equal(r0["own_mask"], r1["own_mask"])
     np.testing.assert_array_equal(r0["mask"], r0["own_mask"])
     np.testing.assert_array_equal(r1["mask"], r0["own_mask"])
-    assert str(r0["digest"]) == str(r1["digest"]) == D.mask_digest(r0["own_mask"])
+    assert str(r0["digest"]) == str(r1["digest"]) == mask_digest(r0["own_mask"])
     # different masks are caught on every rank
     for r in (r0, r1):
         assert "ranks [1]" in str(r["mismatch_error"])
@@ -323,7 +332,7 @@ def test_epic_under_two_gloo_processes_is_one_run_like_a_single_process(tmp_path
     digests = tmp_path / "digests.txt"
     args = [*TRAIN, "--epochs", "6", "--runs-dir", str(tmp_path)]
     ddp = torchrun(2, "--no-python", POISONLENS, *args, "--name", "ddp",
-                   env=torchrun_env(**{D.DIGEST_FILE_ENV: str(digests)}))  # fmt: skip
+                   env=torchrun_env(**{DIGEST_FILE_ENV: str(digests)}))  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = subprocess.run([POISONLENS, *args, "--name", "one"], env=torchrun_env(),
                          capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -343,7 +352,7 @@ def test_epic_under_two_gloo_processes_is_one_run_like_a_single_process(tmp_path
         assert len(snap) == n and (snap["index"].to_numpy() == np.arange(n)).all()
         np.testing.assert_array_equal(snap["label"].to_numpy(), run.examples()["label"].to_numpy())
         after = snap["active"].to_numpy() & ~snap["drop"].to_numpy()
-        assert seen[epoch][0] == D.mask_digest(after)
+        assert seen[epoch][0] == mask_digest(after)
     assert run.metrics()["n_dropped"].iloc[-1] > 0  # EPIC did drop examples
     # before training both runs hold the same seeded model: the gathered snapshot is the
     # single process's, row for row

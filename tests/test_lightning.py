@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+import poisonlens
 from poisonlens.data import load_dataset
 from poisonlens.models import build_model
 from poisonlens.store import open_run
@@ -50,9 +51,10 @@ def fitted(tmp_path_factory):
     x = torch.from_numpy(data.x_train).permute(0, 3, 1, 2).float() / 255
     y = torch.from_numpy(data.y_train)
     run_dir = tmp_path_factory.mktemp("lightning") / "runs" / "lit"
+    options = poisonlens.TrackerOptions(subset_size=0.2, drop_after=1, snapshot_every=1,
+                                        class_names=data.class_names)
     epic = EpicCallback(run_dir, y, snapshot_loader=DataLoader(TensorDataset(x, y), batch_size=256),
-                        subset_size=0.2, drop_after=1, snapshot_every=1, images=x,
-                        class_names=data.class_names)  # fmt: skip
+                        options=options, images=x)
     train = DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=128, sampler=epic.sampler())
     module = DigitsModule()
     trainer = L.Trainer(max_epochs=EPOCHS, callbacks=[epic], accelerator="cpu", devices=1, logger=False,

@@ -41,7 +41,7 @@ def test_snapshot_includes_target_gradient_for_adv_label(rng):
     model = build_model("smallcnn", n_classes=3, in_channels=1, width=4)
     images = rng.integers(0, 256, size=(5, 8, 8, 1), dtype=np.uint8)
     snap, target = take_snapshot(
-        model, images, np.zeros(5, dtype=np.int64), epoch=2, target_image=images[0], adv_label=2
+        model, images, np.zeros(5, dtype=np.int64), epoch=2, target=(images[0], 2)
     )
     assert target["grads"][2] < 0 and np.isclose(target["grads"].sum(), 0, atol=1e-6)
     np.testing.assert_array_equal(snap.target_grad, target["grads"])

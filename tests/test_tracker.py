@@ -15,9 +15,10 @@ import torch.nn.functional as F
 import poisonlens
 from poisonlens.cli import main as cli_main
 from poisonlens.data import load_dataset
-from poisonlens.distributed import DistContext, shard_indices
+from poisonlens.device import DistContext
 from poisonlens.errors import InputError
 from poisonlens.models import build_model
+from poisonlens.sharding import shard_indices
 from poisonlens.store import open_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,9 +43,9 @@ def own_loop_run(run_dir: Path, *, epochs: int = 4, **options) -> tuple[Path, di
     x_all = torch.from_numpy(data.x_train).permute(0, 3, 1, 2).float() / 255  # channels first
     y_all = torch.from_numpy(y)
     returned = {}
-    options = {"subset_size": 0.2, "drop_after": 1, "snapshot_every": 1, **options}
-    with poisonlens.EpicTracker(run_dir, labels=y_all, images=x_all, is_poison=is_poison,
-                                class_names=data.class_names, epochs=epochs, **options) as tracker:  # fmt: skip
+    options = poisonlens.TrackerOptions(**{"subset_size": 0.2, "drop_after": 1, "snapshot_every": 1,
+                                           "class_names": data.class_names, "epochs": epochs, **options})
+    with poisonlens.EpicTracker(run_dir, y_all, options, images=x_all, is_poison=is_poison) as tracker:
         sampler = tracker.sampler()
         for epoch in range(epochs + 1):
             if epoch:
@@ -173,21 +174,21 @@ def test_wrong_shapes_are_refused_with_one_line(tmp_path, call, source):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "source"),
+    ("labels", "options", "examples", "source"),
     [
-        ({"labels": np.zeros((4, 2), np.int64)}, "labels"),
-        ({"labels": np.array([0.5, 1.5])}, "labels"),
-        ({"labels": np.array([0, 5]), "class_names": ["a", "b"]}, "labels"),
-        ({"labels": np.arange(4), "images": np.zeros((3, 8, 8), np.uint8)}, "images"),
-        ({"labels": np.arange(4), "is_poison": np.zeros(5, bool)}, "is_poison"),
-        ({"labels": np.arange(4), "drop_after": 5, "stop_after": 2}, "drop_after"),
-        ({"labels": np.arange(4), "subset_size": 2.0}, "subset_size"),
-        ({"labels": np.arange(4), "no_such_option": 1}, "epic_options"),
+        (np.zeros((4, 2), np.int64), {}, {}, "labels"),
+        (np.array([0.5, 1.5]), {}, {}, "labels"),
+        (np.array([0, 5]), {"class_names": ["a", "b"]}, {}, "labels"),
+        (np.arange(4), {}, {"images": np.zeros((3, 8, 8), np.uint8)}, "images"),
+        (np.arange(4), {}, {"is_poison": np.zeros(5, bool)}, "is_poison"),
+        (np.arange(4), {"drop_after": 5, "stop_after": 2}, {}, "drop_after"),
+        (np.arange(4), {"subset_size": 2.0}, {}, "subset_size"),
+        (np.arange(4), {"epic": {"no_such_option": 1}}, {}, "epic"),
     ],
 )
-def test_bad_arguments_are_refused_with_one_line(tmp_path, kwargs, source):
+def test_bad_arguments_are_refused_with_one_line(tmp_path, labels, options, examples, source):
     with pytest.raises(InputError) as err:
-        poisonlens.EpicTracker(tmp_path / "r", **kwargs)
+        poisonlens.EpicTracker(tmp_path / "r", labels, poisonlens.TrackerOptions(**options), **examples)
     assert source in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "r" / "run.json").exists()
 
@@ -200,8 +201,8 @@ def test_an_existing_run_is_refused(own_run):
 def test_greedi_runs_above_max_dense(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(2), 300)
-    tracker = poisonlens.EpicTracker(tmp_path / "r", labels=labels, subset_size=0.1, max_dense=100,
-                                     partition_size=100, drop_after=0)  # fmt: skip
+    options = poisonlens.TrackerOptions(subset_size=0.1, drop_after=0, epic={"max_dense": 100, "partition_size": 100})
+    tracker = poisonlens.EpicTracker(tmp_path / "r", labels, options)
     tracker.snapshot(0, logits=rng.normal(size=(600, 2)))
     from poisonlens.defense.epic import EpicConfig, plan, select
 
@@ -215,9 +216,9 @@ def test_greedi_runs_above_max_dense(tmp_path):
 
 def test_the_sampler_alone_visits_the_active_examples_in_the_trainers_order(own_run, tmp_path):
     from poisonlens.device import seeded_generator
-    from poisonlens.train import batches
+    from poisonlens.epoch import batches
 
-    tracker = poisonlens.EpicTracker(tmp_path / "r", labels=np.arange(50) % 5, seed=3)
+    tracker = poisonlens.EpicTracker(tmp_path / "r", np.arange(50) % 5, poisonlens.TrackerOptions(seed=3))
     tracker.active[[1, 7, 20]] = False
     sampler = tracker.sampler()
     sampler.set_epoch(2)
@@ -230,7 +231,7 @@ def test_the_sampler_alone_visits_the_active_examples_in_the_trainers_order(own_
 
 
 def test_the_sampler_gives_each_rank_the_trainers_shard(tmp_path):
-    tracker = poisonlens.EpicTracker(tmp_path / "r", labels=np.arange(51) % 5, seed=1)
+    tracker = poisonlens.EpicTracker(tmp_path / "r", np.arange(51) % 5, poisonlens.TrackerOptions(seed=1))
     tracker.active[[4, 9]] = False
     shards = []
     for rank in range(3):
@@ -277,7 +278,8 @@ def bare_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("bare") / "runs" / "bare"
     rng = np.random.default_rng(1)
     labels = np.arange(300) % 3
-    with poisonlens.EpicTracker(run_dir, labels=labels, subset_size=0.2, drop_after=1, epochs=3) as tracker:
+    options = poisonlens.TrackerOptions(subset_size=0.2, drop_after=1, epochs=3)
+    with poisonlens.EpicTracker(run_dir, labels, options) as tracker:
         for epoch in range(4):
             tracker.snapshot(epoch, logits=rng.normal(size=(300, 3)) + 3 * np.eye(3)[labels])
     return run_dir

@@ -7,21 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
+from poisonlens.augment import augment_batch
+from poisonlens.config import TrainConfig
 from poisonlens.defense.base import DefenseResult, register
+from poisonlens.epoch import batches, epoch_generator, lr_at, make_optimizer
 from poisonlens.errors import InputError
+from poisonlens.phases import METRICS_COLUMNS
+from poisonlens.run_setup import load_training_data, make_model
 from poisonlens.store import CHECKPOINTS, open_run
-from poisonlens.train import (
-    METRICS_COLUMNS,
-    TrainConfig,
-    augment_batch,
-    batches,
-    epoch_generator,
-    load_training_data,
-    lr_at,
-    make_model,
-    make_optimizer,
-    train,
-)
+from poisonlens.train import train
 from tests.conftest import tiny_config
 
 
@@ -50,6 +44,23 @@ def test_same_seed_gives_identical_runs(tmp_path):
     b = train(tiny_config(), tmp_path / "b", show_progress=False)
     for k, v in weights(a).items():
         torch.testing.assert_close(v, weights(b)[k], rtol=0, atol=0)
+
+
+def test_a_run_validates_its_config_once_fresh_and_resumed(tmp_path, monkeypatch):
+    calls = []
+    validate = TrainConfig.validate
+
+    def counted(self):
+        calls.append(self.epochs)
+        return validate(self)
+
+    monkeypatch.setattr(TrainConfig, "validate", counted)
+    train(tiny_config(epochs=2), tmp_path / "r", show_progress=False, stop_at_epoch=1)
+    assert calls == [2]  # a fresh run: once, before its folder exists
+    calls.clear()
+    train(TrainConfig(), tmp_path / "r", resume=True, show_progress=False)
+    assert calls == [2]  # a resumed run: once, the config read from run.json
+    assert open_run(tmp_path / "r").status == "finished"
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):

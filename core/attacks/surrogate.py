@@ -1,6 +1,6 @@
 """Surrogate models: what the attacker trains on the clean training split to craft against.
 
-Training reuses the victim's loop pieces from :mod:`poisonlens.train` (same optimiser, schedule and
+Training reuses the victim's loop pieces from :mod:`poisonlens.epoch` (same optimiser, schedule and
 augmentation) but writes no run store; it never sees the test split.
 """
 
@@ -15,18 +15,12 @@ import torch
 from tqdm.auto import tqdm
 
 from poisonlens import runfs
+from poisonlens.augment import resolve_augment
+from poisonlens.config import TrainConfig
 from poisonlens.data.datasets import ImageDataset
+from poisonlens.epoch import epoch_generator, iter_batches, lr_at, make_optimizer, train_one_epoch
 from poisonlens.errors import InputError
 from poisonlens.models import Classifier, build_model, to_tensor
-from poisonlens.train import (
-    TrainConfig,
-    epoch_generator,
-    iter_batches,
-    lr_at,
-    make_optimizer,
-    resolve_augment,
-    train_one_epoch,
-)
 
 
 @dataclass(frozen=True, kw_only=True)

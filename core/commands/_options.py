@@ -33,7 +33,6 @@ from dataclasses import MISSING, Field, replace
 from pathlib import Path
 
 from poisonlens.config import (
-    DEVICE_PATTERN,
     Range,
     TrainConfig,
     option_fields,
@@ -41,6 +40,7 @@ from poisonlens.config import (
     parse_defense_param,
     parse_json_text,
 )
+from poisonlens.device import parse_device
 from poisonlens.errors import InputError, one_line
 
 MAX_TEXT = 4096  # characters of a path or spec given on the command line
@@ -155,10 +155,10 @@ def existing_folder(value: str) -> Path:
 def device(value: str) -> str:
     """An argparse type: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (syntax only; whether
     the device is present is checked when training starts)."""
-    if not DEVICE_PATTERN.fullmatch(value):
-        raise argparse.ArgumentTypeError(
-            f"must be auto, cpu, cuda, cuda:N or mps, got {one_line(value, 40)!r}"
-        )
+    try:
+        parse_device(value)  # the one rule for --device
+    except InputError as err:
+        raise argparse.ArgumentTypeError(err.problem) from None
     return value
 
 

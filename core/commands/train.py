@@ -25,7 +25,13 @@ from poisonlens.errors import one_line
 
 # The network and schedule options `poisonlens evaluate` shares with `train`.
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``poisonlens train``: every TrainConfig option plus the run's place."""
+    """Register ``poisonlens train``: every TrainConfig option plus the run's place.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The CLI's subcommands, to which ``train`` is added.
+    """
     p = add_command(
         sub, "train", run,
         description="Train a model on a (poisoned) data set under a defense. Everything the "
@@ -64,6 +70,11 @@ def finished_note(run_dir: Path) -> str | None:
 
     Read from run.json alone (no torch): resuming a finished run trains nothing, so it says
     so and exits 0 instead of loading the model and drawing a full progress bar.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run given to ``--resume``.
     """
     from poisonlens import runfs
     from poisonlens.store import open_run
@@ -83,7 +94,18 @@ def finished_note(run_dir: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train (or resume) the run; print its directory."""
+    """Train (or resume) the run; print its directory.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``poisonlens train`` options.
+
+    Returns
+    -------
+    int
+        The exit status, 0 (errors are raised as InputError and reported by the CLI).
+    """
     if args.resume:
         if (done := finished_note(args.resume)) is not None:
             print(done, file=sys.stderr)

@@ -504,7 +504,7 @@ class Epic:
         chosen = select(snapshot.grads, snapshot.labels, active=active, config=self.config)
         return _result(chosen)
 
-    # The three methods below let poisonlens.distributed.run_defense spread GreeDi's first round over
+    # The three methods below let poisonlens.shared_defense.run_defense spread GreeDi's first round over
     # the ranks of a torchrun run; __call__ is the same computation in one process.
 
     def partitions(self, labels: np.ndarray, active: np.ndarray, *, n_classes: int) -> list:
