@@ -15,6 +15,7 @@ import io
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,13 +62,29 @@ _MD_LEADING = re.compile(r"^(\d+)([.)])|^([-=])")
 def md(text: object, limit: int = 300) -> str:
     """``text`` made inert inside Markdown: one printable line (control characters escaped),
     every character that makes a link, an image, HTML, emphasis, code, maths or a table
-    backslash-escaped (and a leading list or heading marker), at most ``limit`` characters."""
+    backslash-escaped (and a leading list or heading marker), at most ``limit`` characters.
+
+    Parameters
+    ----------
+    text : object
+        Anything a run controls (a name, an error, a config value).
+    limit : int
+        The most characters kept (longer text is cut with an ellipsis).
+    """
     escaped = _MD_UNDERSCORE.sub(r"\\_", _MD_SPECIAL.sub(r"\\\1", one_line(text, limit)))
     return _MD_LEADING.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", escaped)
 
 
 def plain(text: object, limit: int = 120) -> str:
-    """``text`` made inert for plotly labels and hovers (HTML-escaped, one line)."""
+    """``text`` made inert for plotly labels and hovers (HTML-escaped, one line).
+
+    Parameters
+    ----------
+    text : object
+        Anything a run controls, for a plotly label or hover (which read HTML).
+    limit : int
+        The most characters kept.
+    """
     return html.escape(one_line(text, limit))
 
 
@@ -116,7 +133,13 @@ def new_runs_dir() -> Path:
 
 
 def run_stamp(path: str | Path) -> float:
-    """Changes whenever a run gains an epoch or changes status (the key of per-run caches)."""
+    """Changes whenever a run gains an epoch or changes status (the key of per-run caches).
+
+    Parameters
+    ----------
+    path : str or Path
+        The run's folder; its run.json, metrics.parquet and progress.json are looked at (never through a link).
+    """
     path = Path(path)
     stamp = 0.0
     for name in (RUN_JSON, METRICS, "progress.json"):
@@ -129,31 +152,67 @@ def run_stamp(path: str | Path) -> float:
 
 @st.cache_data(ttl=2, show_spinner=False)
 def cached_run_list(roots: tuple[str, ...]) -> list[dict]:
-    """The runs under ``roots``, as dicts (cached for two seconds)."""
+    """The runs under ``roots``, as dicts (cached for two seconds).
+
+    Parameters
+    ----------
+    roots : tuple of str
+        The runs folders, in listing order (a tuple: it is the cache key).
+    """
     return [info.__dict__ for info in list_runs(*roots)]
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def load_metrics(path: str, stamp: float) -> pd.DataFrame:
-    """A run's metrics table (``stamp`` keys the cache to the run's last change)."""
+    """A run's metrics table (``stamp`` keys the cache to the run's last change).
+
+    Parameters
+    ----------
+    path : str
+        The run's folder; metrics.parquet is read from it.
+    stamp : float
+        ``run_stamp(path)``: a finished epoch changes it, and the table is read again.
+    """
     return open_run(path).metrics()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def load_targets(path: str, stamp: float) -> pd.DataFrame:
-    """A run's target-prediction table (``stamp`` keys the cache to the run's last change)."""
+    """A run's target-prediction table (``stamp`` keys the cache to the run's last change).
+
+    Parameters
+    ----------
+    path : str
+        The run folder holding targets.parquet (one row per epoch: the target's prediction).
+    stamp : float
+        Its run stamp (the cache key).
+    """
     return open_run(path).targets()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def load_examples(path: str) -> pd.DataFrame:
-    """A run's per-example table."""
+    """A run's per-example table.
+
+    Parameters
+    ----------
+    path : str
+        The run's folder (examples.parquet is written once, so the path is the key).
+    """
     return open_run(path).examples()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def snapshot_listing(path: str, stamp: float) -> tuple[list[int], dict[int, str]]:
-    """(readable snapshot epochs, {damaged epoch: reason}); reads each file's footer only."""
+    """(readable snapshot epochs, {damaged epoch: reason}); reads each file's footer only.
+
+    Parameters
+    ----------
+    path : str
+        Where the run is; only the footers of snapshots/epoch_*.parquet are read.
+    stamp : float
+        The run's stamp: a new snapshot changes it.
+    """
     run = open_run(path)
     damaged = run.damaged_snapshots()
     return [e for e in run.snapshot_epochs() if e not in damaged], damaged
@@ -161,13 +220,31 @@ def snapshot_listing(path: str, stamp: float) -> tuple[list[int], dict[int, str]
 
 def load_snapshot_epochs(path: str, stamp: float) -> list[int]:
     """The snapshot epochs whose file can be read (a damaged one is left out: see
-    :func:`snapshot_epochs_ui`, which also says so on the page)."""
+    :func:`snapshot_epochs_ui`, which also says so on the page).
+
+    Parameters
+    ----------
+    path : str
+        A run folder.
+    stamp : float
+        Changes whenever the run writes an epoch, so a new snapshot is listed.
+    """
     return snapshot_listing(path, stamp)[0]
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def load_snapshot(path: str, epoch: int, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """A snapshot (files are written once, so (path, epoch) is a safe key); missing columns skipped."""
+    """A snapshot (files are written once, so (path, epoch) is a safe key); missing columns skipped.
+
+    Parameters
+    ----------
+    path : str
+        The run's folder (snapshot files are written once, so path and epoch are the key).
+    epoch : int
+        Which snapshot (its epoch).
+    columns : tuple of str or None
+        The columns wanted (those the snapshot lacks are skipped); None: every column.
+    """
     run = open_run(path)
     if columns is not None:
         have = set(run.snapshot_columns(epoch))
@@ -177,13 +254,31 @@ def load_snapshot(path: str, epoch: int, columns: tuple[str, ...] | None = None)
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def load_snapshot_columns(path: str, epoch: int) -> list[str]:
-    """The column names of a run's snapshot of ``epoch``."""
+    """The column names of a run's snapshot of ``epoch``.
+
+    Parameters
+    ----------
+    path : str
+        The run's folder (snapshot files are written once, so path and epoch are the key).
+    epoch : int
+        The snapshot whose column names are listed (its footer only is read).
+    """
     return open_run(path).snapshot_columns(epoch)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def projection_by_epoch(path: str, method: str, mtime: float) -> dict[int, pd.DataFrame]:
-    """A run's stored map, split by epoch ({} when there is none); ``mtime`` keys the cache."""
+    """A run's stored map, split by epoch ({} when there is none); ``mtime`` keys the cache.
+
+    Parameters
+    ----------
+    path : str
+        The run whose projections/ folder holds the map.
+    method : str
+        'umap' or 'pca' (projections/METHOD.parquet).
+    mtime : float
+        That file's modification time; a recomputed map has a new one.
+    """
     frame = open_run(path).projection(method)
     if frame is None:
         return {}
@@ -191,7 +286,15 @@ def projection_by_epoch(path: str, method: str, mtime: float) -> dict[int, pd.Da
 
 
 def projection_mtime(path: str, method: str) -> float:
-    """The modification time of a run's map file, 0.0 when there is none."""
+    """The modification time of a run's map file, 0.0 when there is none.
+
+    Parameters
+    ----------
+    path : str
+        The run's folder (projections/METHOD.parquet in it is looked at, never through a link).
+    method : str
+        Which map: 'umap' or 'pca'.
+    """
     try:
         return os.lstat(Path(path) / "projections" / f"{method}.parquet").st_mtime
     except (FileNotFoundError, NotADirectoryError):
@@ -200,14 +303,38 @@ def projection_mtime(path: str, method: str) -> float:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def load_projection_epoch(path: str, method: str, epoch: int, mtime: float) -> pd.DataFrame | None:
-    """One snapshot's rows of the stored projection (x, y per index; the target has index -1)."""
+    """One snapshot's rows of the stored projection (x, y per index; the target has index -1).
+
+    Parameters
+    ----------
+    path : str
+        The run's folder.
+    method : str
+        The layout ('umap', 'pca').
+    epoch : int
+        The snapshot whose rows are wanted.
+    mtime : float
+        The map file's modification time (part of the cache key).
+    """
     return projection_by_epoch(path, method, mtime).get(int(epoch))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def projection_extent(path: str, method: str, mtime: float, label: int | None = None) -> tuple[list[float], list[float]]:
     """Fixed axis ranges over every epoch, so the map holds still while examples move (only the
-    examples of class ``label`` when given, and the target when it is that class's attacker)."""
+    examples of class ``label`` when given, and the target when it is that class's attacker).
+
+    Parameters
+    ----------
+    path : str
+        A run folder with a stored map.
+    method : str
+        Its layout, 'umap' or 'pca'.
+    mtime : float
+        When the map was last written: the ranges follow a recomputed map.
+    label : int or None
+        Only the examples of this class (and the target, when it is this class's attacker); None: every example.
+    """
     frames = projection_by_epoch(path, method, mtime)
     if not frames:
         return [0.0, 1.0], [0.0, 1.0]
@@ -229,7 +356,17 @@ def projection_extent(path: str, method: str, mtime: float, label: int | None = 
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def drift_at(path: str, epoch: int, stamp: float) -> pd.DataFrame:
-    """Drift and similarity to the target of every example at one snapshot (poisonlens.drift)."""
+    """Drift and similarity to the target of every example at one snapshot (poisonlens.drift).
+
+    Parameters
+    ----------
+    path : str
+        The run's folder (its snapshot of ``epoch`` and its targets are read).
+    epoch : int
+        The snapshot measured.
+    stamp : float
+        The run's stamp, so that a target recorded later is taken into account.
+    """
     grad_cols = tuple(c for c in load_snapshot_columns(path, epoch) if c.startswith("g_"))
     snap = load_snapshot(path, epoch, ("label", "active", "is_medoid", *grad_cols))
     try:
@@ -249,7 +386,15 @@ def drift_at(path: str, epoch: int, stamp: float) -> pd.DataFrame:
 
 
 def thumbnail_uri(image: np.ndarray, size: int = 56) -> str:
-    """A uint8 (h, w, c) image as a PNG data URI, scaled up with crisp pixels to ``size`` wide."""
+    """A uint8 (h, w, c) image as a PNG data URI, scaled up with crisp pixels to ``size`` wide.
+
+    Parameters
+    ----------
+    image : uint8 ndarray of shape (height, width) or (height, width, channels)
+        One image.
+    size : int
+        The thumbnail's width in pixels (scaled up by a whole factor, nearest neighbour).
+    """
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
@@ -270,7 +415,17 @@ def _thumbnails(path: str, indices: tuple[int, ...], size: int) -> list[str]:
 
 def thumbnails(path: str, indices: tuple[int, ...], size: int = 56) -> list[str | None]:
     """Data URIs of a few training images, read memory-mapped (a big run is not loaded).
-    When images.npy cannot be read: a message on the page and None for every image."""
+    When images.npy cannot be read: a message on the page and None for every image.
+
+    Parameters
+    ----------
+    path : str
+        The run's folder (images.npy is read memory-mapped).
+    indices : tuple of int
+        The training examples wanted (a tuple: it is the cache key).
+    size : int
+        Each thumbnail's width in pixels.
+    """
     try:
         return _thumbnails(path, tuple(indices), size)
     except DamagedFile as err:
@@ -285,7 +440,15 @@ def _target_thumbnail(path: str, size: int) -> str | None:
 
 
 def target_thumbnail(path: str, size: int = 96) -> str | None:
-    """The target test image as a data URI (None for a clean run or, with a message, a damaged file)."""
+    """The target test image as a data URI (None for a clean run or, with a message, a damaged file).
+
+    Parameters
+    ----------
+    path : str
+        The run's folder.
+    size : int
+        The thumbnail's width in pixels.
+    """
     try:
         return _target_thumbnail(path, size)
     except DamagedFile as err:
@@ -297,7 +460,15 @@ SHADES = " ░▒▓█"
 
 
 def text_thumbnail(image: np.ndarray, width: int = 8) -> str:
-    """A tiny grey picture made of block characters (lines joined by <br>), for plotly hovers."""
+    """A tiny grey picture made of block characters (lines joined by <br>), for plotly hovers.
+
+    Parameters
+    ----------
+    image : ndarray of shape (height, width) or (height, width, channels)
+        One image (colour is averaged to grey).
+    width : int
+        Characters per line (the image is resampled to this width).
+    """
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 3:
         img = img.mean(-1)
@@ -312,7 +483,15 @@ def text_thumbnail(image: np.ndarray, width: int = 8) -> str:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def text_thumbnails(path: str, n_max: int = 3000) -> list[str] | None:
-    """Block-character thumbnails of every training image, or None for a run with more than ``n_max``."""
+    """Block-character thumbnails of every training image, or None for a run with more than ``n_max``.
+
+    Parameters
+    ----------
+    path : str
+        The run's folder.
+    n_max : int
+        The most training images a run may have to get thumbnails (their hover text grows with it).
+    """
     try:
         images = open_run(path).images()
     except DamagedFile:  # the hover goes without pictures; the selection table names the file
@@ -354,7 +533,13 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 
 
 def sample_hint_ui(infos: list[dict]) -> None:
-    """Say so when every run listed is a bundled sample (the user's folder is empty or missing)."""
+    """Say so when every run listed is a bundled sample (the user's folder is empty or missing).
+
+    Parameters
+    ----------
+    infos : list of dict
+        The listed runs (``cached_run_list``), each with its path.
+    """
     user = user_runs_dirs()
     if any(_inside(Path(i["path"]), user) for i in infos):
         return
@@ -365,7 +550,13 @@ def sample_hint_ui(infos: list[dict]) -> None:
 
 
 def run_label(info: dict) -> str:
-    """The picker's line for a run: status icon, name, defense (or that it cannot be read)."""
+    """The picker's line for a run: status icon, name, defense (or that it cannot be read).
+
+    Parameters
+    ----------
+    info : dict
+        One listed run (``cached_run_list``): name, defense, status, and unreadable when damaged.
+    """
     name, defense = one_line(info["name"], 80), one_line(info["defense"], 40)
     if info["status"] == "unreadable":
         return f"{STATUS_ICONS['unreadable']} {name} · unreadable"
@@ -440,6 +631,21 @@ def epoch_picker_ui(epochs: list[int], *, key: str, label: str = "Snapshot epoch
 
     Opens on the epoch in the address, else the one last chosen on any page, else ``default``
     (e.g. :func:`default_epoch`), else the last snapshot.
+
+    Parameters
+    ----------
+    epochs : list of int
+        The snapshot epochs offered, oldest first (not empty).
+    key : str
+        The slider's widget key, with the page's prefix (e.g. 'dr_epoch').
+    label : str
+        The slider's label.
+    help : str or None
+        The slider's tooltip.
+    container : Streamlit container
+        Where the slider goes (default: the page).
+    default : int or None
+        The epoch opened on when neither the address nor an earlier choice names one.
     """
     asked = st.query_params.get("epoch")
     chosen = st.session_state.get("_epoch")
@@ -484,7 +690,13 @@ def default_epoch(run: Run, epochs: list[int] | None = None) -> int | None:
 
 
 def no_drops_reason(run: Run) -> str | None:
-    """Why a run dropped nothing, in one sentence (None when it dropped something)."""
+    """Why a run dropped nothing, in one sentence (None when it dropped something).
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The opened run (its config gives the defense and the drop window).
+    """
     path = str(run.path)
     stamp = run_stamp(path)
     try:
@@ -509,7 +721,13 @@ def no_drops_reason(run: Run) -> str | None:
 
 
 def no_snapshot_message(run: Run) -> str:
-    """Why a page has no snapshot to show: the first is still to come, or the run has none."""
+    """Why a page has no snapshot to show: the first is still to come, or the run has none.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The opened run (its status and folder are named).
+    """
     if run.status == "running":
         return "This run has no gradient snapshot yet; the first is taken before training starts (epoch 0)."
     return (f"This run ({run.status}) has no readable gradient snapshot in {md(run.path / 'snapshots')}, "
@@ -518,7 +736,13 @@ def no_snapshot_message(run: Run) -> str:
 
 def snapshot_epochs_ui(run: Run) -> list[int]:
     """The readable snapshot epochs of ``run``, with a message on the page for each damaged
-    snapshot file (left out) and, when none is left, why there is nothing to show."""
+    snapshot file (left out) and, when none is left, why there is nothing to show.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The opened run.
+    """
     path = str(run.path)
     epochs, damaged = snapshot_listing(path, run_stamp(path))
     if damaged:
@@ -531,7 +755,17 @@ def snapshot_epochs_ui(run: Run) -> list[int]:
 
 
 def damage_ui(err: InputError, consequence: str = "", *, fatal: bool = False) -> None:
-    """A short message naming the file that cannot be read and what the page does without it."""
+    """A short message naming the file that cannot be read and what the page does without it.
+
+    Parameters
+    ----------
+    err : InputError
+        The problem, naming the file (``err.source``) and what is wrong with it (``err.problem``).
+    consequence : str
+        What the page does without the file (Markdown, our own text).
+    fatal : bool
+        An error (the page stops) rather than a warning (the page goes on).
+    """
     text = f"{md(err.source)} cannot be read: {md(err.problem)}. {consequence}".strip()
     (st.error if fatal else st.warning)(text)
 
@@ -540,9 +774,65 @@ def damage_ui(err: InputError, consequence: str = "", *, fatal: bool = False) ->
 
 
 def page_header(title: str, explanation: str) -> None:
-    """Show a page's title and the caption that explains it."""
+    """Show a page's title and the caption that explains it.
+
+    Parameters
+    ----------
+    title : str
+        The page's title.
+    explanation : str
+        One or two sentences (Markdown) saying what the page shows.
+    """
     st.title(title)
     st.caption(explanation)
+
+
+@dataclass(frozen=True)
+class PageRun:
+    """The run a page shows, as :func:`page_run_ui` opened it.
+
+    Attributes
+    ----------
+    run : the opened run (read through :mod:`poisonlens.store`)
+    path : its folder, as the cached loaders take it
+    stamp : :func:`run_stamp` when the page was drawn (the key of per-run caches)
+    epochs : its readable snapshot epochs, oldest first (empty when the page did not ask for them)
+    """
+
+    run: Run
+    path: str
+    stamp: float
+    epochs: list[int]
+
+
+def page_run_ui(title: str, explanation: str, *, snapshots: bool = True) -> PageRun | None:
+    """How every run page opens: its title and caption, the glossary, the run picker and (for
+    pages that draw snapshots) the readable snapshot epochs.
+
+    Parameters
+    ----------
+    title, explanation : str
+        As for :func:`page_header`.
+    snapshots : bool
+        Whether the page needs gradient snapshots: then a damaged snapshot is named and left
+        out, and a run without a readable one ends the page with a message saying why.
+
+    Returns
+    -------
+    PageRun, or None when there is nothing to draw (no run, a run that cannot be opened, or no
+    readable snapshot); the page has then said why.
+    """
+    page_header(title, explanation)
+    glossary_ui()
+    run = run_picker_ui()
+    if run is None:
+        return None
+    path = str(run.path)
+    stamp = run_stamp(path)
+    epochs = snapshot_epochs_ui(run) if snapshots else []
+    if snapshots and not epochs:
+        return None
+    return PageRun(run=run, path=path, stamp=stamp, epochs=epochs)
 
 
 def glossary_ui() -> None:
@@ -553,12 +843,26 @@ def glossary_ui() -> None:
 
 
 def dropped_text(dropped_epoch: pd.Series) -> pd.Series:
-    """'kept' or the epoch an example was dropped at, for tables."""
+    """'kept' or the epoch an example was dropped at, for tables.
+
+    Parameters
+    ----------
+    dropped_epoch : Series of int
+        The epoch each example was dropped at (-1: kept).
+    """
     return dropped_epoch.map(lambda e: "kept" if e < 0 else str(int(e)))
 
 
 def class_name_list(run: Run, n_classes: int | None = None) -> list[str]:
-    """The run's class names, padded with class numbers up to ``n_classes``."""
+    """The run's class names, padded with class numbers up to ``n_classes``.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The opened run.
+    n_classes : int or None
+        Pad with class numbers up to this many names (labels past the stored names); None: as stored.
+    """
     names = run.class_names
     if n_classes is not None and len(names) < n_classes:
         names = names + [str(c) for c in range(len(names), n_classes)]

@@ -21,6 +21,11 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
     medoid (negative or missing -> '', else 'example N'), is medoid / isolated / active / drop /
     trained on / dropped here / poison (booleans -> 'yes' / 'no', missing -> ''), score,
     suspicion score and EPIC's isolation (missing -> ''). Other columns are left as they are.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        A table about to be shown (not modified).
     """
     out = frame.copy()
     for column in out.columns:
@@ -51,6 +56,17 @@ def expression_ui(table: pd.DataFrame, *, key: str, container=None, what: str = 
     evaluated by Python); returns the bool mask of the rows it keeps (all rows when empty or bad).
 
     A bad expression is one line of error under the box; the rows are then left unfiltered.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The rows filtered; its columns are the names the expression may use.
+    key : str
+        The text box's widget key, with the page's prefix.
+    container : Streamlit container or None
+        Where the box goes (None: the page).
+    what : str
+        What the rows are, for the caption ('rows', 'examples').
     """
     import streamlit as st
 

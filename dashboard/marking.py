@@ -21,7 +21,13 @@ CLEAR = "clear"  # the form's fourth choice: remove the examples' verdicts
 
 
 def review_stamp(path: str | Path) -> float:
-    """The review file's modification time (0 when there is none): the key of review caches."""
+    """The review file's modification time (0 when there is none): the key of review caches.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run's folder.
+    """
     try:
         return (Path(path) / REVIEW).stat().st_mtime
     except OSError:
@@ -30,12 +36,26 @@ def review_stamp(path: str | Path) -> float:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def load_review(path: str, stamp: float) -> pd.DataFrame:
-    """The run's review (poisonlens.review.read_review); DamagedFile when it cannot be read."""
+    """The run's review (poisonlens.review.read_review); DamagedFile when it cannot be read.
+
+    Parameters
+    ----------
+    path : str
+        The run folder whose review.parquet is read.
+    stamp : float
+        :func:`review_stamp`: a saved verdict changes it, so the cache is read again.
+    """
     return read_review(open_run(path))
 
 
 def review_or_empty(path: str) -> tuple[pd.DataFrame, str | None]:
-    """(the review, None), or (an empty review, the one-line problem) when it cannot be read."""
+    """(the review, None), or (an empty review, the one-line problem) when it cannot be read.
+
+    Parameters
+    ----------
+    path : str
+        The run's folder.
+    """
     try:
         return load_review(path, review_stamp(path)), None
     except InputError as err:
@@ -45,7 +65,13 @@ def review_or_empty(path: str) -> tuple[pd.DataFrame, str | None]:
 
 
 def review_caption_ui(path: str) -> None:
-    """The review's one-line summary in the sidebar (every run page shows it)."""
+    """The review's one-line summary in the sidebar (every run page shows it).
+
+    Parameters
+    ----------
+    path : str
+        The run's folder.
+    """
     review, problem = review_or_empty(path)
     if problem:
         st.sidebar.warning(f"The review cannot be read: {problem}")

@@ -29,6 +29,11 @@ def _inner(event: Mapping | None) -> Mapping:
 def selection_shapes(event: Mapping | None) -> list[tuple[str, np.ndarray]]:
     """The boxes and lassos of a Streamlit plotly selection event.
 
+    Parameters
+    ----------
+    event : Mapping or None
+        A Streamlit plotly selection event (or its ``selection`` part); anything else gives no shape.
+
     Returns
     -------
     list of (kind, vertices): kind is 'box' or 'lasso'; vertices float64 of shape (n, 2) (a box
@@ -100,7 +105,13 @@ def indices_in_shapes(
 
 
 def clicked_index(event: Mapping | None) -> int | None:
-    """The example a click chose: the event has points but no box or lasso (None otherwise)."""
+    """The example a click chose: the event has points but no box or lasso (None otherwise).
+
+    Parameters
+    ----------
+    event : Mapping or None
+        A Streamlit plotly selection event (or its ``selection`` part).
+    """
     if selection_shapes(event):
         return None
     found = selection_to_indices(event)
@@ -113,6 +124,11 @@ def selection_to_indices(selection: Mapping | None) -> list[int]:
     Accepts the whole event (``{"selection": {"points": [...]}}``), its ``selection`` part, or
     a bare list of points. A point's index is the first value of its ``customdata``; points
     without one (or with a negative index, such as the target) are skipped.
+
+    Parameters
+    ----------
+    selection : Mapping or None
+        A Streamlit plotly selection event, its ``selection`` part, or None.
     """
     if not selection:
         return []
@@ -164,6 +180,13 @@ def parse_indices(text: str, n_samples: int | None = None) -> list[int]:
 
     Raises ValueError naming the first piece that is not an index or a range, or that is out
     of [0, n_samples).
+
+    Parameters
+    ----------
+    text : str
+        Indices and ranges, separated by commas or spaces (e.g. '12, 40-45').
+    n_samples : int or None
+        Indices must be below this (None: no upper bound).
     """
     out: set[int] = set()
     for piece in text.replace(",", " ").split():

@@ -342,11 +342,11 @@ def test_the_page_opens_on_the_bundled_samples_runs_of_one_poison_set(tmp_path, 
 
 
 def test_the_bar_chart_titles_clear_the_tick_labels_and_ticks_do_not_repeat(evaluate_out):
-    from poisonlens.dashboard import plots
+    from poisonlens.dashboard.figures.compare import defense_bars_figure
 
     table = comparison_table(evaluate_out)
     table.loc[table["defense"] == "loss", "precision"] = 0.012  # small: 1%, 1%, 2%, 2% before
-    full = plots.defense_bars_figure(per_defense_summary(table)).to_dict()
+    full = defense_bars_figure(per_defense_summary(table)).to_dict()
     fig = full["layout"]
     for axis in ("xaxis", "xaxis2", "xaxis3", "xaxis4"):
         assert fig[axis].get("tickangle", 0) == 0  # no rotated label reaches into a title

@@ -20,8 +20,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from poisonlens.dashboard import plots
 from poisonlens.dashboard.components.gradient_map import framed, positions_bytes
+from poisonlens.dashboard.figures import gradient_map as map_figures
+from poisonlens.dashboard.figures import map_style
+from poisonlens.dashboard.figures import points as point_figures
 from poisonlens.dashboard.selection import (
     clicked_index,
     indices_in_shapes,
@@ -293,17 +295,17 @@ def test_every_colour_field_draws(runs_env):
         at.selectbox(key="gs_color").set_value(field).run()
         assert not at.exception, field
         data = traces(at)
-        if plots.COLOR_FIELDS[field][1] == "value":
+        if map_style.COLOR_FIELDS[field][1] == "value":
             assert "colorbar" in data[0]["marker"], field
 
 
 def test_colour_groups_split_every_example_once():
     points = pd.DataFrame({"label": [0, 1, 1, 2], "prediction": [0, 2, 1, 2], "is_poison": [0, 1, 0, 0],
                            "dropped_epoch": [-1, 4, 8, -1]})
-    codes, groups = plots.color_groups(points, "dropped_epoch", ["a", "b", "c"])
+    codes, groups = map_style.color_groups(points, "dropped_epoch", ["a", "b", "c"])
     assert [groups[c][0] for c in codes] == ["never dropped", "dropped at epoch 4", "dropped at epoch 8",
                                              "never dropped"]
-    codes, groups = plots.color_groups(points, "correct", ["a", "b", "c"])
+    codes, groups = map_style.color_groups(points, "correct", ["a", "b", "c"])
     assert codes.tolist() == [0, 1, 0, 0]
 
 
@@ -357,8 +359,8 @@ def test_the_map_is_drawn_at_one_gl_pixel_per_pixel(runs_env):
 
 
 def test_rings_of_kept_isolated_medoids_use_a_colour_no_class_has():
-    assert plots.STYLE["isolated, kept"]["color"] not in plots.class_colors(10)
-    assert plots.STYLE["isolated, kept"]["color"] != plots.STYLE["dropped now"]["color"]
+    assert map_style.STYLE["isolated, kept"]["color"] not in map_style.class_colors(10)
+    assert map_style.STYLE["isolated, kept"]["color"] != map_style.STYLE["dropped now"]["color"]
 
 
 # --- epochs: where the page opens, what the last snapshot says, Play -------------------------
@@ -480,12 +482,14 @@ def big_points(n: int, seed: int = 0) -> pd.DataFrame:
 
 def test_a_density_map_draws_every_example_as_an_image_and_marks_on_top():
     points = big_points(300_000)
-    fig = plots.gradient_map_figure(points, class_names=[str(c) for c in range(10)], x_range=[-5.0, 14.0],
-                                    y_range=[-5.0, 5.0], selected=list(range(0, 300_000, 10)), density=True)
+    fig = map_figures.gradient_map_figure(points, class_names=[str(c) for c in range(10)],
+                                          frame=map_figures.MapFrame(x_range=[-5.0, 14.0], y_range=[-5.0, 5.0]),
+                                          view=map_style.MapView(density=True),
+                                          marks=map_style.MapMarks(selected=list(range(0, 300_000, 10))))
     assert len(fig.layout.images) == 1 and fig.layout.images[0].source.startswith("data:image/png;base64,")
     sizes = {t.legendgroup: len(t.x) for t in fig.data if t.x is not None and len(t.x) and t.x[0] is not None}
     assert sizes["poison"] == int(points["is_poison"].sum())
-    assert sizes["selected"] == plots.MAX_OVERLAY  # 30,000 selected, a sample drawn ...
+    assert sizes["selected"] == map_style.MAX_OVERLAY  # 30,000 selected, a sample drawn ...
     notes = fig.layout.meta["notes"]
     assert any("density image" in n for n in notes)
     assert any("20,000 of 30,000" in n for n in notes)  # ... and said so
@@ -496,7 +500,7 @@ def test_the_density_image_puts_points_where_they_are():
     x = np.array([0.05, 0.95, 0.95])
     y = np.array([0.95, 0.05, 0.06])
     rgb = np.array([[255, 0, 0], [0, 0, 255], [0, 0, 255]], np.uint8)
-    image = plots.density_image(x, y, rgb, x_range=[0.0, 1.0], y_range=[0.0, 1.0], pixels=10)
+    image = map_figures.density_image(x, y, rgb, x_range=[0.0, 1.0], y_range=[0.0, 1.0], pixels=10)
     assert tuple(image[0, 0, :3]) == (255, 0, 0)  # top left: large y, small x
     assert tuple(image[9, 9, :3]) == (0, 0, 255)
     assert image[9, 9, 3] > image[0, 0, 3]  # two points there, one at the top left
@@ -536,12 +540,13 @@ def test_point_layers_code_every_example_once_and_hide_what_is_not_shown():
                            "is_poison": np.arange(n) < 40, "dropped_before": np.arange(n) % 10 == 0,
                            "drop": np.arange(n) % 7 == 0, "dropped_epoch": -np.ones(n, np.int64)})
     shown = points["label"].to_numpy() != 2
-    layers = plots.point_layers(points, class_names=["a", "b", "c"], shown=shown, selected=list(range(100, 1000)),
-                                max_overlay=200)
+    layers = point_figures.point_layers(points, class_names=["a", "b", "c"], shown=shown,
+                                        view=map_style.MapView(show_medoids=False, max_overlay=200),
+                                        marks=map_style.MapMarks(selected=list(range(100, 1000))))
     codes, palette = layers["codes"], layers["palette"]
-    assert codes.dtype == np.uint8 and len(codes) == n and palette[-1] == plots.HIDDEN
+    assert codes.dtype == np.uint8 and len(codes) == n and palette[-1] == point_figures.HIDDEN
     assert (codes[~shown] == len(palette) - 1).all()
-    grey = palette.index(plots.STYLE["dropped earlier"]["color"])
+    grey = palette.index(map_style.STYLE["dropped earlier"]["color"])
     keep = shown & ~points["dropped_before"].to_numpy()
     np.testing.assert_array_equal(codes[keep], points["label"].to_numpy()[keep])
     assert (codes[shown & points["dropped_before"].to_numpy()] == grey).all()
@@ -550,5 +555,6 @@ def test_point_layers_code_every_example_once_and_hide_what_is_not_shown():
     selected = groups["selected by you"]
     assert len(selected["index"]) == 200 and set(selected["index"]) <= set(np.flatnonzero(shown)) & set(range(100, 1000))
     assert any("selected by you: 200 of" in note for note in layers["notes"])
-    value = plots.point_layers(points.assign(loss=rng.random(n)), class_names=["a", "b", "c"], color_by="loss")
+    value = point_figures.point_layers(points.assign(loss=rng.random(n)), class_names=["a", "b", "c"],
+                                       view=map_style.MapView(color_by="loss"))
     assert value["codes"].max() <= len(value["palette"]) - 1 and "colorbar" in value["legend"][0]

@@ -6,6 +6,8 @@ import streamlit as st
 
 from poisonlens.dashboard.common import GLOSSARY, page_header, run_picker_ui
 
+PAGE = {"title": "How to read this", "icon": ":material/help:", "order": 90}
+
 page_header("How to read this", "What the defense does, in plain words, and what each page shows.")
 st.markdown("""
 **The threat.** In *data poisoning* an attacker slips a few altered images (the *poisons*) into a training set so

@@ -17,7 +17,6 @@ from poisonlens.compare import (
     poison_overlap,
     runs_of_one_poison_set,
 )
-from poisonlens.dashboard import plots
 from poisonlens.dashboard.common import (
     PLOTLY_CONFIG,
     REPO,
@@ -30,9 +29,12 @@ from poisonlens.dashboard.common import (
     run_stamp,
     runs_dirs,
 )
+from poisonlens.dashboard.figures.compare import defense_bars_figure, overlap_figure
 from poisonlens.errors import InputError
 from poisonlens.evaluate import SCENARIOS, to_markdown
 from poisonlens.store import open_run
+
+PAGE = {"title": "Compare", "icon": ":material/compare_arrows:", "order": 50}
 
 SCENARIO_HELP = {
     "scratch": "the victim trains from random weights",
@@ -53,7 +55,13 @@ def results_root() -> Path:
 
 def evaluate_folders(root: Path) -> list[Path]:
     """``root`` and the folders directly under it that hold an evaluate output (runs.csv or runs/),
-    newest first."""
+    newest first.
+
+    Parameters
+    ----------
+    root : Path
+        A runs folder.
+    """
     if not root.is_dir():
         return []
     found = []
@@ -71,13 +79,27 @@ def evaluate_folders(root: Path) -> list[Path]:
 
 @st.cache_data(max_entries=16, show_spinner="Reading the runs…")
 def table_of(paths: tuple[str, ...], stamps: tuple[float, ...]) -> pd.DataFrame:
-    """The comparison table of the runs at ``paths`` (``stamps`` key the cache)."""
+    """The comparison table of the runs at ``paths`` (``stamps`` key the cache).
+
+    Parameters
+    ----------
+    paths : tuple of str
+        The runs compared (their folders).
+    stamps : tuple of float
+        Each run's ``run_stamp``, in the order of ``paths`` (the cache key).
+    """
     return comparison_table(paths)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def overlap_of(paths: tuple[str, ...], stamps: tuple[float, ...]) -> pd.DataFrame:
-    """Which poisons each run dropped by its last snapshot (``stamps`` key the cache)."""
+    """Which poisons each run dropped by its last snapshot (``stamps`` key the cache).
+
+    Parameters
+    ----------
+    paths, stamps : tuple of str, tuple of float
+        As for :func:`table_of`: the runs' folders and their stamps.
+    """
     return poison_overlap(paths)
 
 
@@ -177,7 +199,15 @@ def source_ui() -> list[str]:
 
 
 def headline_ui(table: pd.DataFrame, n_listed: int) -> pd.DataFrame:
-    """One line on what is compared; returns the finished runs."""
+    """One line on what is compared; returns the finished runs.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``table_of``: a row per run compared.
+    n_listed : int
+        How many runs were picked (some may not be finished).
+    """
     done = table[table["status"] == "finished"]
     seeds = sorted(done["seed"].unique().tolist())
     n_sets = done.loc[done["poison_set"] != NO_POISONS, "poison_set"].nunique()
@@ -198,12 +228,30 @@ def headline_ui(table: pd.DataFrame, n_listed: int) -> pd.DataFrame:
 
 
 def plural(n: int, word: str) -> str:
-    """``1 seed``, ``2 seeds``."""
+    """``1 seed``, ``2 seeds``.
+
+    Parameters
+    ----------
+    n : int
+        The count.
+    word : str
+        The noun, singular (an 's' is added unless ``n`` is 1).
+    """
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def fit_labels(fig, *, x_labels=(), y_labels=()):
-    """Room for the tick labels, so that long defense and run names are not cut off."""
+    """Room for the tick labels, so that long defense and run names are not cut off.
+
+    Parameters
+    ----------
+    fig : go.Figure
+        The figure, changed in place and returned.
+    x_labels : iterable of str or None
+        The x axis's labels, as drawn (their longest line sets the bottom margin).
+    y_labels : iterable of str or None
+        The y axis's labels, as drawn (the longest sets the left margin).
+    """
     longest_x = max((len(str(t)) for t in x_labels), default=0)
     longest_y = max((len(str(t)) for t in y_labels), default=0)
     fig.update_xaxes(automargin=True)
@@ -225,7 +273,13 @@ def _sync_scenario() -> None:
 
 
 def scenario_ui(table: pd.DataFrame) -> pd.DataFrame:
-    """The scenario facet (scratch, transfer, finetune): one at a time, kept in ``?scenario=``."""
+    """The scenario facet (scratch, transfer, finetune): one at a time, kept in ``?scenario=``.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``table_of``: a row per run, with its scenario tag.
+    """
     scenarios = [s for s in SCENARIOS if s in set(table["scenario"])]
     scenarios += sorted(set(table["scenario"]) - set(scenarios))
     if len(scenarios) == 1:
@@ -247,10 +301,16 @@ def scenario_ui(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def bars_ui(done: pd.DataFrame) -> None:
-    """Show the per-defense bar chart of finished runs and its caption."""
+    """Show the per-defense bar chart of finished runs and its caption.
+
+    Parameters
+    ----------
+    done : DataFrame
+        The finished runs of ``table_of``, a row per run.
+    """
     st.markdown("##### Per defense")
     summary = per_defense_summary(done)
-    fig = fit_labels(plots.defense_bars_figure(summary), x_labels=summary["defense"])
+    fig = fit_labels(defense_bars_figure(summary), x_labels=summary["defense"])
     st.plotly_chart(fig, width="stretch", key="cmp_bars", config=PLOTLY_CONFIG)
     st.caption(
         "Bars: mean over poison sets and seeds; black error bars: ± one standard deviation (hover for "
@@ -274,7 +334,15 @@ def bars_ui(done: pd.DataFrame) -> None:
 def retrain_ui(paths: list[str], table: pd.DataFrame) -> None:
     """For a run retrained without the examples marked poison (``tags.retrain_of``; or, of two runs
     picked, the one trained with ``--exclude``) and the run it came from, both picked: the two side by side, and whether leaving them out changed the target's
-    prediction and the accuracy."""
+    prediction and the accuracy.
+
+    Parameters
+    ----------
+    paths : list of str
+        The runs compared (their folders).
+    table : DataFrame
+        ``table_of``: a row per run.
+    """
     runs = {p: open_run(p) for p in paths}
     by_name = {r.name: p for p, r in runs.items()}
     for path, run in runs.items():
@@ -316,8 +384,52 @@ def retrain_ui(paths: list[str], table: pd.DataFrame) -> None:
                         + (f"; clean accuracy {acc[0]:.1%} → {acc[1]:.1%}." if None not in acc else "."))
 
 
+def table_columns() -> dict:
+    """The run table's column titles, formats and explanations (hover a title)."""
+    pct = "percent"
+    return {
+        "poison_set": "poison set",
+        "test_acc": st.column_config.NumberColumn("clean acc", format=pct),
+        "attack_success": st.column_config.CheckboxColumn(
+            "target flipped", help="The target is predicted as the attacker's class."
+        ),
+        "controlled_success": st.column_config.CheckboxColumn(
+            "flipped, not in control",
+            help="Flipped, and the clean control of the same scenario and seed does not "
+            "flip this target (empty: no control among these runs).",
+        ),
+        "roc_auc": st.column_config.NumberColumn(
+            "ROC-AUC",
+            format="%.2f",
+            help="Of the defense's score, poison vs clean, mean over the drop window.",
+        ),
+        "target_prob_adv": st.column_config.NumberColumn(
+            "p(attacker's class)",
+            format="%.2f",
+            help="The target's probability of the attacker's class.",
+        ),
+        "recall": st.column_config.NumberColumn(
+            "recall", format=pct, help="Share of the poisons dropped."
+        ),
+        "precision": st.column_config.NumberColumn(
+            "precision", format=pct, help="Share of the dropped examples that are poisons."
+        ),
+        "n_dropped": st.column_config.NumberColumn("dropped", help="Examples dropped in all."),
+        "n_poisons": st.column_config.NumberColumn(
+            "poisons", help="Poisons in the training set (0 under the clean control)."
+        ),
+        "seconds": st.column_config.NumberColumn("seconds", format="%.1f"),
+    }
+
+
 def table_ui(table: pd.DataFrame) -> None:
-    """Show the table of every run."""
+    """Show the table of every run.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``table_of``: a row per run.
+    """
     st.markdown("##### Every run")
     order = ["run", "poison_set", "defense", "seed", "status", "test_acc", "attack_success"]
     order += ["controlled_success", "target_prob_adv", "recall", "precision", "n_dropped"]
@@ -327,45 +439,7 @@ def table_ui(table: pd.DataFrame) -> None:
     shown = table[order].copy()
     for col in ("attack_success", "controlled_success"):
         shown[col] = shown[col].map({1.0: True, 0.0: False}).astype("boolean")
-    pct = "percent"
-    st.dataframe(
-        shown,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "poison_set": "poison set",
-            "test_acc": st.column_config.NumberColumn("clean acc", format=pct),
-            "attack_success": st.column_config.CheckboxColumn(
-                "target flipped", help="The target is predicted as the attacker's class."
-            ),
-            "controlled_success": st.column_config.CheckboxColumn(
-                "flipped, not in control",
-                help="Flipped, and the clean control of the same scenario and seed does not "
-                "flip this target (empty: no control among these runs).",
-            ),
-            "roc_auc": st.column_config.NumberColumn(
-                "ROC-AUC",
-                format="%.2f",
-                help="Of the defense's score, poison vs clean, mean over the drop window.",
-            ),
-            "target_prob_adv": st.column_config.NumberColumn(
-                "p(attacker's class)",
-                format="%.2f",
-                help="The target's probability of the attacker's class.",
-            ),
-            "recall": st.column_config.NumberColumn(
-                "recall", format=pct, help="Share of the poisons dropped."
-            ),
-            "precision": st.column_config.NumberColumn(
-                "precision", format=pct, help="Share of the dropped examples that are poisons."
-            ),
-            "n_dropped": st.column_config.NumberColumn("dropped", help="Examples dropped in all."),
-            "n_poisons": st.column_config.NumberColumn(
-                "poisons", help="Poisons in the training set (0 under the clean control)."
-            ),
-            "seconds": st.column_config.NumberColumn("seconds", format="%.1f"),
-        },
-    )
+    st.dataframe(shown, hide_index=True, width="stretch", column_config=table_columns())
     st.caption(
         "The numbers at each run's last finished epoch, recomputed from the run stores: the same as "
         "the `runs.csv` that `poisonlens evaluate` writes. *None*: undefined (recall without poisons, "
@@ -373,15 +447,17 @@ def table_ui(table: pd.DataFrame) -> None:
     )
 
 
-def overlap_ui(done: pd.DataFrame) -> None:
-    """Show which poisons of one poison set each defense catches."""
-    st.markdown("##### Which poisons each defense catches")
-    sets = sorted(done.loc[done["n_poisons"] > 0, "poison_set"].unique().tolist())
-    if not sets:
-        st.info("None of these runs trained on a poison set, so there are no poisons to catch.")
-        return
-    if st.session_state.get("cmp_set") not in sets:  # another folder: its own sets
-        st.session_state.pop("cmp_set", None)
+def poison_set_ui(done: pd.DataFrame, sets: list[str]) -> tuple[str, pd.DataFrame]:
+    """Pick the poison set compared (and, when its runs have several seeds, one seed or all);
+    returns the set and its runs.
+
+    Parameters
+    ----------
+    done : DataFrame
+        The finished runs of ``table_of``, a row per run.
+    sets : list of str
+        The poison sets among them (not empty).
+    """
     c1, c2 = st.columns(2)
     chosen = c1.selectbox(
         "Poison set",
@@ -397,6 +473,48 @@ def overlap_ui(done: pd.DataFrame) -> None:
         seed = c2.selectbox("Seed", ["all seeds", *seeds], key="cmp_seed")
         if seed != "all seeds":
             rows = rows[rows["seed"] == seed]
+    return chosen, rows
+
+
+def overlap_counts_ui(overlap: pd.DataFrame) -> int:
+    """The poisons caught by all, some and none of the runs; returns how many poisons there are.
+
+    Parameters
+    ----------
+    overlap : DataFrame
+        ``overlap_of``: a row per poison, a bool column per run (caught or not).
+    """
+    counts = overlap_summary(overlap)
+    cols = st.columns(4)
+    cols[0].metric("Poisons", f"{counts['n_poisons']}")
+    cols[1].metric(
+        "Caught by all", f"{counts['caught_by_all']}", help="Dropped by every run shown."
+    )
+    cols[2].metric("Caught by some", f"{counts['caught_by_some']}")
+    cols[3].metric(
+        "Caught by none",
+        f"{counts['caught_by_none']}",
+        help="Still trained on at the end of every run shown.",
+    )
+    return counts["n_poisons"]
+
+
+def overlap_ui(done: pd.DataFrame) -> None:
+    """Show which poisons of one poison set each defense catches.
+
+    Parameters
+    ----------
+    done : DataFrame
+        ``table_of``'s finished runs; those with poisons are compared within a poison set.
+    """
+    st.markdown("##### Which poisons each defense catches")
+    sets = sorted(done.loc[done["n_poisons"] > 0, "poison_set"].unique().tolist())
+    if not sets:
+        st.info("None of these runs trained on a poison set, so there are no poisons to catch.")
+        return
+    if st.session_state.get("cmp_set") not in sets:  # another folder: its own sets
+        st.session_state.pop("cmp_set", None)
+    chosen, rows = poison_set_ui(done, sets)
     paths = tuple(rows["path"])
     try:
         overlap = overlap_of(paths, tuple(run_stamp(p) for p in paths))
@@ -409,20 +527,8 @@ def overlap_ui(done: pd.DataFrame) -> None:
             "so none could catch a poison."
         )
         return
-    counts = overlap_summary(overlap)
-    n = counts["n_poisons"]
-    cols = st.columns(4)
-    cols[0].metric("Poisons", f"{n}")
-    cols[1].metric(
-        "Caught by all", f"{counts['caught_by_all']}", help="Dropped by every run shown."
-    )
-    cols[2].metric("Caught by some", f"{counts['caught_by_some']}")
-    cols[3].metric(
-        "Caught by none",
-        f"{counts['caught_by_none']}",
-        help="Still trained on at the end of every run shown.",
-    )
-    fig = fit_labels(plots.overlap_figure(overlap), y_labels=[f"{c}  (00 of 000)" for c in overlap])
+    n = overlap_counts_ui(overlap)
+    fig = fit_labels(overlap_figure(overlap), y_labels=[f"{c}  (00 of 000)" for c in overlap])
     st.plotly_chart(fig, width="stretch", key="cmp_overlap", config=PLOTLY_CONFIG)
     st.caption(
         f"A column per poison of `{chosen}`, a row per run (with how many of the {n} poisons it "

@@ -6,32 +6,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from poisonlens.dashboard import plots
-from poisonlens.dashboard.common import (
-    PLOTLY_CONFIG,
-    class_name_list,
-    damage_ui,
-    default_epoch,
-    drift_at,
-    dropped_text,
-    epoch_picker_ui,
-    glossary_ui,
-    load_examples,
-    load_snapshot,
-    load_snapshot_epochs,
-    load_targets,
-    md,
-    page_header,
-    run_picker_ui,
-    run_stamp,
-    snapshot_epochs_ui,
-    thumbnails,
-)
+from poisonlens.dashboard import common
+from poisonlens.dashboard.common import PageRun
 from poisonlens.dashboard.display import readable
+from poisonlens.dashboard.figures.drift import Panel, distribution_figure, tracks_figure
 from poisonlens.dashboard.selection import parse_indices
 from poisonlens.drift import MIN_SCALE, group_quantiles
 from poisonlens.export import defense_columns
 from poisonlens.store import DamagedFile
+
+PAGE = {"title": "Drift", "icon": ":material/timeline:", "order": 30}
 
 SHOW_FLOOR = 0.01  # drift is drawn on a log axis; 0 (a medoid itself) is drawn here
 MAX_TRACKS = 2_000  # examples per group followed (their lines: the 20 most drifting, the rest a band)
@@ -56,12 +40,20 @@ towards **+1**. Clean examples mostly sit near 0.
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def drift_summary(path: str, stamp: float) -> pd.DataFrame:
-    """Quantiles per epoch of drift and target similarity, poisons against clean examples."""
-    is_poison = load_examples(path)["is_poison"].to_numpy(bool)
+    """Quantiles per epoch of drift and target similarity, poisons against clean examples.
+
+    Parameters
+    ----------
+    path : str
+        The run's folder; every readable snapshot of it is measured (``drift_at``).
+    stamp : float
+        ``run_stamp``: a new snapshot changes the summary.
+    """
+    is_poison = common.load_examples(path)["is_poison"].to_numpy(bool)
     group = np.where(is_poison, "poison", "clean")
     frames = []
-    for epoch in load_snapshot_epochs(path, stamp):
-        d = drift_at(path, epoch, stamp).assign(group=group)
+    for epoch in common.load_snapshot_epochs(path, stamp):
+        d = common.drift_at(path, epoch, stamp).assign(group=group)
         d["drift"] = d["drift"].clip(lower=SHOW_FLOOR)
         for value in ("drift", "target_cos"):
             if d[value].notna().any():
@@ -73,6 +65,15 @@ def drift_summary(path: str, stamp: float) -> pd.DataFrame:
 def drift_tracks(path: str, stamp: float, indices: tuple[int, ...]) -> pd.DataFrame:
     """The drift of the examples ``indices`` at every readable snapshot.
 
+    Parameters
+    ----------
+    path : str
+        The run followed.
+    stamp : float
+        Its stamp; a new snapshot adds a point to every line.
+    indices : tuple of int
+        The followed examples (a tuple: it is the cache key).
+
     Returns
     -------
     DataFrame
@@ -80,7 +81,7 @@ def drift_tracks(path: str, stamp: float, indices: tuple[int, ...]) -> pd.DataFr
         so that it can be drawn on a log scale.
     """
     idx = np.asarray(indices, dtype=np.int64)
-    frames = [drift_at(path, e, stamp).iloc[idx] for e in load_snapshot_epochs(path, stamp)]
+    frames = [common.drift_at(path, e, stamp).iloc[idx] for e in common.load_snapshot_epochs(path, stamp)]
     out = pd.concat(frames, ignore_index=True)
     out["drift"] = out["drift"].clip(lower=SHOW_FLOOR)
     return out
@@ -90,7 +91,15 @@ def drift_tracks(path: str, stamp: float, indices: tuple[int, ...]) -> pd.DataFr
 
 
 def followed_ui(n_samples: int, poisons: np.ndarray) -> tuple[list[int], list[int]]:
-    """Which examples get a line: poisons (when known), the selection, typed indices."""
+    """Which examples get a line: poisons (when known), the selection, typed indices.
+
+    Parameters
+    ----------
+    n_samples : int
+        Examples in the run: a typed index must be below it.
+    poisons : int ndarray of shape (n_poisons,)
+        The poisons' indices (ground truth; empty for a clean run).
+    """
     c1, c2 = st.columns([1, 2])
     use_poisons = c1.checkbox(f"Poisons ({len(poisons)})", value=len(poisons) > 0, disabled=not len(poisons),
                               key="dr_poisons", help="Ground truth; available when the run trained on a poison set.")
@@ -101,7 +110,7 @@ def followed_ui(n_samples: int, poisons: np.ndarray) -> tuple[list[int], list[in
         try:
             selected = sorted(set(selected) | set(parse_indices(typed, n_samples)))
         except ValueError as err:
-            c2.error(md(err))
+            c2.error(common.md(err))
     chosen_poisons = [int(i) for i in poisons[:MAX_TRACKS]] if use_poisons else []
     selected = [i for i in selected if i not in set(chosen_poisons)][:MAX_TRACKS]
     if use_poisons and len(poisons) > MAX_TRACKS:
@@ -109,97 +118,155 @@ def followed_ui(n_samples: int, poisons: np.ndarray) -> tuple[list[int], list[in
     return chosen_poisons, selected
 
 
+def target_known(page: PageRun) -> bool:
+    """Whether the run recorded a target (a damaged targets file is named, and counts as none).
+
+    Parameters
+    ----------
+    page : PageRun
+        The run the page shows.
+    """
+    try:
+        return not common.load_targets(page.path, page.stamp).empty
+    except DamagedFile as err:
+        common.damage_ui(err, "The similarity to the target is left out.")
+        return False
+
+
+def clean_band(summary: pd.DataFrame, value: str) -> pd.DataFrame | None:
+    """The clean examples' quartiles of ``value`` per epoch (None when there is no summary).
+
+    Parameters
+    ----------
+    summary : DataFrame
+        :func:`drift_summary`'s table (empty when no snapshot could be summarised).
+    value : str
+        'drift' or 'target_cos'.
+    """
+    if summary.empty:
+        return None
+    rows = summary[(summary["value"] == value) & (summary["group"] == "clean")]
+    return rows[["epoch", "q25", "q50", "q75"]]
+
+
+def tracks_ui(tracks: pd.DataFrame, summary: pd.DataFrame, has_target: bool) -> None:
+    """The followed examples' lines: drift on the left, similarity to the target on the right.
+
+    Parameters
+    ----------
+    tracks : DataFrame
+        :func:`drift_tracks` of the followed examples, with their group ('poison' / 'selected').
+    summary : DataFrame
+        :func:`drift_summary` (the clean examples' band).
+    has_target : bool
+        Whether the run has a target to be similar to.
+    """
+    left, right = st.columns(2)
+    drift_fig = tracks_figure(tracks, clean_band(summary, "drift"), value="drift", max_lines=TRACK_LINES,
+                              panel=Panel("Distance from its own class (drift)", "drift (log scale)", log_y=True))
+    left.plotly_chart(drift_fig, width="stretch", key="dr_tracks", config=common.PLOTLY_CONFIG)
+    for note in drift_fig.layout.meta["notes"]:
+        left.caption(f"Lines: the {note}.")
+    if not has_target:
+        right.info("A clean run has no target, so there is no similarity to it.")
+        return
+    cos_fig = tracks_figure(tracks, clean_band(summary, "target_cos"), value="target_cos", max_lines=TRACK_LINES,
+                            panel=Panel("Similarity to the target's gradient", "cosine similarity"))
+    right.plotly_chart(cos_fig, width="stretch", key="dr_cos", config=common.PLOTLY_CONFIG)
+    for note in cos_fig.layout.meta["notes"]:
+        right.caption(f"Lines: the {note}.")
+
+
+def distributions_ui(summary: pd.DataFrame, has_target: bool) -> None:
+    """Box plots per snapshot of poisons against clean examples.
+
+    Parameters
+    ----------
+    summary : DataFrame
+        :func:`drift_summary`, not empty.
+    has_target : bool
+        Whether the run has a target (else only drift is drawn).
+    """
+    st.markdown("##### Poisons against clean examples, per snapshot")
+    st.caption("Boxes: the middle half of each group; whiskers: 5% to 95%. If the red boxes sit inside the grey ones, "
+               "poisons are no farther from their class (no more *isolated*) than clean examples, and a defense "
+               "that drops isolated examples cannot single them out.")
+    left, right = st.columns(2)
+    left.plotly_chart(distribution_figure(summary[summary["value"] == "drift"],
+                                          panel=Panel("Drift: poisons vs clean", "drift (log scale)", log_y=True)),
+                      width="stretch", key="dr_box_drift", config=common.PLOTLY_CONFIG)
+    if has_target:
+        right.plotly_chart(distribution_figure(summary[summary["value"] == "target_cos"],
+                                               panel=Panel("Similarity to the target: poisons vs clean",
+                                                           "cosine similarity")),
+                           width="stretch", key="dr_box_cos", config=common.PLOTLY_CONFIG)
+
+
+def followed_table_ui(page: PageRun, follow: list[int], poisons: list[int]) -> None:
+    """The followed examples at one snapshot, as a table with thumbnails.
+
+    Parameters
+    ----------
+    page : PageRun
+        The run the page shows.
+    follow : list of int
+        The followed examples' indices (poisons first).
+    poisons : list of int
+        Those of them followed as poisons.
+    """
+    st.markdown("##### The followed examples at one snapshot")
+    run, path = page.run, page.path
+    epoch = common.epoch_picker_ui(page.epochs, key="dr_epoch", default=common.default_epoch(run, page.epochs))
+    at = common.drift_at(path, epoch, page.stamp).iloc[follow]
+    own = defense_columns(run, epoch)  # the defense's declared columns, whatever the defense
+    snap = common.load_snapshot(path, epoch, ("label", "prediction", "dropped_epoch", "score", *own)).iloc[follow]
+    names = np.asarray(common.class_name_list(run), dtype=object)
+    table = pd.DataFrame({
+        "image": common.thumbnails(path, tuple(follow)),
+        "index": follow,
+        "group": np.where(np.isin(follow, poisons), "poison", "selected"),
+        "label": names[snap["label"].to_numpy()],
+        "predicted": names[snap["prediction"].to_numpy()],
+        "drift": at["drift"].round(3).to_numpy(),
+        "similarity to target": at["target_cos"].round(3).to_numpy(),
+        "dropped at epoch": common.dropped_text(snap["dropped_epoch"]).to_numpy(),
+        **{c: snap[c].to_numpy() for c in ("score", *own) if c in snap},
+    }).sort_values("drift", ascending=False)
+    config = {c: st.column_config.Column(c.replace("_", " "), help=text or None) for c, text in own.items()}
+    st.dataframe(readable(table), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
+                 column_config={"image": st.column_config.ImageColumn("image", width="small"), **config})
+
+
 def main() -> None:
     """Draw the Drift page."""
-    page_header("Drift", "Does an example move away from its own class, or towards the target, as training goes on? "
-                "Poisons are followed one by one and compared with the spread of clean examples.")
-    glossary_ui()
-    run = run_picker_ui()
-    if run is None:
-        return
-    path = str(run.path)
-    stamp = run_stamp(path)
-    epochs = snapshot_epochs_ui(run)
-    if not epochs:
+    page = common.page_run_ui("Drift", "Does an example move away from its own class, or towards the target, as "
+                              "training goes on? Poisons are followed one by one and compared with the spread of "
+                              "clean examples.")
+    if page is None:
         return
     with st.expander("How the two scores are defined", expanded=True):
         st.markdown(DEFINITION)
     try:
-        examples = load_examples(path)
+        examples = common.load_examples(page.path)
     except DamagedFile as err:
-        damage_ui(err, "Without it, poisons and classes are unknown; nothing can be drawn.", fatal=True)
+        common.damage_ui(err, "Without it, poisons and classes are unknown; nothing can be drawn.", fatal=True)
         return
     poisons = examples.loc[examples["is_poison"], "index"].to_numpy()
-    try:
-        has_target = not load_targets(path, stamp).empty
-    except DamagedFile as err:
-        damage_ui(err, "The similarity to the target is left out.")
-        has_target = False
+    has_target = target_known(page)
     chosen_poisons, selected = followed_ui(len(examples), poisons)
-    summary = drift_summary(path, stamp)
+    summary = drift_summary(page.path, page.stamp)
     follow = chosen_poisons + selected
-    tracks = drift_tracks(path, stamp, tuple(follow)) if follow else pd.DataFrame(columns=["epoch", "index", "drift", "target_cos"])
+    tracks = (drift_tracks(page.path, page.stamp, tuple(follow)) if follow
+              else pd.DataFrame(columns=["epoch", "index", "drift", "target_cos"]))
     tracks["group"] = np.where(tracks["index"].isin(chosen_poisons), "poison", "selected")
     if not follow:
         st.info("Nothing to follow yet: this run has no known poisons. Select examples on the **Gradient space** page "
                 "or type indices above.")
-
-    def band(value: str) -> pd.DataFrame | None:
-        if summary.empty:
-            return None
-        rows = summary[(summary["value"] == value) & (summary["group"] == "clean")]
-        return rows[["epoch", "q25", "q50", "q75"]]
-
-    left, right = st.columns(2)
-    drift_fig = plots.tracks_figure(tracks, band("drift"), value="drift", log_y=True, y_title="drift (log scale)",
-                                    title="Distance from its own class (drift)", max_lines=TRACK_LINES)
-    left.plotly_chart(drift_fig, width="stretch", key="dr_tracks", config=PLOTLY_CONFIG)
-    for note in drift_fig.layout.meta["notes"]:
-        left.caption(f"Lines: the {note}.")
-    if has_target:
-        cos_fig = plots.tracks_figure(tracks, band("target_cos"), value="target_cos", y_title="cosine similarity",
-                                      title="Similarity to the target's gradient", max_lines=TRACK_LINES)
-        right.plotly_chart(cos_fig, width="stretch", key="dr_cos", config=PLOTLY_CONFIG)
-        for note in cos_fig.layout.meta["notes"]:
-            right.caption(f"Lines: the {note}.")
-    else:
-        right.info("A clean run has no target, so there is no similarity to it.")
-
+    tracks_ui(tracks, summary, has_target)
     if len(poisons) and not summary.empty:
-        st.markdown("##### Poisons against clean examples, per snapshot")
-        st.caption("Boxes: the middle half of each group; whiskers: 5% to 95%. If the red boxes sit inside the grey ones, "
-                   "poisons are no farther from their class (no more *isolated*) than clean examples, and a defense "
-                   "that drops isolated examples cannot single them out.")
-        left, right = st.columns(2)
-        left.plotly_chart(plots.distribution_figure(summary[summary["value"] == "drift"], log_y=True,
-                                                    title="Drift: poisons vs clean", y_title="drift (log scale)"),
-                          width="stretch", key="dr_box_drift", config=PLOTLY_CONFIG)
-        if has_target:
-            right.plotly_chart(plots.distribution_figure(summary[summary["value"] == "target_cos"],
-                                                         title="Similarity to the target: poisons vs clean",
-                                                         y_title="cosine similarity"), width="stretch", key="dr_box_cos", config=PLOTLY_CONFIG)
-
+        distributions_ui(summary, has_target)
     if follow:
-        st.markdown("##### The followed examples at one snapshot")
-        epoch = epoch_picker_ui(epochs, key="dr_epoch", default=default_epoch(run, epochs))
-        at = drift_at(path, epoch, stamp).iloc[follow]
-        own = defense_columns(run, epoch)  # the defense's declared columns, whatever the defense
-        snap = load_snapshot(path, epoch, ("label", "prediction", "dropped_epoch", "score", *own)).iloc[follow]
-        names = np.asarray(class_name_list(run), dtype=object)
-        table = pd.DataFrame({
-            "image": thumbnails(path, tuple(follow)),
-            "index": follow,
-            "group": np.where(np.isin(follow, chosen_poisons), "poison", "selected"),
-            "label": names[snap["label"].to_numpy()],
-            "predicted": names[snap["prediction"].to_numpy()],
-            "drift": at["drift"].round(3).to_numpy(),
-            "similarity to target": at["target_cos"].round(3).to_numpy(),
-            "dropped at epoch": dropped_text(snap["dropped_epoch"]).to_numpy(),
-            **{c: snap[c].to_numpy() for c in ("score", *own) if c in snap},
-        }).sort_values("drift", ascending=False)
-        config = {c: st.column_config.Column(c.replace("_", " "), help=text or None) for c, text in own.items()}
-        st.dataframe(readable(table), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
-                     column_config={"image": st.column_config.ImageColumn("image", width="small"), **config})
+        followed_table_ui(page, follow, chosen_poisons)
 
 
 main()

@@ -37,6 +37,8 @@ from poisonlens.launch import (
 )
 from poisonlens.store import RUN_JSON, open_run
 
+PAGE = {"title": "New run", "icon": ":material/play_arrow:", "order": 60}
+
 OTHER = "other file…"
 NONE = "none (clean run)"
 STATE_ICONS = {**STATUS_ICONS, "starting": "…", "mapping": "…"}

@@ -6,25 +6,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from poisonlens.dashboard import plots
-from poisonlens.dashboard.common import (
-    PLOTLY_CONFIG,
-    STATUS_ICONS,
-    damage_ui,
-    glossary_ui,
-    load_examples,
-    load_metrics,
-    load_snapshot,
-    load_snapshot_epochs,
-    md,
-    page_header,
-    run_picker_ui,
-    run_stamp,
-    snapshot_listing,
-    target_thumbnail,
-)
+from poisonlens.dashboard import common
+from poisonlens.dashboard.common import STATUS_ICONS, PageRun, md
+from poisonlens.dashboard.figures import overview as figures
 from poisonlens.metrics import detection_metrics
 from poisonlens.store import DamagedFile, open_run
+
+PAGE = {"title": "Overview", "icon": ":material/monitoring:", "order": 10}
 
 # --- cached computations -------------------------------------------------------------------
 
@@ -32,12 +20,20 @@ from poisonlens.store import DamagedFile, open_run
 @st.cache_data(max_entries=16, show_spinner=False)
 def detection_by_snapshot(path: str, stamp: float) -> pd.DataFrame:
     """Per snapshot: how the defense's score and flags separate poisons from clean examples
-    (a snapshot that cannot be read is left out; the page names it)."""
-    is_poison = load_examples(path)["is_poison"].to_numpy(bool)
+    (a snapshot that cannot be read is left out; the page names it).
+
+    Parameters
+    ----------
+    path : str
+        The run's folder: its examples (the ground truth) and every readable snapshot.
+    stamp : float
+        Its run stamp; each new snapshot adds a row.
+    """
+    is_poison = common.load_examples(path)["is_poison"].to_numpy(bool)
     rows = []
-    for epoch in load_snapshot_epochs(path, stamp):
+    for epoch in common.load_snapshot_epochs(path, stamp):
         try:
-            snap = load_snapshot(path, epoch, ("active", "score", "suspect"))
+            snap = common.load_snapshot(path, epoch, ("active", "score", "suspect"))
         except DamagedFile:  # damaged past its footer
             continue
         if "score" not in snap:
@@ -53,7 +49,13 @@ def detection_by_snapshot(path: str, stamp: float) -> pd.DataFrame:
 
 
 def config_ui(run) -> None:
-    """Show the run's configuration (and its target, if any) as a table."""
+    """Show the run's configuration (and its target, if any) as a table.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The opened run (its run.json config and target).
+    """
     cfg = run.config
     params = ", ".join(f"{k}={v}" for k, v in cfg.get("defense_params", {}).items()) or "defaults"
     target = run.target
@@ -81,7 +83,13 @@ def config_ui(run) -> None:
 
 def excluded_text(run) -> str | None:
     """What run.json records of ``--exclude``: how many examples (poisons among them) and from
-    which file; None when the run trained on every example."""
+    which file; None when the run trained on every example.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The opened run (run.json's ``exclude`` record).
+    """
     record = run.meta.get("exclude")
     if not isinstance(record, dict) or not isinstance(record.get("count"), int):
         return None
@@ -92,7 +100,13 @@ def excluded_text(run) -> str | None:
 
 
 def excluded_ui(run) -> None:
-    """Say that the run trained without some examples, and offer the comparison with its source."""
+    """Say that the run trained without some examples, and offer the comparison with its source.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The opened run (its ``retrain_of`` tag names the source run).
+    """
     text = excluded_text(run)
     if text is None:
         return
@@ -106,7 +120,19 @@ def excluded_ui(run) -> None:
 
 
 def headline_ui(run, metrics: pd.DataFrame, examples: pd.DataFrame, detection: pd.DataFrame) -> None:
-    """Show the run's headline metrics: accuracy, the attack, drops, recall and precision."""
+    """Show the run's headline metrics: accuracy, the attack, drops, recall and precision.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The opened run.
+    metrics : DataFrame
+        metrics.parquet, a row per finished epoch (not empty; the last row is shown).
+    examples : DataFrame
+        The run's per-example table (is_poison: the ground truth).
+    detection : DataFrame
+        ``detection_by_snapshot`` (empty for a run without poisons).
+    """
     last = metrics.iloc[-1]
     n = len(examples)
     n_poisons = int(examples["is_poison"].sum())
@@ -139,7 +165,21 @@ def headline_ui(run, metrics: pd.DataFrame, examples: pd.DataFrame, detection: p
 
 
 def verdict_ui(run, last, n: int, n_poisons: int, detection: pd.DataFrame) -> None:
-    """One plain sentence on whether the defense found the poisons better than chance."""
+    """One plain sentence on whether the defense found the poisons better than chance.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The opened run (its defense is named).
+    last : Series
+        metrics.parquet's last row (n_dropped, n_poison_dropped).
+    n : int
+        Training examples in the run.
+    n_poisons : int
+        Poisons among them (at least 1).
+    detection : DataFrame
+        ``detection_by_snapshot`` (its last AUROC is quoted).
+    """
     share = last["n_dropped"] / max(n, 1)
     recall = last["n_poison_dropped"] / n_poisons
     defense = run.config.get("defense", "the defense")
@@ -159,7 +199,15 @@ def verdict_ui(run, last, n: int, n_poisons: int, detection: pd.DataFrame) -> No
 
 def live_ui(path: str, stamp: float) -> None:
     """Progress of a running run, re-read from the run store every 2 s; the whole page is redrawn
-    when an epoch finishes or the status changes."""
+    when an epoch finishes or the status changes.
+
+    Parameters
+    ----------
+    path : str
+        The running run's folder, re-opened every 2 s.
+    stamp : float
+        The run's stamp when the page was drawn: once it changes, the whole page is redrawn.
+    """
 
     @st.fragment(run_every=2)
     def progress() -> None:
@@ -174,78 +222,119 @@ def live_ui(path: str, stamp: float) -> None:
             epoch, epochs = 0, 1
         st.progress(min(1.0, (epoch or 0) / max(epochs or 1, 1)),
                     text=f"{STATUS_ICONS.get(status, '')} {status}: epoch {epoch} of {epochs}, {prog.get('phase', 'starting')}")
-        if status != "running" or run_stamp(path) != stamp:
+        if status != "running" or common.run_stamp(path) != stamp:
             st.rerun()
 
     progress()
 
 
-def main() -> None:
-    """Draw the Overview page."""
-    page_header("Overview", "What the defense did to one training run: accuracy, the attack, and how many examples "
-                "(and poisons) it dropped at each gradient snapshot.")
-    glossary_ui()
-    run = run_picker_ui()
-    if run is None:
-        return
-    path = str(run.path)
-    stamp = run_stamp(path)
+def status_ui(page: PageRun) -> None:
+    """The run's name and status: live progress while it trains, the error of a failed run, how
+    to continue an interrupted one, what it was trained without, and damaged snapshots.
+
+    Parameters
+    ----------
+    page : PageRun
+        The run the page shows.
+    """
+    run, path = page.run, page.path
     status = run.status
     st.subheader(f"{STATUS_ICONS.get(status, '')} {md(run.name)}")
     if status == "running":
-        live_ui(path, stamp)
+        live_ui(path, page.stamp)
     elif status == "failed":
         st.error(f"This run failed: {md(run.meta.get('error') or 'no message recorded')}")
     elif status == "interrupted":
         st.warning("This run stopped without finishing (its process is gone). Continue it with "
                    f"poisonlens train --resume {md(path)}.")
     excluded_ui(run)
-    _, damaged = snapshot_listing(path, stamp)
+    _, damaged = common.snapshot_listing(path, page.stamp)
     if damaged:
         st.warning("Left out of the per-snapshot figures (cannot be read):  \n" + "  \n".join(md(d) for d in damaged.values()))
-    try:
-        metrics = load_metrics(path, stamp)
-        examples = load_examples(path)
-    except DamagedFile as err:
-        damage_ui(err, "The figures need it; only the configuration is shown.", fatal=True)
-        config_ui(run)
-        return
-    if metrics.empty:
-        st.info("No epoch has finished yet; this page fills in as the run trains.")
-        config_ui(run)
-        return
-    detection = detection_by_snapshot(path, stamp) if examples["is_poison"].any() else pd.DataFrame()
-    headline_ui(run, metrics, examples, detection)
 
+
+def figures_ui(run, metrics: pd.DataFrame, examples: pd.DataFrame, detection: pd.DataFrame) -> None:
+    """The per-epoch figures: accuracy and the attack, drops, detection against chance, AUROC, time.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The run shown (its target names the attacker's class).
+    metrics : DataFrame
+        metrics.parquet, a row per finished epoch (not empty).
+    examples : DataFrame
+        The run's per-example table (is_poison: the ground truth).
+    detection : DataFrame
+        :func:`detection_by_snapshot` (empty for a run without poisons).
+    """
+    config = common.PLOTLY_CONFIG
     target = run.target
     adv_name = run.class_names[target["adv_label"]] if target else None
     left, right = st.columns(2)
-    left.plotly_chart(plots.accuracy_figure(metrics, adv_name=adv_name), width="stretch", key="ov_acc", config=PLOTLY_CONFIG)
-    right.plotly_chart(plots.drops_figure(metrics, n_samples=len(examples)), width="stretch", key="ov_drops", config=PLOTLY_CONFIG)
+    left.plotly_chart(figures.accuracy_figure(metrics, adv_name=adv_name), width="stretch", key="ov_acc", config=config)
+    right.plotly_chart(figures.drops_figure(metrics, n_samples=len(examples)), width="stretch", key="ov_drops",
+                       config=config)
     n_poisons = int(examples["is_poison"].sum())
     if n_poisons:
         st.markdown("##### Did the defense find the poisons?")
         st.caption("Left: if the red line (poisons dropped) stays on or below the dotted grey line (share of all examples "
                    "dropped), the defense caught no more poisons than dropping examples at random would. Right: the same "
                    "question as precision, against the share of poisons in the training set.")
-        st.plotly_chart(plots.detection_figure(metrics, n_samples=len(examples), n_poisons=n_poisons),
-                        width="stretch", key="ov_detect", config=PLOTLY_CONFIG)
+        st.plotly_chart(figures.detection_figure(metrics, n_samples=len(examples), n_poisons=n_poisons),
+                        width="stretch", key="ov_detect", config=config)
     left, right = st.columns(2)
     if len(detection) and detection["roc_auc"].notna().any():
-        left.plotly_chart(plots.auroc_figure(detection), width="stretch", key="ov_auroc", config=PLOTLY_CONFIG)
+        left.plotly_chart(figures.auroc_figure(detection), width="stretch", key="ov_auroc", config=config)
         left.caption("AUROC of the defense's per-example score (higher = more suspicious): the chance that a random poison "
                      "scores above a random clean example. Below 0.5: poisons look *less* suspicious than clean data.")
-    (right if len(detection) else left).plotly_chart(plots.timing_figure(metrics), width="stretch", key="ov_time", config=PLOTLY_CONFIG)
+    (right if len(detection) else left).plotly_chart(figures.timing_figure(metrics), width="stretch", key="ov_time",
+                                                     config=config)
 
+
+def configuration_ui(run, metrics: pd.DataFrame) -> None:
+    """The run's configuration, its target image and the per-epoch table.
+
+    Parameters
+    ----------
+    run : poisonlens.store.Run
+        The run shown.
+    metrics : DataFrame
+        metrics.parquet, a row per finished epoch.
+    """
     st.markdown("##### Configuration")
     c1, c2 = st.columns([4, 1])
     with c1:
         config_ui(run)
-    thumb = target_thumbnail(path)
+    thumb = common.target_thumbnail(str(run.path))
     if thumb:
         c2.image(thumb, caption="the target test image", width=120)
     with st.expander("Per-epoch table (metrics.parquet)"):
         st.dataframe(metrics.drop(columns=["defense_info"], errors="ignore"), hide_index=True, width="stretch")
+
+
+def main() -> None:
+    """Draw the Overview page."""
+    page = common.page_run_ui("Overview", "What the defense did to one training run: accuracy, the attack, and how "
+                              "many examples (and poisons) it dropped at each gradient snapshot.", snapshots=False)
+    if page is None:
+        return
+    run = page.run
+    status_ui(page)
+    try:
+        metrics = common.load_metrics(page.path, page.stamp)
+        examples = common.load_examples(page.path)
+    except DamagedFile as err:
+        common.damage_ui(err, "The figures need it; only the configuration is shown.", fatal=True)
+        config_ui(run)
+        return
+    if metrics.empty:
+        st.info("No epoch has finished yet; this page fills in as the run trains.")
+        config_ui(run)
+        return
+    detection = detection_by_snapshot(page.path, page.stamp) if examples["is_poison"].any() else pd.DataFrame()
+    headline_ui(run, metrics, examples, detection)
+    figures_ui(run, metrics, examples, detection)
+    configuration_ui(run, metrics)
 
 
 main()

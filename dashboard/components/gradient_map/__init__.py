@@ -6,7 +6,7 @@ or GPU-less browser), about 2-3 s per epoch at 50,000 points. This component kee
 alive in its iframe and updates it per epoch. It has two renderers:
 
 - ``figure`` (up to :data:`POINTS_ABOVE` examples): the plotly figure
-  :func:`poisonlens.dashboard.plots.gradient_map_figure` builds, updated with ``Plotly.react``.
+  :func:`poisonlens.dashboard.figures.gradient_map.gradient_map_figure` builds, updated with ``Plotly.react``.
   A figure's large traces are sent without ``x``/``y``: the browser fills them in from the
   positions file by the example indices the traces carry as ``customdata``.
 - ``points`` (any size; the page uses it past :data:`POINTS_ABOVE`): every example drawn as a
@@ -124,7 +124,7 @@ def gradient_map(fig: go.Figure, *, key: str, config: dict, positions: str | Non
 
     Parameters
     ----------
-    fig : the gradient map (:func:`poisonlens.dashboard.plots.gradient_map_figure`)
+    fig : the gradient map (:func:`poisonlens.dashboard.figures.gradient_map.gradient_map_figure`)
     key : the widget key (its value, the latest selection event, is kept under it)
     config : plotly config (modebar, pixel ratio)
     positions : the URL of every snapshot's positions (:func:`binary_url` of :func:`positions_bytes`);
