@@ -98,9 +98,11 @@ def test_slider_box_and_click_on_200000_points(big_server, browser):
     ActionChains(browser).send_keys(Keys.ARROW_LEFT).perform()
     wait(browser, lambda d: state(d) not in (None, before) and idle(d), timeout=60)
     assert state(browser).split("|")[0] == "1"  # epoch 10 is the second snapshot
-    fetched = in_frame(browser, "return performance.getEntriesByType('resource').map(r => r.name)"
-                                ".filter(n => n.includes('/media/')).length")
-    assert fetched <= 4  # positions once; colour codes per epoch (plotly.js is not loaded here)
+    sizes = in_frame(browser, "return performance.getEntriesByType('resource').filter(r => r.name.includes('/media/'))"
+                              ".map(r => r.encodedBodySize || r.decodedBodySize)")
+    # one file as large as the positions (fetched once); the rest colour codes and overlay indices
+    # (plotly.js is not loaded here)
+    assert sum(size > N + 16 for size in sizes) == 1
 
     # a box drawn over the middle of the map: the server lists every example inside it
     for frame in browser.find_elements(By.TAG_NAME, "iframe"):
@@ -120,7 +122,7 @@ def test_slider_box_and_click_on_200000_points(big_server, browser):
     assert n_selected > 0
     # the frame draws the same selection the table lists (an overlay group with its count)
     wait(browser, lambda d: in_frame(d, "const g = P.args.overlays.find(g => g.name.startsWith('selected'));"
-                                        "return g ? g.index.length : 0") == min(n_selected, 20_000), timeout=60)
+                                        "return g ? g.ids.length : 0") == min(n_selected, 20_000), timeout=60)
 
     # a click on a point opens that example's sample panel
     in_frame(browser, "P.bar.querySelector('button').click()")  # back to pan / zoom
@@ -152,3 +154,60 @@ def test_slider_box_and_click_on_200000_points(big_server, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     time.sleep(0.5)
     browser.save_screenshot(str(ARTIFACTS / "gradient-space-200k-points.png"))
+
+
+def test_an_epoch_change_uploads_no_positions_and_fetches_only_colour_codes(big_server, browser):
+    # the positions of every snapshot reach the frame and the GPU once per run; an epoch change
+    # points the shader at another row of them and fetches at most the new colour codes
+    browser.get(f"{big_server}/gradient_space?run={RUN}&epoch=20")
+    wait(browser, lambda d: state(d) is not None and idle(d), timeout=180)
+    media = ("return performance.getEntriesByType('resource').filter(r => r.name.includes('/media/'))"
+             ".map(r => [r.name, r.encodedBodySize || r.decodedBodySize])")
+    before = in_frame(browser, media)
+    positions_url = in_frame(browser, "return P.posUrl")
+    poisons = "return P.args.overlays.find(g => g.name.startsWith('poison')).index"
+    poisons_url = in_frame(browser, poisons)
+    assert in_frame(browser, "return P.uploads.positions") == 1
+    assert in_frame(browser, "return P.slot") == 2
+    thumb = browser.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
+    browser.execute_script("arguments[0].focus();", thumb)
+    ActionChains(browser).send_keys(Keys.ARROW_LEFT).perform()
+    wait(browser, lambda d: in_frame(d, "return P.slot") == 1 and idle(d), timeout=60)
+    assert in_frame(browser, "return P.uploads.positions") == 1  # nothing re-sent to the GPU
+    assert in_frame(browser, "return P.posUrl") == positions_url
+    # the GPU reads the second snapshot's row of the one positions buffer (n uint16 pairs per row)
+    assert in_frame(browser, "return P.gl.getVertexAttribOffset(P.loc.a_to, P.gl.VERTEX_ATTRIB_ARRAY_POINTER)") == 1 * N * 4
+    after = in_frame(browser, media)
+    new = after[len(before):]
+    assert sum(positions_url.split("/")[-1] in name for name, _ in after) == 1  # fetched once
+    assert all(size <= N + 16 for _, size in new), new  # colour codes (1 byte per example + digest), small overlays
+    # the poisons are the same at every epoch: the same file, fetched once
+    assert in_frame(browser, poisons) == poisons_url
+    assert sum(poisons_url.split("/")[-1] in name for name, _ in after) == 1
+
+    # hover: the tooltip names the example drawn nearest the pointer (within a few pixels)
+    i, x, y = in_frame(browser, """
+        const a = P.args, off = P.slot * P.n * 2;
+        for (let i = 0; i < P.n; i += 991) {
+          if (P.codes[i] === a.palette.length - 1) continue;
+          const s = screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));
+          if (s[0] > 40 && s[1] > 40 && s[0] < P.width - 200 && s[1] < P.height - 40) return [i, s[0], s[1]];
+        }
+        return null;""")
+    for frame in browser.find_elements(By.TAG_NAME, "iframe"):
+        browser.switch_to.frame(frame)
+        if browser.find_elements(By.CSS_SELECTOR, ".pl-bar"):
+            break
+        browser.switch_to.default_content()
+    try:
+        canvas = browser.find_elements(By.CSS_SELECTOR, "canvas")[0]
+        w, h = canvas.size["width"], canvas.size["height"]
+        ActionChains(browser).move_to_element_with_offset(canvas, int(x - w / 2), int(y - h / 2)).pause(0.5).perform()
+        tip = browser.find_element(By.CSS_SELECTOR, ".pl-tip")
+        wait(browser, lambda d: tip.is_displayed(), timeout=20)
+        hovered = int(re.search(r"example (\d+)", tip.text).group(1))
+    finally:
+        browser.switch_to.default_content()
+    sx, sy = in_frame(browser, """const a = P.args, off = P.slot * P.n * 2, i = arguments[0];
+        return screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));""", hovered)
+    assert hovered == i or (sx - x) ** 2 + (sy - y) ** 2 <= 6.5 ** 2

@@ -39,6 +39,15 @@ function post(type, data) {
   window.parent.postMessage(Object.assign({isStreamlitMessage: true, type: type}, data), "*");
 }
 
+let height = -1;
+function setHeight(value) {
+  // Streamlit answers a frame height with another render message of the same arguments: say it
+  // only when it changed (each answer redrew the overlays once more)
+  if (value === height) return;
+  height = value;
+  post("streamlit:setFrameHeight", {height: value});
+}
+
 function send(selection) {
   // the shape of Streamlit's own plotly selection event, so the server reads both the same way
   sent += 1;
@@ -112,7 +121,7 @@ async function render(args, theme, id) {
     listen();
   }
   performance.mark("map:drawn-" + id);  // timings for the benchmark (bench/dashboard.py)
-  post("streamlit:setFrameHeight", {height: args.height});
+  setHeight(args.height);
 }
 
 function listen() {
@@ -145,9 +154,9 @@ window.addEventListener("message", event => {
     if (window.Plotly && drawn) Plotly.purge(gd);
     drawn = false;
     gd.textContent = "The map could not be drawn: " + err;
-    post("streamlit:setFrameHeight", {height: 60});
+    setHeight(60);
   });
 });
 
 post("streamlit:componentReady", {apiVersion: 1});
-post("streamlit:setFrameHeight", {height: 620});
+setHeight(620);

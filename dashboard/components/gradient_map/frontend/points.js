@@ -16,10 +16,11 @@ const P = {
   gl: null, program: null, loc: null, buffers: null, canvas: null, overlay: null, lasso: null, legend: null,
   tip: null, bar: null, n: 0, slot: -1, codes: null, args: null, xy: null, posUrl: null, colorUrl: null,
   palette: "", width: 0, height: 0, view: {s: 1, tx: 0, ty: 0}, mode: "panZoom", drag: null, grids: {},
-  drawn: 0, frames: 0,
+  drawn: 0, frames: 0, frameMs: Infinity, area: "", uploads: {positions: 0, codes: 0},
 };
 const BAR = 30;          // the toolbar's height in pixels
-const ANIMATE_MS = 250;  // an epoch change moves the points over this long (frames as they come)
+const ANIMATE_MS = 250;  // an epoch change moves the points over this long (frames as they come)...
+const ANIMATE_BELOW_MS = 40;  // ...where the last whole frame took less than this
 const CLICK_PX = 3;      // a press and release closer than this is a click, not a drag
 const HOVER_PX = 6;      // hover and click find the nearest point within this many pixels
 
@@ -27,14 +28,15 @@ const VERTEX = `#version 300 es
 in vec2 a_from;
 in vec2 a_to;
 in float a_code;
-uniform float u_mix, u_aspect, u_size, u_hidden;
+uniform float u_mix, u_aspect, u_size, u_hidden, u_missing;
+uniform vec4 u_quant;   // x0, dx, y0, dy: a position is (x0 + a.x * dx, y0 + a.y * dy)
 uniform vec4 u_range;   // x0, x1, y0, y1: the data area mapped to [-1, 1]
 uniform vec3 u_view;    // scale, x and y translation (pan and zoom)
 uniform sampler2D u_palette;
 out vec4 v_color;
 void main() {
-  if (a_code >= u_hidden) { gl_Position = vec4(2.0, 2.0, 2.0, 1.0); gl_PointSize = 0.0; v_color = vec4(0.0); return; }
-  vec2 p = mix(a_from, a_to, u_mix);
+  if (a_code >= u_hidden || max(max(a_from.x, a_from.y), max(a_to.x, a_to.y)) > u_missing) { gl_Position = vec4(2.0, 2.0, 2.0, 1.0); gl_PointSize = 0.0; v_color = vec4(0.0); return; }
+  vec2 p = u_quant.xz + mix(a_from, a_to, u_mix) * u_quant.yw;
   vec2 g = 2.0 * (p - u_range.xz) / (u_range.yw - u_range.xz) - 1.0;
   gl_Position = vec4((u_view.x * g.x + u_view.y) / u_aspect, u_view.x * g.y + u_view.z, 0.0, 1.0);
   gl_PointSize = u_size;
@@ -85,7 +87,7 @@ function compile(gl, type, source) {
 }
 
 function setupGl() {
-  const gl = P.canvas.getContext("webgl2", {antialias: false, premultipliedAlpha: false, preserveDrawingBuffer: true});
+  const gl = P.canvas.getContext("webgl2", {antialias: false, premultipliedAlpha: false});
   if (!gl) throw new Error("this browser has no WebGL2, which the points renderer needs");
   const program = gl.createProgram();
   gl.attachShader(program, compile(gl, gl.VERTEX_SHADER, VERTEX));
@@ -96,7 +98,7 @@ function setupGl() {
   P.program = program;
   P.loc = {};
   for (const name of ["a_from", "a_to", "a_code"]) P.loc[name] = gl.getAttribLocation(program, name);
-  for (const name of ["u_mix", "u_aspect", "u_size", "u_hidden", "u_range", "u_view", "u_palette"]) {
+  for (const name of ["u_mix", "u_aspect", "u_size", "u_hidden", "u_missing", "u_quant", "u_range", "u_view", "u_palette"]) {
     P.loc[name] = gl.getUniformLocation(program, name);
   }
   P.buffers = {xy: gl.createBuffer(), codes: gl.createBuffer(), palette: gl.createTexture()};
@@ -107,12 +109,13 @@ function setupGl() {
   gl.blendFuncSeparate(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA, gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
 }
 
-function uploadPositions(xy) {
-  // NaN (an example without a position) is moved far outside the view: the GPU never sees a NaN
-  let gpu = xy;
-  for (let i = 0; i < xy.length; i++) {
-    if (xy[i] !== xy[i]) {
-      gpu = xy.slice();
+function uploadPositions(raw, scale) {
+  // uint16 codes go to the GPU as they came (the shader scales them; 65535: no position); float32
+  // NaN (no position) is moved far outside the view: the GPU never sees a NaN
+  let gpu = raw;
+  for (let i = 0; !scale && i < raw.length; i++) {
+    if (raw[i] !== raw[i]) {
+      gpu = raw.slice();
       for (let k = i; k < gpu.length; k++) if (gpu[k] !== gpu[k]) gpu[k] = 1e20;
       break;
     }
@@ -120,12 +123,30 @@ function uploadPositions(xy) {
   const gl = P.gl;
   gl.bindBuffer(gl.ARRAY_BUFFER, P.buffers.xy);
   gl.bufferData(gl.ARRAY_BUFFER, gpu, gl.STATIC_DRAW);
+  P.scale = scale || null;
+  P.uploads.positions += 1;
+}
+
+const decoded = {};  // URL -> float32 positions decoded from uint16 codes (for overlays, hover, picking)
+function positionsOf(url, raw, scale) {
+  if (!scale) return raw;
+  if (!decoded[url]) {
+    const xy = new Float32Array(raw.length), [x0, dx, y0, dy] = scale;
+    for (let i = 0; i < raw.length; i += 2) {
+      const missing = raw[i] === 65535 || raw[i + 1] === 65535;
+      xy[i] = missing ? NaN : x0 + raw[i] * dx;
+      xy[i + 1] = missing ? NaN : y0 + raw[i + 1] * dy;
+    }
+    decoded[url] = xy;
+  }
+  return decoded[url];
 }
 
 function uploadCodes(codes) {
   const gl = P.gl;
   gl.bindBuffer(gl.ARRAY_BUFFER, P.buffers.codes);
   gl.bufferData(gl.ARRAY_BUFFER, codes, gl.DYNAMIC_DRAW);
+  P.uploads.codes += 1;
 }
 
 function uploadPalette(palette, opacity) {
@@ -149,9 +170,10 @@ function drawPoints(from, to, t) {
   gl.useProgram(P.program);
   gl.bindBuffer(gl.ARRAY_BUFFER, P.buffers.xy);
   gl.enableVertexAttribArray(loc.a_from);
-  gl.vertexAttribPointer(loc.a_from, 2, gl.FLOAT, false, 0, from * n * 8);
+  const q = P.scale, type = q ? gl.UNSIGNED_SHORT : gl.FLOAT, row = n * (q ? 4 : 8);  // bytes per snapshot
+  gl.vertexAttribPointer(loc.a_from, 2, type, false, 0, from * row);
   gl.enableVertexAttribArray(loc.a_to);
-  gl.vertexAttribPointer(loc.a_to, 2, gl.FLOAT, false, 0, to * n * 8);
+  gl.vertexAttribPointer(loc.a_to, 2, type, false, 0, to * row);
   gl.bindBuffer(gl.ARRAY_BUFFER, P.buffers.codes);
   gl.enableVertexAttribArray(loc.a_code);
   gl.vertexAttribPointer(loc.a_code, 1, gl.UNSIGNED_BYTE, false, 0, 0);
@@ -162,6 +184,8 @@ function drawPoints(from, to, t) {
   gl.uniform1f(loc.u_aspect, P.width / P.height);
   gl.uniform1f(loc.u_size, n > 500000 ? 2 : 3);
   gl.uniform1f(loc.u_hidden, a.palette.length - 1);
+  gl.uniform1f(loc.u_missing, q ? 65534.5 : 1e19);
+  if (q) gl.uniform4f(loc.u_quant, q[0], q[1], q[2], q[3]); else gl.uniform4f(loc.u_quant, 0, 1, 0, 1);
   gl.uniform4f(loc.u_range, a.x_range[0], a.x_range[1], a.y_range[0], a.y_range[1]);
   gl.uniform3f(loc.u_view, P.view.s, P.view.tx, P.view.ty);
   gl.drawArrays(gl.POINTS, 0, n);
@@ -461,7 +485,7 @@ function drawOverlays() {
     ctx.fillStyle = group.color;
     ctx.lineWidth = group.line || 1.5;
     const r = group.size / 2;
-    for (const i of indices(group.index)) {
+    for (const i of group.ids) {
       const s = screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));
       if (!isFinite(s[0]) || s[0] < -r || s[1] < -r || s[0] > P.width + r || s[1] > P.height + r) continue;
       symbol(ctx, kind, s[0], s[1], r);
@@ -497,20 +521,28 @@ function drawLegend(a) {
 }
 
 async function renderPoints(args, id) {
-  const [xy, codes] = await Promise.all([loadBinary(args.positions, Float32Array), loadBinary(args.colors, Uint8Array)]);
+  // overlay groups come as URLs of int32 example indices: a group that did not change (the
+  // poisons, across epochs) has the same URL and is not fetched again
+  const [raw, codes, ...groups] = await Promise.all([
+    loadBinary(args.positions, args.scale ? Uint16Array : Float32Array), loadBinary(args.colors, Uint8Array),
+    ...args.overlays.map(g => typeof g.index === "string" ? loadBinary(g.index, Int32Array) : indices(g.index))]);
   if (id !== latest) return;
+  args.overlays.forEach((g, k) => { g.ids = groups[k]; });
+  const xy = positionsOf(args.positions, raw, args.scale);
   performance.mark("map:data-" + id);
   if (!P.gl) setup(args);
   const newRun = args.positions !== P.posUrl;
   if (newRun) {
     P.n = args.n_samples;
     P.grids = {};
-    uploadPositions(xy);
+    uploadPositions(raw, args.scale);
   }
-  if (args.colors !== P.colorUrl) uploadCodes(codes);
-  const palette = args.palette.join();
+  const recoloured = args.colors !== P.colorUrl, palette = args.palette.join();
+  if (recoloured) uploadCodes(codes);
   if (palette !== P.palette) uploadPalette(args.palette, P.n > 500000 ? 0.7 : 0.8);
-  // the points move from where they are when only the snapshot changed
+  const area = args.x_range.join() + "|" + args.y_range.join();
+  // the GPU draws again only when what it draws changed (a rerun often changes only overlays)
+  const changed = newRun || recoloured || palette !== P.palette || args.slot !== P.slot || area !== P.area;
   const from = !newRun && P.slot >= 0 && args.slot !== P.slot ? P.slot : -1;
   P.args = args;
   P.xy = xy;
@@ -519,13 +551,24 @@ async function renderPoints(args, id) {
   P.posUrl = args.positions;
   P.colorUrl = args.colors;
   P.palette = palette;
+  P.area = area;
   drawLegend(args);
   P.bar.querySelector(".pl-count").textContent = args.n_samples.toLocaleString() + " examples, every one a point";
   drawOverlays();
-  if (from >= 0) await animate(from, args.slot);
-  else drawPoints(args.slot, args.slot, 1);
-  settle();
+  if (changed) {
+    // the points move from one snapshot to the next where a frame is cheap (a GPU); where it is
+    // not (software WebGL at a million points: a frame takes 0.1-1 s) they jump there in one
+    if (from >= 0 && P.frameMs < ANIMATE_BELOW_MS) {
+      await animate(from, args.slot);
+    } else {
+      const t0 = performance.now();
+      drawPoints(args.slot, args.slot, 1);
+      settle();
+      P.frameMs = performance.now() - t0;
+    }
+    settle();
+  }
   document.body.dataset.mapState = args.slot + "|" + args.colors + "|" + id;
   performance.mark("map:drawn-" + id);
-  post("streamlit:setFrameHeight", {height: document.body.scrollHeight});
+  setHeight(document.body.scrollHeight);
 }
