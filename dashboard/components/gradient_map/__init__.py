@@ -145,12 +145,12 @@ def quantized_positions(xy: np.ndarray) -> tuple[bytes, tuple[float, float, floa
         return kept[1], kept[2]
     finite = np.isfinite(xy).all(axis=-1)
     scale = []
-    codes = np.full(xy.shape, QUANT_MISSING, "<u2")
+    codes = np.empty(xy.shape, "<u2")
     for axis in (0, 1):
-        values = xy[..., axis][finite].astype(np.float64)
-        low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+        values = np.where(finite, xy[..., axis], np.nan).astype(np.float64)  # whole arrays: no masked copies
+        low, high = (float(np.nanmin(values)), float(np.nanmax(values))) if finite.any() else (0.0, 1.0)
         step = (high - low) / (QUANT_MISSING - 1) or 1.0
-        codes[..., axis][finite] = np.rint((values - low) / step).astype("<u2")
+        codes[..., axis] = np.where(finite, np.rint(np.nan_to_num((values - low) / step)), QUANT_MISSING)
         scale += [low, step]
     out = (codes.tobytes(), (scale[0], scale[1], scale[2], scale[3]))
     _QUANTIZED[id(xy)] = (xy, *out)

@@ -521,6 +521,13 @@ function drawLegend(a) {
 }
 
 async function renderPoints(args, id) {
+  // Streamlit sends the same arguments again after a rerun at times: nothing to draw then
+  const same = JSON.stringify(args);
+  if (same === P.same && P.gl) {
+    document.body.dataset.mapState = args.slot + "|" + args.colors + "|" + id;
+    performance.mark("map:drawn-" + id);
+    return;
+  }
   // overlay groups come as URLs of int32 example indices: a group that did not change (the
   // poisons, across epochs) has the same URL and is not fetched again
   const [raw, codes, ...groups] = await Promise.all([
@@ -568,6 +575,7 @@ async function renderPoints(args, id) {
     }
     settle();
   }
+  P.same = same;  // only once drawn: a render that failed is tried again
   document.body.dataset.mapState = args.slot + "|" + args.colors + "|" + id;
   performance.mark("map:drawn-" + id);
   setHeight(document.body.scrollHeight);
