@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 
@@ -596,6 +597,12 @@ def main() -> None:
                     if name != "cifar-50k" and not args.no_box:  # the points renderer: a box of ~10,000 examples
                         timings[label, name]["box"] = time_box(driver)
                 except Exception as err:  # noqa: BLE001 - one run's failure is reported, the other still measured
+                    traceback.print_exc()
+                    if points_frame(driver):  # what the map's frame last did
+                        print("frame:", driver.execute_script(
+                            "return document.body.innerText.slice(0, 300) + ' | ' + performance.getEntriesByType('mark')"
+                            ".map(m => m.name + '@' + Math.round(m.startTime)).join(' ')"), flush=True)
+                        driver.switch_to.default_content()
                     timings[label, name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
                 print(label, name, json.dumps(timings[label, name]), flush=True)
                 if name == "cifar-50k" and keep and "error" not in timings[label, name]:

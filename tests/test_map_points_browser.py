@@ -2,8 +2,9 @@
 
 A synthetic 200,000-example, 3-snapshot store (``bench.dashboard.build_run``) with a cheap fixed
 linear map written as its UMAP map (this tests the map component, not UMAP). Every example is
-drawn as a point by regl-scatterplot (SwiftShader's software WebGL here); the tests move the epoch
-slider, draw a box and click a point, and check what comes back to the page.
+drawn as a point by the component's WebGL2 program (SwiftShader's software WebGL here); the tests
+move the epoch slider, draw a box, click and hover a point, and check what comes back to the page
+and what the frame fetched and uploaded.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ RUN = "points-200k"
 
 @pytest.fixture(scope="module")
 def big_runs(tmp_path_factory) -> Path:
+    """A folder holding the 200,000-example run with its (linear) map.
+
+    Parameters
+    ----------
+    tmp_path_factory : pytest's factory of temporary folders
+    """
     from bench.dashboard import build_run
     from poisonlens.store import RunWriter, open_run
 
@@ -51,6 +58,12 @@ def big_runs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def big_server(big_runs):
+    """The dashboard's URL, served over ``big_runs``.
+
+    Parameters
+    ----------
+    big_runs : the folder of :func:`big_runs`
+    """
     from bench.dashboard import start_server
 
     proc, url = start_server(big_runs)
@@ -60,7 +73,14 @@ def big_server(big_runs):
 
 
 def in_frame(driver, script: str, *args):
-    """Run ``script`` inside the map component's iframe (None when there is none yet)."""
+    """Run ``script`` inside the map component's iframe (None when there is none yet).
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page (left there)
+    script : JavaScript returning a value, run in the frame (its ``P``, ``screenOf`` ... in scope)
+    *args : the script's ``arguments``
+    """
     for frame in driver.find_elements(By.TAG_NAME, "iframe"):
         driver.switch_to.frame(frame)
         try:
@@ -72,8 +92,16 @@ def in_frame(driver, script: str, *args):
 
 
 def drag(driver, element, x0: int, y0: int, dx: int, dy: int, steps: int = 10) -> None:
-    """Press at (x0, y0) from the element's centre and drag by (dx, dy) in small, paced steps
-    (regl-scatterplot's lasso takes a point per animation frame: one jump draws no box)."""
+    """Press at (x0, y0) from the element's centre and drag by (dx, dy) in small, paced steps, as a hand does.
+
+    Parameters
+    ----------
+    driver : the Selenium driver, inside the map's frame
+    element : the canvas pressed on
+    x0, y0 : the press, in pixels from the element's centre
+    dx, dy : the drag, in pixels
+    steps : moves the drag is made of
+    """
     chain = ActionChains(driver).move_to_element_with_offset(element, x0, y0).click_and_hold().pause(0.3)
     for _ in range(steps):
         chain = chain.move_by_offset(dx // steps, dy // steps).pause(0.15)
@@ -81,6 +109,12 @@ def drag(driver, element, x0: int, y0: int, dx: int, dy: int, steps: int = 10) -
 
 
 def state(driver) -> str | None:
+    """What the points renderer drew last ('slot|colour codes URL|message'), or None.
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page
+    """
     return in_frame(driver, "return document.body.dataset.mapState || null")
 
 
