@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,56 @@ def drag(driver, element, x0: int, y0: int, dx: int, dy: int, steps: int = 10) -
     chain.release().perform()
 
 
+@contextmanager
+def points_frame(driver):
+    """Inside the points renderer's iframe for the ``with`` block (back in the page after it).
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page
+    """
+    for frame in driver.find_elements(By.TAG_NAME, "iframe"):
+        driver.switch_to.frame(frame)
+        if driver.find_elements(By.CSS_SELECTOR, ".pl-bar"):
+            break
+        driver.switch_to.default_content()
+    try:
+        yield
+    finally:
+        driver.switch_to.default_content()
+
+
+def point_on_screen(driver, step: int, margin: list[int]) -> list:
+    """[index, x, y] of a shown example drawn inside the canvas less ``margin``, every ``step``-th tried.
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page
+    step : try examples 0, step, 2 * step, ...
+    margin : [left, top, right, bottom] pixels kept clear of the canvas's edges
+    """
+    return in_frame(driver, """
+        const a = P.args, off = P.slot * P.n * 2, [step, m] = arguments;
+        for (let i = 0; i < P.n; i += step) {
+          if (P.codes[i] === a.palette.length - 1) continue;
+          const s = screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));
+          if (s[0] > m[0] && s[1] > m[1] && s[0] < P.width - m[2] && s[1] < P.height - m[3]) return [i, s[0], s[1]];
+        }
+        return null;""", step, margin)
+
+
+def screen_of(driver, index: int) -> list[float]:
+    """[x, y] in canvas pixels where example ``index`` is drawn at the shown snapshot.
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page
+    index : the example
+    """
+    return in_frame(driver, """const a = P.args, off = P.slot * P.n * 2, i = arguments[0];
+        return screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));""", index)
+
+
 def state(driver) -> str | None:
     """What the points renderer drew last ('slot|colour codes URL|message'), or None.
 
@@ -139,18 +190,11 @@ def test_slider_box_and_click_on_200000_points(big_server, browser):
     assert sum(size > N + 16 for size in sizes) == 1
 
     # a box drawn over the middle of the map: the server lists every example inside it
-    for frame in browser.find_elements(By.TAG_NAME, "iframe"):
-        browser.switch_to.frame(frame)
-        if browser.find_elements(By.CSS_SELECTOR, ".pl-bar"):
-            break
-        browser.switch_to.default_content()
-    try:
+    with points_frame(browser):
         browser.find_element(By.XPATH, "//button[text()='Box']").click()
         canvas = browser.find_element(By.CSS_SELECTOR, "canvas")
         w, h = canvas.size["width"], canvas.size["height"]
         drag(browser, canvas, -w // 10, -h // 10, w // 5, h // 5)
-    finally:
-        browser.switch_to.default_content()
     wait(browser, lambda d: selected_in_table(d) and idle(d), timeout=90)
     n_selected = selected_in_table(browser)
     assert n_selected > 0
@@ -160,30 +204,15 @@ def test_slider_box_and_click_on_200000_points(big_server, browser):
 
     # a click on a point opens that example's sample panel
     in_frame(browser, "P.bar.querySelector('button').click()")  # back to pan / zoom
-    i, x, y = in_frame(browser, """
-        const a = P.args, off = P.slot * P.n * 2;
-        for (let i = 0; i < P.n; i += 997) {
-          if (P.codes[i] === a.palette.length - 1) continue;
-          const s = screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));
-          if (s[0] > 20 && s[1] > 20 && s[0] < P.width - 20 && s[1] < P.height - 20) return [i, s[0], s[1]];
-        }
-        return null;""")
-    for frame in browser.find_elements(By.TAG_NAME, "iframe"):
-        browser.switch_to.frame(frame)
-        if browser.find_elements(By.CSS_SELECTOR, ".pl-bar"):
-            break
-        browser.switch_to.default_content()
-    try:
+    i, x, y = point_on_screen(browser, 997, [20, 20, 20, 20])
+    with points_frame(browser):
         canvas = browser.find_elements(By.CSS_SELECTOR, "canvas")[0]
         w, h = canvas.size["width"], canvas.size["height"]
         ActionChains(browser).move_to_element_with_offset(canvas, int(x - w / 2), int(y - h / 2)).pause(0.3).click().perform()
-    finally:
-        browser.switch_to.default_content()
     wait(browser, lambda d: re.search(r"Example (\d+)", panel_text(d)) and idle(d), timeout=90)
     clicked = int(re.search(r"Example (\d+)", panel_text(browser)).group(1))
     # the example under the pointer: the one aimed at, or one drawn within a few pixels of it
-    sx, sy = in_frame(browser, """const a = P.args, off = P.slot * P.n * 2, i = arguments[0];
-        return screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));""", clicked)
+    sx, sy = screen_of(browser, clicked)
     assert clicked == i or abs(sx - x) + abs(sy - y) < 8
     ARTIFACTS.mkdir(exist_ok=True)
     time.sleep(0.5)
@@ -220,28 +249,13 @@ def test_an_epoch_change_uploads_no_positions_and_fetches_only_colour_codes(big_
     assert sum(poisons_url.split("/")[-1] in name for name, _ in after) == 1
 
     # hover: the tooltip names the example drawn nearest the pointer (within a few pixels)
-    i, x, y = in_frame(browser, """
-        const a = P.args, off = P.slot * P.n * 2;
-        for (let i = 0; i < P.n; i += 991) {
-          if (P.codes[i] === a.palette.length - 1) continue;
-          const s = screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));
-          if (s[0] > 40 && s[1] > 40 && s[0] < P.width - 200 && s[1] < P.height - 40) return [i, s[0], s[1]];
-        }
-        return null;""")
-    for frame in browser.find_elements(By.TAG_NAME, "iframe"):
-        browser.switch_to.frame(frame)
-        if browser.find_elements(By.CSS_SELECTOR, ".pl-bar"):
-            break
-        browser.switch_to.default_content()
-    try:
+    i, x, y = point_on_screen(browser, 991, [40, 40, 200, 40])
+    with points_frame(browser):
         canvas = browser.find_elements(By.CSS_SELECTOR, "canvas")[0]
         w, h = canvas.size["width"], canvas.size["height"]
         ActionChains(browser).move_to_element_with_offset(canvas, int(x - w / 2), int(y - h / 2)).pause(0.5).perform()
         tip = browser.find_element(By.CSS_SELECTOR, ".pl-tip")
         wait(browser, lambda d: tip.is_displayed(), timeout=20)
         hovered = int(re.search(r"example (\d+)", tip.text).group(1))
-    finally:
-        browser.switch_to.default_content()
-    sx, sy = in_frame(browser, """const a = P.args, off = P.slot * P.n * 2, i = arguments[0];
-        return screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));""", hovered)
+    sx, sy = screen_of(browser, hovered)
     assert hovered == i or (sx - x) ** 2 + (sy - y) ** 2 <= 6.5 ** 2
