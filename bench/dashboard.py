@@ -23,7 +23,8 @@
 ``--keep DIR`` on a folder that already holds the stores and their maps reuses them (nothing is
 rebuilt). ``--reference DIR`` times a copy of the tree holding an earlier version of the page
 (its ``dashboard/`` and ``core/``) the same way, just before this checkout, so that both are
-measured under the same load; ``--skip-big`` times the 50,000-point run only.
+measured under the same load; ``--skip-big`` times the 50,000-point run only, ``--skip-small``
+the large one only.
 """
 
 from __future__ import annotations
@@ -541,6 +542,7 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=5)
     parser.add_argument("--big", type=int, default=1_000_000, help="examples in the large run")
     parser.add_argument("--skip-big", action="store_true", help="time the 50,000-point run only")
+    parser.add_argument("--skip-small", action="store_true", help="time the large run only")
     parser.add_argument("--no-box", action="store_true", help="do not time a box selection on the large run")
     parser.add_argument("--after-first", action="store_true", help="with --reference: time this checkout first")
     parser.add_argument("--reference", default=None,
@@ -580,7 +582,8 @@ def main() -> None:
     trees.append(("after" if args.reference else "", REPO))
     if args.after_first:  # the other order: files the first server read sit in the OS cache for the second
         trees.reverse()
-    names = [("cifar-50k", "gradient-space-50k", 20)] + ([] if args.skip_big else [(big, "gradient-space-1m", 20)])
+    names = (([] if args.skip_small else [("cifar-50k", "gradient-space-50k", 20)])
+             + ([] if args.skip_big else [(big, "gradient-space-1m", 20)]))
     timings: dict[tuple[str, str], dict] = {}
     loads: dict[str, list[float]] = {}
     for label, tree in trees:  # one version after the other, each warmed the same way

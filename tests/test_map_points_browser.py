@@ -259,3 +259,20 @@ def test_an_epoch_change_uploads_no_positions_and_fetches_only_colour_codes(big_
         hovered = int(re.search(r"example (\d+)", tip.text).group(1))
     sx, sy = screen_of(browser, hovered)
     assert hovered == i or (sx - x) ** 2 + (sy - y) ** 2 <= 6.5 ** 2
+
+    # a lasso (a triangle around the middle of the map): the server lists the examples inside it,
+    # and the frame draws that selection
+    with points_frame(browser):
+        browser.find_element(By.XPATH, "//button[text()='Lasso']").click()
+        canvas = browser.find_elements(By.CSS_SELECTOR, "canvas")[0]
+        w, h = canvas.size["width"], canvas.size["height"]
+        chain = ActionChains(browser).move_to_element_with_offset(canvas, 0, -h // 6).click_and_hold().pause(0.3)
+        for dx, dy in [(w // 6, h // 3), (-w // 3, 0), (w // 6, -h // 3)]:  # the three sides, in paced steps
+            for _ in range(6):
+                chain = chain.move_by_offset(dx // 6, dy // 6).pause(0.1)
+        chain.release().perform()
+    wait(browser, lambda d: selected_in_table(d) and idle(d), timeout=90)
+    n_selected = selected_in_table(browser)
+    assert 0 < n_selected < N
+    wait(browser, lambda d: in_frame(d, "const g = P.args.overlays.find(g => g.name.startsWith('selected'));"
+                                        "return g ? g.ids.length : 0") == min(n_selected, 20_000), timeout=60)
