@@ -17,8 +17,8 @@ alive in its iframe and updates it per epoch. It has two renderers:
 Both get every snapshot's positions once per run as one binary file of shape (n_snapshots,
 n_samples, 2): float32 for ``figure``, uint16 codes over the map's extent for ``points`` (half
 the bytes: 12 MB at 1,000,000 × 3), which the ``points`` renderer uploads to the GPU once; an epoch
-change sends the snapshot's row number and fetches only its colour codes (1 byte per example,
-and nothing when they did not change). Binary files are handed to Streamlit's
+change sends the snapshot's row number, and the frame fetches only the colour codes (1 byte per
+example) and overlay groups (int32 example indices) that changed. Binary files are handed to Streamlit's
 media file manager (in memory, as ``st.image`` does) and reach the browser by URL, fetched once
 and kept by the frame; nothing is written to disk, and nothing at import: the component is
 served from this package's ``frontend/`` folder as installed (plotly.js, which the ``figure``
