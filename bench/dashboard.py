@@ -23,7 +23,8 @@
 ``--keep DIR`` on a folder that already holds the stores and their maps reuses them (nothing is
 rebuilt). ``--reference DIR`` times a copy of the tree holding an earlier version of the page
 (its ``dashboard/`` and ``core/``) the same way, just before this checkout, so that both are
-measured under the same load; ``--skip-big`` times the 50,000-point run only.
+measured under the same load; ``--skip-big`` times the 50,000-point run only, ``--skip-small``
+the large one only.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 
@@ -57,6 +59,16 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax.
+
+    Parameters
+    ----------
+    logits : float ndarray of shape (n, n_classes)
+
+    Returns
+    -------
+    ndarray of shape (n, n_classes), each row summing to 1
+    """
     z = logits - logits.max(1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(1, keepdims=True)
@@ -64,7 +76,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def build_run(run_dir: Path, *, labels: np.ndarray, images: np.ndarray, epochs: list[int],
               poison_share: float = 0.01, seed: int = 0) -> Path:
-    """A finished EPIC-like run store with synthetic snapshots (see the module docstring)."""
+    """A finished EPIC-like run store with synthetic snapshots (see the module docstring).
+
+    Parameters
+    ----------
+    run_dir : the run folder to create (its name is the run's name)
+    labels : int ndarray of shape (n,), each example's class in 0..9
+    images : uint8 ndarray of shape (n, height, width, channels), stored as the run's images
+    epochs : the snapshot epochs, evenly spaced (e.g. [0, 10, 20]); drops happen from the second on
+    poison_share : share of the examples made poisons (taken from class 3), 0.01 by default
+    seed : seed of the synthetic gradients, medoids and drops
+
+    Returns
+    -------
+    ``run_dir``
+    """
     rng = np.random.default_rng(seed)
     n, k = len(labels), 10
     is_poison = np.zeros(n, bool)
@@ -121,6 +147,14 @@ def build_run(run_dir: Path, *, labels: np.ndarray, images: np.ndarray, epochs: 
 
 
 def cifar_or_random(root: str | None, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(labels of shape (n,), uint8 images of shape (n, 32, 32, 3), where they came from).
+
+    Parameters
+    ----------
+    root : an ImageFolder CIFAR-10 (its ``train/`` is read) or None; random images when it has none
+    n : how many examples
+    seed : seed of the random labels and images
+    """
     if root and (Path(root) / "train").is_dir():
         from poisonlens.data import load_dataset
 
@@ -134,7 +168,13 @@ def cifar_or_random(root: str | None, n: int, seed: int = 0) -> tuple[np.ndarray
 
 
 def compute_map(run_dir: Path, method: str = "umap") -> dict:
-    """Run ``python -m poisonlens.projection`` as the page does; wall time and the child's peak RSS."""
+    """Run ``python -m poisonlens.projection`` as the page does; wall time and the child's peak RSS.
+
+    Parameters
+    ----------
+    run_dir : the run store to map
+    method : 'umap' (default) or 'pca'
+    """
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before, cpu0 = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()
@@ -156,7 +196,7 @@ def compute_map(run_dir: Path, method: str = "umap") -> dict:
 SIGNATURE = """
 let gd = null;
 for (const f of document.querySelectorAll('iframe')) {
-  // the points renderer (regl-scatterplot) says what it drew last: snapshot | colour codes | message
+  // the points renderer (WebGL2) says what it drew last: snapshot | colour codes | message
   try { const s = f.contentDocument && f.contentDocument.body && f.contentDocument.body.dataset.mapState; if (s) return s; } catch (e) {}
 }
 for (const f of document.querySelectorAll('iframe')) {
@@ -177,12 +217,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(runs: Path, tree: Path = REPO) -> tuple[subprocess.Popen, str]:
-    """The dashboard of ``tree`` (this checkout, or a copy holding an earlier version of it)."""
+def package_view(tree: Path) -> Path:
+    """A folder whose ``poisonlens`` package is ``tree``'s (for ``PYTHONPATH``).
+
+    The package is ``core/`` as ``poisonlens`` and ``dashboard/`` as ``poisonlens.dashboard``
+    (pyproject.toml's ``package-dir``), so putting ``tree`` itself on ``PYTHONPATH`` imports
+    nothing of it: the installed (editable) package of this checkout would be timed twice. The
+    folder holds a ``poisonlens/`` of links to ``tree/core``'s entries and ``tree/dashboard``;
+    ``PYTHONPATH`` comes before the editable install's finder.
+
+    Parameters
+    ----------
+    tree : a checkout or copy of the project (its ``core/`` and ``dashboard/``)
+    """
+    view = Path(tempfile.mkdtemp(prefix="bench-tree-"))
+    package = view / "poisonlens"
+    package.mkdir()
+    for entry in (tree / "core").iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry.resolve())
+    (package / "dashboard").symlink_to((tree / "dashboard").resolve())
+    return view
+
+
+def start_server(runs: Path, tree: Path = REPO, timing_log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the dashboard of ``tree`` on a free port; returns (the process, its URL) once it answers.
+
+    Parameters
+    ----------
+    runs : the folder of run stores the dashboard lists (``POISONLENS_RUNS``)
+    tree : this checkout (default), or a copy holding an earlier version of the page, whose
+        ``core/`` and ``dashboard/`` are then imported as ``poisonlens`` (:func:`package_view`)
+    timing_log : when given, the server runs under :mod:`bench.server_timing`, which writes a
+        JSON line per timed call of the page (and per script run) to this file
+    """
     port = free_port()
-    env = {**os.environ, "POISONLENS_RUNS": str(runs), "POISONLENS_SAMPLES": "", "PYTHONPATH": str(tree)}
+    path = str(REPO) if tree.resolve() == REPO else f"{package_view(tree)}{os.pathsep}{REPO}"  # REPO: bench
+    env = {**os.environ, "POISONLENS_RUNS": str(runs), "POISONLENS_SAMPLES": "", "PYTHONPATH": path}
+    if timing_log is not None:
+        launcher = ["-m", "bench.server_timing", str(timing_log)]
+    else:
+        launcher = ["-m", "streamlit"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(tree / "dashboard" / "app.py"), "--server.headless", "true",
+        [sys.executable, *launcher, "run", str(tree / "dashboard" / "app.py"), "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"], cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -199,6 +276,7 @@ def start_server(runs: Path, tree: Path = REPO) -> tuple[subprocess.Popen, str]:
 
 
 def browser():
+    """Headless Chromium (:data:`FLAGS`, a fresh profile) with Chromium's performance log on."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -211,13 +289,23 @@ def browser():
 
 
 def ws_bytes(driver) -> int:
-    """Bytes received over websockets since the last call (Chromium's performance log)."""
+    """Bytes received over websockets since the last call (Chromium's performance log).
+
+    Parameters
+    ----------
+    driver : a driver made by :func:`browser`
+    """
     return received(driver)["websocket"]
 
 
 def received(driver) -> dict[str, int]:
     """Bytes received since the last call (Chromium's performance log): over websockets, and
-    over HTTP from the map component's folder (its page, plotly.js, the positions file)."""
+    over HTTP from the map component's folder (its page, plotly.js, the positions file).
+
+    Parameters
+    ----------
+    driver : a driver made by :func:`browser` (its performance log is read, and so emptied)
+    """
     totals = {"websocket": 0, "component": 0, "positions": 0}
     urls = {}
     for entry in driver.get_log("performance"):
@@ -241,18 +329,50 @@ def received(driver) -> dict[str, int]:
 
 
 def wait(driver, condition, timeout: float = 120):
+    """Poll ``condition(driver)`` every 20 ms until it is truthy; returns its value.
+
+    Parameters
+    ----------
+    driver : a Selenium driver
+    condition : a function of the driver
+    timeout : seconds before Selenium's TimeoutException
+    """
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout, poll_frequency=0.02).until(condition)
 
 
 def idle(driver) -> bool:
+    """Whether Streamlit's "running" status widget is gone (the rerun finished).
+
+    Parameters
+    ----------
+    driver : a Selenium driver on a Streamlit page
+    """
     from selenium.webdriver.common.by import By
 
     return not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
 
 
 def time_page(driver, url: str, run: str, moves: int, shots: Path | None, shot_name: str, last_epoch: int) -> dict:
+    """Time the Gradient space page: first render (browser cache cleared), then ``moves`` slider moves.
+
+    Parameters
+    ----------
+    driver : a driver made by :func:`browser`
+    url : the server's root URL
+    run : the run's name
+    moves : slider moves, each one snapshot leftwards from ``last_epoch`` (at most the snapshots
+        before it)
+    shots : a folder for a screenshot after the moves, or None
+    shot_name : the screenshot's file name without ``.png``
+    last_epoch : the snapshot the page opens on
+
+    Returns
+    -------
+    dict with first_render_s, server_answer_s, first_bytes, redraw_s (a time per move) and
+    redraw_bytes (bytes received per move)
+    """
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -312,7 +432,12 @@ return [p0[0] - P.width / 2, p0[1] - P.height / 2, p1[0] - p0[0], p1[1] - p0[1],
 
 
 def points_frame(driver) -> bool:
-    """Switch into the points renderer's iframe (False, in the page, when there is none)."""
+    """Switch into the points renderer's iframe (False, in the page, when there is none).
+
+    Parameters
+    ----------
+    driver : a Selenium driver on the Gradient space page
+    """
     from selenium.webdriver.common.by import By
 
     for frame in driver.find_elements(By.TAG_NAME, "iframe"):
@@ -325,7 +450,13 @@ def points_frame(driver) -> bool:
 
 def time_box(driver, want: int = 10_000) -> dict:
     """Draw a box over about ``want`` examples in the points renderer; time from the mouse's
-    release to the selection table listing them (and the map drawing them)."""
+    release to the selection table listing them (and the map drawing them).
+
+    Parameters
+    ----------
+    driver : a Selenium driver on the Gradient space page with the points renderer
+    want : how many examples the box should hold (found by bisection on its size)
+    """
     import re
 
     from selenium.webdriver.common.action_chains import ActionChains
@@ -360,7 +491,13 @@ def time_box(driver, want: int = 10_000) -> dict:
 
 
 def sample_panel_shot(driver, shots: Path) -> None:
-    """Look an example up by index (as a user would) and photograph its sample panel."""
+    """Look an example up by index (as a user would) and photograph its sample panel.
+
+    Parameters
+    ----------
+    driver : a Selenium driver on the Gradient space page
+    shots : the folder of ``gradient-space-sample-panel.png``
+    """
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -378,6 +515,13 @@ def sample_panel_shot(driver, shots: Path) -> None:
 
 
 def row(name: str, timing: dict) -> str:
+    """A Markdown table row of one run's timings.
+
+    Parameters
+    ----------
+    name : the row's title
+    timing : what :func:`time_page` returned (or {'error': text})
+    """
     if "error" in timing:
         return f"| {name} | not measured: {timing['error']} | | | |"
     r, first = timing["redraw_s"], timing["first_bytes"]
@@ -389,6 +533,7 @@ def row(name: str, timing: dict) -> str:
 
 
 def main() -> None:
+    """Build the stores, map them, time both pages and write the report (the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cifar", default=str(REPO.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "dashboard.md"))
@@ -397,6 +542,7 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=5)
     parser.add_argument("--big", type=int, default=1_000_000, help="examples in the large run")
     parser.add_argument("--skip-big", action="store_true", help="time the 50,000-point run only")
+    parser.add_argument("--skip-small", action="store_true", help="time the large run only")
     parser.add_argument("--no-box", action="store_true", help="do not time a box selection on the large run")
     parser.add_argument("--after-first", action="store_true", help="with --reference: time this checkout first")
     parser.add_argument("--reference", default=None,
@@ -436,7 +582,8 @@ def main() -> None:
     trees.append(("after" if args.reference else "", REPO))
     if args.after_first:  # the other order: files the first server read sit in the OS cache for the second
         trees.reverse()
-    names = [("cifar-50k", "gradient-space-50k", 20)] + ([] if args.skip_big else [(big, "gradient-space-1m", 20)])
+    names = (([] if args.skip_small else [("cifar-50k", "gradient-space-50k", 20)])
+             + ([] if args.skip_big else [(big, "gradient-space-1m", 20)]))
     timings: dict[tuple[str, str], dict] = {}
     loads: dict[str, list[float]] = {}
     for label, tree in trees:  # one version after the other, each warmed the same way
@@ -453,6 +600,12 @@ def main() -> None:
                     if name != "cifar-50k" and not args.no_box:  # the points renderer: a box of ~10,000 examples
                         timings[label, name]["box"] = time_box(driver)
                 except Exception as err:  # noqa: BLE001 - one run's failure is reported, the other still measured
+                    traceback.print_exc()
+                    if points_frame(driver):  # what the map's frame last did
+                        print("frame:", driver.execute_script(
+                            "return document.body.innerText.slice(0, 300) + ' | ' + performance.getEntriesByType('mark')"
+                            ".map(m => m.name + '@' + Math.round(m.startTime)).join(' ')"), flush=True)
+                        driver.switch_to.default_content()
                     timings[label, name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
                 print(label, name, json.dumps(timings[label, name]), flush=True)
                 if name == "cifar-50k" and keep and "error" not in timings[label, name]:

@@ -2,14 +2,16 @@
 
 A synthetic 200,000-example, 3-snapshot store (``bench.dashboard.build_run``) with a cheap fixed
 linear map written as its UMAP map (this tests the map component, not UMAP). Every example is
-drawn as a point by regl-scatterplot (SwiftShader's software WebGL here); the tests move the epoch
-slider, draw a box and click a point, and check what comes back to the page.
+drawn as a point by the component's WebGL2 program (SwiftShader's software WebGL here); the tests
+move the epoch slider, draw a box, click and hover a point, and check what comes back to the page
+and what the frame fetched and uploaded.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,12 @@ RUN = "points-200k"
 
 @pytest.fixture(scope="module")
 def big_runs(tmp_path_factory) -> Path:
+    """A folder holding the 200,000-example run with its (linear) map.
+
+    Parameters
+    ----------
+    tmp_path_factory : pytest's factory of temporary folders
+    """
     from bench.dashboard import build_run
     from poisonlens.store import RunWriter, open_run
 
@@ -51,6 +59,12 @@ def big_runs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def big_server(big_runs):
+    """The dashboard's URL, served over ``big_runs``.
+
+    Parameters
+    ----------
+    big_runs : the folder of :func:`big_runs`
+    """
     from bench.dashboard import start_server
 
     proc, url = start_server(big_runs)
@@ -60,7 +74,14 @@ def big_server(big_runs):
 
 
 def in_frame(driver, script: str, *args):
-    """Run ``script`` inside the map component's iframe (None when there is none yet)."""
+    """Run ``script`` inside the map component's iframe (None when there is none yet).
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page (left there)
+    script : JavaScript returning a value, run in the frame (its ``P``, ``screenOf`` ... in scope)
+    *args : the script's ``arguments``
+    """
     for frame in driver.find_elements(By.TAG_NAME, "iframe"):
         driver.switch_to.frame(frame)
         try:
@@ -72,15 +93,79 @@ def in_frame(driver, script: str, *args):
 
 
 def drag(driver, element, x0: int, y0: int, dx: int, dy: int, steps: int = 10) -> None:
-    """Press at (x0, y0) from the element's centre and drag by (dx, dy) in small, paced steps
-    (regl-scatterplot's lasso takes a point per animation frame: one jump draws no box)."""
+    """Press at (x0, y0) from the element's centre and drag by (dx, dy) in small, paced steps, as a hand does.
+
+    Parameters
+    ----------
+    driver : the Selenium driver, inside the map's frame
+    element : the canvas pressed on
+    x0, y0 : the press, in pixels from the element's centre
+    dx, dy : the drag, in pixels
+    steps : moves the drag is made of
+    """
     chain = ActionChains(driver).move_to_element_with_offset(element, x0, y0).click_and_hold().pause(0.3)
     for _ in range(steps):
         chain = chain.move_by_offset(dx // steps, dy // steps).pause(0.15)
     chain.release().perform()
 
 
+@contextmanager
+def points_frame(driver):
+    """Inside the points renderer's iframe for the ``with`` block (back in the page after it).
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page
+    """
+    for frame in driver.find_elements(By.TAG_NAME, "iframe"):
+        driver.switch_to.frame(frame)
+        if driver.find_elements(By.CSS_SELECTOR, ".pl-bar"):
+            break
+        driver.switch_to.default_content()
+    try:
+        yield
+    finally:
+        driver.switch_to.default_content()
+
+
+def point_on_screen(driver, step: int, margin: list[int]) -> list:
+    """[index, x, y] of a shown example drawn inside the canvas less ``margin``, every ``step``-th tried.
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page
+    step : try examples 0, step, 2 * step, ...
+    margin : [left, top, right, bottom] pixels kept clear of the canvas's edges
+    """
+    return in_frame(driver, """
+        const a = P.args, off = P.slot * P.n * 2, [step, m] = arguments;
+        for (let i = 0; i < P.n; i += step) {
+          if (P.codes[i] === a.palette.length - 1) continue;
+          const s = screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));
+          if (s[0] > m[0] && s[1] > m[1] && s[0] < P.width - m[2] && s[1] < P.height - m[3]) return [i, s[0], s[1]];
+        }
+        return null;""", step, margin)
+
+
+def screen_of(driver, index: int) -> list[float]:
+    """[x, y] in canvas pixels where example ``index`` is drawn at the shown snapshot.
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page
+    index : the example
+    """
+    return in_frame(driver, """const a = P.args, off = P.slot * P.n * 2, i = arguments[0];
+        return screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));""", index)
+
+
 def state(driver) -> str | None:
+    """What the points renderer drew last ('slot|colour codes URL|message'), or None.
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page
+    """
     return in_frame(driver, "return document.body.dataset.mapState || null")
 
 
@@ -88,7 +173,7 @@ def test_slider_box_and_click_on_200000_points(big_server, browser):
     browser.get(f"{big_server}/gradient_space?run={RUN}&epoch=20")
     wait(browser, lambda d: state(d) is not None and idle(d), timeout=180)
     assert in_frame(browser, "return P.n") == N
-    assert in_frame(browser, "return P.scatter.get('points').length") == N  # every example a point
+    assert in_frame(browser, "return P.drawn") == N  # every example a point, in one draw call
     assert "every one of the 200,000 examples shown is drawn as a point" in browser.find_element(By.TAG_NAME, "body").text.lower()
 
     # the epoch slider: the frame moves to another snapshot's row of the positions it already has
@@ -98,57 +183,96 @@ def test_slider_box_and_click_on_200000_points(big_server, browser):
     ActionChains(browser).send_keys(Keys.ARROW_LEFT).perform()
     wait(browser, lambda d: state(d) not in (None, before) and idle(d), timeout=60)
     assert state(browser).split("|")[0] == "1"  # epoch 10 is the second snapshot
-    fetched = in_frame(browser, "return performance.getEntriesByType('resource').map(r => r.name)"
-                                ".filter(n => n.includes('/media/')).length")
-    assert fetched <= 4  # positions once; colour codes per epoch (plotly.js is not loaded here)
+    sizes = in_frame(browser, "return performance.getEntriesByType('resource').filter(r => r.name.includes('/media/'))"
+                              ".map(r => r.encodedBodySize || r.decodedBodySize)")
+    # one file as large as the positions (fetched once); the rest colour codes and overlay indices
+    # (plotly.js is not loaded here)
+    assert sum(size > N + 16 for size in sizes) == 1
 
     # a box drawn over the middle of the map: the server lists every example inside it
-    for frame in browser.find_elements(By.TAG_NAME, "iframe"):
-        browser.switch_to.frame(frame)
-        if browser.find_elements(By.CSS_SELECTOR, ".pl-bar"):
-            break
-        browser.switch_to.default_content()
-    try:
+    with points_frame(browser):
         browser.find_element(By.XPATH, "//button[text()='Box']").click()
         canvas = browser.find_element(By.CSS_SELECTOR, "canvas")
         w, h = canvas.size["width"], canvas.size["height"]
         drag(browser, canvas, -w // 10, -h // 10, w // 5, h // 5)
-    finally:
-        browser.switch_to.default_content()
     wait(browser, lambda d: selected_in_table(d) and idle(d), timeout=90)
     n_selected = selected_in_table(browser)
     assert n_selected > 0
     # the frame draws the same selection the table lists (an overlay group with its count)
     wait(browser, lambda d: in_frame(d, "const g = P.args.overlays.find(g => g.name.startsWith('selected'));"
-                                        "return g ? g.index.length : 0") == min(n_selected, 20_000), timeout=60)
+                                        "return g ? g.ids.length : 0") == min(n_selected, 20_000), timeout=60)
 
     # a click on a point opens that example's sample panel
     in_frame(browser, "P.bar.querySelector('button').click()")  # back to pan / zoom
-    i, x, y = in_frame(browser, """
-        const a = P.args, off = P.slot * P.n * 2;
-        for (let i = 0; i < P.n; i += 997) {
-          if (P.codes[i] === a.palette.length - 1) continue;
-          const s = screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));
-          if (s[0] > 20 && s[1] > 20 && s[0] < P.width - 20 && s[1] < P.height - 20) return [i, s[0], s[1]];
-        }
-        return null;""")
-    for frame in browser.find_elements(By.TAG_NAME, "iframe"):
-        browser.switch_to.frame(frame)
-        if browser.find_elements(By.CSS_SELECTOR, ".pl-bar"):
-            break
-        browser.switch_to.default_content()
-    try:
+    i, x, y = point_on_screen(browser, 997, [20, 20, 20, 20])
+    with points_frame(browser):
         canvas = browser.find_elements(By.CSS_SELECTOR, "canvas")[0]
         w, h = canvas.size["width"], canvas.size["height"]
         ActionChains(browser).move_to_element_with_offset(canvas, int(x - w / 2), int(y - h / 2)).pause(0.3).click().perform()
-    finally:
-        browser.switch_to.default_content()
     wait(browser, lambda d: re.search(r"Example (\d+)", panel_text(d)) and idle(d), timeout=90)
     clicked = int(re.search(r"Example (\d+)", panel_text(browser)).group(1))
     # the example under the pointer: the one aimed at, or one drawn within a few pixels of it
-    sx, sy = in_frame(browser, """const a = P.args, off = P.slot * P.n * 2, i = arguments[0];
-        return screenOf(toGl(P.xy[off + 2 * i], a.x_range), toGl(P.xy[off + 2 * i + 1], a.y_range));""", clicked)
+    sx, sy = screen_of(browser, clicked)
     assert clicked == i or abs(sx - x) + abs(sy - y) < 8
     ARTIFACTS.mkdir(exist_ok=True)
     time.sleep(0.5)
     browser.save_screenshot(str(ARTIFACTS / "gradient-space-200k-points.png"))
+
+
+def test_an_epoch_change_uploads_no_positions_and_fetches_only_colour_codes(big_server, browser):
+    # the positions of every snapshot reach the frame and the GPU once per run; an epoch change
+    # points the shader at another row of them and fetches at most the new colour codes
+    browser.get(f"{big_server}/gradient_space?run={RUN}&epoch=20")
+    wait(browser, lambda d: state(d) is not None and idle(d), timeout=180)
+    media = ("return performance.getEntriesByType('resource').filter(r => r.name.includes('/media/'))"
+             ".map(r => [r.name, r.encodedBodySize || r.decodedBodySize])")
+    before = in_frame(browser, media)
+    positions_url = in_frame(browser, "return P.posUrl")
+    poisons = "return P.args.overlays.find(g => g.name.startsWith('poison')).index"
+    poisons_url = in_frame(browser, poisons)
+    assert in_frame(browser, "return P.uploads.positions") == 1
+    assert in_frame(browser, "return P.slot") == 2
+    thumb = browser.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')
+    browser.execute_script("arguments[0].focus();", thumb)
+    ActionChains(browser).send_keys(Keys.ARROW_LEFT).perform()
+    wait(browser, lambda d: in_frame(d, "return P.slot") == 1 and idle(d), timeout=60)
+    assert in_frame(browser, "return P.uploads.positions") == 1  # nothing re-sent to the GPU
+    assert in_frame(browser, "return P.posUrl") == positions_url
+    # the GPU reads the second snapshot's row of the one positions buffer (n uint16 pairs per row)
+    assert in_frame(browser, "return P.gl.getVertexAttribOffset(P.loc.a_to, P.gl.VERTEX_ATTRIB_ARRAY_POINTER)") == 1 * N * 4
+    after = in_frame(browser, media)
+    new = after[len(before):]
+    assert sum(positions_url.split("/")[-1] in name for name, _ in after) == 1  # fetched once
+    assert all(size <= N + 16 for _, size in new), new  # colour codes (1 byte per example + digest), small overlays
+    # the poisons are the same at every epoch: the same file, fetched once
+    assert in_frame(browser, poisons) == poisons_url
+    assert sum(poisons_url.split("/")[-1] in name for name, _ in after) == 1
+
+    # hover: the tooltip names the example drawn nearest the pointer (within a few pixels)
+    i, x, y = point_on_screen(browser, 991, [40, 40, 200, 40])
+    with points_frame(browser):
+        canvas = browser.find_elements(By.CSS_SELECTOR, "canvas")[0]
+        w, h = canvas.size["width"], canvas.size["height"]
+        ActionChains(browser).move_to_element_with_offset(canvas, int(x - w / 2), int(y - h / 2)).pause(0.5).perform()
+        tip = browser.find_element(By.CSS_SELECTOR, ".pl-tip")
+        wait(browser, lambda d: tip.is_displayed(), timeout=20)
+        hovered = int(re.search(r"example (\d+)", tip.text).group(1))
+    sx, sy = screen_of(browser, hovered)
+    assert hovered == i or (sx - x) ** 2 + (sy - y) ** 2 <= 6.5 ** 2
+
+    # a lasso (a triangle around the middle of the map): the server lists the examples inside it,
+    # and the frame draws that selection
+    with points_frame(browser):
+        browser.find_element(By.XPATH, "//button[text()='Lasso']").click()
+        canvas = browser.find_elements(By.CSS_SELECTOR, "canvas")[0]
+        w, h = canvas.size["width"], canvas.size["height"]
+        chain = ActionChains(browser).move_to_element_with_offset(canvas, 0, -h // 6).click_and_hold().pause(0.3)
+        for dx, dy in [(w // 6, h // 3), (-w // 3, 0), (w // 6, -h // 3)]:  # the three sides, in paced steps
+            for _ in range(6):
+                chain = chain.move_by_offset(dx // 6, dy // 6).pause(0.1)
+        chain.release().perform()
+    wait(browser, lambda d: selected_in_table(d) and idle(d), timeout=90)
+    n_selected = selected_in_table(browser)
+    assert 0 < n_selected < N
+    wait(browser, lambda d: in_frame(d, "const g = P.args.overlays.find(g => g.name.startsWith('selected'));"
+                                        "return g ? g.ids.length : 0") == min(n_selected, 20_000), timeout=60)

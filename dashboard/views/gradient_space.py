@@ -5,7 +5,7 @@ here. It is drawn by the map component (:mod:`poisonlens.dashboard.components.gr
 which stays mounted between epochs: the browser fetches every snapshot's positions once per run.
 Up to ``DENSITY_ABOVE`` examples it gets, per epoch, the plotly figure without them (indices as
 binary arrays, no per-point text). Past ``DENSITY_ABOVE`` examples every example is still drawn
-as a point, by the component's WebGL points renderer (regl-scatterplot), which gets per epoch a
+as a point, by the component's WebGL points renderer (its own WebGL2 program), which gets per epoch a
 colour code per example (one byte) and the overlay groups; a sidebar option draws the examples as
 one density image instead (an image per epoch: Streamlit's own plotly chart). Selections are
 read from the drawn box or lasso and computed on the server, so they work the same at every size
@@ -14,6 +14,7 @@ and on every route.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -39,10 +40,13 @@ from poisonlens.dashboard.common import (
     thumbnails,
 )
 from poisonlens.dashboard.components.gradient_map import (
+    PointsView,
+    Positions,
     binary_url,
     gradient_map,
     gradient_points,
     positions_bytes,
+    quantized_positions,
 )
 from poisonlens.dashboard.display import expression_ui, readable
 from poisonlens.dashboard.figures.gradient_map import (
@@ -81,7 +85,8 @@ MAP_COLUMNS = ("label", "prediction", "loss", "active", "drop", "dropped_epoch",
 HISTORY_COLUMNS = ("prediction", "loss", "confidence", "active", "score", "cluster_size",
                    "is_medoid", "isolated", "drop")
 METHOD_NAMES = {"umap": "UMAP", "pca": "PCA"}
-TABLE_LIMIT = 500  # rows with thumbnails in the selection table
+TABLE_LIMIT = 500  # rows in the selection table
+THUMBNAILS = 100  # of which this many with their image
 NEIGHBOURS = 8  # nearest neighbours listed in the sample panel
 DENSITY_ABOVE = 200_000  # examples; from this many on: the points renderer (or, as an option, a density image)
 DRAW_AS = ("points (WebGL)", "density image")
@@ -145,6 +150,32 @@ def map_points(path: str, method: str, epoch: int, mtime: float) -> tuple[pd.Dat
     dropped = points["dropped_epoch"].to_numpy()
     points["dropped_before"] = (dropped >= 0) & (dropped < epoch)
     return points, proj[index == TARGET_INDEX][["x", "y"]]
+
+
+@st.cache_resource(show_spinner=False)
+def prefetch_started() -> set:
+    """The (path, method, mtime) maps whose other snapshots a background thread has read (per server)."""
+    return set()
+
+
+def prefetch_snapshots(path: str, method: str, mtime: float, epochs: list[int], shown: int) -> None:
+    """Read the other snapshots' map tables (:func:`map_points`) in a background thread, nearest
+    epoch first, once per run map: a million-row snapshot takes 1-2 s to read, which the first
+    move of the slider to it would otherwise wait for."""
+    started = prefetch_started()
+    if (path, method, mtime) in started:
+        return
+    started.add((path, method, mtime))
+    order = sorted((e for e in epochs if e != shown), key=lambda e: abs(e - shown))
+
+    def read() -> None:
+        for epoch in order:
+            try:
+                map_points(path, method, epoch, mtime)
+            except Exception:  # noqa: BLE001 - a damaged snapshot is reported when it is shown
+                continue
+
+    threading.Thread(target=read, name="gradient-space-prefetch", daemon=True).start()
 
 
 # cache_resource: 4.4 MB at 50,000 examples x 11 snapshots, not copied on every rerun
@@ -427,7 +458,8 @@ def selection_table_ui(path: str, points: pd.DataFrame, class_names: list[str]) 
     shown = rows.head(TABLE_LIMIT)
     names = np.asarray(class_names, dtype=object)
     table = pd.DataFrame({
-        "image": thumbnails(path, tuple(int(i) for i in shown["index"])),
+        # thumbnails for the first rows only: 500 PNGs took 1.8 s of a 1,000,000-point box's rerun
+        "image": thumbnails(path, tuple(int(i) for i in shown["index"].iloc[:THUMBNAILS])) + [None] * (len(shown) - THUMBNAILS),
         "index": shown["index"],
         "label": names[shown["label"].to_numpy()],
         "predicted": names[shown["prediction"].to_numpy()],
@@ -948,6 +980,7 @@ def map_ui(page: PageRun, stored: StoredMap, options: MapOptions, epoch: int, po
     one_class = options.one_class is not None
     if len(points) >= DENSITY_ABOVE and options.draw_as == DRAW_AS[0]:
         view = MapView(color_by=options.color_by, kept_label=kept, show_medoids=one_class and options.has_medoids)
+        prefetch_snapshots(stored.path, stored.method, stored.mtime, page.epochs, epoch)
         points_map_ui(stored, points, epoch, MapDraw(frame, view, marks, options.class_names),
                       shown=None if keep.all() else keep)
     else:
@@ -1093,8 +1126,8 @@ def figure_map_ui(stored: StoredMap, shown: pd.DataFrame, epoch: int, draw: MapD
         # (a media URL: the same bytes give the same URL)
         _, slots = map_positions(stored.path, stored.method, stored.mtime)
         url = binary_url(map_positions_bytes(stored.path, stored.method, stored.mtime), name="positions")
-        gradient_map(fig, key="gs_map", config=MAP_CONFIG, positions=url, slot=slots[epoch],
-                     n_samples=len(load_examples(stored.path)))
+        gradient_map(fig, key="gs_map", config=MAP_CONFIG,
+                     positions=Positions(url, slots[epoch], len(load_examples(stored.path))))
     st.caption("Click a legend entry to hide or show it; double-click one to show it alone.")
     for note in notes:
         st.caption(f"Subsampled: {note}." if "sample" in note else f"Drawn as a density: {note}.")
@@ -1119,15 +1152,15 @@ def points_map_ui(stored: StoredMap, points: pd.DataFrame, epoch: int, draw: Map
         The examples the filter and the class choice leave (None: all).
     """
     layers = point_layers(points, class_names=draw.class_names, view=draw.view, marks=draw.marks, shown=shown)
-    _, slots = map_positions(stored.path, stored.method, stored.mtime)
-    positions = binary_url(map_positions_bytes(stored.path, stored.method, stored.mtime), name="positions")
+    xy, slots = map_positions(stored.path, stored.method, stored.mtime)
+    codes, scale = quantized_positions(xy)  # uint16: half the bytes of float32
+    positions = binary_url(codes, name="positions")
     colors = binary_url(layers["codes"].tobytes(), name="colors")
     target = draw.marks.target
     star = [float(target["x"].iat[0]), float(target["y"].iat[0])] if target is not None and len(target) else None
-    gradient_points(key="gs_map", positions=positions, slot=slots[epoch], n_samples=len(points), colors=colors,
-                    palette=layers["palette"], names=layers["names"], legend=layers["legend"],
-                    overlays=layers["overlays"], x_range=draw.frame.x_range, y_range=draw.frame.y_range,
-                    target=star, height=680)
+    view = PointsView(colors, layers["palette"], layers["names"], layers["legend"], layers["overlays"],
+                      draw.frame.x_range, draw.frame.y_range, star)
+    gradient_points(view, key="gs_map", positions=Positions(positions, slots[epoch], len(points), scale), height=680)
     n_shown = len(points) if shown is None else int(np.asarray(shown).sum())
     st.caption(f"Every one of the {n_shown:,} examples shown is drawn as a point (WebGL). Drag to pan, scroll to zoom; "
                "**Lasso** or **Box** (above the map, or shift + drag) selects; hover a point for its index, click it "

@@ -1,12 +1,12 @@
 // The gradient map, kept mounted: Streamlit sends new arguments per epoch and this frame updates
 // the same drawing, so its WebGL context is made once, not per epoch. Two renderers:
 // - "figure": a plotly graph updated with Plotly.react (plotly.js from the URL the server gives);
-// - "points": every example a point, drawn by regl-scatterplot (points.js).
+// - "points": every example a point, drawn by the WebGL2 program of points.js.
 // The protocol is Streamlit's components v1 (postMessage), written out here.
 "use strict";
 
 const gd = document.getElementById("map");
-const positions = {};   // file name -> Promise of a Float32Array (n_snapshots * n_samples * 2)
+const binaries = {};    // URL -> Promise of a typed array (positions, colour codes), fetched once
 let drawn = false;      // whether Plotly.newPlot ran (then Plotly.react)
 let queue = Promise.resolve();
 let latest = 0;         // the newest render message; older ones still waiting are skipped
@@ -39,6 +39,15 @@ function post(type, data) {
   window.parent.postMessage(Object.assign({isStreamlitMessage: true, type: type}, data), "*");
 }
 
+let height = -1;
+function setHeight(value) {
+  // Streamlit answers a frame height with another render message of the same arguments: say it
+  // only when it changed (each answer redrew the overlays once more)
+  if (value === height) return;
+  height = value;
+  post("streamlit:setFrameHeight", {height: value});
+}
+
 function send(selection) {
   // the shape of Streamlit's own plotly selection event, so the server reads both the same way
   sent += 1;
@@ -57,15 +66,16 @@ function decode(value) {
   return new TYPED[value.dtype](bytes.buffer);
 }
 
-function loadPositions(name) {
-  if (!positions[name]) {
-    positions[name] = fetch(mediaUrl(name)).then(r => {
-      if (!r.ok) throw new Error(name + ": HTTP " + r.status);
+function loadBinary(url, Type) {
+  // a binary media file (positions: Float32Array; colour codes: Uint8Array), fetched once per URL
+  if (!binaries[url]) {
+    binaries[url] = fetch(mediaUrl(url)).then(r => {
+      if (!r.ok) throw new Error(url + ": HTTP " + r.status);
       return r.arrayBuffer();
-    }).then(b => new Float32Array(b, 16));  // after the 16-byte digest
-    positions[name].catch(() => delete positions[name]);  // a later render tries again
+    }).then(b => new Type(b, 16));  // after the 16-byte digest
+    binaries[url].catch(() => delete binaries[url]);  // a later render tries again
   }
-  return positions[name];
+  return binaries[url];
 }
 
 function fill(trace, xy, offset) {
@@ -88,7 +98,7 @@ async function render(args, theme, id) {
   performance.mark("map:render-" + id);
   if (args.renderer === "points") return renderPoints(args, id);  // points.js
   const fig = JSON.parse(args.figure);
-  const [xy] = await Promise.all([args.positions ? loadPositions(args.positions) : null, loadScript(args.plotly)]);
+  const [xy] = await Promise.all([args.positions ? loadBinary(args.positions, Float32Array) : null, loadScript(args.plotly)]);
   if (id !== latest) return;
   performance.mark("map:data-" + id);
   if (xy) {
@@ -111,7 +121,7 @@ async function render(args, theme, id) {
     listen();
   }
   performance.mark("map:drawn-" + id);  // timings for the benchmark (bench/dashboard.py)
-  post("streamlit:setFrameHeight", {height: args.height});
+  setHeight(args.height);
 }
 
 function listen() {
@@ -144,9 +154,9 @@ window.addEventListener("message", event => {
     if (window.Plotly && drawn) Plotly.purge(gd);
     drawn = false;
     gd.textContent = "The map could not be drawn: " + err;
-    post("streamlit:setFrameHeight", {height: 60});
+    setHeight(60);
   });
 });
 
 post("streamlit:componentReady", {apiVersion: 1});
-post("streamlit:setFrameHeight", {height: 620});
+setHeight(620);
