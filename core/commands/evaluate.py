@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from poisonlens.commands._options import add_config_arguments, config_file, config_from_args
+from poisonlens.config import SCENARIOS
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
@@ -29,7 +30,13 @@ GRID_FIELDS = ("poisons", "clean_control", "scenario", "pretrained", "defense", 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``evaluate`` subcommand and its options to ``sub``."""
+    """Add the ``evaluate`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The ``poisonlens`` parser's subcommands.
+    """
     p = sub.add_parser(
         "evaluate",
         help="train every defense on every poison set, seed and scenario; write results tables",
@@ -56,10 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--defenses",
         default=",".join(DEFAULT_DEFENSES),
-        help="comma-separated: clean (the control), none, epic-<subset>, random-<subset>, "
-        "deepknn, spectral, activation-clustering, loss",
+        help="comma-separated: clean (the control), {defense_specs}",
     )
-    p.add_argument("--scenarios", default="scratch", help="comma-separated: scratch, transfer, finetune")
+    p.add_argument("--scenarios", default="scratch", help="comma-separated: " + ", ".join(SCENARIOS))
     p.add_argument("--seeds", default="0,1,2", help="comma-separated victim seeds")
     p.add_argument("--pretrain-seed", type=int, default=0,
                    help="seed of the one pretrained model every victim of transfer/finetune "
@@ -89,7 +95,13 @@ def _seeds(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train the grid of defenses, poison sets, seeds and scenarios; write the tables; return 0."""
+    """Train the grid of defenses, poison sets, seeds and scenarios; write the tables; return 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``poisonlens evaluate`` command line.
+    """
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     for d in defenses:
         parse_defense(d)

@@ -34,6 +34,20 @@ class RandomDrop:
         "score": "uniform random draw, higher = more suspicious (the highest are dropped)",
         "suspect": "bool, among the n_drop highest random scores",
     }
+    spec_param = "match_subset"  # `random-0.2` in a grid spec: as many drops as EPIC at 0.2
+
+    @staticmethod
+    def label(params: dict) -> str | None:
+        """``random (matched drops)`` for a run that copied another run's drop counts.
+
+        Parameters
+        ----------
+        params : dict
+            The defense's parameters (run.json's ``defense_params``).
+        """
+        if "counts" in params and "match_subset" not in params:
+            return "random (matched drops)"
+        return None
 
     def __init__(
         self,
