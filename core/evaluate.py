@@ -107,7 +107,7 @@ def parse_defense(spec: str) -> dict:
     """
     if spec == "clean":
         return {"defense": "none", "defense_params": {}, "clean_control": True}
-    name, params = parse_spec(spec)
+    name, params = parse_spec(spec, also=("clean",))
     return {"defense": name, "defense_params": params, "clean_control": False}
 
 

@@ -95,6 +95,13 @@ def test_a_spec_no_defense_reads_is_one_error_naming_the_option(spec):
         parse_spec(spec)
 
 
+def test_evaluate_names_its_clean_control_among_the_specs():
+    from poisonlens.evaluate import parse_defense
+
+    with pytest.raises(InputError, match="use clean, activation-clustering, deepknn, epic-<subset_size>"):
+        parse_defense("magic")
+
+
 def test_spec_forms_come_from_the_declarations():
     forms = spec_forms()
     assert "epic-<subset_size>" in forms and "random-<match_subset>" in forms
@@ -110,6 +117,16 @@ def test_colour_columns_are_declared_by_the_defense_that_writes_them():
     assert list(colour_columns("none")) == ["score"]
     epic = colour_columns("epic")
     assert epic["cluster_size"].log and "cluster_size" in colour_columns()
+
+
+def test_the_map_colours_by_what_the_defenses_declare():
+    from poisonlens.dashboard import plots
+
+    for column, colour in colour_columns().items():
+        assert plots.COLOR_FIELDS[column] == (
+            colour.title + (" (log10)" if colour.log else ""), "value"
+        )
+        assert (column in plots.LOG_FIELDS) == colour.log
 
 
 def test_epic_declares_its_options_with_the_shared_metadata():

@@ -356,7 +356,7 @@ def defense_options(name: str) -> tuple[Field, ...]:
     return tuple(f for f in fields(options) if "help" in f.metadata)
 
 
-def parse_spec(spec: str, *, source: str = "--defenses") -> tuple[str, dict]:
+def parse_spec(spec: str, *, source: str = "--defenses", also: tuple[str, ...] = ()) -> tuple[str, dict]:
     """A defense and its parameters from a short spec: a name, or ``<name>-<value>`` for a
     defense that declares ``spec_param`` (``epic-0.2`` -> ``('epic', {'subset_size': 0.2})``).
 
@@ -366,6 +366,8 @@ def parse_spec(spec: str, *, source: str = "--defenses") -> tuple[str, dict]:
         e.g. ``none``, ``deepknn``, ``epic-0.1``, ``random-0.2``.
     source : str
         The option named in an error message.
+    also : tuple of str
+        Other words the caller reads itself, listed in the error (evaluate's ``clean``).
 
     Returns
     -------
@@ -382,7 +384,8 @@ def parse_spec(spec: str, *, source: str = "--defenses") -> tuple[str, dict]:
     name, _, value = spec.rpartition("-")
     key = getattr(_REGISTRY.get(name), "spec_param", None)
     if key is None:
-        raise InputError(source, f"unknown defense {spec!r}; use {', '.join(spec_forms())}")
+        forms = ", ".join([*also, *spec_forms()])
+        raise InputError(source, f"unknown defense {spec!r}; use {forms}")
     try:
         return name, {key: float(value)}
     except ValueError:
