@@ -35,13 +35,12 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--dataset",
         default="digits",
-        help="data set spec, e.g. digits, npz:<file> (default: %(default)s)",
+        help="data set: {formats} (default: %(default)s)",
     )
     p.add_argument(
         "--attack",
         default="gradient-matching",
-        help="gradient-matching, bullseye-polytope, feature-collision, patch-backdoor or label-flip "
-        "(default: %(default)s)",
+        help="{attacks} (default: %(default)s)",
     )
     p.add_argument(
         "--target-index", type=int, required=True, help="index of the target in the test split"
