@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable
 
 from poisonlens.errors import InputError, one_line
+from poisonlens.options import fill_names
 
 # name -> (module, one-line help), in the order `poisonlens --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -88,7 +89,7 @@ class HelpFormatter(argparse.HelpFormatter):
     and never for ``None``, ``False``, required options or positionals."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
+        text = fill_names(action.help or "")  # {defenses}, {attacks}, {formats}: the registries
         default = action.default
         if (
             "default" in text

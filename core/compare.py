@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from poisonlens.defense import spec_label
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
@@ -51,7 +52,13 @@ TABLE_COLUMNS = (
 
 def find_runs(folder: str | Path) -> list[Path]:
     """The run directories of an evaluate output folder (its ``runs/``), of a folder of runs, or
-    the folder itself when it is a run; sorted by name."""
+    the folder itself when it is a run; sorted by name.
+
+    Parameters
+    ----------
+    folder : str or path
+        An evaluate output folder, a folder of runs, or one run.
+    """
     folder = Path(folder).expanduser()
     if (folder / RUN_JSON).is_file():
         return [folder]
@@ -75,6 +82,11 @@ def runs_of_one_poison_set(paths: Iterable[str | Path]) -> list[Path]:
 
     What Compare opens on when there is no evaluate output, e.g. the bundled sample's four runs.
     Unreadable runs are skipped.
+
+    Parameters
+    ----------
+    paths : iterable of str or path
+        Run directories, in the order to keep.
     """
     groups: dict[str, list[Path]] = {}
     for path in map(Path, paths):
@@ -103,28 +115,32 @@ def _as_runs(runs: Iterable[Run | str | Path] | str | Path) -> list[Run]:
 
 def defense_label(config: dict) -> str:
     """A name for a run's defense from its configuration, as the evaluate grid names it (see
-    :func:`poisonlens.evaluate.parse_defense`): ``clean`` for the clean control, ``epic-<subset_size>``,
-    ``random-<match_subset>``, the defense's name, with any other parameters in brackets
-    (``random(fraction=0.05)``); a random defense that copied another run's drops is
-    ``random (matched drops)``."""
+    :func:`poisonlens.evaluate.parse_defense`): ``clean`` for the clean control, else the
+    defense registry's label (:func:`poisonlens.defense.spec_label`: ``epic-<subset_size>``,
+    ``random-<match_subset>``, the defense's name, any other parameters in brackets as in
+    ``random(fraction=0.05)``, ``random (matched drops)`` for a copied drop schedule).
+
+    Parameters
+    ----------
+    config : dict
+        A run's configuration (run.json's ``config``): ``clean_control``, ``defense`` and
+        ``defense_params`` are read.
+    """
     if config.get("clean_control"):
         return "clean"
-    name = str(config.get("defense", "none"))
-    params = dict(config.get("defense_params") or {})
-    key = {"epic": "subset_size", "random": "match_subset"}.get(name)
-    if key in params:
-        name = f"{name}-{params.pop(key):g}"
-    if name == "random" and "counts" in params:
-        return "random (matched drops)"
-    if params:
-        name += "(" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
-    return name
+    return spec_label(str(config.get("defense", "none")), dict(config.get("defense_params") or {}))
 
 
 def run_defense(run: Run) -> str:
     """The defense label of a run: the ``defense`` tag of an evaluate cell, else
     :func:`defense_label` of its configuration. A folder's name is only a name: it is never
-    read for identity."""
+    read for identity.
+
+    Parameters
+    ----------
+    run : Run
+        An opened run (its run.json's ``config`` and ``tags`` are read).
+    """
     tags = run.config.get("tags") or {}
     if tags.get("defense"):
         return str(tags["defense"])
@@ -132,7 +148,13 @@ def run_defense(run: Run) -> str:
 
 
 def poison_set_name(config: dict) -> str:
-    """The poison set's file or folder name without suffix (an evaluate cell's ``poison_set`` tag)."""
+    """The poison set's file or folder name without suffix (an evaluate cell's ``poison_set`` tag).
+
+    Parameters
+    ----------
+    config : dict
+        A run's configuration (run.json's ``config``).
+    """
     tagged = (config.get("tags") or {}).get("poison_set")
     if tagged:
         return str(tagged)
@@ -142,7 +164,13 @@ def poison_set_name(config: dict) -> str:
 
 def defense_order(labels: Iterable[str]) -> list[str]:
     """Distinct labels: the evaluate grid's default order first (clean, none, epic-…), then the
-    rest alphabetically."""
+    rest alphabetically.
+
+    Parameters
+    ----------
+    labels : iterable of str
+        Defense labels, as :func:`defense_label` writes them; repeats are dropped.
+    """
     rank = {d: i for i, d in enumerate(DEFAULT_DEFENSES)}
     return sorted(set(labels), key=lambda d: (rank.get(d, len(rank)), d))
 
@@ -151,7 +179,13 @@ def defense_order(labels: Iterable[str]) -> list[str]:
 
 
 def scenario_of(config: dict) -> str:
-    """A run's scenario: its ``scenario`` tag, else its config's scenario (scratch by default)."""
+    """A run's scenario: its ``scenario`` tag, else its config's scenario (scratch by default).
+
+    Parameters
+    ----------
+    config : dict
+        A run's configuration (run.json's ``config``).
+    """
     return str((config.get("tags") or {}).get("scenario") or config.get("scenario") or "scratch")
 
 
@@ -164,6 +198,11 @@ def comparison_table(runs: Iterable[Run | str | Path] | str | Path) -> pd.DataFr
     scenario and seed is among the runs, ``control_flip`` is whether it predicts a poisoned
     run's target as the attacker's class and ``controlled_success`` counts only flips it does
     not show (NaN otherwise). Sorted by scenario, poison set, defense (grid order), seed.
+
+    Parameters
+    ----------
+    runs : iterable of Run, str or path, or a folder
+        The runs to compare (a folder is read by :func:`find_runs`).
     """
     rows = []
     for run in _as_runs(runs):
@@ -263,6 +302,11 @@ def per_defense_summary(table: pd.DataFrame) -> pd.DataFrame:
     examples at random would give, on average, on the runs with poisons: ``random_recall_mean``
     (share of all examples dropped) and ``base_rate_mean`` (share of poisons in the training
     set, a random drop's precision).
+
+    Parameters
+    ----------
+    table : DataFrame
+        A :func:`comparison_table`; unfinished runs are left out.
     """
     done = table[table["status"] == "finished"]
     if done.empty:
@@ -287,7 +331,13 @@ def per_defense_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def dropped_at_end(run: Run) -> np.ndarray:
-    """bool (n_samples,): dropped by the run's last snapshot (all False without a snapshot)."""
+    """bool (n_samples,): dropped by the run's last snapshot (all False without a snapshot).
+
+    Parameters
+    ----------
+    run : Run
+        An opened run.
+    """
     epochs = run.snapshot_epochs()
     if not epochs:
         return np.zeros(len(run.examples()), dtype=bool)
@@ -302,6 +352,11 @@ def poison_overlap(runs: Iterable[Run | str | Path]) -> pd.DataFrame:
     set (the same poison rows); compare runs of different sets separately. Columns are named by
     :func:`run_defense`, with `` · seed N`` when a label repeats, in grid order. The index
     (``poison``) holds the poisons' training indices, poisons caught by the most runs first.
+
+    Parameters
+    ----------
+    runs : iterable of Run, str or path
+        The runs to compare, of one poison set.
     """
     columns: list[tuple[str, int, str, np.ndarray]] = []
     poisons: np.ndarray | None = None
@@ -342,7 +397,13 @@ def poison_overlap(runs: Iterable[Run | str | Path]) -> pd.DataFrame:
 
 def overlap_summary(overlap: pd.DataFrame) -> dict:
     """Counts of :func:`poison_overlap`: n_poisons, n_runs, caught_by_all, caught_by_some,
-    caught_by_none, and ``caught`` (a Series: poisons each column caught)."""
+    caught_by_none, and ``caught`` (a Series: poisons each column caught).
+
+    Parameters
+    ----------
+    overlap : DataFrame of shape (n_poisons, n_runs)
+        bool, what :func:`poison_overlap` returns.
+    """
     hits = overlap.sum(axis=1)
     n_runs = overlap.shape[1]
     return {

@@ -1,186 +1,128 @@
 """The run's options: one frozen dataclass, the single source for the CLI, the form and the launcher.
 
-Every field carries its help text (and, where the values are a closed set, its choices) in
-``dataclasses.field(metadata=...)``: ``poisonlens train``/``evaluate`` options, the dashboard's
-New run form and the background launcher are all generated from :func:`option_fields`, so a
-field cannot be dropped on the way. This module imports neither torch nor numpy, so commands
-that only need the options start at once.
+Every field is made by :func:`poisonlens.options.option`: its help text, its choices or range
+(:class:`~poisonlens.options.Range`) and its command-line spelling ride in the field's metadata,
+the one option-metadata system poisonlens has (EPIC's options use it too). ``poisonlens
+train``/``evaluate`` options, the dashboard's New run form and the background launcher are all
+generated from :func:`option_fields`, so a field cannot be dropped on the way. Help texts name
+registries in braces (``{formats}``, ``{defenses}``), filled with the registered names when
+shown (:func:`poisonlens.options.fill_names`). This module imports neither torch nor numpy, so
+commands that only need the options start at once.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, fields
 
+from poisonlens.data_formats import find_format
 from poisonlens.device import parse_device
 from poisonlens.errors import InputError
+from poisonlens.options import HIDDEN, Cli, Range, option
+
+__all__ = ["Range", "TrainConfig", "check_dataset_spec", "option_fields", "option_name"]
 
 MODEL_NAMES = ("smallcnn", "resnet18")
 SCENARIOS = ("scratch", "transfer", "finetune")
 AUGMENTS = ("auto", "none", "crop", "crop-flip")
 AMP_MODES = ("off", "bf16", "fp16")
-DATASET_KINDS = ("digits", "imagefolder", "cifar10", "npz")  # what poisonlens.data.load_dataset reads
-DATASET_RULE = "unknown data set; use digits, imagefolder:<dir>, cifar10:<dir> or npz:<file>"
-
-
-def _opt(
-    default,
-    help: str,
-    *,
-    choices: tuple | None = None,
-    cli: bool = True,
-    low: float | None = None,
-    high: float | None = None,
-    open_low: bool = False,
-    open_high: bool = False,
-    **kw,
-) -> Field:
-    """A config field with its CLI help, choices and range.
-
-    ``cli=False``: not a command-line option. ``low``/``high`` bound a number (or every number
-    of a tuple), inclusive unless ``open_low``/``open_high``; the CLI's types, the form's
-    widgets and :meth:`TrainConfig.validate` all read this one range.
-    """
-    rng = None if low is None and high is None else Range(low, high, open_low, open_high)
-    meta = {"help": help, "choices": choices, "cli": cli, "range": rng}
-    if kw.pop("open_choices", False):
-        meta["open_choices"] = True
-    if isinstance(default, dict | list):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
 
 
 def check_dataset_spec(spec: str) -> None:
-    """Raise :class:`InputError` naming ``spec`` unless it has the form of a data set spec.
+    """Raise :class:`InputError` naming ``spec`` unless a registered data format reads it.
 
-    Only the form ({'digits', 'imagefolder:<dir>', 'cifar10:<dir>', 'npz:<file>'}) is checked,
-    nothing is read: a misspelt ``digts`` is refused before torch or a data set loads.
+    Only the form is checked (:func:`poisonlens.data_formats.find_format`), nothing is read: a
+    misspelt ``digts`` is refused before torch or a data set loads.
+
+    Parameters
+    ----------
+    spec : str
+        A data set spec, e.g. ``digits`` or ``imagefolder:data/pets``.
     """
-    kind, sep, arg = spec.partition(":")
-    if kind not in DATASET_KINDS or (kind == "digits") == bool(sep and arg):
-        raise InputError(spec, DATASET_RULE)
-
-
-@dataclass(frozen=True)
-class Range:
-    """An interval of allowed numbers; ``None`` ends are unbounded, open ends are excluded."""
-
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-
-    def __contains__(self, x: object) -> bool:
-        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-            return False
-        if self.low is not None and (x <= self.low if self.open_low else x < self.low):
-            return False
-        return self.high is None or (x < self.high if self.open_high else x <= self.high)
-
-    def describe(self) -> str:
-        """The rule in words, e.g. 'must be at least 1' or 'must be in (0, 1]'."""
-        low, high = _num(self.low), _num(self.high)
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
-            return f"must be in {left}{low}, {high}{right}"
-        if self.low is not None:
-            return f"must be {'greater than' if self.open_low else 'at least'} {low}"
-        return f"must be {'less than' if self.open_high else 'at most'} {high}"
-
-    def problem(self, x: object) -> str | None:
-        """Why ``x`` is refused (one phrase), or None when it is allowed."""
-        if x in self:
-            return None
-        if isinstance(x, float) and not math.isfinite(x):
-            return f"must be a finite number, got {x}"
-        return f"{self.describe()}, got {x!r}"
-
-
-def _num(x: float | None) -> str:
-    if x is None:
-        return ""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+    find_format(spec)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; saved in run.json. Optimiser defaults are EPIC's (ICML 2022)."""
 
-    dataset: str = _opt(
-        "digits", "data set: digits, imagefolder:<dir>, cifar10:<dir> or npz:<file>"
-    )
-    poisons: str | None = _opt(
+    dataset: str = option("digits", "data set: {formats} (docs/data-formats.md)")
+    poisons: str | None = option(
         None, "poison set: a poisonlens .npz or a benchmark pickle folder (none: clean run)"
     )
-    clean_control: bool = _opt(
+    clean_control: bool = option(
         False, "clean control: keep the poison set's target but train on the base images"
     )
-    exclude: str | None = _opt(
+    exclude: str | None = option(
         None,
         "CSV with an 'index' column: train without those examples (a suspects export, or a "
         "review export, of which only the rows marked poison count)",
     )
-    model: str = _opt(
+    model: str = option(
         "smallcnn",
         "network: smallcnn, resnet18, torchvision:NAME, timm:NAME or module.path:factory "
         "(a callable returning an nn.Module; see docs/api.md)",
         choices=MODEL_NAMES,
-        open_choices=True,  # the choices are what the New run form offers; the CLI takes any spec
+        cli=Cli(open_choices=True),  # the choices are what the form offers; the CLI takes any spec
     )
-    width: int = _opt(32, "channels of the small CNN's first block", low=1, high=1024)
-    scenario: str = _opt(
+    width: int = option(32, "channels of the small CNN's first block", within=Range(1, 1024))
+    scenario: str = option(
         "scratch",
         "scratch, transfer (frozen pretrained body, new head) or finetune (whole network)",
         choices=SCENARIOS,
     )
-    pretrained: str | None = _opt(None, "model.pt of another run, for transfer / finetune")
-    epochs: int = _opt(40, "training epochs", low=1, high=100_000)
-    batch_size: int = _opt(
-        128, "global batch size (all processes together under torchrun)", low=2, high=1_000_000
+    pretrained: str | None = option(None, "model.pt of another run, for transfer / finetune")
+    epochs: int = option(40, "training epochs", within=Range(1, 100_000))
+    batch_size: int = option(
+        128, "global batch size (all processes together under torchrun)", within=Range(2, 1_000_000)
     )
-    lr: float | None = _opt(
-        None, "learning rate (default: 0.1 scratch/transfer, 0.01 finetune)", low=0, open_low=True
+    lr: float | None = option(
+        None,
+        "learning rate (default: 0.1 scratch/transfer, 0.01 finetune)",
+        within=Range(0, None, open_low=True),
     )
-    momentum: float = _opt(0.9, "SGD momentum", low=0, high=1, open_high=True)
-    nesterov: bool = _opt(True, "Nesterov momentum")
-    weight_decay: float = _opt(5e-4, "L2 weight decay", low=0)
-    lr_milestones: tuple[float, ...] = _opt(
+    momentum: float = option(0.9, "SGD momentum", within=Range(0, 1, open_high=True))
+    nesterov: bool = option(True, "Nesterov momentum")
+    weight_decay: float = option(5e-4, "L2 weight decay", within=Range(0))
+    lr_milestones: tuple[float, ...] = option(
         (0.375, 0.625, 0.875),
         "fractions of --epochs where the lr is multiplied by --lr-gamma",
-        low=0,
-        high=1,
+        within=Range(0, 1),
     )
-    lr_gamma: float = _opt(0.1, "lr multiplier at each milestone", low=0, open_low=True)
-    augment: str = _opt(
+    lr_gamma: float = option(
+        0.1, "lr multiplier at each milestone", within=Range(0, None, open_low=True)
+    )
+    augment: str = option(
         "auto", "augmentation ('auto': crop-flip for colour, crop for grey)", choices=AUGMENTS
     )
-    snapshot_every: int = _opt(
-        2, "epochs between gradient snapshots (EPIC's T)", low=1, high=100_000
+    snapshot_every: int = option(
+        2, "epochs between gradient snapshots (EPIC's T)", within=Range(1, 100_000)
     )
-    defense: str = _opt("none", "a registered defense (see `poisonlens select --help` for EPIC)")
-    defense_params: dict = _opt({}, "defense parameters, as KEY=VALUE (VALUE read as JSON)")
-    drop_after: int = _opt(4, "first epoch whose snapshot may drop examples", low=0, high=1_000_000)
-    stop_after: int = _opt(
-        30, "snapshots at this epoch or later drop nothing", low=0, high=1_000_000
+    defense: str = option("none", "a registered defense: {defenses}")
+    defense_params: dict = option({}, "defense parameters, as KEY=VALUE (VALUE read as JSON)")
+    drop_after: int = option(
+        4, "first epoch whose snapshot may drop examples", within=Range(0, 1_000_000)
     )
-    seed: int = _opt(0, "random seed (model init, shuffling, augmentation)", low=0, high=2**32 - 1)
-    embedding_dims: int = _opt(
+    stop_after: int = option(
+        30, "snapshots at this epoch or later drop nothing", within=Range(0, 1_000_000)
+    )
+    seed: int = option(
+        0, "random seed (model init, shuffling, augmentation)", within=Range(0, 2**32 - 1)
+    )
+    embedding_dims: int = option(
         64,
         "penultimate features stored per snapshot (wider models: random projection)",
-        low=1,
-        high=4096,
+        within=Range(1, 4096),
     )
-    snapshot_batch_size: int = _opt(
+    snapshot_batch_size: int = option(
         128,
         "batch size of the snapshot pass (moderate batches stay in a CPU's cache)",
-        low=1,
-        high=1_000_000,
+        within=Range(1, 1_000_000),
     )
-    device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
-    amp: str = _opt("off", "mixed precision on CUDA (snapshots stay float32)", choices=AMP_MODES)
-    tags: dict = _opt(
-        {}, "the run's identity as data (poison set, scenario, defense, seed, twin)", cli=False
+    device: str = option("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    amp: str = option("off", "mixed precision on CUDA (snapshots stay float32)", choices=AMP_MODES)
+    tags: dict = option(
+        {}, "the run's identity as data (poison set, scenario, defense, seed, twin)", cli=HIDDEN
     )
 
     @property
@@ -270,7 +212,13 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
-        """Rebuild a config from :meth:`to_json`'s output; unknown or mistyped keys are refused."""
+        """Rebuild a config from :meth:`to_json`'s output; unknown or mistyped keys are refused.
+
+        Parameters
+        ----------
+        data : dict
+            What :meth:`to_json` wrote (run.json's or launch.json's ``config``).
+        """
         if not isinstance(data, dict):
             raise InputError("config", "must be a JSON object")
         known = {f.name for f in fields(cls)}
@@ -291,12 +239,23 @@ class TrainConfig:
 
     @classmethod
     def from_json_text(cls, text: str) -> TrainConfig:
-        """Parse a JSON config (e.g. a ``--config`` file); any problem is an :class:`InputError`."""
+        """Parse a JSON config (e.g. a ``--config`` file); any problem is an :class:`InputError`.
+
+        Parameters
+        ----------
+        text : str
+            The JSON text of a config.
+        """
         return cls.from_json(parse_json_text(text))
 
 
 def parse_json_text(text: str) -> object:
     """JSON with bounded integers (20 digits) and nesting (Python's recursion limit, caught).
+
+    Parameters
+    ----------
+    text : str
+        The JSON text (a ``--config`` file's contents).
 
     Raises
     ------
@@ -336,7 +295,13 @@ def _type_ok(value, f: Field) -> bool:
 
 
 def option_fields(*, cli_only: bool = True) -> list[Field]:
-    """The config fields in declaration order, each with ``metadata['help']`` and ``['choices']``."""
+    """The config fields in declaration order, each with ``metadata['help']`` and ``['choices']``.
+
+    Parameters
+    ----------
+    cli_only : bool
+        Leave out the fields with no command-line option (``tags``); default True.
+    """
     return [f for f in fields(TrainConfig) if f.metadata.get("cli", True) or not cli_only]
 
 
@@ -344,7 +309,13 @@ MAX_PARAM_TEXT = 1000  # characters of one --defense-param
 
 
 def option_name(field_name: str) -> str:
-    """The command-line option of a config field: ``batch_size`` -> ``--batch-size``."""
+    """The command-line option of a config field: ``batch_size`` -> ``--batch-size``.
+
+    Parameters
+    ----------
+    field_name : str
+        A TrainConfig field, e.g. ``batch_size``.
+    """
     return "--" + field_name.replace("_", "-")
 
 
@@ -386,7 +357,15 @@ def parse_defense_param(text: str) -> tuple[str, object]:
 
 def parse_defense_params(pairs: list[str], subset_size: float | None = None) -> dict:
     """``KEY=VALUE`` texts as a dict (see :func:`parse_defense_param`); ``subset_size``, when
-    given, sets ``subset_size`` (the CLI's ``--subset-size`` and the form's EPIC field)."""
+    given, sets ``subset_size`` (the CLI's ``--subset-size`` and the form's EPIC field).
+
+    Parameters
+    ----------
+    pairs : list of str
+        ``KEY=VALUE`` texts, one parameter each.
+    subset_size : float, optional
+        EPIC's subset size, set as the ``subset_size`` parameter when given.
+    """
     params = dict(parse_defense_param(pair) for pair in pairs)
     if subset_size is not None:
         params["subset_size"] = subset_size
@@ -399,3 +378,39 @@ class _NotFinite(ValueError):
 
 def _no_constant(name: str) -> float:
     raise _NotFinite(name)
+
+
+def config_to_argv(config: TrainConfig) -> list[str]:
+    """Command-line options that rebuild ``config`` (``poisonlens train`` reads them back).
+
+    Only fields that differ from the defaults are written; ``tags`` (not an option) and any
+    other ``cli=False`` field is refused rather than dropped. The launcher shows a run's config
+    as a command with it (it passes the config itself as JSON).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The options to write.
+
+    Returns
+    -------
+    list of str, e.g. ``['--epochs=12', '--defense=epic', '--defense-param', 'subset_size=0.2']``
+    """
+    default = TrainConfig()
+    argv: list[str] = []
+    for f in option_fields(cli_only=False):
+        value = getattr(config, f.name)
+        if value == getattr(default, f.name):
+            continue
+        if not f.metadata.get("cli", True):
+            raise InputError(option_name(f.name), "has no command-line option; use --config")
+        if f.name == "defense_params":
+            for key, v in value.items():
+                argv += ["--defense-param", f"{key}={json.dumps(v)}"]
+        elif isinstance(value, bool):
+            argv.append(option_name(f.name) if value else "--no-" + option_name(f.name)[2:])
+        elif isinstance(value, tuple):
+            argv.append(f"{option_name(f.name)}={','.join(repr(float(v)) for v in value)}")
+        elif value is not None:
+            argv.append(f"{option_name(f.name)}={value}")
+    return argv

@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from poisonlens.config import TrainConfig
-from poisonlens.defense import defense_names
+from poisonlens.config import SCENARIOS, TrainConfig
+from poisonlens.defense import parse_spec
 from poisonlens.errors import InputError, one_line
 from poisonlens.export import to_safe_csv
 from poisonlens.metrics import detection_metrics
@@ -62,7 +62,6 @@ DEFAULT_DEFENSES = (
     "activation-clustering",
     "loss",
 )
-SCENARIOS = ("scratch", "transfer", "finetune")
 PRETRAINED_DIR = "pretrained"
 WILSON_Z = 1.959963984540054  # two-sided 95%
 
@@ -88,30 +87,40 @@ class GridRun:
 
 
 def parse_defense(spec: str) -> dict:
-    """TrainConfig fields for a defense spec (see the module docstring)."""
-    name, _, arg = spec.rpartition("-")
+    """TrainConfig fields for a defense spec (see the module docstring).
+
+    ``clean`` is the grid's control; every other spec is read by the defense registry
+    (:func:`poisonlens.defense.parse_spec`: a name, or ``<name>-<value>`` for a defense that
+    declares the parameter its spec sets, as ``epic-0.2`` sets ``subset_size``).
+
+    Parameters
+    ----------
+    spec : str
+        e.g. ``clean``, ``none``, ``epic-0.2``, ``random-0.2``, ``deepknn``.
+
+    Returns
+    -------
+    dict with ``defense``, ``defense_params`` and ``clean_control``
+
+    Raises
+    ------
+    InputError
+        Naming ``--defenses``, for a spec no defense reads.
+    """
     if spec == "clean":
         return {"defense": "none", "defense_params": {}, "clean_control": True}
-    if name in ("epic", "random"):
-        try:
-            size = float(arg)
-        except ValueError:
-            raise InputError(
-                "--defenses", f"{spec!r}: expected a subset size such as {name}-0.1"
-            ) from None
-        key = "subset_size" if name == "epic" else "match_subset"
-        return {"defense": name, "defense_params": {key: size}, "clean_control": False}
-    if spec in defense_names():
-        return {"defense": spec, "defense_params": {}, "clean_control": False}
-    raise InputError(
-        "--defenses",
-        f"unknown defense {spec!r}; use clean, none, epic-<s>, random-<s> or one of "
-        f"{', '.join(defense_names())}",
-    )
+    name, params = parse_spec(spec, also=("clean",))
+    return {"defense": name, "defense_params": params, "clean_control": False}
 
 
 def parse_scenarios(text: str) -> list[str]:
-    """``"scratch,transfer"`` -> ``["scratch", "transfer"]``; :class:`InputError` for others."""
+    """``"scratch,transfer"`` -> ``["scratch", "transfer"]``; :class:`InputError` for others.
+
+    Parameters
+    ----------
+    text : str
+        Comma-separated scenario names, as ``--scenarios`` takes them.
+    """
     out = [s.strip() for s in text.split(",") if s.strip()]
     for s in out:
         if s not in SCENARIOS:
@@ -122,7 +131,13 @@ def parse_scenarios(text: str) -> list[str]:
 
 
 def find_poison_sets(path: str | Path) -> list[Path]:
-    """A poison set, or every poison set directly inside a folder (``*.npz`` and benchmark folders)."""
+    """A poison set, or every poison set directly inside a folder (``*.npz`` and benchmark folders).
+
+    Parameters
+    ----------
+    path : str or path
+        A poison set (``.npz`` or a benchmark folder) or a folder of them.
+    """
     path = Path(path)
     if path.is_file() or (path / "poisons.pickle").is_file():
         return [path]
@@ -142,6 +157,13 @@ def poison_sets_for(path: str | Path, scenario: str) -> list[Path]:
     Each setting has its own attack (gradient matching from scratch, feature collision for
     transfer, gradient matching against the pretrained model for fine-tuning), so a folder may
     hold one subfolder per scenario.
+
+    Parameters
+    ----------
+    path : str or path
+        A poison set or a folder of them (or of scenario subfolders).
+    scenario : str
+        One of ``SCENARIOS``.
     """
     sub = Path(path) / scenario
     return find_poison_sets(sub if sub.is_dir() else path)

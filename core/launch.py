@@ -26,17 +26,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from poisonlens import runfs
-from poisonlens.config import TrainConfig, check_dataset_spec
+from poisonlens.config import TrainConfig, check_dataset_spec, config_to_argv
 from poisonlens.errors import InputError
+from poisonlens.run_names import check_run_name, default_name
 from poisonlens.store import RUN_JSON, RunWriter, atomic_write_json, open_run, pid_alive, read_json
 
 LAUNCH_JSON = "launch.json"
 LOG = "train.log"
 CONFIG_LINE = "config: "  # train.log's line with the child's config as JSON
-# A run name is a plain file name: never '.', '..', a path or absolute, so a run stays inside
-# its runs folder. The one definition, used by the CLI's --name and the New run page.
-NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # strict with .match too
-NAME_RULE = "use letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit"
 MAP_PROGRESS = re.compile(r"\[\s*(\d{1,3})%\]\s*(.*)")  # `poisonlens project`'s progress lines
 REPO = Path(__file__).resolve().parents[1]
 # What the New run page may start (the page is a web form: whoever reaches it starts processes).
@@ -91,23 +88,19 @@ class LaunchStatus:
 # --- checking ------------------------------------------------------------------------------
 
 
-def default_name(config: TrainConfig) -> str:
-    """``<dataset kind>-<defense>-<time>``, e.g. ``digits-epic-20260101-120000``."""
-    return f"{config.dataset.split(':')[0]}-{config.defense}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_run_name(name: str) -> str:
-    """Return ``name`` when it is a plain file name (``NAME_PATTERN``), else raise InputError."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise InputError("--name", f"{name!r} is not a plain run name: {NAME_RULE}")
-    return name
-
-
 def display_command(config: TrainConfig, *, runs_dir: str | Path, name: str) -> str:
     """A ``poisonlens train`` command that reproduces ``config`` (shown to the user; the child
-    itself reads the JSON). Fields without an option (``tags``) are left out of it."""
-    from poisonlens.commands._options import config_to_argv
+    itself reads the JSON). Fields without an option (``tags``) are left out of it.
 
+    Parameters
+    ----------
+    config : TrainConfig
+        The checked config of the run.
+    runs_dir : str or path
+        The folder the run is in.
+    name : str
+        The run's name.
+    """
     argv = ["train", *config_to_argv(replace(config, tags={}))]
     return "poisonlens " + shlex.join(argv + ["--runs-dir", str(runs_dir), "--name", name])
 
@@ -121,7 +114,13 @@ def _absolute_spec(spec: str) -> str:
 def data_roots(runs_dir: str | Path) -> list[Path]:
     """The folders a launched run's data set, poison set and weights may lie in: the runs
     folder's parent, the bundled ``sample_data/``, and the folders in ``POISONLENS_DATA_ROOTS``
-    (separated by ``os.pathsep``)."""
+    (separated by ``os.pathsep``).
+
+    Parameters
+    ----------
+    runs_dir : str or path
+        The folder new runs are created in.
+    """
     extra = [Path(p).expanduser() for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p]
     roots = [Path(runs_dir).expanduser().resolve().parent, REPO / "sample_data", *extra]
     return [r.resolve() for r in roots]
@@ -163,6 +162,15 @@ def check_launch(
 
     Returns the config with its paths made absolute and the run directory to create.
     Raises :class:`InputError` with a one-line message naming the bad parameter.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's options, as the form built them.
+    runs_dir : str or path
+        The folder the run directory is created in.
+    name : str, optional
+        The run's name (default: ``<dataset>-<defense>-<time>``).
     """
     name = check_run_name(name or default_name(config))
     runs_dir = Path(runs_dir).expanduser().resolve()
@@ -195,23 +203,27 @@ def check_launch(
     )
     config.validate()
     config.check_defense()
-    if exclude:  # the file's form here; its indices against the data set when training starts
+    _check_inputs(config)
+    return config, run_dir
+
+
+def _check_inputs(config: TrainConfig) -> None:
+    """The exclusion list's form, and the poison set: readable and fitting the data set."""
+    if config.exclude:  # the file's form here; its indices against the data set at training
         from poisonlens.review import read_index_csv
 
-        read_index_csv(exclude)
-    # poison set: readable and fitting the data set
-    if poisons:
-        if not Path(poisons).exists():
-            raise InputError(poisons, "poison set not found")
+        read_index_csv(config.exclude)
+    if config.poisons:
+        if not Path(config.poisons).exists():
+            raise InputError(config.poisons, "poison set not found")
         from poisonlens.data import load_dataset, load_poisons
         from poisonlens.data.poisons import validate_poisons
 
-        poison_set = load_poisons(poisons)
+        poison_set = load_poisons(config.poisons)
         # every kind, as `poisonlens train` does before training: a CIFAR-10 run with the digits
         # poison set used to start and then fail in the background. An image folder is decoded
         # once here and cached (poisonlens.data.cache), so the child's own load is quick.
-        validate_poisons(poison_set, load_dataset(config.dataset), source=poisons)
-    return config, run_dir
+        validate_poisons(poison_set, load_dataset(config.dataset), source=config.poisons)
 
 
 # --- starting ------------------------------------------------------------------------------
@@ -301,7 +313,13 @@ def _record_launch(run_dir: Path) -> None:
 
 
 def launched_here(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` is a folder this page created (recorded by :func:`launch_training`)."""
+    """Whether ``run_dir`` is a folder this page created (recorded by :func:`launch_training`).
+
+    Parameters
+    ----------
+    run_dir : str or path
+        A run folder.
+    """
     entry = _read_ledger().get(str(Path(run_dir).expanduser().resolve().parent / Path(run_dir).name))
     if not isinstance(entry, dict):
         return False
@@ -359,6 +377,11 @@ def stop_run(run_dir: str | Path) -> None:
 
     The run is then ``interrupted``: its last checkpoint stays, and :func:`resume_launch`
     continues it. Raises :class:`InputError` when the run is not going or not ours to stop.
+
+    Parameters
+    ----------
+    run_dir : str or path
+        A run folder this dashboard launched.
     """
     run_dir = Path(run_dir)
     status = launch_status(run_dir)
@@ -383,6 +406,11 @@ def resume_launch(run_dir: str | Path) -> Path:
 
     Raises :class:`InputError` unless the run is ``interrupted`` (stopped, killed, or its
     machine restarted): a finished run has nothing to resume, a failed one fails again.
+
+    Parameters
+    ----------
+    run_dir : str or path
+        An interrupted run folder this dashboard launched.
     """
     run_dir = Path(run_dir)
     status = launch_status(run_dir)
@@ -400,13 +428,45 @@ def resume_launch(run_dir: str | Path) -> Path:
     return run_dir
 
 
+def _train_step(run_dir: Path, launch: dict, resume: bool) -> int:
+    """Train the launched run (or continue it, as ``poisonlens train --resume`` does)."""
+    from poisonlens.train import train
+
+    if resume:
+        train(TrainConfig(), run_dir, resume=True, show_progress=False)
+        return 0
+    config = TrainConfig.from_json(launch["config"])
+    # the config exactly as this process trains it (tests compare it with the launched one)
+    print(CONFIG_LINE + json.dumps(config.to_json(), sort_keys=True), flush=True)
+    train(config, run_dir, show_progress=False)
+    return 0
+
+
+def _map_step(run_dir: Path, method: str) -> int:
+    """Compute the run's gradient map, printing ``[ 40%] message`` lines (read by
+    :func:`launch_status`) and writing the map's job file (read by the Gradient space page)."""
+    from poisonlens.projection import compute_projection, write_job
+
+    started = time.time()
+
+    def progress(fraction: float, message: str) -> None:
+        write_job(run_dir, method, state="running", fraction=round(fraction, 3),
+                  message=message, pid=os.getpid(), started=started)  # fmt: skip
+        print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+    frame = compute_projection(run_dir, method=method, progress=progress)
+    print(f"{frame['epoch'].nunique()} snapshots, {len(frame):,} points -> {method} map")
+    return 0
+
+
 def _child_main(run_dir: str, resume: bool = False) -> int:
     """The background process: train from launch.json's config (with ``resume``, continue the
     run from its last checkpoint, as ``poisonlens train --resume``), then compute the map.
 
     Errors are printed as one line to train.log (which launch_status shows), as the CLI would.
+    Training and the map are called in core directly, never through the command line layer.
     """
-    from poisonlens.cli import guarded, main
+    from poisonlens.cli import guarded
 
     run_dir_path = Path(run_dir)
     for _ in range(100):  # the launcher writes launch.json just after starting us
@@ -415,24 +475,12 @@ def _child_main(run_dir: str, resume: bool = False) -> int:
         time.sleep(0.05)
     launch = read_json(run_dir_path / LAUNCH_JSON, root=run_dir_path)
     print("$", launch["command"], flush=True)
-
-    def train_it() -> int:
-        if resume:
-            return main(["train", "--quiet", "--resume", str(run_dir_path)])
-        config = TrainConfig.from_json(launch["config"])
-        # the config exactly as this process trains it (tests compare it with the launched one)
-        print(CONFIG_LINE + json.dumps(config.to_json(), sort_keys=True), flush=True)
-        from poisonlens.train import train
-
-        train(config, run_dir_path, show_progress=False)
-        return 0
-
-    rc = guarded(train_it)
+    rc = guarded(lambda: _train_step(run_dir_path, launch, resume))
     if rc == 0 and launch.get("projection"):
         run = open_run(run_dir_path)
         epochs = run.config.get("epochs")
         RunWriter(run_dir_path).write_progress(epoch=epochs, epochs=epochs, phase="projection")
-        rc = main(["project", "--run", str(run_dir_path), "--method", launch["projection"]])
+        rc = guarded(lambda: _map_step(run_dir_path, launch["projection"]))
         RunWriter(run_dir_path).write_progress(epoch=epochs, epochs=epochs, phase="done")
     return rc
 
@@ -467,7 +515,13 @@ def _map_progress(tail: str) -> dict:
 
 
 def launch_status(run_dir: str | Path) -> LaunchStatus:
-    """How a run started by :func:`launch_training` stands, read from its files."""
+    """How a run started by :func:`launch_training` stands, read from its files.
+
+    Parameters
+    ----------
+    run_dir : str or path
+        A run folder (its launch.json, train.log and run store are read).
+    """
     _reap()
     run_dir = Path(run_dir)
     try:
@@ -523,7 +577,13 @@ def launch_status(run_dir: str | Path) -> LaunchStatus:
 
 
 def list_launches(runs_dir: str | Path) -> list[LaunchStatus]:
-    """Every run in ``runs_dir`` that this page launched (:func:`launched_here`), newest first."""
+    """Every run in ``runs_dir`` that this page launched (:func:`launched_here`), newest first.
+
+    Parameters
+    ----------
+    runs_dir : str or path
+        The folder new runs are created in.
+    """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []

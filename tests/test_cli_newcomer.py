@@ -85,7 +85,7 @@ def test_a_misspelt_dataset_is_refused_before_any_folder_is_made(tmp_path):
                           text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr == (
-        "poisonlens: digts: unknown data set; use digits, imagefolder:<dir>, cifar10:<dir> or "
+        "poisonlens: digts: unknown data set; use digits, cifar10:<dir>, imagefolder:<dir> or "
         "npz:<file>\n"
     )
     assert list(Path(tmp_path).iterdir()) == []

@@ -292,7 +292,7 @@ def test_npz_missing_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("spec", ["mnist", "npz:", "digits:extra", "imagefolder"])
 def test_unknown_spec_lists_the_choices(spec):
-    with pytest.raises(InputError, match="unknown data set; use digits, imagefolder:<dir>"):
+    with pytest.raises(InputError, match="unknown data set; use digits, cifar10:<dir>, imagefolder:<dir>"):
         load_dataset(spec)
 
 

@@ -97,7 +97,7 @@ def test_another_seed_or_epoch_gives_other_draws(seed, epoch):
         ({"counts": {"2": -1}}, "counts must be non-negative"),
         ({"fraction": 1.5}, r"fraction must be in \[0, 1\]"),
         ({"match_subset": 0}, r"match_subset must be in \(0, 1\]"),
-        ({"fraction": 0.1, "random_state": -1}, "random_state must be a non-negative int"),
+        ({"fraction": 0.1, "random_state": -1}, "random_state must be at least 0"),
     ],
 )
 def test_bad_parameters_are_clear_errors(params, message):

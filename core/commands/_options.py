@@ -29,23 +29,29 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import MISSING, Field, replace
+from dataclasses import Field, replace
 from pathlib import Path
 
 from poisonlens.config import (
     Range,
     TrainConfig,
+    config_to_argv,
     option_fields,
     option_name,
     parse_defense_param,
     parse_json_text,
 )
+from poisonlens.defense.epic_config import subset_size_field
 from poisonlens.device import parse_device
 from poisonlens.errors import InputError, one_line
+from poisonlens.options import default_of, names_formatter
+from poisonlens.run_names import check_run_name
+
+__all__ = ["add_config_arguments", "config_from_args", "config_to_argv"]
 
 MAX_TEXT = 4096  # characters of a path or spec given on the command line
 MAX_CONFIG_BYTES = 1_000_000  # a --config file is a small JSON object
-SUBSET_SIZE = Range(0, 1, open_low=True)  # EPIC's subset_size: (0, 1], as poisonlens.defense.epic checks
+SUBSET_SIZE: Range = subset_size_field().metadata["range"]  # EPIC's own (0, 1], one definition
 
 
 # --- argparse types ------------------------------------------------------------------------
@@ -65,7 +71,13 @@ def _number(text: str, kind: type) -> float:
 
 
 def int_in(rng: Range) -> Callable[[str], int]:
-    """An argparse type: an integer in ``rng``."""
+    """An argparse type: an integer in ``rng``.
+
+    Parameters
+    ----------
+    rng : Range
+        The allowed integers; the parser's message says the rule it breaks.
+    """
 
     def parse(text: str) -> int:
         value = _number(text, int)
@@ -78,7 +90,13 @@ def int_in(rng: Range) -> Callable[[str], int]:
 
 
 def float_in(rng: Range | None = None) -> Callable[[str], float]:
-    """An argparse type: a finite number, in ``rng`` when given (NaN and infinities refused)."""
+    """An argparse type: a finite number, in ``rng`` when given (NaN and infinities refused).
+
+    Parameters
+    ----------
+    rng : Range, optional
+        The allowed numbers (default: any finite number).
+    """
 
     def parse(text: str) -> float:
         value = _number(text, float)
@@ -101,7 +119,13 @@ fraction_open = float_in(Range(0, 1, open_low=True, open_high=True))  # (0, 1)
 
 
 def float_list_in(rng: Range | None = None) -> Callable[[str], tuple[float, ...]]:
-    """An argparse type: comma-separated finite numbers (``''``: none), each in ``rng``."""
+    """An argparse type: comma-separated finite numbers (``''``: none), each in ``rng``.
+
+    Parameters
+    ----------
+    rng : Range, optional
+        The range every number of the list must be in (default: any finite number).
+    """
     one = float_in(rng)
 
     def parse(text: str) -> tuple[float, ...]:
@@ -114,7 +138,13 @@ def float_list_in(rng: Range | None = None) -> Callable[[str], tuple[float, ...]
 
 
 def text(value: str) -> str:
-    """An argparse type: a non-empty, bounded text without NUL (a path or a data set spec)."""
+    """An argparse type: a non-empty, bounded text without NUL (a path or a data set spec).
+
+    Parameters
+    ----------
+    value : str
+        The text typed after the option; at most ``MAX_TEXT`` characters.
+    """
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     if len(value) > MAX_TEXT or "\0" in value:
@@ -123,13 +153,16 @@ def text(value: str) -> str:
 
 
 def plain_name(value: str) -> str:
-    """An argparse type: a run name that is a plain file name (``poisonlens.launch.NAME_PATTERN``).
+    """An argparse type: a run name that is a plain file name (``poisonlens.run_names``).
 
     Refuses ``..``, ``.``, ``a/b``, absolute paths and anything over 100 characters, so a run
     is always created inside its runs folder.
-    """
-    from poisonlens.launch import check_run_name  # light; imported here so `--help` stays fast
 
+    Parameters
+    ----------
+    value : str
+        The run name typed after ``--name``.
+    """
     try:
         return check_run_name(value)
     except InputError as err:
@@ -137,7 +170,13 @@ def plain_name(value: str) -> str:
 
 
 def folder(value: str) -> Path:
-    """An argparse type: a folder, or a path where one can be created (not an existing file)."""
+    """An argparse type: a folder, or a path where one can be created (not an existing file).
+
+    Parameters
+    ----------
+    value : str
+        The path typed; ``~`` is expanded.
+    """
     path = Path(text(value)).expanduser()
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{one_line(value, 100)} is a file, not a folder")
@@ -145,7 +184,13 @@ def folder(value: str) -> Path:
 
 
 def existing_folder(value: str) -> Path:
-    """An argparse type: a folder that exists."""
+    """An argparse type: a folder that exists.
+
+    Parameters
+    ----------
+    value : str
+        The path typed; ``~`` is expanded.
+    """
     path = folder(value)
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"no such folder: {one_line(value, 100)}")
@@ -154,7 +199,13 @@ def existing_folder(value: str) -> Path:
 
 def device(value: str) -> str:
     """An argparse type: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (syntax only; whether
-    the device is present is checked when training starts)."""
+    the device is present is checked when training starts).
+
+    Parameters
+    ----------
+    value : str
+        The device typed after ``--device``, e.g. ``cuda:1``.
+    """
     try:
         parse_device(value)  # the one rule for --device
     except InputError as err:
@@ -163,7 +214,13 @@ def device(value: str) -> str:
 
 
 def defense_param(value: str) -> tuple[str, object]:
-    """An argparse type: one ``KEY=VALUE`` defense parameter (:func:`poisonlens.config.parse_defense_param`)."""
+    """An argparse type: one ``KEY=VALUE`` defense parameter (:func:`poisonlens.config.parse_defense_param`).
+
+    Parameters
+    ----------
+    value : str
+        One ``KEY=VALUE`` text, e.g. ``fraction=0.05`` (VALUE read as JSON when it can be).
+    """
     try:
         return parse_defense_param(value)
     except InputError as err:
@@ -173,7 +230,13 @@ def defense_param(value: str) -> tuple[str, object]:
 def config_file(value: str) -> TrainConfig:
     """An argparse type: a ``TrainConfig`` JSON file (``TrainConfig.to_json``), or a run.json or
     launch.json holding one under ``config``; read with a size and depth limit, problems name
-    the file."""
+    the file.
+
+    Parameters
+    ----------
+    value : str
+        The path typed after ``--config``; at most ``MAX_CONFIG_BYTES`` are read.
+    """
     path = Path(text(value)).expanduser()
     try:
         if not path.is_file():
@@ -199,7 +262,13 @@ def config_file(value: str) -> TrainConfig:
 
 def model_spec(text: str) -> str:
     """An argparse type: a ``--model`` spec (:mod:`poisonlens.model_spec`). Typed on the command
-    line, a ``module.path:factory`` spec may then be imported by this process."""
+    line, a ``module.path:factory`` spec may then be imported by this process.
+
+    Parameters
+    ----------
+    text : str
+        The spec typed after ``--model``: ``smallcnn``, ``resnet18``, ``torchvision:NAME``, ``timm:NAME`` or ``module.path:factory``.
+    """
     from poisonlens.model_spec import parse, trust
 
     try:
@@ -207,10 +276,6 @@ def model_spec(text: str) -> str:
     except InputError as err:
         raise argparse.ArgumentTypeError(err.problem) from None
     return trust(text)
-
-
-def _default(f: Field):
-    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
 
 
 def _shown(value) -> str:
@@ -236,6 +301,29 @@ def _field_type(f: Field) -> Callable[[str], object]:
     return text
 
 
+def _add_defense_params(parser: argparse.ArgumentParser) -> None:
+    """``--defense-param KEY=VALUE`` (repeatable) and ``--subset-size``, EPIC's own field."""
+    parser.add_argument(
+        "--defense-param",
+        dest="defense_params",
+        action="append",
+        type=defense_param,
+        metavar="KEY=VALUE",
+        default=argparse.SUPPRESS,
+        help="a defense parameter, repeatable (e.g. fraction=0.05); VALUE is read as "
+        "JSON when it can be",
+    )
+    subset = subset_size_field()  # EPIC's field: its help, range and default
+    parser.add_argument(
+        "--subset-size",
+        type=fraction,
+        metavar=subset.metadata["metavar"],
+        default=argparse.SUPPRESS,
+        help=f"EPIC's {subset.metadata['help']}, {SUBSET_SIZE.describe()[8:]} (sets the "
+        f"defense parameter subset_size; EPIC's default: {default_of(subset):g})",
+    )
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser,
     *,
@@ -253,36 +341,22 @@ def add_config_arguments(
     Notes
     -----
     Booleans become ``--flag/--no-flag``; fields with choices list them; numbers are checked
-    against the field's range as they are parsed. ``defense_params`` becomes the repeatable
-    ``--defense-param KEY=VALUE`` plus ``--subset-size`` (sugar for ``subset_size``, in (0, 1]).
+    against the field's range as they are parsed. The parser's help formatter is made to fill
+    registry names (``{defenses}``, ``{formats}``) into help texts when help is shown. ``defense_params`` becomes the repeatable
+    ``--defense-param KEY=VALUE`` plus ``--subset-size`` (sugar for ``subset_size``; its range
+    and help are EPIC's own field's, :func:`poisonlens.defense.epic_config.subset_size_field`).
     Options not given are absent from the parsed namespace; read it with
     :func:`config_from_args`.
     """
+    parser.formatter_class = names_formatter(parser.formatter_class)  # fills {defenses}, ...
     wanted = None if include is None else set(include)
     skipped = set(exclude)
     for f in option_fields():
         if (wanted is not None and f.name not in wanted) or f.name in skipped:
             continue
-        default, helptext = _default(f), f.metadata["help"]
+        default, helptext = default_of(f), f.metadata["help"]
         if f.name == "defense_params":
-            parser.add_argument(
-                "--defense-param",
-                dest="defense_params",
-                action="append",
-                type=defense_param,
-                metavar="KEY=VALUE",
-                default=argparse.SUPPRESS,
-                help="a defense parameter, repeatable (e.g. fraction=0.05); VALUE is read as "
-                "JSON when it can be",
-            )
-            parser.add_argument(
-                "--subset-size",
-                type=fraction,
-                metavar="FRACTION",
-                default=argparse.SUPPRESS,
-                help="EPIC's subset size, in (0, 1]: the share of active examples chosen as "
-                "medoids (sets the defense parameter subset_size)",
-            )
+            _add_defense_params(parser)
             continue
         if default is not None and "default" not in helptext:
             helptext += f" (default: {_shown(default)})"
@@ -304,6 +378,13 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     Starts from ``args.config`` (a ``--config`` file, already parsed by :func:`config_file`) or
     the defaults, applies every option given on the command line, then ``overrides``.
     ``--defense-param`` and ``--subset-size`` are merged into the base's ``defense_params``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line; options not given are absent from it.
+    **overrides
+        TrainConfig fields the command sets itself (they win over the command line).
 
     Returns
     -------
@@ -327,32 +408,3 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     config = replace(base, **{**changes, **overrides})
     config.validate()
     return config
-
-
-def config_to_argv(config: TrainConfig) -> list[str]:
-    """Command-line options that rebuild ``config`` through :func:`add_config_arguments`.
-
-    Only fields that differ from the defaults are written; ``tags`` (not an option) and any
-    other ``cli=False`` field is refused rather than dropped. Used by tests and by anyone who
-    wants to show a config as a command; the launcher passes JSON instead.
-    """
-    default = TrainConfig()
-    argv: list[str] = []
-    for f in option_fields(cli_only=False):
-        value = getattr(config, f.name)
-        if value == getattr(default, f.name):
-            continue
-        if not f.metadata.get("cli", True):
-            raise InputError(option_name(f.name), "has no command-line option; use --config")
-        if f.name == "defense_params":
-            import json
-
-            for key, v in value.items():
-                argv += ["--defense-param", f"{key}={json.dumps(v)}"]
-        elif isinstance(value, bool):
-            argv.append(option_name(f.name) if value else "--no-" + option_name(f.name)[2:])
-        elif isinstance(value, tuple):
-            argv.append(f"{option_name(f.name)}={','.join(repr(float(v)) for v in value)}")
-        elif value is not None:
-            argv.append(f"{option_name(f.name)}={value}")
-    return argv

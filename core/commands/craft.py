@@ -54,7 +54,7 @@ def _add_goal_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default="digits",
-        help="data set spec, e.g. digits, npz:<file> (default: %(default)s)",
+        help="data set: {formats} (default: %(default)s)",
     )
     p.add_argument(
         "--target-index", type=int, required=True, help="index of the target in the test split"
@@ -78,8 +78,7 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--attack",
         default="gradient-matching",
-        help="gradient-matching, bullseye-polytope, feature-collision, patch-backdoor or label-flip "
-        "(default: %(default)s)",
+        help="{attacks} (default: %(default)s)",
     )
     p.add_argument(
         "--eps",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from poisonlens.commands import add_command
 from poisonlens.commands._options import add_config_arguments, config_file, config_from_args
+from poisonlens.config import SCENARIOS
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
@@ -31,7 +32,13 @@ GRID_FIELDS = ("poisons", "clean_control", "scenario", "pretrained", "defense", 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand and its options to ``sub``: every TrainConfig option
-    but the grid's fields (:data:`GRID_FIELDS`), and the grid's own options."""
+    but the grid's fields (:data:`GRID_FIELDS`), and the grid's own options.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The ``poisonlens`` parser's subcommands.
+    """
     p = add_command(
         sub, "evaluate", run,
         description="Train each defense on each poison set, seed and scenario, one process per "
@@ -56,10 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--defenses",
         default=",".join(DEFAULT_DEFENSES),
-        help="comma-separated: clean (the control), none, epic-<subset>, random-<subset>, "
-        "deepknn, spectral, activation-clustering, loss",
+        help="comma-separated: clean (the control), {defense_specs}",
     )
-    p.add_argument("--scenarios", default="scratch", help="comma-separated: scratch, transfer, finetune")
+    p.add_argument("--scenarios", default="scratch", help="comma-separated: " + ", ".join(SCENARIOS))
     p.add_argument("--seeds", default="0,1,2", help="comma-separated victim seeds")
     p.add_argument("--pretrain-seed", type=int, default=0,
                    help="seed of the one pretrained model every victim of transfer/finetune "
@@ -88,7 +94,13 @@ def _seeds(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train the grid of defenses, poison sets, seeds and scenarios; write the tables; return 0."""
+    """Train the grid of defenses, poison sets, seeds and scenarios; write the tables; return 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``poisonlens evaluate`` command line.
+    """
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     for d in defenses:
         parse_defense(d)

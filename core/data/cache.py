@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from poisonlens.data.datasets import (
+from poisonlens.data.images import (
     check_decoded_size,
     class_folders,
     find_image_files,
@@ -104,6 +104,15 @@ def list_imagefolder(
 
     ``hash_content=False`` leaves ``stamps`` empty (no file is read): for a folder too small
     to be cached.
+
+    Parameters
+    ----------
+    root : path
+        The data set folder, holding ``train/`` and ``test/``.
+    class_names : sequence of str
+        The classes, in label order (the sub-folders of ``train/``).
+    hash_content : bool
+        Hash every file's bytes into ``stamps`` (default True).
     """
     root = Path(root)
     train, y_train = _list_split(root / "train", class_names, root=root, every_class=True)
@@ -128,7 +137,13 @@ def list_imagefolder(
 def content_hash(path: str | Path) -> str:
     """BLAKE2b (128 bits) of a file's bytes. The listing already checked each file (a regular
     file, links inside the root only); it is opened non-blocking and checked again with
-    ``fstat``, so a file swapped for a FIFO since is refused, never waited on."""
+    ``fstat``, so a file swapped for a FIFO since is refused, never waited on.
+
+    Parameters
+    ----------
+    path : str or path
+        An image file the listing already checked.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -142,7 +157,13 @@ def content_hash(path: str | Path) -> str:
 
 
 def folder_key(listing: FolderListing) -> str:
-    """A hash of everything that could change the decoded pixels (format, classes, files)."""
+    """A hash of everything that could change the decoded pixels (format, classes, files).
+
+    Parameters
+    ----------
+    listing : FolderListing
+        What :func:`list_imagefolder` found.
+    """
     h = hashlib.sha256(f"poisonlens imagefolder cache {CACHE_FORMAT}\n".encode())
     h.update(("\0".join(listing.class_names) + f"\n{listing.n_train}\n").encode())
     h.update(listing.stamps.encode())

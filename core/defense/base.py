@@ -1,16 +1,30 @@
 """The defense hook: the snapshot a defense sees, what it returns, and the registry.
 
 Scores point one way everywhere in poisonlens: **higher = more suspicious**.
+
+A defense is a factory registered with :func:`register`. Besides building the defense, the
+factory declares, as class attributes, everything the rest of poisonlens needs to know of it,
+so nothing outside its module names its parameters or columns:
+
+- ``output_columns``: the per-example columns it writes, each described (:func:`output_columns`);
+- ``colour_columns``: those a page may colour the examples by (:func:`colour_columns`);
+- ``options``: a dataclass of its options made with :func:`poisonlens.options.option`, the
+  metadata ``TrainConfig`` uses too (:func:`defense_options`);
+- ``spec_param``: the parameter a short spec ``<name>-<value>`` sets, as ``epic-0.2`` sets
+  ``subset_size`` (:func:`parse_spec`, :func:`spec_label`); ``label(params)`` may name a
+  configuration the spec cannot write (:func:`spec_label`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields, is_dataclass
 from typing import Protocol
 
 import numpy as np
+
+from poisonlens.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -111,7 +125,15 @@ class ScoringDefense:
         return result
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """The decision, given a checked bool mask of shape (n_samples,); see ``__call__``."""
+        """The decision, given a checked bool mask of shape (n_samples,); see ``__call__``.
+
+        Parameters
+        ----------
+        snapshot : Snapshot
+            The per-example quantities at one epoch.
+        active : bool ndarray of shape (n_samples,)
+            The examples still in training, already checked.
+        """
         raise NotImplementedError
 
 
@@ -226,10 +248,7 @@ def output_columns(name: str) -> dict[str, str]:
     ValueError
         For an unknown defense.
     """
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown defense {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
-    declared = dict(getattr(_REGISTRY[name], "output_columns", {}))
+    declared = dict(getattr(_factory(name), "output_columns", {}))
     return {**BASE_COLUMNS, **declared}
 
 
@@ -270,7 +289,147 @@ def build_defense(name: str, **params) -> Defense:
     -------
     Defense, callable as ``defense(snapshot, active) -> DefenseResult``
     """
+    return _factory(name)(**params)
+
+
+@dataclass(frozen=True)
+class ColourBy:
+    """A per-example column a page may colour the examples by.
+
+    Attributes
+    ----------
+    title : the column in words, for the legend and the page's choice
+    log : drawn on a log10 scale (counts and distances spanning decades)
+    """
+
+    title: str
+    log: bool = False
+
+
+# Every defense writes a score: a page may always colour by it.
+BASE_COLOURS: dict[str, ColourBy] = {SCORE_COLUMN: ColourBy("suspicion score")}
+
+
+def _factory(name: str) -> Callable[..., Defense]:
     _load_builtin()
     if name not in _REGISTRY:
         raise ValueError(f"unknown defense {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**params)
+    return _REGISTRY[name]
+
+
+def colour_columns(name: str | None = None) -> dict[str, ColourBy]:
+    """The columns a page may colour examples by: the score and the defense's declared ones.
+
+    Parameters
+    ----------
+    name : str, optional
+        A registered defense; None: the columns of every registered defense (for a page that
+        shows whatever columns a snapshot holds).
+
+    Returns
+    -------
+    dict of {column: ColourBy}, 'score' first
+    """
+    _load_builtin()
+    names = sorted(_REGISTRY) if name is None else [name]
+    out = dict(BASE_COLOURS)
+    for each in names:
+        out.update(getattr(_factory(each), "colour_columns", {}))
+    return out
+
+
+def defense_options(name: str) -> tuple[Field, ...]:
+    """The defense's options, each with its help, choices and range (made with
+    :func:`poisonlens.options.option`): the fields of the dataclass it declares as ``options``
+    (EPIC's ``EpicConfig``), or those of the factory itself when it is such a dataclass;
+    () when it has none.
+
+    Parameters
+    ----------
+    name : str
+        A registered defense.
+    """
+    factory = _factory(name)
+    options = getattr(factory, "options", factory)
+    if not is_dataclass(options):
+        return ()
+    return tuple(f for f in fields(options) if "help" in f.metadata)
+
+
+def parse_spec(spec: str, *, source: str = "--defenses", also: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """A defense and its parameters from a short spec: a name, or ``<name>-<value>`` for a
+    defense that declares ``spec_param`` (``epic-0.2`` -> ``('epic', {'subset_size': 0.2})``).
+
+    Parameters
+    ----------
+    spec : str
+        e.g. ``none``, ``deepknn``, ``epic-0.1``, ``random-0.2``.
+    source : str
+        The option named in an error message.
+    also : tuple of str
+        Other words the caller reads itself, listed in the error (evaluate's ``clean``).
+
+    Returns
+    -------
+    (name, params)
+
+    Raises
+    ------
+    InputError
+        Naming ``source``, for an unknown defense or a value that is not a number.
+    """
+    _load_builtin()
+    if spec in _REGISTRY:
+        return spec, {}
+    name, _, value = spec.rpartition("-")
+    key = getattr(_REGISTRY.get(name), "spec_param", None)
+    if key is None:
+        forms = ", ".join([*also, *spec_forms()])
+        raise InputError(source, f"unknown defense {spec!r}; use {forms}")
+    try:
+        return name, {key: float(value)}
+    except ValueError:
+        raise InputError(source, f"{spec!r}: expected a number, as in {name}-0.1") from None
+
+
+def spec_forms() -> list[str]:
+    """How each registered defense is written in a spec (``epic-<subset_size>``, ``deepknn``).
+
+    Returns
+    -------
+    list of str, sorted by name
+    """
+    _load_builtin()
+    out = []
+    for name, factory in sorted(_REGISTRY.items()):
+        key = getattr(factory, "spec_param", None)
+        out.append(f"{name}-<{key}>" if key else name)
+    return out
+
+
+def spec_label(name: str, params: dict) -> str:
+    """A defense and its parameters as a short label, the inverse of :func:`parse_spec`.
+
+    ``epic-0.2`` for EPIC at subset size 0.2, the name alone without parameters, other
+    parameters in brackets (``random(fraction=0.05)``); a defense's ``label(params)`` hook
+    names configurations a spec cannot write (``random (matched drops)``).
+
+    Parameters
+    ----------
+    name : str
+        The defense's name (an unregistered one is labelled by its name and parameters).
+    params : dict
+        Its parameters, as run.json's ``defense_params``.
+    """
+    _load_builtin()
+    factory = _REGISTRY.get(name)
+    custom = getattr(factory, "label", None)
+    if callable(custom) and (text := custom(params)) is not None:
+        return text
+    params = dict(params)
+    key = getattr(factory, "spec_param", None)
+    if key in params and isinstance(params[key], int | float):
+        name = f"{name}-{params.pop(key):g}"
+    if params:
+        name += "(" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+    return name

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from poisonlens.defense.base import DefenseResult, Snapshot, register
+from poisonlens.defense.base import ColourBy, DefenseResult, Snapshot, register
 from poisonlens.defense.epic_config import EpicConfig
 from poisonlens.defense.facility_location import Clustering, ClusterOptions, cluster
 from poisonlens.defense.greedi import (
@@ -484,6 +484,9 @@ class Epic:
         "isolation": "float, for a dropped example: distance to the nearest example of its class "
         "outside its cluster / the class's median nearest-neighbour distance (NaN if kept)",
     }
+    colour_columns = {"cluster_size": ColourBy("cluster size", log=True)}
+    options = EpicConfig  # its options' help, ranges and defaults
+    spec_param = "subset_size"  # `epic-0.2` in a grid spec
 
     def __init__(self, **params) -> None:
         self.config = EpicConfig(**params)

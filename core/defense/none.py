@@ -18,6 +18,14 @@ class NoDefense(ScoringDefense):
     }
 
     def decide(self, snapshot: Snapshot, active: np.ndarray) -> DefenseResult:
-        """Score nothing and suspect nothing: all NaN and all False."""
+        """Score nothing and suspect nothing: all NaN and all False.
+
+        Parameters
+        ----------
+        snapshot : Snapshot
+            Only its ``n_samples`` is read.
+        active : bool ndarray of shape (n_samples,)
+            Ignored: nothing is scored.
+        """
         n = snapshot.n_samples
         return DefenseResult(score=np.full(n, np.nan), suspect=np.zeros(n, dtype=bool))

@@ -11,10 +11,39 @@ here too. Draws depend only on (``random_state``, the snapshot's epoch).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from poisonlens.defense.base import DefenseResult, Snapshot, register
 from poisonlens.defense.epic import select
+from poisonlens.options import Range, check_values, option
+
+
+@dataclass(frozen=True)
+class RandomOptions:
+    """The ``random`` defense's options: exactly one of ``fraction``, ``match_subset``, ``counts``."""
+
+    fraction: float | None = option(
+        None, "share of the active examples dropped at each snapshot", within=Range(0, 1)
+    )
+    match_subset: float | None = option(
+        None,
+        "drop as many as EPIC at this subset size would on this run's snapshot",
+        within=Range(0, 1, open_low=True),
+    )
+    counts: dict | None = option(
+        None, "{epoch: drops}: another run's schedule (poisonlens evaluate passes EPIC's)"
+    )
+    random_state: int = option(0, "seed of the random scores", within=Range(0))
+
+    def __post_init__(self) -> None:
+        given = (self.fraction, self.match_subset, self.counts)
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("give exactly one of fraction, match_subset or counts")
+        if self.counts is not None and any(int(n) < 0 for n in self.counts.values()):
+            raise ValueError("counts must be non-negative")
+        check_values(self)
 
 
 @register("random")
@@ -23,10 +52,11 @@ class RandomDrop:
 
     Parameters
     ----------
-    fraction : float in [0, 1], share of active examples dropped at each snapshot
-    match_subset : float in (0, 1], EPIC's subset_size whose drop count to match
-    counts : {epoch: number of drops}, e.g. an EPIC run's ``n_new_drops`` per snapshot
-    random_state : non-negative int
+    **params
+        The fields of :class:`RandomOptions`: ``fraction`` (in [0, 1], share of the active
+        examples dropped at each snapshot), ``match_subset`` (in (0, 1], EPIC's subset size
+        whose drop count to match), ``counts`` ({epoch: number of drops}, e.g. an EPIC run's
+        ``n_new_drops`` per snapshot), ``random_state`` (a non-negative int).
     """
 
     name = "random"
@@ -34,30 +64,30 @@ class RandomDrop:
         "score": "uniform random draw, higher = more suspicious (the highest are dropped)",
         "suspect": "bool, among the n_drop highest random scores",
     }
+    options = RandomOptions
+    spec_param = "match_subset"  # `random-0.2` in a grid spec: as many drops as EPIC at 0.2
 
-    def __init__(
-        self,
-        *,
-        fraction: float | None = None,
-        match_subset: float | None = None,
-        counts: dict | None = None,
-        random_state: int = 0,
-    ) -> None:
-        if sum(x is not None for x in (fraction, match_subset, counts)) != 1:
-            raise ValueError("give exactly one of fraction, match_subset or counts")
-        if counts is not None and any(int(n) < 0 for n in counts.values()):
-            raise ValueError("counts must be non-negative")
-        if fraction is not None and not 0 <= fraction <= 1:
-            raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
-        if match_subset is not None and not 0 < match_subset <= 1:
-            raise ValueError(f"match_subset must be in (0, 1], got {match_subset!r}")
-        if random_state < 0:
-            raise ValueError(f"random_state must be a non-negative int, got {random_state!r}")
-        self.fraction = fraction
-        self.match_subset = match_subset
+    @staticmethod
+    def label(params: dict) -> str | None:
+        """``random (matched drops)`` for a run that copied another run's drop counts.
+
+        Parameters
+        ----------
+        params : dict
+            The defense's parameters (run.json's ``defense_params``).
+        """
+        if "counts" in params and "match_subset" not in params:
+            return "random (matched drops)"
+        return None
+
+    def __init__(self, **params) -> None:
+        options = RandomOptions(**params)
+        self.fraction = options.fraction
+        self.match_subset = options.match_subset
         # JSON (run.json) turns integer keys into strings
+        counts = options.counts
         self.counts = None if counts is None else {int(e): int(n) for e, n in counts.items()}
-        self.random_state = random_state
+        self.random_state = options.random_state
 
     def n_drop(self, snapshot: Snapshot, active: np.ndarray) -> int:
         """How many active examples to drop at this snapshot.

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import plotly.colors as pc
 
+from poisonlens.defense import colour_columns
+
 # distinct groups drawn over the class colours, in drawing order
 STYLE = {
     "dropped earlier": dict(symbol="x", size=5, color="#9e9e9e", opacity=0.55),
@@ -49,11 +51,11 @@ COLOR_FIELDS = {
     "review": ("your review (poison / clean / unsure)", "category"),
     "dropped_epoch": ("epoch dropped", "category"),
     "loss": ("loss (log10)", "value"),
-    "score": ("suspicion score", "value"),
     "drift": ("drift (log10)", "value"),
-    "cluster_size": ("cluster size (log10)", "value"),
+    # the columns the defenses declare (the score; EPIC's cluster size), from their registry
+    **{c: (f"{v.title}{' (log10)' if v.log else ''}", "value") for c, v in colour_columns().items()},
 }
-LOG_FIELDS = ("loss", "drift", "cluster_size")
+LOG_FIELDS = ("loss", "drift", *(c for c, v in colour_columns().items() if v.log))
 
 
 def text(value: object) -> str:

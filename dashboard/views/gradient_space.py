@@ -65,6 +65,7 @@ from poisonlens.dashboard.selection import (
     selection_to_indices,
     update_selection,
 )
+from poisonlens.defense import colour_columns
 from poisonlens.errors import InputError
 from poisonlens.neighbours import SPACES, nearest_neighbours, space_columns
 from poisonlens.projection import (
@@ -770,7 +771,7 @@ def color_choices(have: set[str], has_truth: bool) -> list[str]:
         Whether the run knows its poisons (then 'poison' is offered).
     """
     out = ["class", "prediction", "correct"] + (["poison"] if has_truth else []) + ["review", "dropped_epoch", "loss"]
-    out += [c for c in ("score", "cluster_size") if c in have] + ["drift"]
+    out += [c for c in colour_columns() if c in have] + ["drift"]  # as the defenses declare
     return out
 
 

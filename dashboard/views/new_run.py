@@ -10,7 +10,7 @@ store exists the sidebar's run picker switches to it.
 from __future__ import annotations
 
 import time
-from dataclasses import MISSING, Field
+from dataclasses import Field
 from pathlib import Path
 
 import streamlit as st
@@ -26,6 +26,7 @@ from poisonlens.dashboard.common import (
     run_picker_ui,
     runs_dirs,
 )
+from poisonlens.defense.epic_config import subset_size_field
 from poisonlens.errors import InputError
 from poisonlens.launch import (
     LaunchStatus,
@@ -35,6 +36,7 @@ from poisonlens.launch import (
     resume_launch,
     stop_run,
 )
+from poisonlens.options import default_of, fill_names
 from poisonlens.store import RUN_JSON, open_run
 
 PAGE = {"title": "New run", "icon": ":material/play_arrow:", "order": 60}
@@ -51,7 +53,7 @@ LAYOUT = {
 }
 # The form's starting values where they differ from TrainConfig's: a short EPIC run on digits.
 FORM_DEFAULTS = {"epochs": 12, "drop_after": 2, "defense": "epic"}
-SUBSET_DEFAULT = 0.2
+SUBSET = subset_size_field()  # the subset size widget reads EPIC's field: one range, one default
 FORM_STATE = "nr_kept"  # the form's values, kept while other pages are shown
 FORM_EXTRA_KEYS = {"nr_poison_choice", "nr_poison_path", "nr_subset", "nr_params", "nr_projection"}
 # Widget labels that read better than the field's name (the rest: "batch_size" -> "Batch size").
@@ -81,9 +83,37 @@ def _label(f: Field) -> str:
 
 
 def _start(f: Field):
-    if f.name in FORM_DEFAULTS:
-        return FORM_DEFAULTS[f.name]
-    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    return FORM_DEFAULTS[f.name] if f.name in FORM_DEFAULTS else default_of(f)
+
+
+def _poisons_widget(box, helptext: str) -> tuple[str, str]:
+    """A poison set: one of the files lying around, none, or a path typed in."""
+    files = poison_files()
+    choice = box.selectbox("Poison set", [NONE, *files, OTHER], key="nr_poison_choice", help=helptext)
+    other = box.text_input("Poison set path (for “other file…”)", key="nr_poison_path")
+    return choice, other
+
+
+def _defense_params_widget(box, helptext: str) -> tuple[float, str]:
+    """EPIC's subset size (its own field's range and default) and any other KEY=VALUE lines."""
+    subset = box.number_input(  # EPIC's own field: its range (0, 1] and default (0.1)
+        "Subset size (EPIC)",
+        float(SUBSET.metadata["range"].low),
+        float(SUBSET.metadata["range"].high),
+        float(default_of(SUBSET)),
+        step=0.05,
+        key="nr_subset",
+        help=f"EPIC's {SUBSET.metadata['help']}, "
+        f"{SUBSET.metadata['range'].describe()[8:]}; ignored by other defenses",
+    )
+    text = box.text_area(
+        "Other defense parameters, one KEY=VALUE a line",
+        key="nr_params",
+        height=68,
+        placeholder="e.g. fraction=0.05 (random, loss) or cluster_thresh=1 (epic)",
+        help=helptext,
+    )
+    return subset, text
 
 
 def field_widget(f: Field, box) -> object:
@@ -91,40 +121,25 @@ def field_widget(f: Field, box) -> object:
 
     Returns the widget's raw value; :func:`config_values` turns the raw values into config
     values. Keys are ``nr_<field>``.
+
+    Parameters
+    ----------
+    f : dataclasses.Field
+        A TrainConfig field, with its help, choices and range metadata.
+    box : streamlit container
+        Where the widget goes (a column).
     """
-    key, label, helptext, start = f"nr_{f.name}", _label(f), f.metadata["help"], _start(f)
+    key, label, helptext, start = f"nr_{f.name}", _label(f), fill_names(f.metadata["help"]), _start(f)
     choices, rng = f.metadata.get("choices"), f.metadata.get("range") or Range()
     hint = str(f.type)
     if f.name == "poisons":
-        files = poison_files()
-        choice = box.selectbox(
-            "Poison set", [NONE, *files, OTHER], key="nr_poison_choice", help=helptext
-        )
-        other = box.text_input("Poison set path (for “other file…”)", key="nr_poison_path")
-        return choice, other
+        return _poisons_widget(box, helptext)
     if f.name == "defense":
         names = defenses()
         index = names.index(start) if start in names else 0
         return box.selectbox(label, names, index=index, key=key, help=helptext)
     if f.name == "defense_params":
-        subset = box.number_input(
-            "Subset size (EPIC)",
-            0.01,
-            1.0,
-            SUBSET_DEFAULT,
-            step=0.05,
-            key="nr_subset",
-            help="EPIC's share of active examples chosen as medoids at each snapshot; "
-            "ignored by other defenses",
-        )
-        text = box.text_area(
-            "Other defense parameters, one KEY=VALUE a line",
-            key="nr_params",
-            height=68,
-            placeholder="e.g. fraction=0.05 (random, loss) or cluster_thresh=1 (epic)",
-            help=helptext,
-        )
-        return subset, text
+        return _defense_params_widget(box, helptext)
     if isinstance(start, bool):
         return box.checkbox(label, value=start, key=key, help=helptext)
     if choices:
@@ -150,6 +165,11 @@ def config_values(raw: dict[str, object]) -> dict[str, object]:
     """The TrainConfig keyword arguments from the widgets' raw values (see :func:`field_widget`).
 
     Raises :class:`InputError` naming the field for a value that cannot be read.
+
+    Parameters
+    ----------
+    raw : dict
+        ``{field name: the widget's raw value}``, for every CLI field.
     """
     values: dict[str, object] = {}
     for f in option_fields():
@@ -200,7 +220,13 @@ def keep_form() -> None:
 
 
 def form_ui(runs_dir: Path) -> Path | None:
-    """The form; returns the run directory it started, or None."""
+    """The form; returns the run directory it started, or None.
+
+    Parameters
+    ----------
+    runs_dir : path
+        The folder new runs are created in.
+    """
     placed = {name for names in LAYOUT.values() for name in names}
     by_name = {f.name: f for f in option_fields()}
     more = [f for f in option_fields() if f.name not in placed]
@@ -247,7 +273,13 @@ def form_ui(runs_dir: Path) -> Path | None:
 
 
 def retrain_ui(runs_dir: Path) -> Path | None:
-    """Retrain a reviewed run without the examples marked poison; returns the run it started."""
+    """Retrain a reviewed run without the examples marked poison; returns the run it started.
+
+    Parameters
+    ----------
+    runs_dir : path
+        The folder new runs are created in.
+    """
     from poisonlens.dashboard.marking import review_or_empty
     from poisonlens.review import retrain_config, write_poison_list
 
@@ -285,8 +317,43 @@ def retrain_ui(runs_dir: Path) -> Path | None:
     return run_dir
 
 
+def _act(box, action, status: LaunchStatus, failed: str) -> bool:
+    """``action(status.run_dir)``; on an InputError, one line ``failed: why`` in ``box``."""
+    try:
+        action(status.run_dir)
+    except InputError as err:
+        box.error(f"{failed}: {md(err)}")
+        return False
+    return True
+
+
+def overview_link(box, status: LaunchStatus) -> None:
+    """A link to the Overview page of a launched run that has a run store to show.
+
+    Parameters
+    ----------
+    box : streamlit container
+        Where the link goes (``st`` or a column).
+    status : LaunchStatus
+        The run's state; nothing is drawn before its run store exists or after it failed.
+    """
+    if status.state in ("finished", "mapping", "running", "interrupted"):
+        box.page_link(
+            "views/overview.py",
+            label="Open in Overview",
+            icon=":material/monitoring:",
+            query_params={"run": status.name},
+        )
+
+
 def progress_ui(status: LaunchStatus) -> None:
-    """A launched run's state, with a progress bar while it trains or computes its map."""
+    """A launched run's state, with a progress bar while it trains or computes its map.
+
+    Parameters
+    ----------
+    status : LaunchStatus
+        The launched run's state, read from its files.
+    """
     icon = STATE_ICONS.get(status.state, "")
     st.markdown(f"{icon} **{md(status.name)}**: {status.state}")
     if status.state == "starting":
@@ -308,24 +375,19 @@ def progress_ui(status: LaunchStatus) -> None:
         "Stop", key=f"nr_stop_{status.name}", icon=":material/stop:",
         help="Stop training (SIGTERM to the process it started); Resume below continues it "
         "from its last checkpoint.",
-    ):  # fmt: skip
-        try:
-            stop_run(status.run_dir)
-        except InputError as err:
-            st.error(f"Not stopped: {md(err)}")
-        else:
-            st.rerun()
-    if status.state in ("finished", "mapping", "running", "interrupted"):
-        st.page_link(
-            "views/overview.py",
-            label="Open in Overview",
-            icon=":material/monitoring:",
-            query_params={"run": status.name},
-        )
+    ) and _act(st, stop_run, status, "Not stopped"):  # fmt: skip
+        st.rerun()
+    overview_link(st, status)
 
 
 def live_ui(runs_dir: Path) -> None:
-    """At the top of the page: the run started from this session and any run still going."""
+    """At the top of the page: the run started from this session and any run still going.
+
+    Parameters
+    ----------
+    runs_dir : path
+        The folder new runs are created in.
+    """
     started = st.session_state.get("nr_started")
     shown = [s for s in list_launches(runs_dir) if not s.done or str(s.run_dir) == started]
     if not shown:
@@ -351,7 +413,13 @@ def live_ui(runs_dir: Path) -> None:
 
 
 def history_ui(runs_dir: Path) -> None:
-    """Every run started from this page, newest first (20 at most)."""
+    """Every run started from this page, newest first (20 at most).
+
+    Parameters
+    ----------
+    runs_dir : path
+        The folder new runs are created in.
+    """
     launches = list_launches(runs_dir)
     if not launches:
         st.caption(f"No run has been started from this page in `{runs_dir}` yet.")
@@ -368,21 +436,10 @@ def history_ui(runs_dir: Path) -> None:
             if s.state == "interrupted" and c2.button(
                 "Resume", key=f"nr_resume_{s.name}", icon=":material/play_arrow:",
                 help="Continue from the last checkpoint (poisonlens train --resume).",
-            ):  # fmt: skip
-                try:
-                    resume_launch(s.run_dir)
-                except InputError as err:
-                    c1.error(f"Not resumed: {md(err)}")
-                else:
-                    st.session_state["nr_started"] = str(s.run_dir)
-                    st.rerun()
-            if s.state in ("finished", "mapping", "running", "interrupted"):
-                c2.page_link(
-                    "views/overview.py",
-                    label="Open in Overview",
-                    icon=":material/monitoring:",
-                    query_params={"run": s.name},
-                )
+            ) and _act(c1, resume_launch, s, "Not resumed"):  # fmt: skip
+                st.session_state["nr_started"] = str(s.run_dir)
+                st.rerun()
+            overview_link(c2, s)
             with c1.expander("command and log"):
                 st.code(s.command or "", language="bash")
                 st.code(s.log_tail or "(empty log)", language="text")
