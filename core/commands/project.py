@@ -12,7 +12,12 @@ from poisonlens.projection import METHODS, PLACEMENTS, compute_projection, write
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the ``project`` subcommand and its options to ``sub``."""
+    """Add the ``project`` subcommand and its options to ``sub``.
+
+    Parameters
+    ----------
+    sub : the subparsers of the ``poisonlens`` command line
+    """
     p = sub.add_parser(
         "project",
         help="precompute the 2-D gradient map the dashboard shows",
@@ -33,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=PLACEMENTS,
         default="parametric",
         help="how UMAP places every row: parametric = a small MLP trained on the fitted layout places every row "
-        "(linear, fast); knn = the distance-weighted mean of the 10 nearest fitted rows (the placement before)",
+        "(linear, fast); knn = the distance-weighted mean of the 10 nearest fitted rows (the placement before). "
+        "UMAP's compiled code is cached in $POISONLENS_CACHE/numba (default ~/.cache/poisonlens/numba)",
     )
     p.add_argument("--device", default=None, help="where the parametric map runs: cpu or cuda (default: CUDA when "
                    "there is one)")
@@ -43,7 +49,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compute and store a run's 2-D gradient map; return 0."""
+    """Compute and store a run's 2-D gradient map; return 0.
+
+    Parameters
+    ----------
+    args : the parsed options of ``poisonlens project`` (run, method, max_fit, placement,
+        device, seed, quiet)
+
+    Returns
+    -------
+    int, the exit code (0; a bad input raises InputError, reported by the CLI in one line)
+    """
     started, last = time.time(), [0.0]
 
     def progress(fraction: float, message: str) -> None:
