@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,37 @@ def fit_sample(
     return chosen
 
 
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """How a run's map is made (the options of ``poisonlens project``).
+
+    Attributes
+    ----------
+    method : {'umap', 'pca'}
+    max_fit : the most gradient rows the layout is fitted on, pooled over the snapshots (the
+        poisons and the target always among them); the page says so when a run has more
+    random_state : seed of the subsample, of UMAP and of the parametric map
+    placement : {'parametric', 'knn'}, how UMAP places every row (module docstring)
+    device : where the parametric map trains and places ('cpu', 'cuda'; None: CUDA when there is one)
+    umap_epochs : UMAP's optimisation epochs on the sample (its own default is 500 below 10,000
+        rows; 200 keep the placement's trustworthiness at 0.97-0.98 of UMAP transform's in
+        bench/projection.py for 40% of the fitting time)
+    """
+
+    method: str = "umap"
+    max_fit: int = 5000
+    random_state: int = 0
+    placement: str = "parametric"
+    device: str | None = None
+    umap_epochs: int = 200
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise InputError("projection", f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.placement not in PLACEMENTS:
+            raise InputError("projection", f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+
+
 def fit_layout(
     points: np.ndarray,
     *,
@@ -109,44 +141,63 @@ def fit_layout(
     min_dist: float = 0.1,
     n_epochs: int | None = None,
 ) -> np.ndarray:
-    """Fit a 2-D layout of ``points`` (n_fit, n_features); returns float32 (n_fit, 2).
+    """Fit a 2-D layout of ``points``.
+
+    UMAP's neighbour graph is computed exactly by scikit-learn (a few tenths of a second for
+    5,000 rows) rather than by UMAP's approximate search, whose numba compilation alone took
+    30 s of CPU in every process; umap's own functions compile once per machine into numba's
+    cache (:mod:`poisonlens.numba_cache`).
 
     Parameters
     ----------
+    points : float32 ndarray of shape (n_fit, n_features), distinct rows
     method : {'umap', 'pca'}
-    n_neighbors, min_dist, n_epochs : UMAP's parameters (ignored by PCA)
+    random_state : seed of UMAP (its layout is reproducible for a seed)
+    n_neighbors : UMAP's neighbourhood size (capped at n_fit - 1)
+    min_dist : UMAP's minimum distance between points in the layout
+    n_epochs : UMAP's optimisation epochs (None: its default, 500 below 10,000 rows)
+
+    Returns
+    -------
+    float32 ndarray of shape (n_fit, 2)
     """
     points = np.asarray(points, dtype=np.float32)
     if method not in METHODS:
-        raise InputError(
-            "projection", f"method must be one of {', '.join(METHODS)}, got {method!r}"
-        )
+        raise InputError("projection", f"method must be one of {', '.join(METHODS)}, got {method!r}")
     n = len(points)
     if n == 0:
         return np.zeros((0, 2), np.float32)
     if method == "pca" or n <= max(n_neighbors, 4):
         return _pca_fit(points)[0]
     try:
-        import umap  # lazily: numba compiles on import
+        from poisonlens.numba_cache import enable_umap_cache
+
+        enable_umap_cache()  # imports umap (seconds: numba)
+        import umap
     except ImportError as err:  # pragma: no cover - umap-learn is a dependency
-        raise InputError(
-            "projection", "umap-learn is not installed: pip install umap-learn"
-        ) from err
+        raise InputError("projection", "umap-learn is not installed: pip install umap-learn") from err
     import warnings
 
+    k = min(n_neighbors, n - 1)
     reducer = umap.UMAP(
-        n_components=2,
-        n_neighbors=min(n_neighbors, n - 1),
-        min_dist=min_dist,
-        n_epochs=n_epochs,
-        random_state=random_state,
+        n_components=2, n_neighbors=k, min_dist=min_dist, n_epochs=n_epochs, random_state=random_state,
         init="spectral",
+        # below 4,096 rows UMAP computes every distance itself (no approximate search either)
+        precomputed_knn=_exact_neighbours(points, k) if n >= 4096 else (None, None, None),
     )
     with warnings.catch_warnings():
-        # "n_jobs overridden by random_state" and duplicate-row notices are expected here.
+        # "n_jobs overridden by random_state", duplicate rows, no search index: expected here
         warnings.simplefilter("ignore")
         xy = reducer.fit_transform(points)
     return np.asarray(xy, dtype=np.float32)
+
+
+def _exact_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, None]:
+    """Each row's k nearest rows, itself first, as UMAP's ``precomputed_knn`` (no search index)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(points).kneighbors(points)
+    return idx, dist.astype(np.float32), None
 
 
 def _pca_fit(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,10 +216,21 @@ def _pca_fit(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def place(
     fit_points: np.ndarray, fit_xy: np.ndarray, query: np.ndarray, *, k: int = 10
 ) -> np.ndarray:
-    """Place ``query`` rows (n, n_features) in a fitted layout; returns float32 (n, 2).
+    """Place ``query`` rows in a fitted layout by their nearest fitted rows.
 
     Each row goes to the mean of the positions of its ``k`` nearest fitted rows, weighted by
     1 / distance (a row equal to a fitted row lands exactly on it).
+
+    Parameters
+    ----------
+    fit_points : float32 ndarray of shape (n_fit, n_features), the fitted rows
+    fit_xy : float32 ndarray of shape (n_fit, 2), their positions
+    query : float32 ndarray of shape (n, n_features), the rows to place
+    k : how many nearest fitted rows each row's position is averaged from
+
+    Returns
+    -------
+    float32 ndarray of shape (n, 2)
     """
     query = np.asarray(query, dtype=np.float32)
     if len(query) == 0:
@@ -186,39 +248,87 @@ def place(
     return np.einsum("nk,nkd->nd", weights, np.asarray(fit_xy)[idx]).astype(np.float32)
 
 
+@dataclass
+class _Layout:
+    """A fitted layout and how it places rows: ``kind`` is 'pca', 'parametric', 'knn' or
+    'fitted' (every row was in the fit); ``points``/``xy`` are the pooled fitted rows (snapshot
+    rows, then the target rows) and their positions."""
+
+    kind: str
+    points: np.ndarray
+    xy: np.ndarray
+    pca: tuple[np.ndarray, np.ndarray] | None = None  # (mean, components)
+    net: object = None  # the parametric map
+
+    def place(self, rows: np.ndarray, fitted: np.ndarray, offset: int, progress=None) -> np.ndarray:
+        """Positions (n, 2) of a snapshot's ``rows``; ``fitted`` are its row numbers in the fit
+        sample, pooled from ``offset`` on (used by 'knn' and 'fitted' only)."""
+        if self.kind == "pca":
+            mean, comps = self.pca
+            return ((np.asarray(rows, np.float64) - mean) @ comps.T).astype(np.float32)
+        if self.kind == "parametric":
+            from poisonlens.parametric import place_parametric
+
+            return place_parametric(self.net, rows, progress=progress)
+        xy = np.empty((len(rows), 2), np.float32)
+        xy[fitted] = self.xy[offset: offset + len(fitted)]
+        rest = np.setdiff1d(np.arange(len(rows)), fitted, assume_unique=True)
+        xy[rest] = place(self.points, self.xy, rows[rest])
+        return xy
+
+
+def _fit(pooled: np.ndarray, config: ProjectionConfig, subsampled: bool, report: Progress) -> _Layout:
+    """Fit the layout on the pooled rows; for a subsampled UMAP with parametric placement, also
+    train the network on it."""
+    if config.method == "pca":
+        xy, mean, comps = _pca_fit(pooled)
+        return _Layout("pca", pooled, xy, pca=(mean, comps))
+    # fit each distinct gradient once, so identical rows (e.g. an example that did not move
+    # between snapshots) land on exactly the same spot
+    unique, inverse = np.unique(pooled, axis=0, return_inverse=True)
+    unique_xy = fit_layout(unique, method=config.method, random_state=config.random_state,
+                           n_epochs=config.umap_epochs)
+    layout = _Layout("knn" if subsampled else "fitted", pooled, unique_xy[inverse.reshape(-1)])
+    if subsampled and config.placement == "parametric":
+        from poisonlens.device import resolve_device
+        from poisonlens.parametric import fit_parametric
+
+        where = resolve_device(config.device or "auto")  # a bad --device: one line naming it
+        report(0.5, f"layout fitted; training the parametric map on {len(unique):,} rows ({where.type})")
+        layout.kind = "parametric"
+        layout.net = fit_parametric(unique, unique_xy, seed=config.random_state, device=where,
+                                    progress=lambda share: report(0.5 + 0.2 * share, "training the parametric map"))
+    return layout
+
+
 def project_snapshots(
     grads: list[np.ndarray],
     epochs: list[int],
     *,
     targets: list[np.ndarray | None] | None = None,
     always: np.ndarray | None = None,
-    method: str = "umap",
-    max_fit: int = 5000,
-    random_state: int = 0,
     progress: Progress | None = None,
-    placement: str = "parametric",
-    device: str | None = None,
+    **options,
 ) -> pd.DataFrame:
     """One layout for all snapshots: fit on a pooled sample, place every row.
 
     Parameters
     ----------
-    grads : per snapshot, float32 ndarray of shape (n_samples, n_classes)
-    epochs : the snapshots' epochs, same length as ``grads``
-    targets : per snapshot, the target's gradient (n_classes,) or None
-    always : int ndarray of example indices always fitted exactly (e.g. the poisons)
-    method : {'umap', 'pca'}
-    max_fit : most rows the layout is fitted on
-    placement : {'parametric', 'knn'}, how UMAP places the rows outside the fit (module docstring)
-    device : where the parametric map trains and places ('cpu', 'cuda'; None: CUDA when there is one)
+    grads : list of float32 ndarrays of shape (n_samples, n_classes), one per snapshot
+    epochs : list of int, the snapshots' epochs, same length as ``grads``
+    targets : per snapshot, the target's gradient of shape (n_classes,) or None (default: none)
+    always : int ndarray of example indices always in the fit sample (e.g. the poisons)
+    progress : called as progress(fraction in [0, 1], message) while it works
+    **options : fields of :class:`ProjectionConfig` (method, max_fit, random_state, placement,
+        device, umap_epochs); an unknown method or placement raises InputError
 
     Returns
     -------
-    DataFrame with columns epoch (int32), index (int64; -1 for the target), x, y (float32);
-    ``attrs`` say how it was made (n_fit, n_placed, placement, fit_seconds, place_seconds)
+    DataFrame with columns epoch (int32), index (int64; -1 for the target), x, y (float32),
+    sorted by epoch then index; ``attrs`` say how it was made (n_fit, n_placed, placement,
+    fit_seconds, place_seconds)
     """
-    if placement not in PLACEMENTS:
-        raise InputError("projection", f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    config = ProjectionConfig(**options)
     report = progress or (lambda fraction, message: None)
     targets = targets if targets is not None else [None] * len(grads)
     if len(grads) != len(epochs) or len(targets) != len(epochs):
@@ -227,94 +337,61 @@ def project_snapshots(
         return _empty()
     n_rows = np.array([len(g) for g in grads])
     forced = [np.asarray(always if always is not None else [], dtype=np.int64)] * len(grads)
-    chosen = fit_sample(n_rows, max_fit=max_fit, always=forced, random_state=random_state)
+    chosen = fit_sample(n_rows, max_fit=config.max_fit, always=forced, random_state=config.random_state)
     target_rows = [np.asarray(t, np.float32)[None] for t in targets if t is not None]
     pooled = np.concatenate([g[rows] for g, rows in zip(grads, chosen, strict=True)] + target_rows)
-    report(0.05, f"fitting a {method.upper()} layout on {len(pooled):,} gradient rows")
-    t0 = time.perf_counter()
-    if method == "pca":
-        fit_xy, mean, comps = _pca_fit(pooled)
-    else:
-        # fit each distinct gradient once, so identical rows (e.g. an example that did not move
-        # between snapshots) land on exactly the same spot
-        unique, inverse = np.unique(pooled, axis=0, return_inverse=True)
-        unique_xy = fit_layout(unique, method=method, random_state=random_state)
-        fit_xy = unique_xy[inverse.reshape(-1)]
-    fit_seconds = time.perf_counter() - t0
-    everything_fitted = int(sum(len(c) for c in chosen)) == int(n_rows.sum())
-    net = None
-    if method == "umap" and placement == "parametric" and not everything_fitted:
-        from poisonlens.device import resolve_device
-        from poisonlens.parametric import fit_parametric
-
-        where = resolve_device(device or "auto")  # a bad --device: one line naming it
-        report(0.5, f"layout fitted in {fit_seconds:.0f} s; training the parametric map on {len(unique):,} rows "
-                    f"({where.type})")
-        net = fit_parametric(unique, unique_xy, seed=random_state, device=where,
-                             progress=lambda share: report(0.5 + 0.2 * share, "training the parametric map"))
-    report(0.7, f"layout fitted in {time.perf_counter() - t0:.0f} s; placing every snapshot")
-    t1 = time.perf_counter()
-
-    frames = []
-    offset = 0
-    n_target = 0
-    for s, (g, epoch) in enumerate(zip(grads, epochs, strict=True)):
-        rows = chosen[s]
-        xy = np.empty((len(g), 2), np.float32)
-        if method == "pca":
-            xy[:] = (np.asarray(g, np.float64) - mean) @ comps.T
-        elif net is not None:
-            from poisonlens.parametric import place_parametric
-
-            def batch_done(done: int, total: int, s=s, epoch=epoch) -> None:
-                report(0.7 + 0.3 * (s + done / total) / len(grads), f"placing epoch {epoch}: {done:,} of {total:,} rows")
-
-            xy[:] = place_parametric(net, g, progress=batch_done)
-        else:
-            xy[rows] = fit_xy[offset : offset + len(rows)]
-            rest = np.setdiff1d(np.arange(len(g)), rows, assume_unique=True)
-            xy[rest] = place(pooled, fit_xy, g[rest])
-        offset += len(rows)
-        frames.append(_frame(epoch, np.arange(len(g)), xy))
-        report(0.7 + 0.3 * (s + 1) / len(grads), f"placed epoch {epoch}")
-    # the target rows were appended after all snapshot rows
-    for epoch, t in zip(epochs, targets, strict=True):
-        if t is None:
-            continue
-        if method == "pca":
-            txy = ((np.asarray(t, np.float64) - mean) @ comps.T)[None].astype(np.float32)
-        elif net is not None:
-            from poisonlens.parametric import place_parametric
-
-            txy = place_parametric(net, np.asarray(t, np.float32)[None])
-        else:
-            txy = fit_xy[offset + n_target][None]
-        n_target += 1
-        frames.append(_frame(epoch, np.array([TARGET_INDEX]), txy))
-    out = pd.concat(frames, ignore_index=True)
-    out = out.sort_values(["epoch", "index"], kind="stable").reset_index(drop=True)
-    # how the layout was made, for the page to say ("fitted on 5,000 rows, 545,000 placed")
     n_fit = int(sum(len(c) for c in chosen))
-    n_placed = 0 if method == "pca" else int(n_rows.sum()) if net is not None else int(n_rows.sum()) - n_fit
+    report(0.05, f"fitting a {config.method.upper()} layout on {len(pooled):,} gradient rows")
+    t0 = time.perf_counter()
+    layout = _fit(pooled, config, n_fit < int(n_rows.sum()), report)
+    fit_seconds = time.perf_counter() - t0
+    report(0.7, f"layout fitted in {fit_seconds:.0f} s; placing every snapshot")
+    t1 = time.perf_counter()
+    placed = _place_all(layout, grads, epochs, chosen, report)
+    offset = n_fit
+    for s, t in enumerate(targets):  # the target rows were pooled after all snapshot rows
+        if t is not None:
+            placed[s] = (layout.place(np.asarray(t, np.float32)[None], np.zeros(1, np.int64), offset), placed[s][1])
+            offset += 1
+    out = _table(epochs, placed)
+    n_placed = {"pca": 0, "fitted": 0, "parametric": int(n_rows.sum()), "knn": int(n_rows.sum()) - n_fit}[layout.kind]
     out.attrs.update(n_fit=n_fit, n_placed=n_placed, fit_seconds=round(fit_seconds, 2),
                      place_seconds=round(time.perf_counter() - t1, 2),
-                     placement="parametric" if net is not None else "knn" if method == "umap" and n_placed else "fitted")
+                     placement=layout.kind if layout.kind in ("parametric", "knn") else "fitted")
     return out
 
 
-def _frame(epoch: int, index: np.ndarray, xy: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "epoch": np.full(len(index), epoch, np.int32),
-            "index": index.astype(np.int64),
-            "x": xy[:, 0].astype(np.float32),
-            "y": xy[:, 1].astype(np.float32),
-        }
-    )
+def _place_all(layout: _Layout, grads: list[np.ndarray], epochs: list[int], chosen: list[np.ndarray],
+               report: Progress) -> list[tuple[np.ndarray | None, np.ndarray]]:
+    """Every snapshot's positions, as (target's position or None, rows' positions) per snapshot."""
+    placed, offset = [], 0
+    for s, (g, epoch) in enumerate(zip(grads, epochs, strict=True)):
+        def batch_done(done: int, total: int, s=s, epoch=epoch) -> None:
+            report(0.7 + 0.3 * (s + done / total) / len(grads), f"placing epoch {epoch}: {done:,} of {total:,} rows")
+
+        placed.append((None, layout.place(g, chosen[s], offset, progress=batch_done)))
+        offset += len(chosen[s])
+        report(0.7 + 0.3 * (s + 1) / len(grads), f"placed epoch {epoch}")
+    return placed
+
+
+def _table(epochs: list[int], placed: list[tuple[np.ndarray | None, np.ndarray]]) -> pd.DataFrame:
+    """The projection table, sorted by epoch then index (the target's row, index -1, first): built
+    in that order, so that no sort of millions of rows is needed afterwards."""
+    parts = []
+    for s in sorted(range(len(epochs)), key=lambda s: epochs[s]):  # stable: equal epochs keep their order
+        target_xy, xy = placed[s]
+        index = np.arange(len(xy), dtype=np.int64)
+        if target_xy is not None:
+            index, xy = np.concatenate([[TARGET_INDEX], index]), np.concatenate([target_xy, xy])
+        parts.append((np.full(len(index), epochs[s], np.int32), index, xy))
+    xy = np.concatenate([p[2] for p in parts]).astype(np.float32, copy=False)
+    return pd.DataFrame({"epoch": np.concatenate([p[0] for p in parts]), "index": np.concatenate([p[1] for p in parts]),
+                         "x": np.ascontiguousarray(xy[:, 0]), "y": np.ascontiguousarray(xy[:, 1])})
 
 
 def _empty() -> pd.DataFrame:
-    return _frame(0, np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
+    return _table([0], [(None, np.zeros((0, 2), np.float32))])
 
 
 # --- run store side ------------------------------------------------------------------------
@@ -333,38 +410,24 @@ def _target_grads(run: Run, epochs: list[int]) -> list[np.ndarray | None]:
 
 
 def compute_projection(
-    run_dir: str | Path,
-    *,
-    method: str = "umap",
-    max_fit: int = 5000,
-    random_state: int = 0,
-    progress: Progress | None = None,
-    write: bool = True,
-    placement: str = "parametric",
-    device: str | None = None,
+    run_dir: str | Path, *, progress: Progress | None = None, write: bool = True, **options
 ) -> pd.DataFrame:
     """Fit one layout for every snapshot of a run and store it as ``projections/<method>.parquet``.
 
     Parameters
     ----------
-    run_dir : a run directory
-    method : {'umap', 'pca'}
-    max_fit : most gradient rows the layout is fitted on (pooled over snapshots, poisons and
-        the target always included); the rest are placed by their nearest fitted neighbours
-    random_state : seed of the subsample and of UMAP
+    run_dir : str or Path, a run directory
     progress : called as progress(fraction, message) while it works
     write : store the result in the run (False: only return it)
-    placement : {'parametric', 'knn'}, how the rows outside the fit are placed (module docstring)
-    device : where the parametric map runs (None: CUDA when there is one, else the CPU)
+    **options : fields of :class:`ProjectionConfig`: method ('umap' or 'pca', default 'umap'),
+        max_fit (default 5,000 rows; the poisons and the target always included), random_state
+        (default 0), placement ('parametric' or 'knn'), device, umap_epochs
 
     Returns
     -------
     DataFrame with columns epoch, index, x, y (the target's rows have index -1)
     """
-    if method not in METHODS:
-        raise InputError(
-            "projection", f"method must be one of {', '.join(METHODS)}, got {method!r}"
-        )
+    config = ProjectionConfig(**options)  # a bad method or placement: before anything is read
     run = open_run(run_dir)
     damage = run.damage()
     if damage:  # a link or special file anywhere: nothing is computed, nothing written
@@ -379,30 +442,29 @@ def compute_projection(
         report(0.05 * (i + 1) / len(epochs), f"read snapshot of epoch {epoch}")
     examples = run.examples()
     poisons = examples["index"].to_numpy()[examples["is_poison"].to_numpy(bool)]
-    frame = project_snapshots(
-        grads,
-        epochs,
-        targets=_target_grads(run, epochs),
-        always=poisons,
-        method=method,
-        max_fit=max_fit,
-        random_state=random_state,
-        progress=progress,
-        placement=placement,
-        device=device,
-    )
+    frame = project_snapshots(grads, epochs, targets=_target_grads(run, epochs), always=poisons,
+                              progress=progress, **asdict(config))
     report(1.0, "done")
     if write:
-        RunWriter(run.path).write_projection(method, frame)
+        RunWriter(run.path).write_projection(config.method, frame)
         # last, so that a progress message never overwrites "finished"
-        write_job(run.path, method, state="finished", fraction=1.0, message="done",
-                  n_points=len(examples), n_snapshots=len(epochs),
-                  **frame.attrs)
+        write_job(run.path, config.method, state="finished", fraction=1.0, message="done",
+                  n_points=len(examples), n_snapshots=len(epochs), **frame.attrs)
     return frame
 
 
 def projection_is_current(run: Run, frame: pd.DataFrame | None) -> bool:
-    """Whether a stored projection covers exactly the run's snapshot epochs (and its target)."""
+    """Whether a stored projection covers exactly the run's snapshot epochs (and its target).
+
+    Parameters
+    ----------
+    run : Run, the run the projection belongs to
+    frame : DataFrame with columns epoch, index, x, y as stored, or None (no projection)
+
+    Returns
+    -------
+    bool, False for None or an empty table
+    """
     if frame is None or frame.empty:
         return False
     epochs = run.snapshot_epochs()
@@ -418,7 +480,19 @@ def projection_is_current(run: Run, frame: pd.DataFrame | None) -> bool:
 def ensure_projection(
     run: Run, *, method: str = "umap", progress: Progress | None = None, **kwargs
 ) -> pd.DataFrame:
-    """The run's stored projection, computed (and stored) first when missing or out of date."""
+    """The run's stored projection, computed (and stored) first when missing or out of date.
+
+    Parameters
+    ----------
+    run : Run, an opened run
+    method : {'umap', 'pca'}, which map
+    progress : called as progress(fraction, message) while a map is computed
+    **kwargs : further options of :func:`compute_projection` (fields of :class:`ProjectionConfig`)
+
+    Returns
+    -------
+    DataFrame with columns epoch, index, x, y
+    """
     frame = run.projection(method)
     if projection_is_current(run, frame):
         return frame
@@ -427,6 +501,15 @@ def ensure_projection(
 
 def read_projection(run: Run, method: str) -> pd.DataFrame | None:
     """The stored map of ``method`` (None when there is none).
+
+    Parameters
+    ----------
+    run : Run, an opened run
+    method : str, the map's name ('umap' or 'pca')
+
+    Returns
+    -------
+    DataFrame with columns epoch, index, x, y, or None
 
     Raises
     ------
@@ -453,19 +536,43 @@ def read_projection(run: Run, method: str) -> pd.DataFrame | None:
 
 def job_path(run_dir: str | Path, method: str) -> Path:
     """``projections/<method>.job.json``: state, fraction, message, pid; when finished, how
-    many rows the layout was fitted on (``n_fit``) and how many were placed (``n_placed``)."""
+    many rows the layout was fitted on (``n_fit``) and how many were placed (``n_placed``).
+
+    Parameters
+    ----------
+    run_dir : str or Path, a run directory
+    method : str, the map's name ('umap' or 'pca')
+    """
     return Path(run_dir) / PROJECTIONS / f"{method}.job.json"
 
 
 def write_job(run_dir: str | Path, method: str, **fields) -> None:
-    """Write the job file of a map: ``fields`` plus the method and the time now."""
+    """Write the job file of a map: ``fields`` plus the method and the time now.
+
+    Parameters
+    ----------
+    run_dir : str or Path, a run directory (the file is written inside it, never through a link)
+    method : str, the map's name ('umap' or 'pca')
+    **fields : JSON-serialisable values: state, fraction, message, pid, and when finished n_fit,
+        n_placed, fit_seconds, place_seconds, placement
+    """
     atomic_write_json(job_path(run_dir, method), {**fields, "method": method, "updated": time.time()},
                       root=Path(run_dir))
 
 
 def read_job(run_dir: str | Path, method: str) -> dict | None:
     """The job file of a map (None when none was started); a 'running' job whose process is
-    gone reads as 'failed'."""
+    gone reads as 'failed'.
+
+    Parameters
+    ----------
+    run_dir : str or Path, a run directory
+    method : str, the map's name ('umap' or 'pca')
+
+    Returns
+    -------
+    dict or None
+    """
     try:
         job = _read_json(job_path(run_dir, method), root=Path(run_dir))
     except (FileNotFoundError, InputError):
@@ -483,6 +590,17 @@ def launch_projection(run_dir: str | Path, *, method: str = "umap", max_fit: int
 
     The process writes its progress to :func:`job_path` (read it with :func:`read_job`) and
     the map to ``projections/<method>.parquet``. A job already running is not started twice.
+
+    Parameters
+    ----------
+    run_dir : str or Path, a run directory
+    method : {'umap', 'pca'}
+    max_fit : most gradient rows the layout is fitted on (default 5,000)
+    placement : {'parametric', 'knn'}, how UMAP places every row
+
+    Returns
+    -------
+    int, the background process's pid (the running one's when a job was already running)
     """
     if method not in METHODS:
         raise InputError("projection", f"method must be one of {', '.join(METHODS)}, got {method!r}")

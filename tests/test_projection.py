@@ -114,6 +114,48 @@ def test_same_gradient_lands_on_the_same_spot_at_every_epoch(method):
     np.testing.assert_allclose(targets[["x", "y"]].to_numpy()[0], targets[["x", "y"]].to_numpy()[1], atol=1e-4)
 
 
+def test_the_table_is_in_epoch_then_index_order_whatever_order_the_snapshots_come_in():
+    grads, _ = blobs(n_per_class=20)
+    target = np.array([0.2, -0.4, 0.2], np.float32)
+    frame = project_snapshots([grads, grads + 0.1, grads], [4, 0, 2], targets=[target, None, target],
+                              method="pca")
+    expected = frame.sort_values(["epoch", "index"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(frame, expected)
+    assert frame["epoch"].unique().tolist() == [0, 2, 4]
+    assert frame[frame["index"] == TARGET_INDEX]["epoch"].tolist() == [2, 4]
+    assert frame.dtypes.astype(str).tolist() == ["int32", "int64", "float32", "float32"]
+    # each snapshot keeps its own rows: epochs 2 and 4 are the same gradients, epoch 0 the shifted ones
+    xy = {e: frame[(frame["epoch"] == e) & (frame["index"] >= 0)][["x", "y"]].to_numpy() for e in (0, 2, 4)}
+    np.testing.assert_array_equal(xy[2], xy[4])
+    assert not np.allclose(xy[0], xy[2])
+
+
+def test_an_empty_list_of_snapshots_gives_an_empty_table():
+    frame = project_snapshots([], [])
+    assert frame.empty and list(frame.columns) == ["epoch", "index", "x", "y"]
+
+
+def test_umap_neighbours_are_exact_and_each_row_is_its_own_first():
+    from sklearn.metrics import pairwise_distances
+
+    from poisonlens.projection import _exact_neighbours
+
+    rows = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    idx, dist, index = _exact_neighbours(rows, 15)
+    assert index is None and idx.shape == dist.shape == (200, 15)
+    assert (idx[:, 0] == np.arange(200)).all() and np.allclose(dist[:, 0], 0)
+    brute = np.sort(pairwise_distances(rows), axis=1)[:, :15]
+    np.testing.assert_allclose(dist, brute, rtol=1e-4, atol=1e-5)
+
+
+def test_options_are_checked_before_a_run_is_read(tmp_path):
+    """A bad placement names the option, before the (here missing) run folder is opened."""
+    with pytest.raises(InputError, match="placement"):
+        compute_projection(tmp_path / "no-such-run", placement="tsne")
+    with pytest.raises(TypeError):
+        compute_projection(tmp_path / "no-such-run", colour="red")
+
+
 def test_subsampled_fit_places_every_row():
     grads, _ = blobs(n_per_class=100)
     frame = project_snapshots([grads, grads], [0, 1], method="pca", max_fit=50)

@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=PLACEMENTS,
         default="parametric",
         help="how UMAP places every row: parametric = a small MLP trained on the fitted layout places every row "
-        "(linear, fast); knn = the distance-weighted mean of the 10 nearest fitted rows (the placement before)",
+        "(linear, fast); knn = the distance-weighted mean of the 10 nearest fitted rows (the placement before). "
+        "UMAP's compiled code is cached in $POISONLENS_CACHE/numba (default ~/.cache/poisonlens/numba)",
     )
     p.add_argument("--device", default=None, help="where the parametric map runs: cpu or cuda (default: CUDA when "
                    "there is one)")
