@@ -275,11 +275,8 @@ def process_device(spec: str) -> torch.device:
     Returns
     -------
     torch.device
-
-    Raises
-    ------
-    InputError
-        ``--device: ...`` (see :func:`resolve_device`).
+        Where this process computes; a one-line ``--device: ...`` InputError (see
+        :func:`resolve_device`) for a spelling or device that cannot be used.
     """
     place = torchrun_place()
     return resolve_device(spec, local_rank=None if place is None else place.local_rank)

@@ -121,9 +121,9 @@ def feed_batches(
     Parameters
     ----------
     images : uint8 tensor of shape (n_samples, height, width, channels)
-        The training images, on any device.
+        Every training image (the batches index into it); any device, each batch is moved.
     labels : int64 tensor of shape (n_samples,)
-        On the device to train on.
+        Every training label, already where the model is.
     order : list of int arrays
         The batches, in training order.
     augment : {'none', 'crop', 'crop-flip'}

@@ -335,10 +335,10 @@ class EpicTracker:
 
         Parameters
         ----------
-        shuffle : bool
-            False visits the active examples in index order.
-        seed : int or None
-            The shuffle's seed (None: the options' ``seed``).
+        shuffle : bool, default True
+            Shuffle every epoch; False visits the active examples in index order.
+        seed : int, optional
+            Seeds the shuffle (with the epoch); default: the tracker options' ``seed``.
         """
         return ActiveSampler(self, shuffle=shuffle, seed=self.seed if seed is None else seed)
 

@@ -37,7 +37,7 @@ def test_every_public_definition_has_a_docstring():
 # docstring has a numpydoc ``Parameters`` section (issue 19 asks for 0.80). It is what the tree
 # reached when the test was written, rounded down, so it only ever rises: raise it as sections
 # are added.
-MIN_PARAMETERS_SHARE = 0.39
+MIN_PARAMETERS_SHARE = 0.80  # issue 19's goal (the tree reached 96% when it was set)
 
 
 def test_most_public_functions_document_their_parameters():
