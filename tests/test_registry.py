@@ -120,13 +120,13 @@ def test_colour_columns_are_declared_by_the_defense_that_writes_them():
 
 
 def test_the_map_colours_by_what_the_defenses_declare():
-    from poisonlens.dashboard import plots
+    from poisonlens.dashboard.figures import map_style
 
     for column, colour in colour_columns().items():
-        assert plots.COLOR_FIELDS[column] == (
+        assert map_style.COLOR_FIELDS[column] == (
             colour.title + (" (log10)" if colour.log else ""), "value"
         )
-        assert (column in plots.LOG_FIELDS) == colour.log
+        assert (column in map_style.LOG_FIELDS) == colour.log
 
 
 def test_epic_declares_its_options_with_the_shared_metadata():
@@ -268,12 +268,17 @@ def test_train_and_evaluate_help_list_the_registries_without_loading_them():
         "        except SystemExit:\n"
         "            pass\n"
         "heavy = [m for m in ('torch', 'sklearn', 'numba') if m in sys.modules]\n"
-        "print(json.dumps({'help': out.getvalue(), 'heavy': heavy}))\n"
+        # the registries as a fresh process has them (this one holds the test defenses too)
+        "from poisonlens.defense import defense_names\n"
+        "from poisonlens import data_formats\n"
+        "names = [*defense_names(), *data_formats.format_specs()]\n"
+        "print(json.dumps({'help': out.getvalue(), 'heavy': heavy, 'names': names}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["heavy"] == []
     text = " ".join(result["help"].split())
-    for name in [*defense_names(), *data_formats.format_specs(), "epic-<subset_size>"]:
+    assert "epic" in result["names"] and "digits" in result["names"]
+    for name in [*result["names"], "epic-<subset_size>"]:
         assert name in text, name
