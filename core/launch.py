@@ -28,6 +28,7 @@ from pathlib import Path
 from poisonlens import runfs
 from poisonlens.config import TrainConfig, check_dataset_spec, config_to_argv
 from poisonlens.errors import InputError
+from poisonlens.exits import guarded
 from poisonlens.run_names import check_run_name, default_name
 from poisonlens.store import RUN_JSON, RunWriter, atomic_write_json, open_run, pid_alive, read_json
 
@@ -466,8 +467,6 @@ def _child_main(run_dir: str, resume: bool = False) -> int:
     Errors are printed as one line to train.log (which launch_status shows), as the CLI would.
     Training and the map are called in core directly, never through the command line layer.
     """
-    from poisonlens.cli import guarded
-
     run_dir_path = Path(run_dir)
     for _ in range(100):  # the launcher writes launch.json just after starting us
         if runfs.exists(run_dir_path, LAUNCH_JSON):
