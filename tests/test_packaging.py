@@ -167,3 +167,24 @@ def test_the_wheel_runs_from_a_fresh_venv_in_another_folder(wheel, tmp_path):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_the_library_never_imports_the_command_line_layer():
+    # Issue 19: core calls into core; only the CLI (cli.py and commands/) parses argv. The
+    # dashboard's background process once ran training through cli.main.
+    import ast
+
+    layer = ("poisonlens.cli", "poisonlens.commands")
+    offenders = []
+    for path in sorted((REPO / "core").rglob("*.py")) + sorted((REPO / "dashboard").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel == "core/cli.py" or rel.startswith("core/commands/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "poisonlens":
+                names = [f"poisonlens.{a.name}" for a in node.names]
+            offenders += [f"{rel}:{node.lineno} {n}" for n in names
+                          if any(n == m or n.startswith(m + ".") for m in layer)]
+    assert offenders == []
