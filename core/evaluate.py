@@ -23,7 +23,9 @@ victim then trains on the whole (poisoned) training set, which contains that spl
 
 Every run is its own process (``python -m poisonlens.evaluate_worker``), ``jobs`` at a time, and
 carries its identity in run.json's ``config.tags``; finished runs are never redone, a killed one
-resumes from its checkpoint.
+resumes from its checkpoint. A finished cell's numbers are also kept beside its run folder
+(:mod:`poisonlens.cell_records`), so the tables can be made, and a grid carried on, after the run
+folders themselves have been deleted or left on another machine.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from poisonlens import cell_records, runfs
 from poisonlens.config import SCENARIOS, TrainConfig
 from poisonlens.defense import parse_spec
 from poisonlens.errors import InputError, one_line
@@ -315,8 +318,13 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
     """
     fields = parse_defense(cell.defense)
     twin = twin_dir(cell)
+    twin_name = twin.name if twin is not None else None
     if twin is not None and (twin / RUN_JSON).is_file() and open_run(twin).status == "finished":
         fields["defense_params"] = {"counts": drop_schedule(twin)}
+    elif twin is None and (kept := twin_record(cell)) is not None:
+        # the twin's run folder has gone (deleted, or left on another machine): its record
+        fields["defense_params"] = {"counts": kept["drops"]}
+        twin_name = kept["run"]
     if cell.defense == "clean":
         # The control trains on the clean set whatever the poison set: it is one run per seed.
         fields["clean_control"] = False
@@ -328,7 +336,7 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
         "defense_params": fields["defense_params"] if cell.defense.startswith("epic-") else
         parse_defense(cell.defense)["defense_params"],
         "seed": cell.seed,
-        "twin": twin.name if twin is not None else None,
+        "twin": twin_name,
     }
     return replace(
         base,
@@ -341,10 +349,33 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
     )
 
 
+def twin_record(cell: GridRun) -> dict | None:
+    """The record (:func:`poisonlens.cell_records.read_record`) of a ``random-<s>`` cell's
+    ``epic-<s>`` twin, found by its identity among the records beside the cell; or None."""
+    if not cell.defense.startswith("random-") or not cell.run_dir.parent.is_dir():
+        return None
+    want = {"scenario": cell.scenario, "poison_set": cell.poison_set, "seed": cell.seed,
+            "defense": "epic-" + cell.defense[len("random-"):]}
+    for name in sorted(runfs.listdir(cell.run_dir.parent)):
+        if not name.endswith(cell_records.RECORD_SUFFIX):
+            continue
+        try:
+            record = cell_records.read_record(
+                cell.run_dir.parent / name[: -len(cell_records.RECORD_SUFFIX)], want)
+        except InputError:
+            continue  # another cell's record, or a damaged one: nobody's twin
+        return record
+    return None
+
+
 def cell_state(run_dir: Path) -> str:
-    """``'finished'``, ``'resume'`` (killed after a checkpoint), ``'fresh'`` or ``'busy'``."""
+    """``'finished'``, ``'resume'`` (killed after a checkpoint), ``'fresh'`` or ``'busy'``.
+
+    A cell whose run folder is missing but whose record is kept
+    (:mod:`poisonlens.cell_records`) is finished.
+    """
     if not (run_dir / RUN_JSON).is_file():
-        return "fresh"
+        return "finished" if not run_dir.exists() and cell_records.has_record(run_dir) else "fresh"
     status = open_run(run_dir).status
     if status == "finished":
         return "finished"
@@ -361,6 +392,7 @@ def run_cells(
     n_jobs: int = 2,
     show_progress: bool = True,
     needs: Callable[[GridRun], GridRun | None] | None = None,
+    done: Callable[[GridRun], object] | None = None,
 ) -> None:
     """Train every unfinished cell, each in its own worker process, ``n_jobs`` at a time.
 
@@ -379,6 +411,9 @@ def run_cells(
         The cell a cell waits for (a random drop's EPIC twin), or None. A cell starts only
         once the cell it needs has finished; it is reported failed, and not run, when that
         one fails.
+    done : callable, optional
+        Called with each cell that finished without error, as it finishes (evaluate keeps
+        its record).
 
     Raises
     ------
@@ -401,18 +436,20 @@ def run_cells(
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     running: list[tuple[subprocess.Popen, GridRun]] = []
     waiting = {cell for cell, _, _ in todo}
-    done = 0
+    n_done = 0
     failed: list[str] = []
     failed_cells: set[GridRun] = set()
 
     def finish(cell: GridRun, error: str | None) -> None:
-        nonlocal done
-        done += 1
+        nonlocal n_done
+        n_done += 1
         if error is not None:
             failed.append(f"{cell.run_dir.name} ({error})")
             failed_cells.add(cell)
+        elif done is not None:
+            done(cell)
         if show_progress:
-            print(f"[{done}/{len(todo)}] {cell.run_dir.parent.name}/{cell.run_dir.name}"
+            print(f"[{n_done}/{len(todo)}] {cell.run_dir.parent.name}/{cell.run_dir.name}"
                   + (" failed" if error is not None else ""), file=sys.stderr, flush=True)
 
     def reap() -> None:
@@ -462,6 +499,8 @@ def _start_cell(cell: GridRun, config: TrainConfig | Callable[[], TrainConfig], 
     if state == "fresh" and cell.run_dir.exists():
         shutil.rmtree(cell.run_dir)
     cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    if state == "fresh":
+        cell_records.remove_record(cell.run_dir)  # the numbers of an earlier run of this cell
     config_path = cell.run_dir.parent / f".{cell.run_dir.name}.config.json"
     atomic_write_json(config_path, config.to_json())
     argv = [sys.executable, "-m", "poisonlens.evaluate_worker", str(config_path), str(cell.run_dir)]
@@ -508,7 +547,7 @@ def run_grid(
     order = run_order(grid)
     twins = {c: twin_cell(c, grid) for c in order}
     run_cells([(c, partial(cell_config, base, c)) for c in order], n_jobs=n_jobs,
-              show_progress=show_progress, needs=twins.get)
+              show_progress=show_progress, needs=twins.get, done=cell_record)
 
 
 def run_order(grid: list[GridRun]) -> list[GridRun]:
@@ -596,23 +635,38 @@ def _window_auc(run) -> float:
     return float(np.mean(aucs)) if aucs else np.nan
 
 
-def control_readout(control_dir: Path, poison_path: Path) -> dict:
-    """The clean control's final model applied to a poison set's target: prediction and p_adv."""
-    import torch
+def control_readout(control_dir: Path, poison_path: Path, *, config: dict | None = None,
+                    model_file: Path | None = None) -> dict:
+    """The clean control's final model applied to a poison set's target: prediction and p_adv.
 
+    Parameters
+    ----------
+    control_dir : Path
+        The clean control's run folder.
+    poison_path : Path
+        The poison set whose target is read out.
+    config, model_file : dict and Path, optional
+        The control's TrainConfig (JSON) and final weights, given together when they come from
+        its record rather than its run folder (which may have gone).
+
+    Returns
+    -------
+    dict with ``pred`` (int), ``prob_adv`` (float) and ``flip`` (1.0 when pred is the
+    adversarial class)
+    """
+    from poisonlens.checkpoint import torch_load
     from poisonlens.data import load_dataset, load_poisons
     from poisonlens.models import build_model
     from poisonlens.snapshot import forward_batched
 
-    run = open_run(control_dir)
-    config = TrainConfig.from_json(run.config)
+    if config is None or model_file is None:
+        config, model_file = open_run(control_dir).config, pretrained_model(control_dir)
+    config = TrainConfig.from_json(config)
     poisons = load_poisons(poison_path)
     data = load_dataset(config.dataset)
     model = build_model(config.model, n_classes=data.n_classes,
                         in_channels=data.x_train.shape[-1], width=config.width)
-    model.load_state_dict(
-        torch.load(pretrained_model(control_dir), map_location="cpu", weights_only=True)
-    )
+    model.load_state_dict(torch_load(model_file, map_location="cpu"))
     model.eval()
     logits, _ = forward_batched(model, poisons.target_x[None])
     p = np.exp(logits[0] - logits[0].max())
@@ -632,31 +686,64 @@ def run_rows(grid: list[GridRun]) -> pd.DataFrame:
     flips: dict[tuple[str, int], float] = {}
     rows = []
     for seed, ctrl in controls.items():
-        s = run_summary(ctrl.run_dir)
+        rec = cell_record(ctrl)
+        if rec["model"] is None:
+            raise InputError(cell_records.record_path(ctrl.run_dir),
+                             "a clean control's record without its model")
         for p in sets:
-            r = control_readout(ctrl.run_dir, p)
+            r = control_readout(ctrl.run_dir, p, config=rec["config"], model_file=rec["model"])
             flips[(p.stem, seed)] = r["flip"]
-            rows.append({**_identity(ctrl), "poison_set": p.stem, **s,
+            rows.append({**rec["identity"], "poison_set": p.stem, **rec["summary"],
                          "attack_success": r["flip"], "target_prob_adv": r["prob_adv"],
                          "control_flip": r["flip"], "controlled_success": 0.0})
     for cell in grid:
         if cell.defense == "clean":
             continue
-        s = run_summary(cell.run_dir)
+        rec = cell_record(cell)
+        s = rec["summary"]
         flip = flips.get((cell.poison_set, cell.seed), np.nan)
-        rows.append({**_identity(cell), **s, "control_flip": flip,
+        rows.append({**rec["identity"], **s, "control_flip": flip,
                      "controlled_success": controlled(s["attack_success"], flip)})
     return pd.DataFrame(rows)
 
 
 def _identity(cell: GridRun) -> dict:
-    tags = open_run(cell.run_dir).config.get("tags", {})
-    return {
-        "scenario": tags.get("scenario", cell.scenario),
-        "poison_set": tags.get("poison_set", cell.poison_set),
-        "defense": tags.get("defense", cell.defense),
-        "seed": int(tags.get("seed", cell.seed)),
-    }
+    """The cell's identity as the grid planned it (its run's tags say the same)."""
+    return {"scenario": cell.scenario, "poison_set": cell.poison_set, "defense": cell.defense,
+            "seed": cell.seed}
+
+
+def cell_record(cell: GridRun) -> dict:
+    """The numbers of a finished cell (:func:`poisonlens.cell_records.read_record`).
+
+    Read from the record beside the run folder when there is one; otherwise computed from the
+    finished run folder (:func:`run_summary`, :func:`detection_rows`, :func:`drop_schedule`)
+    and written as its record first, with the final weights of a clean control.
+
+    Raises
+    ------
+    InputError
+        The cell has neither a record nor a finished run folder, its run's tags name another
+        cell, or its record is damaged.
+    """
+    identity = _identity(cell)
+    if cell_records.has_record(cell.run_dir):
+        return cell_records.read_record(cell.run_dir, identity)
+    run = open_run(cell.run_dir)
+    if run.status != "finished":
+        raise InputError(cell.run_dir, f"not finished ({run.status}) and no record of it kept")
+    tags = run.config.get("tags") or {}
+    if any(tags.get(k, v) != v for k, v in identity.items()):
+        raise InputError(cell.run_dir / RUN_JSON, f"its tags name another cell than {identity}")
+    model = None
+    if cell.defense == "clean":
+        model = runfs.read_bytes(cell.run_dir, CHECKPOINTS, "model.pt",
+                                 max_bytes=cell_records.MAX_MODEL_BYTES)
+    cell_records.write_record(
+        cell.run_dir, identity=identity, config=run.config, summary=run_summary(cell.run_dir),
+        detection=_detection(run), drops=drop_schedule(cell.run_dir), model=model,
+    )
+    return cell_records.read_record(cell.run_dir, identity)
 
 
 SUMMARY_COLUMNS = ("test_acc", "n_dropped", "recall", "precision", "roc_auc", "seconds")
@@ -794,8 +881,16 @@ def paired_markdown(pairs: pd.DataFrame) -> str:
 
 
 def detection_rows(cell: GridRun) -> list[dict]:
-    """Per snapshot: precision, recall and ROC-AUC of the defense's score among the active rows."""
-    run = open_run(cell.run_dir)
+    """Per snapshot: precision, recall and ROC-AUC of the defense's score among the active rows
+    (from the cell's record, :func:`cell_record`)."""
+    rec = cell_record(cell)
+    return [{**rec["identity"], **{**row, "epoch": int(row["epoch"]),
+                                   "n_suspect": int(row["n_suspect"])}}
+            for row in rec["detection"]]
+
+
+def _detection(run) -> list[dict]:
+    """Per snapshot of a run with poisons: epoch, n_suspect, precision, recall, roc_auc."""
     is_poison = run.examples()["is_poison"].to_numpy(bool)
     if not is_poison.any():
         return []
@@ -804,8 +899,8 @@ def detection_rows(cell: GridRun) -> list[dict]:
         snap = run.snapshot(epoch, columns=["active", "score", "suspect"])
         d = detection_metrics(is_poison, snap["suspect"].to_numpy(bool),
                               snap["score"].to_numpy(float), active=snap["active"].to_numpy(bool))
-        rows.append({**_identity(cell), "epoch": epoch, "n_suspect": d.n_suspect,
-                     "precision": d.precision, "recall": d.recall, "roc_auc": d.roc_auc})
+        rows.append({"epoch": epoch, "n_suspect": d.n_suspect, "precision": d.precision,
+                     "recall": d.recall, "roc_auc": d.roc_auc})
     return rows
 
 

@@ -46,7 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "detection.csv, summary.csv, paired.csv (EPIC against its random twin, cell by cell) and "
         "summary.md. For transfer and finetune a clean model is "
         "first pretrained on half of every class of the training set (cached in "
-        "<out>/pretrained). --poisons may hold one subfolder per scenario.",
+        "<out>/pretrained). --poisons may hold one subfolder per scenario. Each finished cell's "
+        "numbers are kept beside its run folder (<run>.cell.json): a cell whose folder was "
+        "deleted still counts as finished and keeps its rows in the tables.",
     )
     p.add_argument(
         "--config",
