@@ -2,9 +2,10 @@
 
 A synthetic 200,000-example, 3-snapshot store (``bench.dashboard.build_run``) with a cheap fixed
 linear map written as its UMAP map (this tests the map component, not UMAP). Every example is
-drawn as a point by the component's WebGL2 program (SwiftShader's software WebGL here); the tests
-move the epoch slider, draw a box, click and hover a point, and check what comes back to the page
-and what the frame fetched and uploaded.
+drawn as a point: by the component's own CPU rasterizer, which the frame picks where WebGL is
+software (SwiftShader here), or by its WebGL2 program (``?raster=gpu``); the tests move the epoch
+slider, draw a box, click and hover a point, check what comes back to the page and what the frame
+fetched and uploaded, and that both rasters draw the same picture.
 """
 
 from __future__ import annotations
@@ -173,7 +174,10 @@ def test_slider_box_and_click_on_200000_points(big_server, browser):
     browser.get(f"{big_server}/gradient_space?run={RUN}&epoch=20")
     wait(browser, lambda d: state(d) is not None and idle(d), timeout=180)
     assert in_frame(browser, "return P.n") == N
-    assert in_frame(browser, "return P.drawn") == N  # every example a point, in one draw call
+    # headless Chromium without a GPU: WebGL is SwiftShader, and the frame draws on the CPU
+    assert "swiftshader" in in_frame(browser, "return P.rendererName").lower()
+    assert in_frame(browser, "return P.raster") == "cpu"
+    assert in_frame(browser, "return P.drawn") == N  # every example a point
     assert "every one of the 200,000 examples shown is drawn as a point" in browser.find_element(By.TAG_NAME, "body").text.lower()
 
     # the epoch slider: the frame moves to another snapshot's row of the positions it already has
@@ -222,8 +226,9 @@ def test_slider_box_and_click_on_200000_points(big_server, browser):
 def test_an_epoch_change_uploads_no_positions_and_fetches_only_colour_codes(big_server, browser):
     # the positions of every snapshot reach the frame and the GPU once per run; an epoch change
     # points the shader at another row of them and fetches at most the new colour codes
-    browser.get(f"{big_server}/gradient_space?run={RUN}&epoch=20")
+    browser.get(f"{big_server}/gradient_space?run={RUN}&epoch=20&raster=gpu")
     wait(browser, lambda d: state(d) is not None and idle(d), timeout=180)
+    assert in_frame(browser, "return P.raster") == "gpu"
     media = ("return performance.getEntriesByType('resource').filter(r => r.name.includes('/media/'))"
              ".map(r => [r.name, r.encodedBodySize || r.decodedBodySize])")
     before = in_frame(browser, media)
@@ -276,3 +281,46 @@ def test_an_epoch_change_uploads_no_positions_and_fetches_only_colour_codes(big_
     assert 0 < n_selected < N
     wait(browser, lambda d: in_frame(d, "const g = P.args.overlays.find(g => g.name.startsWith('selected'));"
                                         "return g ? g.ids.length : 0") == min(n_selected, 20_000), timeout=60)
+
+
+def canvas_picture(driver) -> np.ndarray:
+    """The points canvas as the browser shows it: (height, width, 3) uint8.
+
+    Parameters
+    ----------
+    driver : the Selenium driver, on the page
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    with points_frame(driver):
+        png = driver.find_elements(By.CSS_SELECTOR, "canvas")[0].screenshot_as_png
+    return np.asarray(Image.open(BytesIO(png)).convert("RGB"))
+
+
+def test_the_cpu_and_the_webgl_raster_draw_the_same_picture(big_server, browser):
+    pictures = {}
+    for raster in ("cpu", "gpu"):
+        browser.get(f"{big_server}/gradient_space?run={RUN}&epoch=10&raster={raster}")
+        wait(browser, lambda d: state(d) is not None and idle(d), timeout=180)
+        assert in_frame(browser, "return P.raster") == raster
+        assert in_frame(browser, "return P.slot") == 1
+        pictures[raster] = canvas_picture(browser).astype(int)
+    # the frame takes the page's width as it finds it (a scrollbar may come and go): the square
+    # data area is centred, so compare the centred columns both have, in blocks of 10 x 10 pixels
+    # (rounding to pixels differs by one at the points' edges)
+    width = min(p.shape[1] for p in pictures.values()) // 10 * 10
+    height = min(p.shape[0] for p in pictures.values()) // 10 * 10
+    blocks = {}
+    for k, p in pictures.items():
+        left = (p.shape[1] - width) // 2
+        crop = p[:height, left:left + width]
+        ink = np.abs(crop - 250).sum(axis=2, keepdims=True) > 30  # off the background
+        blocks[k] = np.concatenate([ink, crop], axis=2).reshape(height // 10, 10, width // 10, 10, 4).mean(axis=(1, 3))
+    cpu, gpu = blocks["cpu"], blocks["gpu"]
+    assert gpu[..., 0].mean() > 0.05  # a map, not a blank canvas
+    # the same share of each block inked, and the same colours (blending in 1/256ths against floats)
+    assert np.corrcoef(cpu[..., 0].ravel(), gpu[..., 0].ravel())[0, 1] > 0.95
+    assert np.abs(cpu[..., 0] - gpu[..., 0]).mean() < 0.05
+    assert np.abs(cpu[..., 1:] - gpu[..., 1:]).mean() < 8

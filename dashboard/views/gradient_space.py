@@ -91,6 +91,7 @@ THUMBNAILS = 100  # of which this many with their image
 NEIGHBOURS = 8  # nearest neighbours listed in the sample panel
 DENSITY_ABOVE = 200_000  # examples; from this many on: the points renderer (or, as an option, a density image)
 DRAW_AS = ("points (WebGL)", "density image")
+RASTERS = ("auto", "gpu", "cpu")  # how the points renderer draws (?raster=): auto picks per browser
 ZOOM = 0.08  # share of the map's width shown around a looked-up example
 PANEL_PIXELS = 192  # the sample panel's image width
 # plotly's default plotGlPixelRatio of 2 draws four times the pixels, costly where WebGL is
@@ -1161,9 +1162,13 @@ def points_map_ui(stored: StoredMap, points: pd.DataFrame, epoch: int, draw: Map
     star = [float(target["x"].iat[0]), float(target["y"].iat[0])] if target is not None and len(target) else None
     view = PointsView(colors, layers["palette"], layers["names"], layers["legend"], layers["overlays"],
                       draw.frame.x_range, draw.frame.y_range, star)
-    gradient_points(view, key="gs_map", positions=Positions(positions, slots[epoch], len(points), scale), height=680)
+    # ?raster=gpu or cpu overrides the frame's own choice (the CPU where WebGL is software or missing)
+    raster = st.query_params.get("raster", "auto")
+    gradient_points(view, key="gs_map", positions=Positions(positions, slots[epoch], len(points), scale), height=680,
+                    raster=raster if raster in RASTERS else "auto")
     n_shown = len(points) if shown is None else int(np.asarray(shown).sum())
-    st.caption(f"Every one of the {n_shown:,} examples shown is drawn as a point (WebGL). Drag to pan, scroll to zoom; "
+    st.caption(f"Every one of the {n_shown:,} examples shown is drawn as a point (by WebGL, or by the CPU where the "
+               "browser's WebGL is software). Drag to pan, scroll to zoom; "
                "**Lasso** or **Box** (above the map, or shift + drag) selects; hover a point for its index, click it "
                "for its panel.")
     for note in layers["notes"]:

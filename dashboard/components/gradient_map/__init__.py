@@ -272,7 +272,8 @@ def gradient_map(fig: go.Figure, *, key: str, config: dict, positions: Positions
                       plotly=plotly_url(), key=key, default=None, **where)
 
 
-def gradient_points(view: PointsView, *, key: str, positions: Positions, height: int = 620):
+def gradient_points(view: PointsView, *, key: str, positions: Positions, height: int = 620,
+                    raster: str = "auto"):
     """Draw every example as a point (the ``points`` renderer); returns its selection event (or None).
 
     Per epoch only ``positions.slot``, the URLs of the colour codes and of each overlay group's
@@ -285,10 +286,14 @@ def gradient_points(view: PointsView, *, key: str, positions: Positions, height:
     key : the widget key (its value, the latest selection event, is kept under it)
     positions : every snapshot's positions and the drawn snapshot's row
     height : the frame's height in pixels (the map, its toolbar and legend)
+    raster : ``"gpu"`` (the frame's WebGL2 program), ``"cpu"`` (its JavaScript rasterizer into a
+        2-D canvas) or ``"auto"``: the CPU where the browser's WebGL is software-emulated or
+        missing, where it is also the faster of the two
     """
     args = view.args()
     # each overlay group's indices as a binary file: the same group (the poisons) on the next epoch
     # has the same URL, which the frame does not fetch again
     args["overlays"] = [{**group, "index": binary_url(np.asarray(group["index"], "<i4").tobytes(), name=f"overlay{k}")}
                         for k, group in enumerate(args["overlays"])]
-    return _component(renderer="points", height=int(height), key=key, default=None, **positions.args(), **args)
+    return _component(renderer="points", height=int(height), key=key, default=None, raster=raster,
+                      **positions.args(), **args)

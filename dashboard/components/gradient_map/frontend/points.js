@@ -1,5 +1,7 @@
 // The "points" renderer of the gradient map: every example a point, drawn by a small WebGL2
-// program of this file. Per run the frame fetches every snapshot's positions once (float32,
+// program of this file, or, where the browser's WebGL is itself software (SwiftShader, llvmpipe:
+// no GPU) or missing, by this file's own CPU rasterizer into a 2-D canvas: a million 2-pixel
+// points take tens of milliseconds in JavaScript against 1-2.3 s through emulated WebGL. Per run the frame fetches every snapshot's positions once (float32,
 // n_snapshots x n_samples x 2) and uploads them to the GPU once, as one buffer; an epoch change
 // only points the shader at another snapshot's rows of that buffer (and, when the colour codes
 // changed, uploads their 1 byte per example). Nothing per point runs in JavaScript on a redraw:
@@ -17,7 +19,9 @@ const P = {
   tip: null, bar: null, n: 0, slot: -1, codes: null, args: null, xy: null, posUrl: null, colorUrl: null,
   palette: "", width: 0, height: 0, view: {s: 1, tx: 0, ty: 0}, mode: "panZoom", drag: null, grids: {},
   drawn: 0, frames: 0, frameMs: Infinity, area: "", uploads: {positions: 0, codes: 0},
+  raster: "", rendererName: "", ctx: null, raw: null, image: null, pixels: null, cpuPalette: null,
 };
+const BACKGROUND = [250, 250, 250];  // the map's background (GL clears to 0.98 grey)
 const BAR = 30;          // the toolbar's height in pixels
 const ANIMATE_MS = 250;  // an epoch change moves the points over this long (frames as they come)...
 const ANIMATE_BELOW_MS = 40;  // ...where the last whole frame took less than this
@@ -86,6 +90,32 @@ function compile(gl, type, source) {
   return shader;
 }
 
+function webglRenderer() {
+  // the name of the browser's WebGL2 renderer, or "" without WebGL2 (asked on a throwaway canvas:
+  // a canvas keeps the first kind of context it is asked for)
+  const gl = document.createElement("canvas").getContext("webgl2");
+  if (!gl) return "";
+  const info = gl.getExtension("WEBGL_debug_renderer_info");
+  const name = String(info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER));
+  const lose = gl.getExtension("WEBGL_lose_context");
+  if (lose) lose.loseContext();
+  return name || "WebGL2";
+}
+
+function chooseRaster(asked) {
+  // "gpu": the WebGL2 program; "cpu": the JavaScript rasterizer. "auto" takes the CPU where WebGL
+  // would run on the CPU anyway (a software renderer) or is missing
+  P.rendererName = webglRenderer();
+  const software = !P.rendererName || /swiftshader|llvmpipe|softpipe|software|basic render/i.test(P.rendererName);
+  if (asked === "gpu" && P.rendererName) return "gpu";
+  if (asked === "cpu") return "cpu";
+  return software ? "cpu" : "gpu";
+}
+
+function setupCpu() {
+  P.ctx = P.canvas.getContext("2d");
+}
+
 function setupGl() {
   const gl = P.canvas.getContext("webgl2", {antialias: false, premultipliedAlpha: false});
   if (!gl) throw new Error("this browser has no WebGL2, which the points renderer needs");
@@ -120,10 +150,12 @@ function uploadPositions(raw, scale) {
       break;
     }
   }
+  P.scale = scale || null;
+  P.raw = gpu;
+  if (P.raster === "cpu") return;  // the rasterizer reads them where they are
   const gl = P.gl;
   gl.bindBuffer(gl.ARRAY_BUFFER, P.buffers.xy);
   gl.bufferData(gl.ARRAY_BUFFER, gpu, gl.STATIC_DRAW);
-  P.scale = scale || null;
   P.uploads.positions += 1;
 }
 
@@ -143,6 +175,7 @@ function positionsOf(url, raw, scale) {
 }
 
 function uploadCodes(codes) {
+  if (P.raster === "cpu") return;
   const gl = P.gl;
   gl.bindBuffer(gl.ARRAY_BUFFER, P.buffers.codes);
   gl.bufferData(gl.ARRAY_BUFFER, codes, gl.DYNAMIC_DRAW);
@@ -156,13 +189,72 @@ function uploadPalette(palette, opacity) {
     const c = rgba(hex);
     data.set([c[0] * 255, c[1] * 255, c[2] * 255, c[3] * opacity * 255].map(Math.round), 4 * k);
   });
+  if (P.raster === "cpu") {
+    // per code: the colour times its alpha (in 1/256ths) and what is left of the pixel below
+    const r = new Int32Array(256), g = new Int32Array(256), b = new Int32Array(256), keep = new Int32Array(256);
+    for (let k = 0; k < 256; k++) {
+      const alpha = Math.round(data[4 * k + 3] * 256 / 255);
+      r[k] = data[4 * k] * alpha; g[k] = data[4 * k + 1] * alpha; b[k] = data[4 * k + 2] * alpha;
+      keep[k] = 256 - alpha;
+    }
+    P.cpuPalette = {r, g, b, keep};
+    return;
+  }
   const gl = P.gl;
   gl.bindTexture(gl.TEXTURE_2D, P.buffers.palette);
   gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, 256, 1, 0, gl.RGBA, gl.UNSIGNED_BYTE, data);
 }
 
+function splat(from, to, t) {
+  // the CPU's frame: every shown example a size x size square of pixels, blended over the ones
+  // drawn before it in index order, as the GPU blends them; then one putImageData
+  const w = P.width, h = P.height, n = P.n, a = P.args, q = P.scale, raw = P.raw, codes = P.codes;
+  if (!P.image || P.image.width !== w || P.image.height !== h) {
+    P.image = P.ctx.createImageData(w, h);
+    P.pixels = new Uint32Array(P.image.data.buffer);
+  }
+  const px = P.pixels, pal = P.cpuPalette, hidden = a.palette.length - 1;
+  px.fill((255 << 24 | BACKGROUND[2] << 16 | BACKGROUND[1] << 8 | BACKGROUND[0]) >>> 0);  // RGBA bytes, little-endian
+  // screen x = kx * x + cx and screen y = ky * y + cy (screenOf, written out for a data position)
+  const v = P.view, aspect = w / h, xw = a.x_range[1] - a.x_range[0], yw = a.y_range[1] - a.y_range[0];
+  const kx = w * v.s / (aspect * xw), cx = w / 2 * ((v.s * (-2 * a.x_range[0] / xw - 1) + v.tx) / aspect + 1);
+  const ky = -h * v.s / yw, cy = h / 2 - h / 2 * (v.s * (-2 * a.y_range[0] / yw - 1) + v.ty);
+  // codes: x = x0 + code * dx, folded into the same two numbers
+  const ax = q ? kx * q[1] : kx, bx = q ? kx * q[0] + cx : cx, ay = q ? ky * q[3] : ky, by = q ? ky * q[2] + cy : cy;
+  const size = n > 500000 ? 2 : 3, half = size / 2, missing = q ? 65535 : NaN;
+  const f0 = from * n * 2, t0 = to * n * 2, moving = from !== to && t < 1;
+  let drawn = 0;
+  for (let i = 0; i < n; i++) {
+    const c = codes[i];
+    if (c >= hidden) continue;
+    let x = raw[f0 + 2 * i], y = raw[f0 + 2 * i + 1];
+    if (x === missing || y === missing || x !== x || y !== y) continue;
+    if (moving) {
+      const x2 = raw[t0 + 2 * i], y2 = raw[t0 + 2 * i + 1];
+      if (x2 === missing || y2 === missing || x2 !== x2 || y2 !== y2) continue;
+      x += (x2 - x) * t; y += (y2 - y) * t;
+    }
+    const X = Math.round(ax * x + bx - half), Y = Math.round(ay * y + by - half);
+    if (X <= -size || Y <= -size || X >= w || Y >= h) continue;
+    const sr = pal.r[c], sg = pal.g[c], sb = pal.b[c], keep = pal.keep[c];
+    for (let yy = Math.max(0, Y); yy < Math.min(h, Y + size); yy++) {
+      for (let p = yy * w + Math.max(0, X), end = yy * w + Math.min(w, X + size); p < end; p++) {
+        const d = px[p];
+        px[p] = (0xff000000 | ((sb + (d >>> 16 & 255) * keep) >> 8) << 16 | ((sg + (d >>> 8 & 255) * keep) >> 8) << 8
+                 | (sr + (d & 255) * keep) >> 8) >>> 0;
+      }
+    }
+    drawn += 1;
+  }
+  P.ctx.putImageData(P.image, 0, 0);
+  P.drawn = n;
+  P.splatted = drawn;  // the shown points inside the view
+  P.frames += 1;
+}
+
 function drawPoints(from, to, t) {
   // one draw call of every example: the positions of snapshot `from` moved `t` of the way to `to`
+  if (P.raster === "cpu") return splat(from, to, t);
   const gl = P.gl, loc = P.loc, a = P.args, n = P.n;
   gl.viewport(0, 0, P.width, P.height);
   gl.clearColor(0.98, 0.98, 0.98, 1);
@@ -196,6 +288,7 @@ function drawPoints(from, to, t) {
 function settle() {
   // wait until the GPU (software, in a headless browser) has really drawn the frame: reading a
   // pixel back blocks until then, so "drawn" in the timings means drawn
+  if (P.raster === "cpu") return;  // putImageData has written the pixels already
   const pixel = new Uint8Array(4);
   P.gl.readPixels(0, 0, 1, 1, P.gl.RGBA, P.gl.UNSIGNED_BYTE, pixel);
 }
@@ -203,7 +296,7 @@ function settle() {
 let pending = false;
 function redraw() {
   // pan, zoom and resets: one frame per animation frame at most
-  if (pending || !P.gl) return;
+  if (pending || !P.raster) return;
   pending = true;
   requestAnimationFrame(() => {
     pending = false;
@@ -450,7 +543,8 @@ function setup(args) {
   P.legend.className = "pl-legend";
   P.legend.style.cssText = "font:12px sans-serif;color:#333;display:flex;flex-wrap:wrap;gap:4px 14px;padding:4px 0";
   root.appendChild(P.legend);
-  setupGl();
+  P.raster = chooseRaster(args.raster);
+  if (P.raster === "cpu") setupCpu(); else setupGl();
   listenMouse();
 }
 
@@ -523,7 +617,7 @@ function drawLegend(a) {
 async function renderPoints(args, id) {
   // Streamlit sends the same arguments again after a rerun at times: nothing to draw then
   const same = JSON.stringify(args);
-  if (same === P.same && P.gl) {
+  if (same === P.same && P.raster) {
     document.body.dataset.mapState = args.slot + "|" + args.colors + "|" + id;
     performance.mark("map:drawn-" + id);
     return;
@@ -537,7 +631,7 @@ async function renderPoints(args, id) {
   args.overlays.forEach((g, k) => { g.ids = groups[k]; });
   const xy = positionsOf(args.positions, raw, args.scale);
   performance.mark("map:data-" + id);
-  if (!P.gl) setup(args);
+  if (!P.raster) setup(args);
   const newRun = args.positions !== P.posUrl;
   if (newRun) {
     P.n = args.n_samples;
@@ -560,11 +654,12 @@ async function renderPoints(args, id) {
   P.palette = palette;
   P.area = area;
   drawLegend(args);
-  P.bar.querySelector(".pl-count").textContent = args.n_samples.toLocaleString() + " examples, every one a point";
+  P.bar.querySelector(".pl-count").textContent = args.n_samples.toLocaleString() + " examples, every one a point" +
+    (P.raster === "cpu" ? " (drawn by the CPU: this browser's WebGL is " + (P.rendererName ? "software" : "missing") + ")" : " (WebGL)");
   drawOverlays();
   if (changed) {
-    // the points move from one snapshot to the next where a frame is cheap (a GPU); where it is
-    // not (software WebGL at a million points: a frame takes 0.1-1 s) they jump there in one
+    // the points move from one snapshot to the next where a frame is cheap (a GPU, or the CPU at
+    // up to some 100,000 points); where it is not they jump there in one
     if (from >= 0 && P.frameMs < ANIMATE_BELOW_MS) {
       await animate(from, args.slot);
     } else {
