@@ -20,6 +20,13 @@
 # drawn targets and every crafted set are kept, a killed surrogate resumes from its checkpoint,
 # and `poisonlens evaluate` trains only the runs not yet finished (resuming killed ones). This is
 # how the CPU grid of docs/results.md ran over several sessions.
+#
+# KEPT=<folder> carries a grid from one machine to the next without its run folders (hundreds of
+# MB each): the small files that make it (the surrogate's run.json, metrics and model.pt, the
+# targets, the poison sets, and evaluate's record of every finished cell, <run>.cell.json, with
+# the clean controls' weights) are copied from KEPT into OUT where OUT lacks them before anything
+# runs, and from OUT back into KEPT as each step ends (files KEPT already holds are left alone).
+# The CPU grid's are in bench/results/eval-cifar-full/kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PL=${PL:-.venv/bin/poisonlens}
@@ -46,6 +53,21 @@ if [[ $DATASET == imagefolder:* ]] && [ ! -d "${DATASET#imagefolder:}/train" ]; 
 fi
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/paper_check.XXXXXX")}
 mkdir -p "$OUT"
+# copy_small FROM TO: the grid's small files (regular files only: find does not follow links),
+# never over a file TO already has
+copy_small() {
+    [ -n "$1" ] && [ -n "$2" ] && [ -d "$1" ] || return 0
+    (cd "$1" && find . -type f \( -path ./surrogate/run.json -o -path ./surrogate/metrics.parquet \
+        -o -path ./surrogate/checkpoints/model.pt -o -path ./pairs.txt -o -path './poisons/*.npz' \
+        -o -path './eval/runs/*.cell.json' -o -path './eval/runs/*.model.pt' \) -print) |
+    while IFS= read -r f; do
+        [ -e "$2/$f" ] && continue
+        mkdir -p "$2/$(dirname "$f")"
+        cp "$1/$f" "$2/$f.part" && mv "$2/$f.part" "$2/$f"
+    done
+}
+KEPT=${KEPT:-}
+[ -z "$KEPT" ] || { mkdir -p "$KEPT"; copy_small "$KEPT" "$OUT"; }
 ARCH=(--model "$MODEL")
 [ "$MODEL" = smallcnn ] && ARCH+=(--width "$WIDTH")
 # the paper's schedule shape: SGD, lr decayed x0.1 at fixed fractions (TrainConfig's
@@ -77,6 +99,7 @@ if [ ! -s "$OUT/pairs.txt" ]; then
     mv "$OUT/pairs.tmp" "$OUT/pairs.txt"
 fi
 say "targets (test index, adversarial class): $(tr '\n' ';' < "$OUT/pairs.txt")"
+copy_small "$OUT" "$KEPT"
 
 mkdir -p "$OUT/poisons"
 i=0
@@ -94,9 +117,13 @@ while read -r target adv; do
     cp "$OUT/craft/$name/poisons.npz" "$OUT/craft/$name.part"  # never a half-copied set in poisons/
     mv "$OUT/craft/$name.part" "$OUT/poisons/$name.npz"
     say "crafted $name (target $target -> class $adv): $(( $(date +%s) - t1 )) s"
+    copy_small "$OUT" "$KEPT"
 done < "$OUT/pairs.txt"
 
 t1=$(date +%s)
+# the records of the cells finished so far, also when the grid is stopped
+trap 'copy_small "$OUT" "$KEPT"' EXIT
+trap 'exit 143' TERM INT
 "$PL" evaluate --dataset "$DATASET" --poisons "$OUT/poisons" --defenses "$DEFENSES" \
     --seeds "$SEEDS" "${ARCH[@]}" "${SCHED[@]}" --jobs "${JOBS:-1}" --quiet --out "$OUT/eval"
 say "evaluate: $(( $(date +%s) - t1 )) s; all: $(( $(date +%s) - t0 )) s; tables in $OUT/eval"

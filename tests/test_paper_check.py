@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 def test_paper_check_runs_every_step_and_writes_the_paired_table(tmp_path):
     env = {**os.environ, "ALLOW_CPU": "1", "DATASET": "digits", "MODEL": "smallcnn", "WIDTH": "8",
            "EPOCHS": "3", "SURROGATE_EPOCHS": "3", "TARGETS": "1", "OUT": str(tmp_path / "out"),
+           "KEPT": str(tmp_path / "kept"),
            "PL": str(Path(sys.executable).parent / "poisonlens"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(REPO / "bench" / "paper_check.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=1700)
@@ -41,6 +42,19 @@ def test_paper_check_runs_every_step_and_writes_the_paired_table(tmp_path):
     assert "crafted" not in again.stdout
     assert (tmp_path / "out" / "poisons" / "set01.npz").stat().st_mtime_ns == poisons
     assert pd.read_csv(tmp_path / "out" / "eval" / "runs.csv").equals(runs)
+
+    # On another machine (a new OUT), KEPT alone carries it on: its small files (surrogate,
+    # targets, poison sets, evaluate's cell records) stand for the run folders, none retrained.
+    kept = sorted(str(p.relative_to(tmp_path / "kept")) for p in (tmp_path / "kept").rglob("*") if p.is_file())
+    assert "surrogate/checkpoints/model.pt" in kept and "poisons/set01.npz" in kept
+    assert sum(k.endswith(".cell.json") for k in kept) == 4 and not any("images.npy" in k for k in kept)
+    elsewhere = subprocess.run(["bash", str(REPO / "bench" / "paper_check.sh")],
+                               env={**env, "OUT": str(tmp_path / "out2")}, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=1700)
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert "surrogate: kept from an earlier call" in elsewhere.stdout and "crafted" not in elsewhere.stdout
+    assert not [p for p in (tmp_path / "out2" / "eval" / "runs" / "scratch").iterdir() if p.is_dir()]
+    assert pd.read_csv(tmp_path / "out2" / "eval" / "runs.csv").equals(runs)
 
 
 def test_paper_check_without_cuda_says_so_and_runs_nothing(tmp_path):
