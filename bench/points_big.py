@@ -59,6 +59,12 @@ def server_steps(log: Path, since: float, until: float) -> dict[str, tuple[int, 
     return {name: (len(s), round(sum(s), 3)) for name, s in sorted(steps.items(), key=lambda kv: -sum(kv[1]))}
 
 
+# P is a top-level const of the frame's script, not a property of its window: asked through eval
+FRAME_MS = ("for (const f of document.querySelectorAll('iframe')) { const r = f.contentWindow.eval("
+            "\"typeof P === 'undefined' ? null : [P.raster, Math.round(P.frameMs), Math.round(P.overlayMs || 0)]\");"
+            " if (r) return r; } return null")
+
+
 def main() -> None:
     """Run the timings the module docstring describes and print them."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,6 +93,7 @@ def main() -> None:
             t1 = time.time()
             print("timed", json.dumps(timing), flush=True)
             print("marks", frame_marks(driver), flush=True)
+            print("raster, last points frame ms, last overlays ms", driver.execute_script(FRAME_MS), flush=True)
             box = time_box(driver)
             t2 = time.time()
             print("box", json.dumps(box), flush=True)

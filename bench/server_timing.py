@@ -20,7 +20,8 @@ import time
 
 TIMED = {
     "poisonlens.dashboard.common": ("load_snapshot", "load_examples", "thumbnails", "projection_extent"),
-    "poisonlens.dashboard.plots": ("point_layers", "gradient_map_figure"),
+    "poisonlens.dashboard.figures.points": ("point_layers",),
+    "poisonlens.dashboard.figures.gradient_map": ("gradient_map_figure",),
     "poisonlens.dashboard.components.gradient_map": ("binary_url", "gradient_points", "gradient_map"),
     "poisonlens.dashboard.selection": ("indices_in_shapes",),
     "poisonlens.dashboard.display": ("expression_ui", "readable"),
@@ -62,10 +63,15 @@ def wrap_page_functions(log) -> None:
     ----------
     log : a text file open for appending
     """
+    # the page's module imported these names once: its own references are wrapped too
+    page = importlib.import_module("poisonlens.dashboard.views.gradient_space")
     for module_name, names in TIMED.items():
         module = importlib.import_module(module_name)
         for name in names:
-            setattr(module, name, wrap(log, f"{module_name.rsplit('.', 1)[-1]}.{name}", getattr(module, name)))
+            timed = wrap(log, f"{module_name.rsplit('.', 1)[-1]}.{name}", getattr(module, name))
+            setattr(module, name, timed)
+            if getattr(page, name, None) is not None and module_name != "streamlit":
+                setattr(page, name, timed)
 
 
 def main() -> None:
