@@ -628,7 +628,7 @@ def main() -> None:
               "sent per redraw | sent for the first render |", "|---|---|---|---|---|"]
     for name, _, _ in names:
         title = ("50,000 examples × 11 snapshots (points, WebGL)" if name == "cifar-50k"
-                 else f"{args.big:,} examples × 3 snapshots (every example a point, WebGL)")
+                 else f"{args.big:,} examples × 3 snapshots (every example a point: WebGL2, or the CPU where WebGL is software)")
         for label, _ in trees:
             lines.append(row(f"{title}{', ' + which[label] if label else ''}", timings[label, name]))
     for (label, name), t in timings.items():
