@@ -427,6 +427,24 @@ def test_marking_a_map_selection_and_the_sample_panel_colours_the_map_by_review(
     assert any(n.startswith("marked clean") for n in names), names
 
 
+def test_a_retrain_whose_review_marked_nothing_says_it_trained_on_every_example(own_runs):
+    # the README's loop before any verdict: `review --export` writes a header only, and
+    # `train --exclude` of it leaves nothing out (it said "Trained without 0 examples")
+    from poisonlens.review import read_review, retrain_config, write_poison_list
+    from poisonlens.train import TrainConfig, train
+
+    source = open_run(own_runs / POISON_RUN)
+    listing = own_runs.parent / "nothing-marked.csv"
+    assert write_poison_list(read_review(source), listing) == 0
+    train(TrainConfig.from_json(retrain_config(source, listing)), own_runs / "retrained-nothing",
+          show_progress=False)
+    at = app("views/overview.py", "retrained-nothing")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    said = " ".join(i.value for i in at.info)
+    assert "Trained on every example" in said and "nothing-marked.csv" in said
+    assert "Trained without 0 examples" not in said
+
+
 def test_a_retrained_run_says_what_it_left_out_and_compare_puts_it_beside_its_source(own_runs):
     from poisonlens.review import mark, read_review, retrain_config, write_poison_list
     from poisonlens.train import TrainConfig, train

@@ -110,6 +110,13 @@ def excluded_ui(run) -> None:
     text = excluded_text(run)
     if text is None:
         return
+    record = run.meta["exclude"]
+    if record["count"] == 0:
+        # e.g. a review export with no example marked poison yet: it contributes no rows
+        st.info(f"Trained on every example: the `--exclude` file, {md(record.get('file'))} (sha256 "
+                f"{md(str(record.get('sha256', ''))[:12])}…), listed none to leave out (a review export "
+                "lists only the examples marked poison).")
+        return
     tags = run.config.get("tags") if isinstance(run.config.get("tags"), dict) else {}
     source = tags.get("retrain_of")
     st.info(f"Trained without {text}: never in a training batch, never seen by the defense."
