@@ -22,6 +22,7 @@ from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
     SUMMARY_COLUMNS,
     control_readout,
+    control_readouts,
     controlled,
     run_summary,
     summarise,
@@ -261,17 +262,14 @@ def _read_out_controls(table: pd.DataFrame) -> pd.DataFrame:
         if row["defense"] != "clean" or own_set or row["status"] != "finished" or mine.empty:
             out.append(row.to_dict())
             continue
-        read: list[dict] = []
-        for _, s in mine.iterrows():
-            try:
-                r = control_readout(Path(row["path"]), Path(s["_poisons"]))
-            except (InputError, OSError):
-                read = []
-                break
-            read.append({**row.to_dict(), "poison_set": s["poison_set"], "attack_success": r["flip"],
-                         "target_prob_adv": r["prob_adv"], "control_flip": r["flip"],
-                         "controlled_success": 0.0})  # fmt: skip
-        out += read or [row.to_dict()]
+        try:
+            readouts = control_readouts(Path(row["path"]), [Path(p) for p in mine["_poisons"]])
+        except (InputError, OSError):
+            out.append(row.to_dict())
+            continue
+        out += [{**row.to_dict(), "poison_set": s, "attack_success": r["flip"],
+                 "target_prob_adv": r["prob_adv"], "control_flip": r["flip"], "controlled_success": 0.0}
+                for s, r in zip(mine["poison_set"], readouts, strict=True)]
     return pd.DataFrame(out, columns=table.columns)
 
 

@@ -282,6 +282,13 @@ def plan_grid(
     return grid
 
 
+def _twin_identity(cell: GridRun) -> dict:
+    """The tags that name a ``random-<s>`` cell's ``epic-<s>`` twin: the same scenario, poison
+    set and seed, EPIC at the same size."""
+    return {"scenario": cell.scenario, "poison_set": cell.poison_set, "seed": cell.seed,
+            "defense": "epic-" + cell.defense[len("random-"):]}
+
+
 def twin_dir(cell: GridRun) -> Path | None:
     """The run dir of the ``epic-<s>`` run a ``random-<s>`` cell copies its drop counts from.
 
@@ -291,8 +298,7 @@ def twin_dir(cell: GridRun) -> Path | None:
     """
     if not cell.defense.startswith("random-"):
         return None
-    want = {"scenario": cell.scenario, "poison_set": cell.poison_set, "seed": cell.seed,
-            "defense": "epic-" + cell.defense[len("random-"):]}
+    want = _twin_identity(cell)
     for candidate in sorted(cell.run_dir.parent.iterdir()) if cell.run_dir.parent.is_dir() else ():
         if candidate == cell.run_dir or not (candidate / RUN_JSON).is_file():
             continue
@@ -354,8 +360,7 @@ def twin_record(cell: GridRun) -> dict | None:
     ``epic-<s>`` twin, found by its identity among the records beside the cell; or None."""
     if not cell.defense.startswith("random-") or not cell.run_dir.parent.is_dir():
         return None
-    want = {"scenario": cell.scenario, "poison_set": cell.poison_set, "seed": cell.seed,
-            "defense": "epic-" + cell.defense[len("random-"):]}
+    want = _twin_identity(cell)
     for name in sorted(runfs.listdir(cell.run_dir.parent)):
         if not name.endswith(cell_records.RECORD_SUFFIX):
             continue
@@ -635,54 +640,70 @@ def _window_auc(run) -> float:
     return float(np.mean(aucs)) if aucs else np.nan
 
 
-def control_readout(control_dir: Path, poison_path: Path, *, config: dict | None = None,
-                    model_file: Path | None = None) -> dict:
-    """The clean control's final model applied to a poison set's target: prediction and p_adv.
+def control_readouts(control_dir: Path, poison_paths: list[Path], *, config: dict | None = None,
+                     model_file: Path | None = None) -> list[dict]:
+    """The clean control's final model applied to each poison set's target: prediction and p_adv.
+
+    The control's data set (for its number of classes and channels) and weights are loaded once,
+    whatever the number of poison sets: on the whole of CIFAR-10 loading the data set is the
+    cost, not the readout.
 
     Parameters
     ----------
     control_dir : Path
         The clean control's run folder.
-    poison_path : Path
-        The poison set whose target is read out.
+    poison_paths : list of Path
+        The poison sets whose targets are read out.
     config, model_file : dict and Path, optional
         The control's TrainConfig (JSON) and final weights, given together when they come from
         its record rather than its run folder (which may have gone).
 
     Returns
     -------
-    dict with ``pred`` (int), ``prob_adv`` (float) and ``flip`` (1.0 when pred is the
-    adversarial class)
+    list of dict, one per poison set in order, with ``pred`` (int), ``prob_adv`` (float) and
+    ``flip`` (1.0 when pred is the adversarial class)
     """
     from poisonlens.checkpoint import torch_load
     from poisonlens.data import load_dataset, load_poisons
     from poisonlens.models import build_model
     from poisonlens.snapshot import forward_batched
 
+    sets = [load_poisons(p) for p in poison_paths]  # a bad set: one line before any loading
+    if not sets:
+        return []
     if config is None or model_file is None:
         config, model_file = open_run(control_dir).config, pretrained_model(control_dir)
     config = TrainConfig.from_json(config)
-    poisons = load_poisons(poison_path)
     data = load_dataset(config.dataset)
     model = build_model(config.model, n_classes=data.n_classes,
                         in_channels=data.x_train.shape[-1], width=config.width)
     model.load_state_dict(torch_load(model_file, map_location="cpu"))
     model.eval()
-    logits, _ = forward_batched(model, poisons.target_x[None])
-    p = np.exp(logits[0] - logits[0].max())
-    p /= p.sum()
-    return {"pred": int(p.argmax()), "prob_adv": float(p[poisons.adv_label]),
-            "flip": float(int(p.argmax()) == poisons.adv_label)}
+    out = []
+    for poisons in sets:  # one image each: a set whose target does not fit the model fails alone
+        row = forward_batched(model, poisons.target_x[None])[0][0]
+        p = np.exp(row - row.max())
+        p /= p.sum()
+        out.append({"pred": int(p.argmax()), "prob_adv": float(p[poisons.adv_label]),
+                    "flip": float(int(p.argmax()) == poisons.adv_label)})
+    return out
 
 
-def run_rows(grid: list[GridRun]) -> pd.DataFrame:
+def control_readout(control_dir: Path, poison_path: Path, **control) -> dict:
+    """:func:`control_readouts` for one poison set: its dict."""
+    return control_readouts(control_dir, [poison_path], **control)[0]
+
+
+def run_rows(grid: list[GridRun], sets: list[Path] | None = None) -> pd.DataFrame:
     """One row per (poison set, defense, seed) of a scenario; identity read from the run's tags.
 
-    The ``clean`` rows are the control read out on each poison set's target; ``controlled``
+    The ``clean`` rows are the control read out on the target of each of ``sets`` (default: the
+    poison sets of the grid's other cells; a grid of controls alone names none); ``controlled``
     counts a success only where the control of the same seed does not flip the same target.
     """
     controls = {c.seed: c for c in grid if c.defense == "clean"}
-    sets = sorted({c.poisons for c in grid if c.poisons is not None})
+    if sets is None:
+        sets = sorted({c.poisons for c in grid if c.poisons is not None})
     flips: dict[tuple[str, int], float] = {}
     rows = []
     for seed, ctrl in controls.items():
@@ -690,8 +711,8 @@ def run_rows(grid: list[GridRun]) -> pd.DataFrame:
         if rec["model"] is None:
             raise InputError(cell_records.record_path(ctrl.run_dir),
                              "a clean control's record without its model")
-        for p in sets:
-            r = control_readout(ctrl.run_dir, p, config=rec["config"], model_file=rec["model"])
+        readouts = control_readouts(ctrl.run_dir, sets, config=rec["config"], model_file=rec["model"])
+        for p, r in zip(sets, readouts, strict=True):
             flips[(p.stem, seed)] = r["flip"]
             rows.append({**rec["identity"], "poison_set": p.stem, **rec["summary"],
                          "attack_success": r["flip"], "target_prob_adv": r["prob_adv"],
@@ -904,11 +925,18 @@ def _detection(run) -> list[dict]:
     return rows
 
 
-def write_results(grid: list[GridRun], defenses: list[str], out: Path) -> pd.DataFrame:
+def write_results(grid: list[GridRun], defenses: list[str], out: Path,
+                  poison_sets: dict[str, list[Path]] | None = None) -> pd.DataFrame:
     """runs.csv, detection.csv, summary.csv, paired.csv (:func:`paired`) and summary.md under
-    ``out``; returns the summary."""
+    ``out``; returns the summary.
+
+    ``poison_sets`` maps a scenario to the poison sets its clean controls are read out on
+    (default: those of the grid's cells, :func:`run_rows`); a grid whose only finished cells are
+    controls has none of its own.
+    """
     scenarios = list(dict.fromkeys(c.scenario for c in grid))
-    runs = pd.concat([run_rows([c for c in grid if c.scenario == s]) for s in scenarios],
+    sets = poison_sets or {}
+    runs = pd.concat([run_rows([c for c in grid if c.scenario == s], sets.get(s)) for s in scenarios],
                      ignore_index=True)
     detection = pd.DataFrame([r for c in grid for r in detection_rows(c)])
     summary = summarise(runs, defenses)

@@ -55,3 +55,14 @@ def cifar_subset() -> Path:
     if not (CIFAR_SUBSET / "train").is_dir():
         pytest.skip(f"CIFAR-10 subset not found at {CIFAR_SUBSET}")
     return CIFAR_SUBSET
+
+
+@pytest.fixture
+def one_set(tmp_path) -> Path:
+    """A folder holding one label-flip poison set, ``a.npz``, for digits (20 poisons)."""
+    from tests.test_evaluate import label_flip_set
+
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    label_flip_set(folder / "a.npz", 20, 0)
+    return folder

@@ -18,20 +18,11 @@ from poisonlens.errors import InputError
 from poisonlens.evaluate import cell_config, cell_record, cell_state, plan_grid, run_grid
 from poisonlens.store import open_run
 from tests.conftest import REPO, tiny_config
-from tests.test_evaluate import label_flip_set
 
 TINY = ["--epochs", "2", "--width", "4", "--snapshot-every", "1", "--drop-after", "0",
         "--stop-after", "2", "--seeds", "0", "--quiet"]
 TABLES = ("runs.csv", "detection.csv", "summary.csv", "paired.csv", "summary.md")
 pytestmark = pytest.mark.timeout(1200)
-
-
-@pytest.fixture
-def one_set(tmp_path):
-    folder = tmp_path / "sets"
-    folder.mkdir()
-    label_flip_set(folder / "a.npz", 20, 0)
-    return folder
 
 
 def test_the_tables_are_the_same_after_the_run_folders_are_deleted(one_set, tmp_path):

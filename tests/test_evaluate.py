@@ -249,3 +249,36 @@ def test_runs_and_detection_csv_escape_a_formula_in_a_poison_file_name(tmp_path)
         assert not any(cell.startswith(("=", "+", "-", "@")) and not cell.lstrip("-").replace(".", "").isdigit()
                        and cell not in ("-",) for cell in cells if cell), (csv, text[:500])
         assert f"'{name}" in text
+
+
+def test_the_clean_control_loads_its_data_once_for_every_poison_set(poison_dir, tmp_path, monkeypatch):
+    # on the whole of CIFAR-10 loading the data set is the cost: it was loaded once per set
+    import poisonlens.data as data_module
+    from poisonlens.evaluate import control_readout, control_readouts
+
+    out = tmp_path / "out"
+    assert main(["evaluate", "--quiet", "--poisons", str(poison_dir), "--defenses", "clean",
+                 "--seeds", "0", "--epochs", "1", "--width", "4", "--out", str(out)]) == 0
+    control = out / "runs" / "scratch" / "clean__seed0"
+    sets = sorted(poison_dir.glob("*.npz"))
+    one_by_one = [control_readout(control, p) for p in sets]
+    loads = []
+    real = data_module.load_dataset
+    monkeypatch.setattr(data_module, "load_dataset", lambda *a, **k: loads.append(a) or real(*a, **k))
+    assert control_readouts(control, sets) == one_by_one
+    assert len(loads) == 1
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs.sort_values("poison_set").target_prob_adv) == pytest.approx([r["prob_adv"] for r in one_by_one])
+
+
+def test_a_grid_whose_only_finished_cells_are_controls_writes_its_tables(poison_dir, tmp_path):
+    # `--defenses clean` alone, and `--finished-only` before any poisoned cell had finished,
+    # stopped with "KeyError: 'defense'": the control was read out on no poison set
+    out = tmp_path / "out"
+    tiny = ["--quiet", "--poisons", str(poison_dir), "--seeds", "0", "--epochs", "1", "--width", "4", "--out", str(out)]
+    assert main(["evaluate", "--defenses", "clean", *tiny]) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs.poison_set) == ["a", "b"] and set(runs.defense) == {"clean"}
+    (out / "runs.csv").unlink()
+    assert main(["evaluate", "--defenses", "clean,none", "--finished-only", *tiny]) == 0
+    assert sorted(pd.read_csv(out / "runs.csv").poison_set) == ["a", "b"]

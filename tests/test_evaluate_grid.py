@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,7 +16,6 @@ from poisonlens.cli import main
 from poisonlens.evaluate import cell_config, plan_grid, run_cells
 from poisonlens.store import RUN_JSON, open_run
 from tests.conftest import REPO, tiny_config
-from tests.test_evaluate import label_flip_set
 
 TINY = ["--epochs", "2", "--width", "4", "--snapshot-every", "1", "--drop-after", "0",
         "--stop-after", "2", "--seeds", "0", "--quiet"]
@@ -33,14 +31,6 @@ def without_timings(metrics: pd.DataFrame) -> pd.DataFrame:
     for i in info:
         i.pop("seconds", None)
     return metrics.drop(columns=TIMING).assign(defense_info=[json.dumps(i) for i in info])
-
-
-@pytest.fixture
-def one_set(tmp_path) -> Path:
-    folder = tmp_path / "sets"
-    folder.mkdir()
-    label_flip_set(folder / "a.npz", 20, 0)
-    return folder
 
 
 def test_a_grid_of_all_three_scenarios_finishes_and_writes_the_tables(one_set, tmp_path):

@@ -130,10 +130,10 @@ def run(args: argparse.Namespace) -> int:
             return 0
     if not args.poisons:
         raise InputError("--poisons", "required (unless --pretrain-only)")
-    grid = []
+    grid, sets = [], {}
     for scenario in scenarios:
-        sets = poison_sets_for(args.poisons, scenario)
-        grid += plan_grid(sets, defenses, seeds, out, scenario=scenario,
+        sets[scenario] = poison_sets_for(args.poisons, scenario)
+        grid += plan_grid(sets[scenario], defenses, seeds, out, scenario=scenario,
                           pretrained=pretrained if scenario != "scratch" else None)
     if args.finished_only:
         grid = [c for c in grid if cell_state(c.run_dir) == "finished"]
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--out", f"no finished run of this grid under {out}")
     else:
         run_grid(base, grid, n_jobs=args.jobs, show_progress=not args.quiet)
-    write_results(grid, defenses, out)
+    write_results(grid, defenses, out, sets)
     print((out / "summary.md").read_text(encoding="utf-8"), end="")  # with the paired table
     print(f"{len(grid)} runs, {time.perf_counter() - t0:.0f} s; tables in {out}")
     return 0
