@@ -1,7 +1,7 @@
 """The map's background computation at scale: today's method against the new one, in one run.
 
     .venv/bin/python -m bench.projection [--keep DIR] [--out bench/results/projection/README.md]
-        [--before REV] [--small 50000] [--big 1000000] [--skip-quality]
+        [--before REV] [--small 50000] [--big 1000000] [--warm 1] [--skip-quality]
 
 1. Builds two synthetic run stores with ``bench.dashboard.build_run`` (8x8 grey images; ``--keep
    DIR`` keeps them and reuses stores already there): 50,000 examples x 11 snapshots and
@@ -16,7 +16,8 @@
      sample, every other row placed by its 10 nearest fitted rows;
    - *new, cold cache*: this tree, ``--placement parametric``, with an empty numba cache folder
      (``POISONLENS_CACHE`` set to a fresh folder): a machine's first projection, compiling UMAP;
-   - *new, warm cache*: the same again, loading UMAP's compiled functions from that folder.
+   - *new, warm cache*: the same again (``--warm N`` times), loading UMAP's compiled functions
+     from that folder.
 3. Layout quality on a held-out sample of the 50,000 store: 5,000 rows pooled over the snapshots,
    2,000 other rows placed by today's fit (UMAP's defaults) and its ``transform``, by today's
    nearest-neighbour placement on that fit, and by the new method (exact neighbours, fewer
@@ -134,11 +135,13 @@ def run_all(runs: Path, args: argparse.Namespace, before_path: Path) -> list[dic
               (f"synthetic-{args.big // 1000}k", args.big, [0, 10, 20], 1)]
     results = []
     for name, n, epochs, seed in stores:
+        if n == 0:  # --big 0: the 50,000-point store alone
+            continue
         run_dir = build(runs, name, n, epochs, seed)
         cache = Path(tempfile.mkdtemp(prefix="bench-projection-cache-"))  # an empty numba cache
         variants = [("before", "knn", "–", {"PYTHONPATH": str(before_path)}),
                     ("new", "parametric", "cold", {"POISONLENS_CACHE": str(cache)}),
-                    ("new", "parametric", "warm", {"POISONLENS_CACHE": str(cache)})]
+                    *[("new", "parametric", "warm", {"POISONLENS_CACHE": str(cache)})] * args.warm]
         for code, placement, state, env in variants:
             r = time_map(run_dir, placement, env) | {"run": f"{n:,} × {len(epochs)}", "code": code, "cache": state}
             print(json.dumps(r), flush=True)
@@ -181,7 +184,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "projection" / "README.md"))
     parser.add_argument("--before", default=BEFORE, help="git revision whose code is today's method")
     parser.add_argument("--small", type=int, default=50_000, help="examples of the 11-snapshot store")
-    parser.add_argument("--big", type=int, default=1_000_000, help="examples of the 3-snapshot store")
+    parser.add_argument("--big", type=int, default=1_000_000, help="examples of the 3-snapshot store (0: none)")
+    parser.add_argument("--warm", type=int, default=1, help="warm-cache runs of the new method per store")
     parser.add_argument("--skip-quality", action="store_true")
     args = parser.parse_args()
     runs = Path(args.keep or tempfile.mkdtemp(prefix="bench-projection-")) / "runs"
