@@ -27,6 +27,13 @@
 # the clean controls' weights) are copied from KEPT into OUT where OUT lacks them before anything
 # runs, and from OUT back into KEPT as each step ends (files KEPT already holds are left alone).
 # The CPU grid's are in bench/results/eval-cifar-full/kept.
+#
+# SCHEDULE [every]: when EPIC selects. 'every': every epoch after a 2-epoch warm-up, to the end
+# (the grid's T = 1), tables in $OUT/eval. 'authors': the EPIC authors' from-scratch command for
+# eps 16 (their examples.sh: a selection every 5 epochs from epoch 1 on, none after the last lr
+# step), tables in $OUT/eval-authors; EVERY [5] overrides its period. The undefended cells
+# (clean, none) do not depend on the schedule: 'authors' takes their records from $OUT/eval where
+# they have finished there, and trains them itself where not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PL=${PL:-.venv/bin/poisonlens}
@@ -51,6 +58,18 @@ if [[ $DATASET == imagefolder:* ]] && [ ! -d "${DATASET#imagefolder:}/train" ]; 
     echo "paper_check: ${DATASET#imagefolder:}: no train/ folder (set CIFAR=<ImageFolder with train/ and test/>)" >&2
     exit 2
 fi
+# the paper's schedule shape: SGD, lr decayed x0.1 at fixed fractions (TrainConfig's
+# lr_milestones), crop-flip augmentation, EPIC every epoch (T = 1) after a 2-epoch warm-up
+SCHED=(--epochs "$EPOCHS" --snapshot-every 1 --drop-after 2 --stop-after "$EPOCHS" --augment auto)
+EVAL=eval
+case "${SCHEDULE:-every}" in
+    every) ;;
+    authors)  # no selection after the last lr milestone (7/8 of the epochs, as TrainConfig's)
+        SCHED=(--epochs "$EPOCHS" --snapshot-every "${EVERY:-5}" --drop-after 1
+               --stop-after $(( EPOCHS * 7 / 8 + 1 )) --augment auto)
+        EVAL=eval-authors ;;
+    *) echo "paper_check: SCHEDULE must be 'every' or 'authors', got '$SCHEDULE'" >&2; exit 2 ;;
+esac
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/paper_check.XXXXXX")}
 mkdir -p "$OUT"
 # copy_small FROM TO: the grid's small files (regular files only: find does not follow links),
@@ -59,7 +78,7 @@ copy_small() {
     [ -n "$1" ] && [ -n "$2" ] && [ -d "$1" ] || return 0
     (cd "$1" && find . -type f \( -path ./surrogate/run.json -o -path ./surrogate/metrics.parquet \
         -o -path ./surrogate/checkpoints/model.pt -o -path ./pairs.txt -o -path './poisons/*.npz' \
-        -o -path './eval/runs/*.cell.json' -o -path './eval/runs/*.model.pt' \) -print) |
+        -o -path './eval*/runs/*.cell.json' -o -path './eval*/runs/*.model.pt' \) -print) |
     while IFS= read -r f; do
         [ -e "$2/$f" ] && continue
         mkdir -p "$2/$(dirname "$f")"
@@ -70,9 +89,6 @@ KEPT=${KEPT:-}
 [ -z "$KEPT" ] || { mkdir -p "$KEPT"; copy_small "$KEPT" "$OUT"; }
 ARCH=(--model "$MODEL")
 [ "$MODEL" = smallcnn ] && ARCH+=(--width "$WIDTH")
-# the paper's schedule shape: SGD, lr decayed x0.1 at fixed fractions (TrainConfig's
-# lr_milestones), crop-flip augmentation, EPIC every epoch (T = 1) after a 1-epoch warm-up
-SCHED=(--epochs "$EPOCHS" --snapshot-every 1 --drop-after 2 --stop-after "$EPOCHS" --augment auto)
 say() { echo "paper_check: $*"; }
 t0=$(date +%s)
 say "$MODEL, $DATASET, $TARGETS target(s) x seed(s) $SEEDS, $EPOCHS victim epochs (the paper: 200;" \
@@ -120,10 +136,20 @@ while read -r target adv; do
     copy_small "$OUT" "$KEPT"
 done < "$OUT/pairs.txt"
 
+if [ "$EVAL" != eval ] && [ -d "$OUT/eval/runs" ]; then
+    # the undefended cells' records (and the controls' weights), where finished under eval/
+    (cd "$OUT/eval/runs" && find . -type f \( -name 'clean__seed*.cell.json' -o -name 'clean__seed*.model.pt' \
+        -o -name '*__none__seed*.cell.json' \) -print) | while IFS= read -r f; do
+        [ -e "$OUT/$EVAL/runs/$f" ] || [ -e "$OUT/$EVAL/runs/${f%.cell.json}" ] && continue
+        mkdir -p "$OUT/$EVAL/runs/$(dirname "$f")"
+        cp "$OUT/eval/runs/$f" "$OUT/$EVAL/runs/$f.part" && mv "$OUT/$EVAL/runs/$f.part" "$OUT/$EVAL/runs/$f"
+    done
+fi
 t1=$(date +%s)
 # the records of the cells finished so far, also when the grid is stopped
 trap 'copy_small "$OUT" "$KEPT"' EXIT
 trap 'exit 143' TERM INT
+say "EPIC's schedule: ${SCHEDULE:-every} (${SCHED[*]})"
 "$PL" evaluate --dataset "$DATASET" --poisons "$OUT/poisons" --defenses "$DEFENSES" \
-    --seeds "$SEEDS" "${ARCH[@]}" "${SCHED[@]}" --jobs "${JOBS:-1}" --quiet --out "$OUT/eval"
-say "evaluate: $(( $(date +%s) - t1 )) s; all: $(( $(date +%s) - t0 )) s; tables in $OUT/eval"
+    --seeds "$SEEDS" "${ARCH[@]}" "${SCHED[@]}" --jobs "${JOBS:-1}" --quiet --out "$OUT/$EVAL"
+say "evaluate: $(( $(date +%s) - t1 )) s; all: $(( $(date +%s) - t0 )) s; tables in $OUT/$EVAL"

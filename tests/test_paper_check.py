@@ -43,11 +43,30 @@ def test_paper_check_runs_every_step_and_writes_the_paired_table(tmp_path):
     assert (tmp_path / "out" / "poisons" / "set01.npz").stat().st_mtime_ns == poisons
     assert pd.read_csv(tmp_path / "out" / "eval" / "runs.csv").equals(runs)
 
+    # The EPIC authors' schedule (a selection every EVERY epochs, none after the last lr step) in
+    # its own tables, beside the first: the undefended cells come from eval/'s records, untrained.
+    authors = subprocess.run(["bash", str(REPO / "bench" / "paper_check.sh")],
+                             env={**env, "SCHEDULE": "authors", "EVERY": "1"}, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=1700)
+    assert authors.returncode == 0, authors.stderr[-2000:]
+    assert "EPIC's schedule: authors (--epochs 3 --snapshot-every 1 --drop-after 1 --stop-after 3" in authors.stdout
+    theirs = pd.read_csv(tmp_path / "out" / "eval-authors" / "runs.csv").set_index("defense")
+    ours = runs.set_index("defense")
+    assert sorted(theirs.index) == ["clean", "epic-0.2", "none", "random-0.2"]
+    for undefended in ("clean", "none"):
+        assert theirs.loc[undefended, "test_acc"] == ours.loc[undefended, "test_acc"]
+    trained = {p.name for p in (tmp_path / "out" / "eval-authors" / "runs" / "scratch").iterdir() if p.is_dir()}
+    assert trained == {"set01__epic-0.2__seed0", "set01__random-0.2__seed0"}
+    assert theirs.loc["epic-0.2", "n_dropped"] == theirs.loc["random-0.2", "n_dropped"] > 0
+    bad = subprocess.run(["bash", str(REPO / "bench" / "paper_check.sh")], env={**env, "SCHEDULE": "paper"},
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "SCHEDULE" in bad.stderr
+
     # On another machine (a new OUT), KEPT alone carries it on: its small files (surrogate,
     # targets, poison sets, evaluate's cell records) stand for the run folders, none retrained.
     kept = sorted(str(p.relative_to(tmp_path / "kept")) for p in (tmp_path / "kept").rglob("*") if p.is_file())
     assert "surrogate/checkpoints/model.pt" in kept and "poisons/set01.npz" in kept
-    assert sum(k.endswith(".cell.json") for k in kept) == 4 and not any("images.npy" in k for k in kept)
+    assert sum(k.startswith("eval/") and k.endswith(".cell.json") for k in kept) == 4 and not any("images.npy" in k for k in kept)
     elsewhere = subprocess.run(["bash", str(REPO / "bench" / "paper_check.sh")],
                                env={**env, "OUT": str(tmp_path / "out2")}, cwd=tmp_path,
                                capture_output=True, text=True, timeout=1700)
