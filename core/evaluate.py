@@ -79,6 +79,7 @@ class GridRun:
     run_dir: Path
     scenario: str = "scratch"
     pretrained: Path | None = None
+    params: tuple = ()  # (key, value) pairs of --defense-param that this cell's defense takes
 
     @property
     def poison_set(self) -> str:
@@ -260,26 +261,51 @@ def plan_grid(
     *,
     scenario: str = "scratch",
     pretrained: dict[int, Path] | None = None,
+    defense_params: dict | None = None,
 ) -> list[GridRun]:
     """Every (poison set, defense, seed) of one scenario; ``clean`` once per seed.
 
     ``pretrained`` maps a victim seed to the model.pt it starts from (transfer, finetune).
-    Random drops come after the EPIC runs whose counts they copy.
+    ``defense_params`` (``--defense-param``) go to every cell whose defense takes them
+    (:func:`taken_params`). Random drops come after the EPIC runs whose counts they copy.
     """
     ordered = sorted(defenses, key=lambda d: d.startswith("random-"))
     root = out / "runs" / scenario
     pre = pretrained or {}
+    extra = {d: tuple(sorted(taken_params(d, defense_params or {}).items())) for d in ordered}
     grid = []
     if "clean" in ordered:
         grid += [GridRun(None, "clean", s, root / f"clean__seed{s}", scenario, pre.get(s)) for s in seeds]
     grid += [
-        GridRun(p, d, s, root / f"{p.stem}__{d}__seed{s}", scenario, pre.get(s))
+        GridRun(p, d, s, root / f"{p.stem}__{d}__seed{s}", scenario, pre.get(s), extra[d])
         for p in poison_sets
         for d in ordered
         if d != "clean"
         for s in seeds
     ]
     return grid
+
+
+def taken_params(spec: str, params: dict) -> dict:
+    """The ones of ``params`` that the defense of ``spec`` takes (its declared options).
+
+    Parameters
+    ----------
+    spec : str
+        A defense spec of ``--defenses`` (``clean`` takes none).
+    params : dict
+        ``--defense-param`` of the grid, e.g. ``{'pool': 'all'}``.
+
+    Returns
+    -------
+    dict
+    """
+    if spec == "clean" or not params:
+        return {}
+    from poisonlens.defense import defense_options
+
+    names = {f.name for f in defense_options(parse_defense(spec)["defense"])}
+    return {k: v for k, v in params.items() if k in names}
 
 
 def _twin_identity(cell: GridRun) -> dict:
@@ -323,6 +349,7 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
     A ``random-<s>`` cell copies its EPIC twin's drop counts when the twin has finished.
     """
     fields = parse_defense(cell.defense)
+    fields["defense_params"].update(cell.params)
     twin = twin_dir(cell)
     twin_name = twin.name if twin is not None else None
     if twin is not None and (twin / RUN_JSON).is_file() and open_run(twin).status == "finished":
@@ -340,7 +367,7 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
         "poison_set": cell.poison_set,
         "defense": cell.defense,
         "defense_params": fields["defense_params"] if cell.defense.startswith("epic-") else
-        parse_defense(cell.defense)["defense_params"],
+        {**parse_defense(cell.defense)["defense_params"], **dict(cell.params)},
         "seed": cell.seed,
         "twin": twin_name,
     }

@@ -438,3 +438,40 @@ def test_epic_rejects_unknown_or_bad_parameters_when_built():
         Epic(subset=0.1)
     with pytest.raises(ValueError, match="subset_size"):
         Epic(subset_size=2.0)
+
+
+@SETTINGS
+@given(snap=snapshots(), subset_size=st.floats(0.01, 1))
+def test_pool_all_clusters_every_example_and_decides_on_the_active_ones(snap, subset_size):
+    # the authors' script: every selection clusters the whole training set (dropped examples
+    # included, the budget a fraction of all of it), and only examples still in training drop
+    grads, labels, active = snap
+    out = select(grads, labels, active=active, subset_size=subset_size, pool="all")
+    every = select(grads, labels, subset_size=subset_size)
+    assert np.array_equal(out.k, every.k)
+    for name in ("medoid", "cluster_size", "is_medoid", "isolated", "drop", "score"):
+        assert np.array_equal(getattr(out, name)[active], getattr(every, name)[active]), name
+    off = ~active
+    assert np.all(out.medoid[off] == -1) and np.all(out.cluster_size[off] == 0)
+    assert not (out.is_medoid[off].any() or out.isolated[off].any() or out.drop[off].any())
+    assert np.all(np.isnan(out.score[off]))
+
+
+def test_pool_all_with_every_example_active_is_the_default_selection():
+    grads, labels = snapshot_grads(300, 4, seed=3)
+    a, b = select(grads, labels, subset_size=0.2), select(grads, labels, subset_size=0.2, pool="all")
+    for name in ("medoid", "cluster_size", "drop", "score", "k"):
+        assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+
+
+def test_the_defense_hook_and_its_distributed_pieces_honour_the_pool():
+    grads, labels = snapshot_grads(400, 4, seed=5)
+    active = np.random.default_rng(0).random(400) < 0.6
+    snap = _snapshot(grads, labels)
+    epic = build_defense("epic", subset_size=0.2, pool="all", method="greedi", partition_size=40)
+    whole = epic(snap, active)
+    parts = epic.partitions(labels, active, n_classes=4)
+    split = epic.finish(snap, active, parts, epic.first_round(grads, parts))
+    want = select(grads, labels, active=active, subset_size=0.2, pool="all", method="greedi", partition_size=40)
+    assert np.array_equal(whole.suspect, want.drop) and np.array_equal(split.suspect, want.drop)
+    assert not whole.suspect[~active].any() and sum(want.k) == round(0.2 * 400)

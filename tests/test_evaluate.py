@@ -282,3 +282,40 @@ def test_a_grid_whose_only_finished_cells_are_controls_writes_its_tables(poison_
     (out / "runs.csv").unlink()
     assert main(["evaluate", "--defenses", "clean,none", "--finished-only", *tiny]) == 0
     assert sorted(pd.read_csv(out / "runs.csv").poison_set) == ["a", "b"]
+
+
+def test_a_grid_defense_param_reaches_the_cells_whose_defense_takes_it(poison_dir, tmp_path):
+    from poisonlens.config import TrainConfig
+
+    grid = plan_grid(find_poison_sets(poison_dir)[:1], ["clean", "none", "epic-0.2", "random-0.2"], [0],
+                     tmp_path, defense_params={"pool": "all"})
+    configs = {c.defense: cell_config(TrainConfig(dataset="digits"), c) for c in grid}
+    assert configs["epic-0.2"].defense_params == {"subset_size": 0.2, "pool": "all"}
+    assert configs["epic-0.2"].tags["defense_params"] == {"subset_size": 0.2, "pool": "all"}
+    assert "pool" not in configs["random-0.2"].defense_params  # the twin copies EPIC's counts
+    assert configs["none"].defense_params == {} and configs["clean"].defense_params == {}
+
+
+@pytest.mark.parametrize("param, says", [
+    ('pool="all"', "'pool': no defense of --defenses takes it"),  # the grid below has no EPIC
+    ("nonsense", "expected KEY=VALUE"),
+])
+def test_a_grid_defense_param_no_defense_takes_is_one_line_and_exit_2(poison_dir, tmp_path, param, says):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "poisonlens.cli", "evaluate", "--poisons", str(poison_dir),
+                           "--defenses", "none,random-0.2", "--defense-param", param, "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and says in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_a_value_epic_refuses_is_one_line_naming_the_option(poison_dir, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "poisonlens.cli", "evaluate", "--poisons", str(poison_dir),
+                           "--defenses", "epic-0.2", "--defense-param", 'pool="some"', "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("poisonlens: --defense-param: epic: pool must be one of")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from poisonlens.commands import add_command
 from poisonlens.commands._options import add_config_arguments, config_file, config_from_args
-from poisonlens.config import SCENARIOS
+from poisonlens.config import SCENARIOS, TrainConfig, parse_defense_params
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
@@ -21,6 +22,7 @@ from poisonlens.evaluate import (
     pretrain_cell,
     pretrained_model,
     run_grid,
+    taken_params,
     write_results,
 )
 
@@ -67,6 +69,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=",".join(DEFAULT_DEFENSES),
         help="comma-separated: clean (the control), {defense_specs}",
     )
+    p.add_argument("--defense-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter (VALUE read as JSON) of every cell whose defense takes it, "
+                   "e.g. pool='\"all\"' for EPIC: the authors' script's selection pool (docs/epic.md); "
+                   "repeatable; a key no defense of --defenses takes is an error")
     p.add_argument("--scenarios", default="scratch", help="comma-separated: " + ", ".join(SCENARIOS))
     p.add_argument("--seeds", default="0,1,2", help="comma-separated victim seeds")
     p.add_argument("--pretrain-seed", type=int, default=0,
@@ -95,6 +101,39 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def grid_defense_params(pairs: list[str], defenses: list[str]) -> dict:
+    """``--defense-param`` of a grid, checked against its defenses before anything runs.
+
+    Parameters
+    ----------
+    pairs : list of str
+        ``KEY=VALUE`` texts.
+    defenses : list of str
+        The specs of ``--defenses``.
+
+    Returns
+    -------
+    dict of the parameters
+
+    Raises
+    ------
+    InputError
+        Naming ``--defense-param``: a text that is not KEY=VALUE, a key no defense of the grid
+        takes, or a value a defense refuses.
+    """
+    params = parse_defense_params(pairs)
+    taken = {d: taken_params(d, params) for d in defenses}
+    for key in params:
+        if not any(key in t for t in taken.values()):
+            raise InputError("--defense-param", f"{key!r}: no defense of --defenses takes it")
+    for d, extra in taken.items():
+        if extra:
+            fields = parse_defense(d)
+            replace(TrainConfig(), defense=fields["defense"],
+                    defense_params={**fields["defense_params"], **extra}).check_defense()
+    return params
+
+
 def run(args: argparse.Namespace) -> int:
     """Train the grid of defenses, poison sets, seeds and scenarios; write the tables; return 0.
 
@@ -106,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
     for d in defenses:
         parse_defense(d)
+    params = grid_defense_params(args.defense_param, defenses)
     scenarios = parse_scenarios(args.scenarios)
     seeds = _seeds(args.seeds)
     if args.jobs < 1:
@@ -134,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     for scenario in scenarios:
         sets[scenario] = poison_sets_for(args.poisons, scenario)
         grid += plan_grid(sets[scenario], defenses, seeds, out, scenario=scenario,
-                          pretrained=pretrained if scenario != "scratch" else None)
+                          pretrained=pretrained if scenario != "scratch" else None, defense_params=params)
     if args.finished_only:
         grid = [c for c in grid if cell_state(c.run_dir) == "finished"]
         if not grid:

@@ -16,6 +16,12 @@ Two departures from EPIC's released code, both on purpose:
   itself; that code counts such an empty cluster as size 1, which drops nothing. Here it is
   simply not isolated, so ``isolated`` flags exactly the medoids whose clusters are dropped.
 
+Which examples a selection clusters is ``pool``: the active ones by default, the budget a
+fraction of them; ``pool='all'`` clusters every example, dropped ones included, the budget a
+fraction of all, as the released script does (its selection reads every training example's
+gradient). Either way only active examples are dropped, and a drop is for good. On the whole of
+CIFAR-10 the difference is large: docs/epic.md, "Which examples a selection clusters".
+
 The per-example ``score`` ranks suspects (higher = more suspicious). For an example of an
 isolated cluster (one EPIC drops)::
 
@@ -47,7 +53,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -168,7 +174,7 @@ def select(
     config : EpicConfig, optional; or its fields as keywords (``subset_size=0.1``,
         ``metric='euclidean'``, ``greedy='lazy'``, ``cluster_thresh=1``, ``epsilon=0.01``,
         ``random_state=0``, ``method='auto'``, ``partition_size=2_500``,
-        ``max_dense=20_000``, ``merge_sample=5_000``, ``n_jobs=1``; see :class:`EpicConfig`
+        ``max_dense=20_000``, ``merge_sample=5_000``, ``n_jobs=1``, ``pool='active'``; see :class:`EpicConfig`
         for each one's meaning)
     **options : EpicConfig fields, when ``config`` is not given
 
@@ -189,9 +195,52 @@ def select(
     elif options:
         raise TypeError("give either config or option keywords, not both")
     grads, labels, active = _check_arrays(grads, labels, active)
-    parts, k = plan(labels, active=active, config=config, n_classes=grads.shape[1])
+    pool = pooled(active, config)
+    parts, k = plan(labels, active=pool, config=config, n_classes=grads.shape[1])
     picks = run_partitions(grads, parts, metric=config.metric, n_jobs=config.n_jobs)
-    return finish_selection(grads, labels, parts, picks, active=active, config=config)
+    return only_active(finish_selection(grads, labels, parts, picks, active=pool, config=config), active)
+
+
+def pooled(active: np.ndarray, config: EpicConfig) -> np.ndarray:
+    """The examples a snapshot's selection clusters (``config.pool``).
+
+    Parameters
+    ----------
+    active : bool array of shape (n_samples,), the examples still in training
+    config : EpicConfig
+
+    Returns
+    -------
+    bool array of shape (n_samples,): ``active`` itself, or all True for ``pool='all'`` (the
+    authors' script clusters every example at every selection, the budget a fraction of all)
+    """
+    return np.ones_like(active) if config.pool == "all" else active
+
+
+def only_active(chosen: Selection, active: np.ndarray) -> Selection:
+    """``chosen`` with every inactive example given the inactive values (-1 / 0 / False / NaN).
+
+    Under ``pool='all'`` dropped examples are clustered too; they shape the clusters and may be
+    medoids, but a drop is for good, so none of them is decided on again.
+
+    Parameters
+    ----------
+    chosen : Selection over the pooled examples
+    active : bool array of shape (n_samples,)
+
+    Returns
+    -------
+    Selection
+    """
+    if active.all():
+        return chosen
+    off = ~active
+    return replace(
+        chosen,
+        medoid=np.where(off, -1, chosen.medoid), cluster_size=np.where(off, 0, chosen.cluster_size),
+        is_medoid=chosen.is_medoid & active, isolated=chosen.isolated & active, drop=chosen.drop & active,
+        score=np.where(off, np.nan, chosen.score), isolation=np.where(off, np.nan, chosen.isolation),
+    )
 
 
 def plan(
@@ -524,7 +573,7 @@ class Epic:
         list of Partition, empty when every class runs exact greedy (nothing to spread)
         """
         labels, active = np.asarray(labels, dtype=np.int64), np.asarray(active, dtype=bool)
-        return plan(labels, active=active, config=self.config, n_classes=n_classes)[0]
+        return plan(labels, active=pooled(active, self.config), config=self.config, n_classes=n_classes)[0]
 
     def first_round(self, grads: np.ndarray, parts: Sequence[Partition]) -> list[np.ndarray]:
         """Greedy on each of ``parts`` (``n_jobs`` threads), as :func:`select` runs them.
@@ -564,8 +613,9 @@ class Epic:
         DefenseResult, as ``__call__`` returns it, ``info`` added
         """
         grads, labels, active = _check_arrays(snapshot.grads, snapshot.labels, active)
-        chosen = finish_selection(grads, labels, parts, picks, active=active, config=self.config)
-        return _result(chosen, info)
+        pool = pooled(active, self.config)
+        chosen = finish_selection(grads, labels, parts, picks, active=pool, config=self.config)
+        return _result(only_active(chosen, active), info)
 
 
 def _result(chosen: Selection, info: dict | None = None) -> DefenseResult:

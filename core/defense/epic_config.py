@@ -25,6 +25,7 @@ from poisonlens.options import (
 METRICS = ("euclidean", "cosine")
 GREEDY = ("lazy", "stochastic")
 METHODS = ("auto", "exact", "greedi")
+POOLS = ("active", "all")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class EpicConfig:
         "medoids per snapshot, as a fraction of the active examples",
         within=Range(0, 1, open_low=True),
         cli=Cli(metavar="FRACTION", required=True),
+    )
+    pool: str = option(
+        "active",
+        "the examples a snapshot's selection clusters: active = those still in training, the "
+        "budget a fraction of them; all = every example, dropped ones included, the budget a "
+        "fraction of all (the authors' script); either way only active ones are dropped",
+        choices=POOLS,
     )
     metric: str = option(
         "euclidean",
