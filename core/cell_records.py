@@ -33,6 +33,16 @@ SUMMARY_KEYS = ("test_acc", "attack_success", "recall", "precision", "n_dropped"
                 "seconds", "target_prob_adv")
 DETECTION_KEYS = ("epoch", "n_suspect", "precision", "recall", "roc_auc")
 IDENTITY_KEYS = ("scenario", "poison_set", "defense", "seed")
+MAX_COUNT = 1 << 40  # examples: far above any data set poisonlens reads
+# What each number may be: (low, high, whole number, may be null). A rate is a share; success
+# is 0 or 1 (a flip or not); counts and epochs are whole; time is not negative.
+_SHARE = (0.0, 1.0, False, True)
+RANGES = {
+    "test_acc": _SHARE, "recall": _SHARE, "precision": _SHARE, "roc_auc": _SHARE,
+    "target_prob_adv": _SHARE, "attack_success": (0, 1, True, True),
+    "n_dropped": (0, MAX_COUNT, True, True), "seconds": (0.0, math.inf, False, True),
+    "epoch": (0, MAX_EPOCHS, True, False), "n_suspect": (0, MAX_COUNT, True, False),
+}
 
 
 def record_path(run_dir: Path) -> Path:
@@ -141,7 +151,9 @@ def read_record(run_dir: Path, identity: dict) -> dict:
     if raw.get("format") != FORMAT or raw.get("version") != VERSION:
         raise InputError(path, f"not a {FORMAT} record of version {VERSION}")
     ident = raw.get("identity")
-    if not isinstance(ident, dict) or any(ident.get(k) != identity[k] for k in IDENTITY_KEYS):
+    if not isinstance(ident, dict) or any(
+        type(ident.get(k)) is not type(identity[k]) or ident.get(k) != identity[k] for k in IDENTITY_KEYS
+    ):
         raise InputError(path, f"records another cell ({ident!r}), not {identity!r}")
     if not isinstance(raw.get("config"), dict):
         raise InputError(path, "'config' is not an object")
@@ -153,14 +165,22 @@ def read_record(run_dir: Path, identity: dict) -> dict:
     drops = raw.get("drops")
     if not isinstance(drops, list) or len(drops) > MAX_EPOCHS + 1 or not all(
         isinstance(p, list) and len(p) == 2 and all(type(v) is int for v in p)
-        and 0 <= p[0] <= MAX_EPOCHS and 0 <= p[1] <= 1 << 40 for p in drops
+        and 0 <= p[0] <= MAX_EPOCHS and 0 <= p[1] <= MAX_COUNT for p in drops
     ):
         raise InputError(path, "'drops' is not a list of [epoch, count] pairs of whole numbers")
+    if len({e for e, _ in drops}) != len(drops):
+        raise InputError(path, "'drops' names an epoch twice")
+    total = sum(n for _, n in drops)
+    if math.isfinite(summary["n_dropped"]) and total != summary["n_dropped"]:
+        raise InputError(path, f"'drops' add up to {total:,}, but 'summary.n_dropped' says "
+                               f"{summary['n_dropped']:,.0f}")
     run = raw.get("run")
     if type(raw.get("model")) is not bool or not isinstance(run, str):
         raise InputError(path, "'model' is not true/false or 'run' is not text")
+    if run != run_dir.name:
+        raise InputError(path, f"records the run {run[:200]!r}, not {run_dir.name!r} beside it")
     return {
-        "identity": {k: ident[k] for k in IDENTITY_KEYS},
+        "identity": dict(identity),
         "config": raw["config"],
         "summary": summary,
         "detection": rows,
@@ -176,10 +196,15 @@ def _numbers(obj, keys: tuple[str, ...], path: Path, what: str) -> dict:
     out = {}
     for key in keys:
         value = obj.get(key)
-        if value is None:
+        low, high, whole, nullable = RANGES[key]
+        if value is None and nullable:
             out[key] = float("nan")
-        elif isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(path, f"'{what}.{key}' is not a number")
-        else:
-            out[key] = float(value)
+        value = float(value)
+        if not (low <= value <= high) or (whole and not value.is_integer()):
+            kind = "a whole number" if whole else "a number"
+            raise InputError(path, f"'{what}.{key}' must be {kind} in [{low:g}, {high:g}], got {value:g}")
+        out[key] = value
     return out

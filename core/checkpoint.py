@@ -19,6 +19,7 @@ import os
 import pickle
 import socket
 import warnings
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -58,7 +59,8 @@ def save_checkpoint(path: Path, state: dict, *, root: Path | None = None) -> Non
 
 
 def torch_load(
-    path: str | Path, *, map_location: torch.device | str = "cpu", root: str | Path | None = None
+    path: str | Path, *, map_location: torch.device | str = "cpu", root: str | Path | None = None,
+    max_bytes: int | None = None,
 ):
     """``torch.load(path, weights_only=True)`` whose every failure is one :class:`InputError` line.
 
@@ -68,6 +70,9 @@ def torch_load(
     map_location : where the tensors are put (the device this process runs on)
     root : the folder ``path`` is inside (default: its own folder); no link or special file
         below it is followed or opened
+    max_bytes : the most bytes the file may hold and its tensors decode to (default: the
+        limits' ``max_file_bytes``); ``torch.save`` stores its zip entries uncompressed, so a
+        compressed entry (a small file that would inflate) is refused before anything is decoded
 
     Raises
     ------
@@ -78,15 +83,36 @@ def torch_load(
     """
     path = Path(path)
     root = path.parent if root is None else Path(root)
+    limit = current_limits().max_file_bytes if max_bytes is None else max_bytes
     try:
-        handle = runfs.open_file(root, *runfs.parts_of(root, path),
-                                 max_bytes=current_limits().max_file_bytes)
+        handle = runfs.open_file(root, *runfs.parts_of(root, path), max_bytes=limit)
     except runfs.RunFileError as err:
         raise InputError(path, "missing file" if err.missing else err.problem) from None
     with handle:
         if os.fstat(handle.fileno()).st_size == 0:
             raise InputError(path, "empty file (a write was interrupted?)")
+        _check_zip_entries(handle, path, limit)
         return _torch_load(handle, path, map_location)
+
+
+def _check_zip_entries(handle, path: Path, limit: int) -> None:
+    """Refuse a torch zip whose entries are compressed or declare more than ``limit`` bytes
+    (read from its central directory only; the legacy non-zip format is left to torch)."""
+    if not zipfile.is_zipfile(handle):
+        handle.seek(0)
+        return
+    handle.seek(0)
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise InputError(path, "not a readable torch file (a damaged zip)") from None
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
+        raise InputError(path, "refused: compressed entries (torch.save writes none; it could "
+                               "inflate far beyond its size)")
+    if sum(e.file_size for e in entries) > limit:
+        raise InputError(path, f"refused: its entries hold more than {limit:,} bytes")
+    handle.seek(0)
 
 
 def _torch_load(handle, path: Path, map_location):

@@ -275,15 +275,22 @@ def plan_grid(
     extra = {d: tuple(sorted(taken_params(d, defense_params or {}).items())) for d in ordered}
     grid = []
     if "clean" in ordered:
-        grid += [GridRun(None, "clean", s, root / f"clean__seed{s}", scenario, pre.get(s)) for s in seeds]
+        grid += [GridRun(None, "clean", s, root / cell_name("", "clean", s), scenario, pre.get(s)) for s in seeds]
     grid += [
-        GridRun(p, d, s, root / f"{p.stem}__{d}__seed{s}", scenario, pre.get(s), extra[d])
+        GridRun(p, d, s, root / cell_name(p.stem, d, s), scenario, pre.get(s), extra[d])
         for p in poison_sets
         for d in ordered
         if d != "clean"
         for s in seeds
     ]
     return grid
+
+
+def cell_name(poison_set: str, defense: str, seed: int) -> str:
+    """The folder name the grid gives a cell's run: ``<set>__<defense>__seed<s>``, or
+    ``clean__seed<s>`` for a control (one per seed, whatever the poison set). Made, never parsed:
+    a run's identity is read from its tags."""
+    return f"clean__seed{seed}" if defense == "clean" else f"{poison_set}__{defense}__seed{seed}"
 
 
 def taken_params(spec: str, params: dict) -> dict:
@@ -385,19 +392,15 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
 def twin_record(cell: GridRun) -> dict | None:
     """The record (:func:`poisonlens.cell_records.read_record`) of a ``random-<s>`` cell's
     ``epic-<s>`` twin, found by its identity among the records beside the cell; or None."""
-    if not cell.defense.startswith("random-") or not cell.run_dir.parent.is_dir():
+    if not cell.defense.startswith("random-"):
         return None
     want = _twin_identity(cell)
-    for name in sorted(runfs.listdir(cell.run_dir.parent)):
-        if not name.endswith(cell_records.RECORD_SUFFIX):
-            continue
-        try:
-            record = cell_records.read_record(
-                cell.run_dir.parent / name[: -len(cell_records.RECORD_SUFFIX)], want)
-        except InputError:
-            continue  # another cell's record, or a damaged one: nobody's twin
-        return record
-    return None
+    # only the record the grid itself would have written for the twin: a record under any other
+    # name, whatever identity it claims, steers nothing
+    twin = cell.run_dir.parent / cell_name(cell.poison_set, want["defense"], cell.seed)
+    if not cell_records.has_record(twin):
+        return None
+    return cell_records.read_record(twin, want)  # a damaged twin record: one line, not ignored
 
 
 def cell_state(run_dir: Path) -> str:
@@ -668,7 +671,7 @@ def _window_auc(run) -> float:
 
 
 def control_readouts(control_dir: Path, poison_paths: list[Path], *, config: dict | None = None,
-                     model_file: Path | None = None) -> list[dict]:
+                     model_file: Path | None = None, expect: TrainConfig | None = None) -> list[dict]:
     """The clean control's final model applied to each poison set's target: prediction and p_adv.
 
     The control's data set (for its number of classes and channels) and weights are loaded once,
@@ -684,6 +687,9 @@ def control_readouts(control_dir: Path, poison_paths: list[Path], *, config: dic
     config, model_file : dict and Path, optional
         The control's TrainConfig (JSON) and final weights, given together when they come from
         its record rather than its run folder (which may have gone).
+    expect : TrainConfig, optional
+        The grid's config: the control's data set, model and width must be the same (a record
+        handed over with the grid decides nothing about what is loaded or built).
 
     Returns
     -------
@@ -698,13 +704,29 @@ def control_readouts(control_dir: Path, poison_paths: list[Path], *, config: dic
     sets = [load_poisons(p) for p in poison_paths]  # a bad set: one line before any loading
     if not sets:
         return []
+    source = cell_records.record_path(control_dir)
     if config is None or model_file is None:
+        source = control_dir / RUN_JSON
         config, model_file = open_run(control_dir).config, pretrained_model(control_dir)
-    config = TrainConfig.from_json(config)
+    try:
+        config = TrainConfig.from_json(config)
+        config.validate()
+    except InputError as err:
+        raise InputError(source, f"its config: {one_line(err)}") from None
+    if expect is not None:
+        for name in ("dataset", "model", "width"):
+            if getattr(config, name) != getattr(expect, name):
+                raise InputError(source, f"a control with {name} {getattr(config, name)!r}; this grid's is "
+                                         f"{getattr(expect, name)!r}")
     data = load_dataset(config.dataset)
     model = build_model(config.model, n_classes=data.n_classes,
                         in_channels=data.x_train.shape[-1], width=config.width)
-    model.load_state_dict(torch_load(model_file, map_location="cpu"))
+    weights = torch_load(model_file, map_location="cpu", max_bytes=cell_records.MAX_MODEL_BYTES)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise InputError(model_file, f"weights that do not fit the control's {config.model} "
+                                     f"({one_line(err)[:200]})") from None
     model.eval()
     out = []
     for poisons in sets:  # one image each: a set whose target does not fit the model fails alone
@@ -721,7 +743,7 @@ def control_readout(control_dir: Path, poison_path: Path, **control) -> dict:
     return control_readouts(control_dir, [poison_path], **control)[0]
 
 
-def run_rows(grid: list[GridRun], sets: list[Path] | None = None) -> pd.DataFrame:
+def run_rows(grid: list[GridRun], sets: list[Path] | None = None, base: TrainConfig | None = None) -> pd.DataFrame:
     """One row per (poison set, defense, seed) of a scenario; identity read from the run's tags.
 
     The ``clean`` rows are the control read out on the target of each of ``sets`` (default: the
@@ -738,7 +760,8 @@ def run_rows(grid: list[GridRun], sets: list[Path] | None = None) -> pd.DataFram
         if rec["model"] is None:
             raise InputError(cell_records.record_path(ctrl.run_dir),
                              "a clean control's record without its model")
-        readouts = control_readouts(ctrl.run_dir, sets, config=rec["config"], model_file=rec["model"])
+        readouts = control_readouts(ctrl.run_dir, sets, config=rec["config"], model_file=rec["model"],
+                                    expect=base)
         for p, r in zip(sets, readouts, strict=True):
             flips[(p.stem, seed)] = r["flip"]
             rows.append({**rec["identity"], "poison_set": p.stem, **rec["summary"],
@@ -953,17 +976,18 @@ def _detection(run) -> list[dict]:
 
 
 def write_results(grid: list[GridRun], defenses: list[str], out: Path,
-                  poison_sets: dict[str, list[Path]] | None = None) -> pd.DataFrame:
+                  poison_sets: dict[str, list[Path]] | None = None, base: TrainConfig | None = None) -> pd.DataFrame:
     """runs.csv, detection.csv, summary.csv, paired.csv (:func:`paired`) and summary.md under
     ``out``; returns the summary.
 
     ``poison_sets`` maps a scenario to the poison sets its clean controls are read out on
     (default: those of the grid's cells, :func:`run_rows`); a grid whose only finished cells are
-    controls has none of its own.
+    controls has none of its own. ``base``, the grid's config, is what every clean control must
+    have been trained with (its data set, model and width).
     """
     scenarios = list(dict.fromkeys(c.scenario for c in grid))
     sets = poison_sets or {}
-    runs = pd.concat([run_rows([c for c in grid if c.scenario == s], sets.get(s)) for s in scenarios],
+    runs = pd.concat([run_rows([c for c in grid if c.scenario == s], sets.get(s), base) for s in scenarios],
                      ignore_index=True)
     detection = pd.DataFrame([r for c in grid for r in detection_rows(c)])
     summary = summarise(runs, defenses)

@@ -84,7 +84,7 @@ def _valid_record(run_dir, *, epochs=2, **identity):
     ident = {"scenario": "scratch", "poison_set": "a", "defense": "none", "seed": 0, **identity}
     cell_records.write_record(
         run_dir, identity=ident, config={"epochs": epochs},
-        summary={k: 0.5 for k in cell_records.SUMMARY_KEYS},
+        summary={**{k: 0.5 for k in cell_records.SUMMARY_KEYS}, "attack_success": 0.0, "n_dropped": 3},
         detection=[{"epoch": 1, "n_suspect": 0, "precision": float("nan"), "recall": 0.0,
                     "roc_auc": None}],
         drops={1: 3},
@@ -107,6 +107,20 @@ DAMAGE = {
     "a float epoch": (lambda r: r.update(drops=[[1.5, 3]]), "'drops'"),
     "no config": (lambda r: r.pop("config"), "'config'"),
     "a path for the model": (lambda r: r.update(model="/etc/passwd"), "'model'"),
+    # found by an attacker's review: numbers of the right type but out of range went into the
+    # tables (or crashed with exit 1 in the Wilson interval); each failed before the fix
+    "a success of 7": (lambda r: r["summary"].update(attack_success=7), "summary.attack_success"),
+    "a success of 0.9": (lambda r: r["summary"].update(attack_success=0.9), "summary.attack_success"),
+    "a recall of 42": (lambda r: r["summary"].update(recall=42), "summary.recall"),
+    "an accuracy of 1e308": (lambda r: r["summary"].update(test_acc=1e308), "summary.test_acc"),
+    "a negative count": (lambda r: r["summary"].update(n_dropped=-5), "summary.n_dropped"),
+    "a null epoch": (lambda r: r["detection"][0].update(epoch=None), "detection.epoch"),
+    "a null n_suspect": (lambda r: r["detection"][0].update(n_suspect=None), "detection.n_suspect"),
+    "a negative fractional epoch": (lambda r: r["detection"][0].update(epoch=-7.5), "detection.epoch"),
+    "drops that do not add up": (lambda r: r.update(drops=[[1, 4]]), "add up to 4"),
+    "an epoch dropped twice": (lambda r: r.update(drops=[[1, 1], [1, 2]]), "twice"),
+    "another run's name": (lambda r: r.update(run="b__none__seed0"), "records the run"),
+    "a bool for the seed": (lambda r: r["identity"].update(seed=False), "records another cell"),
 }
 
 
@@ -158,3 +172,120 @@ def test_evaluate_with_a_forged_record_exits_2_with_one_line(one_set, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "a__none__seed0.cell.json" in lines[0] and "seconds" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+# --- an attacker's review of the records a grid reads (each test failed before its fix) -------
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory):
+    """A tiny finished grid (clean, none, epic-0.3 and its twin) whose run folders are deleted:
+    every cell lives on in its record."""
+    from tests.test_evaluate import label_flip_set
+
+    root = tmp_path_factory.mktemp("grid")
+    (root / "sets").mkdir()
+    label_flip_set(root / "sets" / "a.npz", 20, 0)
+    out = root / "out"
+    assert main(["evaluate", "--poisons", str(root / "sets"), "--defenses", "clean,none,epic-0.3,random-0.3",
+                 *TINY, "--out", str(out)]) == 0
+    for folder in [p for p in (out / "runs" / "scratch").iterdir() if p.is_dir()]:
+        shutil.rmtree(folder)
+    return root
+
+
+def _evaluate(grid_copy, *extra, finished_only=True):
+    return subprocess.run(
+        [sys.executable, "-m", "poisonlens.cli", "evaluate", "--poisons", str(grid_copy / "sets"),
+         "--defenses", "clean,none,epic-0.3,random-0.3", *TINY, "--jobs", "1",
+         *(["--finished-only"] if finished_only else []), "--out", str(grid_copy / "out"), *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+
+
+def _one_line(proc, *words):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-1500:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("dataset", "imagefolder:/nonexistent/victim/photos", "dataset"),  # it opened that path
+    ("model", "torchvision:vit_l_16", "model"),  # it built a 300M-parameter model
+    ("width", 2300, "width"),  # 2.8 GB of memory
+])
+def test_a_control_record_does_not_choose_what_is_loaded_or_built(finished_grid, tmp_path, field, value, says):
+    copy = tmp_path / "g"
+    shutil.copytree(finished_grid, copy)
+    _edit(copy / "out" / "runs" / "scratch" / "clean__seed0.cell.json", lambda r: r["config"].update({field: value}))
+    _one_line(_evaluate(copy), "clean__seed0.cell.json", says)
+
+
+def test_a_forged_record_under_another_name_does_not_steer_the_random_twin(finished_grid, tmp_path):
+    copy = tmp_path / "g"
+    shutil.copytree(finished_grid, copy)
+    scratch = copy / "out" / "runs" / "scratch"
+    real = json.loads((scratch / "a__epic-0.3__seed0.cell.json").read_text())
+    (scratch / "a__random-0.3__seed0.cell.json").unlink()  # the twin is trained again
+    forged = dict(real, drops=[[0, 3]], run="0forged")
+    (scratch / "0forged.cell.json").write_text(json.dumps(forged))
+    done = _evaluate(copy, finished_only=False)
+    assert done.returncode == 0, done.stderr[-1500:]
+    counts = open_run(scratch / "a__random-0.3__seed0").config["defense_params"]["counts"]
+    assert {int(e): n for e, n in counts.items()} == {e: n for e, n in real["drops"]}
+
+
+def test_a_damaged_twin_record_stops_the_grid_before_the_twin_trains_unmatched(finished_grid, tmp_path):
+    copy = tmp_path / "g"
+    shutil.copytree(finished_grid, copy)
+    scratch = copy / "out" / "runs" / "scratch"
+    (scratch / "a__random-0.3__seed0.cell.json").unlink()
+    _edit(scratch / "a__epic-0.3__seed0.cell.json", lambda r: r["summary"].update(test_acc="x"))
+    _one_line(_evaluate(copy, finished_only=False), "a__epic-0.3__seed0.cell.json")
+    assert not (scratch / "a__random-0.3__seed0").exists()
+    assert not (scratch / "a__random-0.3__seed0.cell.json").exists()
+
+
+@pytest.mark.parametrize("payload", ["list", "shape"])
+def test_control_weights_that_do_not_fit_are_one_line_naming_them(finished_grid, tmp_path, payload):
+    import torch
+
+    copy = tmp_path / "g"
+    shutil.copytree(finished_grid, copy)
+    weights = [torch.zeros(3)] if payload == "list" else {"x": torch.zeros(3)}
+    torch.save(weights, copy / "out" / "runs" / "scratch" / "clean__seed0.model.pt")
+    _one_line(_evaluate(copy), "clean__seed0.model.pt")
+
+
+def test_a_link_at_the_runs_folder_is_refused(finished_grid, tmp_path):
+    copy = tmp_path / "g"
+    shutil.copytree(finished_grid, copy)
+    (copy / "out" / "runs").rename(copy / "elsewhere")
+    os.symlink(copy / "elsewhere", copy / "out" / "runs")
+    _one_line(_evaluate(copy), "runs", "link")
+
+
+def test_a_compressed_torch_file_is_refused_before_it_inflates(tmp_path):
+    import io
+    import zipfile
+
+    import torch
+
+    from poisonlens.checkpoint import torch_load
+
+    plain = io.BytesIO()
+    torch.save({"w": torch.zeros(1 << 20, dtype=torch.uint8)}, plain)
+    plain.seek(0)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert bomb.stat().st_size < 100_000  # a megabyte of zeros in a few kilobytes
+    with pytest.raises(InputError, match="compressed"):
+        torch_load(bomb)
+    (tmp_path / "plain.pt").write_bytes(plain.getvalue())
+    assert torch_load(tmp_path / "plain.pt")["w"].numel() == 1 << 20
+    with pytest.raises(InputError, match="more than 1,000 bytes|larger"):
+        torch_load(tmp_path / "plain.pt", max_bytes=1000)

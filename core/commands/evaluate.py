@@ -13,6 +13,7 @@ from poisonlens.config import SCENARIOS, TrainConfig, parse_defense_params
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
+    PRETRAINED_DIR,
     cell_state,
     ensure_pretrained,
     parse_defense,
@@ -152,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--jobs", "must be at least 1")
     base = config_from_args(args)
     out = Path(args.out)
+    for folder in [out / "runs", out / PRETRAINED_DIR, *(out / "runs" / s for s in scenarios)]:
+        if folder.is_symlink():  # every run, record and table below it would go through it
+            raise InputError(folder, "a symbolic link; refused (evaluate writes its runs there)")
     t0 = time.perf_counter()
     pretrained: dict[int, Path] = {}
     if args.finished_only and not args.pretrain_only:  # the paths only: nothing is trained
@@ -181,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--out", f"no finished run of this grid under {out}")
     else:
         run_grid(base, grid, n_jobs=args.jobs, show_progress=not args.quiet)
-    write_results(grid, defenses, out, sets)
+    write_results(grid, defenses, out, sets, base)
     print((out / "summary.md").read_text(encoding="utf-8"), end="")  # with the paired table
     print(f"{len(grid)} runs, {time.perf_counter() - t0:.0f} s; tables in {out}")
     return 0
