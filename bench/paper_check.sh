@@ -31,7 +31,8 @@
 # SCHEDULE [every]: when EPIC selects. 'every': every epoch after a 2-epoch warm-up, to the end
 # (the grid's T = 1), tables in $OUT/eval. 'authors': the EPIC authors' from-scratch command for
 # eps 16 (their examples.sh: a selection every 5 epochs from epoch 1 on, none after the last lr
-# step), tables in $OUT/eval-authors; EVERY [5] overrides its period. The undefended cells
+# step) and their script's selection pool (every example clustered, dropped ones too: EPIC's
+# pool="all", docs/epic.md), tables in $OUT/eval-authors; EVERY [5] overrides its period. The undefended cells
 # (clean, none) do not depend on the schedule: 'authors' takes their records from $OUT/eval where
 # they have finished there, and trains them itself where not.
 set -euo pipefail
@@ -66,7 +67,7 @@ case "${SCHEDULE:-every}" in
     every) ;;
     authors)  # no selection after the last lr milestone (7/8 of the epochs, as TrainConfig's)
         SCHED=(--epochs "$EPOCHS" --snapshot-every "${EVERY:-5}" --drop-after 1
-               --stop-after $(( EPOCHS * 7 / 8 + 1 )) --augment auto)
+               --stop-after $(( EPOCHS * 7 / 8 + 1 )) --augment auto --defense-param 'pool="all"')
         EVAL=eval-authors ;;
     *) echo "paper_check: SCHEDULE must be 'every' or 'authors', got '$SCHEDULE'" >&2; exit 2 ;;
 esac

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from poisonlens.store import open_run
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -58,6 +59,8 @@ def test_paper_check_runs_every_step_and_writes_the_paired_table(tmp_path):
     trained = {p.name for p in (tmp_path / "out" / "eval-authors" / "runs" / "scratch").iterdir() if p.is_dir()}
     assert trained == {"set01__epic-0.2__seed0", "set01__random-0.2__seed0"}
     assert theirs.loc["epic-0.2", "n_dropped"] == theirs.loc["random-0.2", "n_dropped"] > 0
+    epic_params = open_run(tmp_path / "out" / "eval-authors" / "runs" / "scratch" / "set01__epic-0.2__seed0").config
+    assert epic_params["defense_params"] == {"subset_size": 0.2, "pool": "all"}
     bad = subprocess.run(["bash", str(REPO / "bench" / "paper_check.sh")], env={**env, "SCHEDULE": "paper"},
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "SCHEDULE" in bad.stderr
