@@ -391,7 +391,14 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
 
 def twin_record(cell: GridRun) -> dict | None:
     """The record (:func:`poisonlens.cell_records.read_record`) of a ``random-<s>`` cell's
-    ``epic-<s>`` twin, found by its identity among the records beside the cell; or None."""
+    ``epic-<s>`` twin, read at the name the grid gives the twin (:func:`cell_name`) and checked
+    against the twin's identity; None when there is none.
+
+    Raises
+    ------
+    InputError
+        Naming the twin's record, when it is there but damaged or names another cell.
+    """
     if not cell.defense.startswith("random-"):
         return None
     want = _twin_identity(cell)
