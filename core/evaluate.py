@@ -695,8 +695,9 @@ def control_readouts(control_dir: Path, poison_paths: list[Path], *, config: dic
         The control's TrainConfig (JSON) and final weights, given together when they come from
         its record rather than its run folder (which may have gone).
     expect : TrainConfig, optional
-        The grid's config: the control's data set, model and width must be the same (a record
-        handed over with the grid decides nothing about what is loaded or built).
+        The grid's config: the data set loaded is the grid's, and the control's model and width
+        must be the grid's (a record handed over with the grid decides nothing about what is
+        loaded or built; its data set path may differ, written on another machine).
 
     Returns
     -------
@@ -721,10 +722,11 @@ def control_readouts(control_dir: Path, poison_paths: list[Path], *, config: dic
     except InputError as err:
         raise InputError(source, f"its config: {one_line(err)}") from None
     if expect is not None:
-        for name in ("dataset", "model", "width"):
+        for name in ("model", "width"):
             if getattr(config, name) != getattr(expect, name):
                 raise InputError(source, f"a control with {name} {getattr(config, name)!r}; this grid's is "
                                          f"{getattr(expect, name)!r}")
+        config = replace(config, dataset=expect.dataset)
     data = load_dataset(config.dataset)
     model = build_model(config.model, n_classes=data.n_classes,
                         in_channels=data.x_train.shape[-1], width=config.width)

@@ -211,8 +211,20 @@ def _one_line(proc, *words):
         assert w in lines[0], lines[0]
 
 
+def test_a_control_record_does_not_choose_the_data_set_that_is_loaded(finished_grid, tmp_path):
+    # it opened the path the record named; now the grid's own data set is read (a record written
+    # on another machine names that machine's path, so a different path alone is no fault)
+    copy = tmp_path / "g"
+    shutil.copytree(finished_grid, copy)
+    before = (copy / "out" / "runs.csv").read_text()
+    _edit(copy / "out" / "runs" / "scratch" / "clean__seed0.cell.json",
+          lambda r: r["config"].update(dataset="imagefolder:/nonexistent/victim/photos"))
+    done = _evaluate(copy)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert (copy / "out" / "runs.csv").read_text() == before
+
+
 @pytest.mark.parametrize("field, value, says", [
-    ("dataset", "imagefolder:/nonexistent/victim/photos", "dataset"),  # it opened that path
     ("model", "torchvision:vit_l_16", "model"),  # it built a 300M-parameter model
     ("width", 2300, "width"),  # 2.8 GB of memory
 ])
