@@ -30,6 +30,7 @@ folders themselves have been deleted or left on another machine.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -428,6 +429,103 @@ def cell_state(run_dir: Path) -> str:
     return "fresh"
 
 
+# Options that say where or with what a run was computed, not what it computed: a grid carried
+# to another machine (other paths) or resumed on another device is still the same grid.
+_PLACE_OPTIONS = frozenset({"poisons", "pretrained", "exclude", "device", "snapshot_batch_size", "tags"})
+# What only a dropping defense reads: an undefended cell (or the clean control) trained on
+# another drop schedule is the same run, so the authors' schedule may reuse the grid's.
+_PLACE_PARAMS = frozenset({"n_jobs"})  # a defense's threads: the same selection either way
+_DROP_OPTIONS = frozenset({"snapshot_every", "drop_after", "stop_after", "embedding_dims", "defense_params"})
+
+
+def _dataset_name(spec: object) -> str:
+    """``kind:folder-name`` of a data set spec: the path up to its last part is the machine's."""
+    kind, _, path = str(spec).partition(":")
+    return f"{kind}:{Path(path).name}" if path else kind
+
+
+def _with_defaults(defense: str, params: object) -> object:
+    """A defense's parameters with its declared defaults filled in, so that a run made before
+    an option existed (EPIC's ``pool``) equals one that names the default."""
+    if not isinstance(params, dict):
+        return params
+    from poisonlens.defense import defense_options
+
+    return {**{f.name: f.default for f in defense_options(defense)}, **params}
+
+
+def config_differences(want: TrainConfig, have: object) -> list[str]:
+    """How a stored run's options differ from the ones a grid would train it with now.
+
+    Parameters
+    ----------
+    want : TrainConfig
+        The cell's config as the grid plans it (:func:`cell_config`).
+    have : dict
+        The config the cell was trained with (run.json's, or its record's); any JSON.
+
+    Returns
+    -------
+    list of str, one per differing option (``"epochs 1, this grid 3"``); empty when alike.
+    Paths and devices are not compared (:data:`_PLACE_OPTIONS`), only the data set's kind and
+    folder name; nor, for an undefended cell, the drop schedule; nor a random drop's counts,
+    which its EPIC twin decides.
+    """
+    if not isinstance(have, dict):
+        return ["its config is not an object"]
+    planned = json.loads(json.dumps(want.to_json()))  # tuples as lists, keys as strings: as stored
+    out = []
+    for key, value in planned.items():
+        other = have.get(key)
+        if key in _PLACE_OPTIONS or (want.defense == "none" and key in _DROP_OPTIONS):
+            continue
+        if key == "dataset":
+            value, other = _dataset_name(value), _dataset_name(other)
+        elif key == "defense_params":
+            if want.defense == "random":
+                continue  # the counts its twin made
+            value, other = _with_defaults(want.defense, value), _with_defaults(want.defense, other)
+            if isinstance(other, dict):  # name the parameter that differs, not the whole dict
+                for k in sorted(set(value) | set(other), key=str):
+                    if k not in _PLACE_PARAMS and value.get(k) != other.get(k):
+                        out.append(_difference(f"{key}.{k}", other.get(k), value.get(k)))
+                continue
+        if value != other:
+            out.append(_difference(key, other, value))
+    return out
+
+
+def _difference(key: str, stored: object, planned: object) -> str:
+    return f"{key} {one_line(repr(stored), 60)}, this grid {one_line(repr(planned), 60)}"
+
+
+def check_cells_alike(base: TrainConfig, grid: list[GridRun]) -> None:
+    """Refuse a grid whose finished or half-trained cells were trained with other options.
+
+    A cell already in ``--out`` is never trained again, so a grid asked for with other options
+    (``--epochs``, a ``--defense-param``) would otherwise report the old runs as the new grid's.
+
+    Raises
+    ------
+    InputError
+        Naming the first such cell and how its options differ.
+    """
+    for cell in grid:
+        state = cell_state(cell.run_dir)
+        if state in ("fresh", "busy"):  # trained from scratch, or by someone else now
+            continue
+        if (cell.run_dir / RUN_JSON).is_file():
+            have, where = open_run(cell.run_dir).config, cell.run_dir
+        else:  # finished, its record alone kept
+            have = cell_records.read_record(cell.run_dir, _identity(cell))["config"]
+            where = cell_records.record_path(cell.run_dir)
+        diffs = config_differences(cell_config(base, cell), have)
+        if diffs:
+            more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+            raise InputError(where, f"trained with {diffs[0]}{more}; a grid's cells are trained alike: "
+                                    "choose another --out, or remove this cell")
+
+
 def run_cells(
     jobs: list[tuple[GridRun, TrainConfig | Callable[[], TrainConfig]]],
     *,
@@ -586,6 +684,7 @@ def run_grid(
     show_progress : bool, default True
         One line on stderr per finished cell.
     """
+    check_cells_alike(base, grid)
     order = run_order(grid)
     twins = {c: twin_cell(c, grid) for c in order}
     run_cells([(c, partial(cell_config, base, c)) for c in order], n_jobs=n_jobs,

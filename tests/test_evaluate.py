@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -319,3 +321,50 @@ def test_a_value_epic_refuses_is_one_line_naming_the_option(poison_dir, tmp_path
                            "--defenses", "epic-0.2", "--defense-param", 'pool="some"', "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("poisonlens: --defense-param: epic: pool must be one of")
+
+
+def test_a_grid_asked_for_with_other_options_refuses_the_cells_trained_before(one_set, tmp_path, capsys):
+    # evaluate skipped a finished cell whatever options it had been trained with: the same grid
+    # asked for with --epochs 2, or with --defense-param pool="all", into the same --out
+    # reported the 1-epoch, pool="active" runs as its own
+    out = tmp_path / "out"
+    grid = ["evaluate", "--quiet", "--poisons", str(one_set), "--defenses", "none,epic-0.2", "--seeds", "0",
+            "--width", "4", "--drop-after", "0", "--out", str(out)]
+    assert main([*grid, "--epochs", "1"]) == 0
+    epic = out / "runs" / "scratch" / "a__epic-0.2__seed0"
+    made = json.loads((epic / RUN_JSON).read_text())["created"]
+    capsys.readouterr()
+    for extra, says in [
+        (["--epochs", "2"], "a__none__seed0: trained with epochs 1, this grid 2;"),
+        (["--epochs", "1", "--defense-param", 'pool="all"'],
+         "a__epic-0.2__seed0: trained with defense_params.pool 'active', this grid 'all';"),
+        (["--epochs", "2", "--finished-only"], "trained with epochs 1, this grid 2;"),
+    ]:
+        assert main([*grid, *extra]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    assert json.loads((epic / RUN_JSON).read_text())["created"] == made  # refused, not retrained
+    # the run folder gone, its record kept: the record's options are checked as well
+    shutil.rmtree(epic)
+    assert main([*grid, "--epochs", "1", "--defense-param", "subset_size=0.3", "--finished-only"]) == 2
+    assert "a__epic-0.2__seed0.cell.json: trained with defense_params.subset_size 0.2, this grid 0.3" in \
+        capsys.readouterr().err
+    assert not epic.exists()  # nothing was trained again
+
+
+def test_options_that_do_not_change_a_cell_are_not_a_different_grid(one_set, tmp_path):
+    from poisonlens.evaluate import cell_config, config_differences, plan_grid
+
+    none, epic = plan_grid([one_set / "a.npz"], ["none", "epic-0.2"], [0], tmp_path / "out")
+    base = tiny_config(dataset="imagefolder:/data/cifar10")
+    stored = {c: json.loads(json.dumps(cell_config(base, c).to_json())) for c in (none, epic)}
+    for c in (none, epic):  # written on another machine, another device, other threads
+        stored[c].update(dataset="imagefolder:../shared/cifar10", device="cuda:1", snapshot_batch_size=4096)
+    stored[epic]["defense_params"] = {"subset_size": 0.2, "n_jobs": 4}  # made before `pool` existed
+    moved = replace(base, snapshot_every=5, stop_after=27)  # the undefended cell drops nothing either way
+    assert config_differences(cell_config(moved, none), stored[none]) == []
+    assert config_differences(cell_config(base, epic), stored[epic]) == []
+    assert config_differences(cell_config(moved, epic), stored[epic]) == [
+        "snapshot_every 2, this grid 5", "stop_after 100, this grid 27"]
+    assert config_differences(cell_config(base, none), {**stored[none], "dataset": "imagefolder:/data/cifar100"}) == [
+        "dataset 'imagefolder:cifar100', this grid 'imagefolder:cifar10'"]

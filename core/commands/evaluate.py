@@ -15,6 +15,7 @@ from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
     PRETRAINED_DIR,
     cell_state,
+    check_cells_alike,
     ensure_pretrained,
     parse_defense,
     parse_scenarios,
@@ -183,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         grid = [c for c in grid if cell_state(c.run_dir) == "finished"]
         if not grid:
             raise InputError("--out", f"no finished run of this grid under {out}")
+        check_cells_alike(base, grid)
     else:
         run_grid(base, grid, n_jobs=args.jobs, show_progress=not args.quiet)
     write_results(grid, defenses, out, sets, base)
