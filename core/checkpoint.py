@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import socket
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -95,12 +96,45 @@ def torch_load(
         return _torch_load(handle, path, map_location)
 
 
+# The zip's central directory: Python's zipfile (and torch's reader) hold every entry it lists in
+# memory. A model's is kilobytes (a ResNet-18's ~120 tensors: 12 KB); 4 MiB lists ~50,000.
+MAX_ZIP_DIRECTORY = 4 * 2**20
+
+
+def _declared_directory_size(handle) -> int | None:
+    """The largest central directory size a zip's end records declare (the plain one, and a
+    zip64 one where the locator points and just before it, as zip readers look in either
+    place); None when there is no end record."""
+    end = handle.seek(0, os.SEEK_END)
+    span = min(end, 22 + 0xFFFF)  # the end record and the longest comment
+    handle.seek(end - span)
+    tail = handle.read(span)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or span - at < 22:
+        return None
+    sizes = [struct.unpack_from("<L", tail, at + 12)[0]]
+    if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":  # a zip64 locator before it
+        record_at = struct.unpack_from("<Q", tail, at - 12)[0]
+        for offset in {record_at, end - span + at - 20 - 56}:
+            if 0 <= offset <= end - 56:
+                handle.seek(offset)
+                record = handle.read(56)
+                if record[:4] == b"PK\x06\x06":
+                    sizes.append(struct.unpack_from("<Q", record, 40)[0])
+    return max(sizes)
+
+
 def _check_zip_entries(handle, path: Path, limit: int) -> None:
-    """Refuse a torch zip whose entries are compressed or declare more than ``limit`` bytes
-    (read from its central directory only; the legacy non-zip format is left to torch)."""
+    """Refuse a torch zip whose central directory is over :data:`MAX_ZIP_DIRECTORY`, or whose
+    entries are compressed or declare more than ``limit`` bytes (read from its directory only;
+    the legacy non-zip format is left to torch)."""
     if not zipfile.is_zipfile(handle):
         handle.seek(0)
         return
+    if (_declared_directory_size(handle) or 0) > MAX_ZIP_DIRECTORY:
+        # checked before zipfile lists the entries: millions of tiny ones would fill memory
+        raise InputError(path, f"refused: its zip directory is over {MAX_ZIP_DIRECTORY:,} bytes "
+                               "(a model's lists its tensors in kilobytes)")
     handle.seek(0)
     try:
         with zipfile.ZipFile(handle) as archive:

@@ -277,6 +277,22 @@ def test_a_link_at_the_runs_folder_is_refused(finished_grid, tmp_path):
     _one_line(_evaluate(copy), "runs", "link")
 
 
+def test_a_torch_zip_listing_too_many_entries_is_refused_before_they_are_listed(tmp_path):
+    # the entry sizes were bounded, not their number: a file at the size limit made of tiny
+    # entries had zipfile build millions of entries in memory before any check
+    import zipfile
+
+    from poisonlens.checkpoint import MAX_ZIP_DIRECTORY, torch_load
+
+    many = tmp_path / "many.pt"
+    with zipfile.ZipFile(many, "w") as z:  # 70,000 entries: zipfile writes zip64 end records
+        for i in range(70_000):
+            z.writestr(f"archive/data/{i}", b"")
+    assert many.stat().st_size < 3 * MAX_ZIP_DIRECTORY
+    with pytest.raises(InputError, match="zip directory is over"):
+        torch_load(many)
+
+
 def test_a_compressed_torch_file_is_refused_before_it_inflates(tmp_path):
     import io
     import zipfile
