@@ -20,10 +20,12 @@ from poisonlens.defense import spec_label
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
+    RUNTIME_PARAMS,
     SUMMARY_COLUMNS,
     control_readout,
     control_readouts,
     controlled,
+    parse_defense,
     run_summary,
     summarise,
 )
@@ -133,8 +135,9 @@ def defense_label(config: dict) -> str:
 
 
 def run_defense(run: Run) -> str:
-    """The defense label of a run: the ``defense`` tag of an evaluate cell, else
-    :func:`defense_label` of its configuration. A folder's name is only a name: it is never
+    """The defense label of a run: the ``defense`` tag of an evaluate cell (with the
+    ``--defense-param`` it was trained with that its spec does not say and that is not the
+    default, ``epic-0.2(pool=all)``), else :func:`defense_label` of its configuration. A folder's name is only a name: it is never
     read for identity.
 
     Parameters
@@ -144,8 +147,27 @@ def run_defense(run: Run) -> str:
     """
     tags = run.config.get("tags") or {}
     if tags.get("defense"):
-        return str(tags["defense"])
+        spec = str(tags["defense"])
+        extra = _grid_params(spec, tags.get("defense_params"))
+        return spec + ("(" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + ")" if extra else "")
     return defense_label(run.config)
+
+
+def _grid_params(spec: str, params: object) -> dict:
+    """The parameters of an evaluate cell that its spec does not say (a ``--defense-param`` such
+    as EPIC's ``pool='all'``), those at their default left out: so that one spec trained two
+    ways is two defenses in the table, not one."""
+    from poisonlens.defense import defense_options
+
+    if not isinstance(params, dict):
+        return {}
+    try:
+        said = parse_defense(spec)
+    except InputError:  # a tag no grid writes: its spec alone
+        return {}
+    defaults = {f.name: f.default for f in defense_options(said["defense"])}
+    return {k: v for k, v in params.items()
+            if k in defaults and k not in said["defense_params"] and k not in RUNTIME_PARAMS and v != defaults[k]}
 
 
 def poison_set_name(config: dict) -> str:

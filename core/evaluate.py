@@ -434,7 +434,7 @@ def cell_state(run_dir: Path) -> str:
 _PLACE_OPTIONS = frozenset({"poisons", "pretrained", "exclude", "device", "snapshot_batch_size", "tags"})
 # What only a dropping defense reads: an undefended cell (or the clean control) trained on
 # another drop schedule is the same run, so the authors' schedule may reuse the grid's.
-_PLACE_PARAMS = frozenset({"n_jobs"})  # a defense's threads: the same selection either way
+RUNTIME_PARAMS = frozenset({"n_jobs"})  # a defense's threads: the same selection either way
 _DROP_OPTIONS = frozenset({"snapshot_every", "drop_after", "stop_after", "embedding_dims", "defense_params"})
 
 
@@ -487,7 +487,7 @@ def config_differences(want: TrainConfig, have: object) -> list[str]:
             value, other = _with_defaults(want.defense, value), _with_defaults(want.defense, other)
             if isinstance(other, dict):  # name the parameter that differs, not the whole dict
                 for k in sorted(set(value) | set(other), key=str):
-                    if k not in _PLACE_PARAMS and value.get(k) != other.get(k):
+                    if k not in RUNTIME_PARAMS and value.get(k) != other.get(k):
                         out.append(_difference(f"{key}.{k}", other.get(k), value.get(k)))
                 continue
         if value != other:

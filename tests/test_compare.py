@@ -79,6 +79,23 @@ def test_a_random_cell_keeps_its_grid_name_though_it_copied_its_epic_twins_drops
     assert table["n_dropped"].tolist() == twin["n_dropped"].tolist()
 
 
+def test_an_epic_cell_trained_with_a_defense_param_is_its_own_defense(evaluate_out, tmp_path):
+    # EPIC's cells in two evaluate folders, one with --defense-param pool="all", were both
+    # labelled epic-0.2 and merged into one row of the summary
+    epic = run_dir(evaluate_out, "a__epic-0.2__seed0")
+    runs = []
+    for name, params in [("active", {"pool": "active", "n_jobs": 4}), ("all", {"pool": "all"})]:
+        copy = tmp_path / name
+        shutil.copytree(epic, copy)
+        meta = json.loads((copy / "run.json").read_text())
+        meta["config"]["tags"]["defense_params"] = {"subset_size": 0.2, **params}
+        (copy / "run.json").write_text(json.dumps(meta))
+        runs.append(copy)
+    assert [run_defense(open_run(r)) for r in runs] == ["epic-0.2", "epic-0.2(pool=all)"]
+    summary = per_defense_summary(comparison_table(runs))
+    assert sorted(summary["defense"]) == ["epic-0.2", "epic-0.2(pool=all)"]
+
+
 def test_runs_are_found_in_an_evaluate_output_a_runs_folder_or_a_run(evaluate_out, tmp_path):
     runs = find_runs(evaluate_out)  # runs/<scenario>/<run>
     assert len(runs) == 12 and runs == find_runs(evaluate_out / "runs")
