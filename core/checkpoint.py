@@ -99,47 +99,91 @@ def torch_load(
 # The zip's central directory: Python's zipfile (and torch's reader) hold every entry it lists in
 # memory. A model's is kilobytes (a ResNet-18's ~120 tensors: 12 KB); 4 MiB lists ~50,000.
 MAX_ZIP_DIRECTORY = 4 * 2**20
+ZIP_MAGIC = b"PK\x03\x04"  # how torch.load tells its zip format from the legacy one
 
 
-def _declared_directory_size(handle) -> int | None:
-    """The largest central directory size a zip's end records declare (the plain one, and a
-    zip64 one where the locator points and just before it, as zip readers look in either
-    place); None when there is no end record."""
+class _ZipTooLarge(Exception):
+    pass
+
+
+class _CappedReads:
+    """A file's seek, tell and read, a single read capped: zipfile reads the whole central
+    directory in one call, so whatever end record it trusts, it cannot list more than this."""
+
+    def __init__(self, handle, cap: int):
+        self._handle, self._cap = handle, cap
+
+    def seek(self, *args):
+        return self._handle.seek(*args)
+
+    def tell(self):
+        return self._handle.tell()
+
+    def read(self, n: int | None = -1):
+        if n is None or n < 0:  # to the end (zipfile reads its end record so)
+            here = self._handle.tell()
+            n = self._handle.seek(0, os.SEEK_END) - here
+            self._handle.seek(here)
+        if n > self._cap:
+            raise _ZipTooLarge
+        return self._handle.read(n)
+
+
+def _directory_size(handle, path: Path) -> int:
+    """The central directory size a torch zip declares, from its end records at the places
+    ``torch.save`` writes them: the end record as the last 22 bytes (no comment), and a zip64
+    locator just before it with its zip64 record (where it points and just before it, as zip
+    readers look in either place). Any other shape is refused: zip readers disagree about it.
+    """
     end = handle.seek(0, os.SEEK_END)
-    span = min(end, 22 + 0xFFFF)  # the end record and the longest comment
-    handle.seek(end - span)
-    tail = handle.read(span)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or span - at < 22:
-        return None
-    sizes = [struct.unpack_from("<L", tail, at + 12)[0]]
-    if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":  # a zip64 locator before it
-        record_at = struct.unpack_from("<Q", tail, at - 12)[0]
-        for offset in {record_at, end - span + at - 20 - 56}:
-            if 0 <= offset <= end - 56:
-                handle.seek(offset)
-                record = handle.read(56)
-                if record[:4] == b"PK\x06\x06":
-                    sizes.append(struct.unpack_from("<Q", record, 40)[0])
-    return max(sizes)
+    if end < 22 + len(ZIP_MAGIC):
+        raise InputError(path, "not a readable torch file (a truncated zip)")
+    handle.seek(end - 22)
+    record = handle.read(22)
+    if record[:4] != b"PK\x05\x06" or record[20:] != b"\0\0":
+        raise InputError(path, "refused: a zip that does not end with its end record (torch.save's do)")
+    size = struct.unpack_from("<L", record, 12)[0]
+    if end < 22 + 20:
+        return size
+    handle.seek(end - 42)
+    locator = handle.read(20)
+    if locator[:4] != b"PK\x06\x07":
+        return size
+    sizes = []
+    for offset in {struct.unpack_from("<Q", locator, 8)[0], end - 42 - 56}:
+        if 0 <= offset <= end - 42 - 56:
+            handle.seek(offset)
+            zip64 = handle.read(56)
+            if zip64[:4] == b"PK\x06\x06":
+                sizes.append(struct.unpack_from("<Q", zip64, 40)[0])
+    if not sizes:
+        raise InputError(path, "not a readable torch file (a damaged zip64 end record)")
+    return max(sizes)  # a plain record's size is then 0xFFFFFFFF or the same
 
 
 def _check_zip_entries(handle, path: Path, limit: int) -> None:
     """Refuse a torch zip whose central directory is over :data:`MAX_ZIP_DIRECTORY`, or whose
-    entries are compressed or declare more than ``limit`` bytes (read from its directory only;
-    the legacy non-zip format is left to torch)."""
-    if not zipfile.is_zipfile(handle):
+    entries are compressed or declare more than ``limit`` bytes (read from its directory only).
+
+    A file is a zip when it starts as one, as torch.load decides: one that fools zipfile into
+    saying it is not (a stray end signature after its end) is still checked. The legacy
+    non-zip format is left to torch.
+    """
+    handle.seek(0)
+    if handle.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
         handle.seek(0)
         return
-    if (_declared_directory_size(handle) or 0) > MAX_ZIP_DIRECTORY:
+    if _directory_size(handle, path) > MAX_ZIP_DIRECTORY:
         # checked before zipfile lists the entries: millions of tiny ones would fill memory
         raise InputError(path, f"refused: its zip directory is over {MAX_ZIP_DIRECTORY:,} bytes "
                                "(a model's lists its tensors in kilobytes)")
     handle.seek(0)
     try:
-        with zipfile.ZipFile(handle) as archive:
+        with zipfile.ZipFile(_CappedReads(handle, MAX_ZIP_DIRECTORY + 2**17)) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError):
+    except _ZipTooLarge:
+        raise InputError(path, f"refused: its zip directory is over {MAX_ZIP_DIRECTORY:,} bytes") from None
+    except Exception:  # zipfile fails in many ways on foreign bytes (BadZipFile, NotImplementedError, ...)
         raise InputError(path, "not a readable torch file (a damaged zip)") from None
     if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
         raise InputError(path, "refused: compressed entries (torch.save writes none; it could "

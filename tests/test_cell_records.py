@@ -293,6 +293,51 @@ def test_a_torch_zip_listing_too_many_entries_is_refused_before_they_are_listed(
         torch_load(many)
 
 
+def _torch_zip_variants():
+    """Zips an attacker's review got past the torch zip checks with (each a file torch.load
+    opens as a zip, since it starts as one)."""
+    import io
+    import struct
+    import zipfile
+
+    import torch
+
+    def end(size, offset, disk=0, disk_start=0):
+        return struct.pack("<4s4H2LH", b"PK\x05\x06", disk, disk_start, 0, 0, size, offset, 0)
+
+    entry = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, *[0] * 7, 1, *[0] * 6) + b"x"
+    head = b"PK\x03\x04" + bytes(26)
+    listing = entry * (5 * 2**20 // len(entry))  # a 5 MiB directory of 47-byte entries
+    plain = io.BytesIO()
+    torch.save({"w": torch.zeros(1 << 20, dtype=torch.uint8)}, plain)
+    deflated = io.BytesIO()
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    locator = plain.getvalue()[-42:-22]
+    two_disks = locator[:16] + struct.pack("<L", 2)
+    return {
+        # an end signature in the end record's disk fields hid it from the search; zipfile
+        # used it anyway, listing 110,000 entries
+        "signature in its disk fields": (head + listing + end(len(listing), 30, 0x4B50, 0x0605), "zip directory is over"),
+        # four trailing bytes made zipfile say "not a zip": no check ran, and torch inflated it
+        "a stray end signature after a deflated zip": (deflated.getvalue() + b"PK\x05\x06", "does not end with its end record"),
+        # zipfile raised BadZipFile: exit 1 and no file named
+        "a zip64 locator spanning two disks": (plain.getvalue()[:-42] + two_disks + plain.getvalue()[-22:], "damaged zip"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_torch_zip_variants()))
+def test_a_torch_zip_that_readers_disagree_about_is_refused_in_one_line(tmp_path, case):
+    from poisonlens.checkpoint import torch_load
+
+    data, says = _torch_zip_variants()[case]
+    path = tmp_path / "model.pt"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=says):
+        torch_load(path, max_bytes=10**8)
+
+
 def test_a_compressed_torch_file_is_refused_before_it_inflates(tmp_path):
     import io
     import zipfile
