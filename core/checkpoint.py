@@ -114,12 +114,15 @@ class _CappedReads:
         self._handle, self._cap = handle, cap
 
     def seek(self, *args):
+        """The file's own seek."""
         return self._handle.seek(*args)
 
     def tell(self):
+        """The file's own tell."""
         return self._handle.tell()
 
     def read(self, n: int | None = -1):
+        """At most the cap's bytes, else :class:`_ZipTooLarge`."""
         if n is None or n < 0:  # to the end (zipfile reads its end record so)
             here = self._handle.tell()
             n = self._handle.seek(0, os.SEEK_END) - here

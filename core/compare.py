@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from poisonlens.cell_match import RUNTIME_PARAMS
 from poisonlens.defense import spec_label
 from poisonlens.errors import InputError
 from poisonlens.evaluate import (
     DEFAULT_DEFENSES,
-    RUNTIME_PARAMS,
     SUMMARY_COLUMNS,
     control_readout,
     control_readouts,

@@ -30,7 +30,6 @@ folders themselves have been deleted or left on another machine.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -47,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from poisonlens import cell_records, runfs
+from poisonlens.cell_match import config_differences, input_digests
 from poisonlens.config import SCENARIOS, TrainConfig
 from poisonlens.defense import parse_spec
 from poisonlens.errors import InputError, one_line
@@ -360,11 +360,13 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
     fields["defense_params"].update(cell.params)
     twin = twin_dir(cell)
     twin_name = twin.name if twin is not None else None
+    # a random drop's own parameters (its random_state) stay beside the counts it copies
+    own = {k: v for k, v in cell.params if k not in ("fraction", "match_subset", "counts")}
     if twin is not None and (twin / RUN_JSON).is_file() and open_run(twin).status == "finished":
-        fields["defense_params"] = {"counts": drop_schedule(twin)}
+        fields["defense_params"] = {**own, "counts": drop_schedule(twin)}
     elif twin is None and (kept := twin_record(cell)) is not None:
         # the twin's run folder has gone (deleted, or left on another machine): its record
-        fields["defense_params"] = {"counts": kept["drops"]}
+        fields["defense_params"] = {**own, "counts": kept["drops"]}
         twin_name = kept["run"]
     if cell.defense == "clean":
         # The control trains on the clean set whatever the poison set: it is one run per seed.
@@ -379,7 +381,7 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
         "seed": cell.seed,
         "twin": twin_name,
     }
-    return replace(
+    config = replace(
         base,
         poisons=str(cell.poisons) if cell.poisons is not None else None,
         seed=cell.seed,
@@ -388,6 +390,8 @@ def cell_config(base: TrainConfig, cell: GridRun) -> TrainConfig:
         tags=tags,
         **fields,
     )
+    # the files it reads by their contents: one replaced under the same name is another input
+    return replace(config, tags={**tags, "inputs": input_digests(config)})
 
 
 def twin_record(cell: GridRun) -> dict | None:
@@ -429,81 +433,15 @@ def cell_state(run_dir: Path) -> str:
     return "fresh"
 
 
-# Options that say where or with what a run was computed, not what it computed: a grid carried
-# to another machine (other paths) or resumed on another device is still the same grid.
-_PLACE_OPTIONS = frozenset({"poisons", "pretrained", "exclude", "device", "snapshot_batch_size", "tags"})
-# What only a dropping defense reads: an undefended cell (or the clean control) trained on
-# another drop schedule is the same run, so the authors' schedule may reuse the grid's.
-RUNTIME_PARAMS = frozenset({"n_jobs"})  # a defense's threads: the same selection either way
-_DROP_OPTIONS = frozenset({"snapshot_every", "drop_after", "stop_after", "embedding_dims", "defense_params"})
-
-
-def _dataset_name(spec: object) -> str:
-    """``kind:folder-name`` of a data set spec: the path up to its last part is the machine's."""
-    kind, _, path = str(spec).partition(":")
-    return f"{kind}:{Path(path).name}" if path else kind
-
-
-def _with_defaults(defense: str, params: object) -> object:
-    """A defense's parameters with its declared defaults filled in, so that a run made before
-    an option existed (EPIC's ``pool``) equals one that names the default."""
-    if not isinstance(params, dict):
-        return params
-    from poisonlens.defense import defense_options
-
-    return {**{f.name: f.default for f in defense_options(defense)}, **params}
-
-
-def config_differences(want: TrainConfig, have: object) -> list[str]:
-    """How a stored run's options differ from the ones a grid would train it with now.
-
-    Parameters
-    ----------
-    want : TrainConfig
-        The cell's config as the grid plans it (:func:`cell_config`).
-    have : dict
-        The config the cell was trained with (run.json's, or its record's); any JSON.
-
-    Returns
-    -------
-    list of str, one per differing option (``"epochs 1, this grid 3"``); empty when alike.
-    Paths and devices are not compared (:data:`_PLACE_OPTIONS`), only the data set's kind and
-    folder name; nor, for an undefended cell, the drop schedule; nor a random drop's counts,
-    which its EPIC twin decides.
-    """
-    if not isinstance(have, dict):
-        return ["its config is not an object"]
-    planned = json.loads(json.dumps(want.to_json()))  # tuples as lists, keys as strings: as stored
-    out = []
-    for key, value in planned.items():
-        other = have.get(key)
-        if key in _PLACE_OPTIONS or (want.defense == "none" and key in _DROP_OPTIONS):
-            continue
-        if key == "dataset":
-            value, other = _dataset_name(value), _dataset_name(other)
-        elif key == "defense_params":
-            if want.defense == "random":
-                continue  # the counts its twin made
-            value, other = _with_defaults(want.defense, value), _with_defaults(want.defense, other)
-            if isinstance(other, dict):  # name the parameter that differs, not the whole dict
-                for k in sorted(set(value) | set(other), key=str):
-                    if k not in RUNTIME_PARAMS and value.get(k) != other.get(k):
-                        out.append(_difference(f"{key}.{k}", other.get(k), value.get(k)))
-                continue
-        if value != other:
-            out.append(_difference(key, other, value))
-    return out
-
-
-def _difference(key: str, stored: object, planned: object) -> str:
-    return f"{key} {one_line(repr(stored), 60)}, this grid {one_line(repr(planned), 60)}"
-
-
 def check_cells_alike(base: TrainConfig, grid: list[GridRun]) -> None:
-    """Refuse a grid whose finished or half-trained cells were trained with other options.
+    """Refuse a grid whose finished or half-trained cells were trained with other options
+    (:func:`poisonlens.cell_match.config_differences`).
 
     A cell already in ``--out`` is never trained again, so a grid asked for with other options
-    (``--epochs``, a ``--defense-param``) would otherwise report the old runs as the new grid's.
+    (``--epochs``, a ``--defense-param``, a poison set re-crafted under the same name) would
+    otherwise report the old runs as the new grid's. Both the run folder's config and, for a
+    finished cell, its record's (what the tables read) are checked. A finished random drop
+    must have copied the drop counts its EPIC twin has now.
 
     Raises
     ------
@@ -511,19 +449,28 @@ def check_cells_alike(base: TrainConfig, grid: list[GridRun]) -> None:
         Naming the first such cell and how its options differ.
     """
     for cell in grid:
-        state = cell_state(cell.run_dir)
-        if state in ("fresh", "busy"):  # trained from scratch, or by someone else now
-            continue
-        if (cell.run_dir / RUN_JSON).is_file():
-            have, where = open_run(cell.run_dir).config, cell.run_dir
-        else:  # finished, its record alone kept
-            have = cell_records.read_record(cell.run_dir, _identity(cell))["config"]
-            where = cell_records.record_path(cell.run_dir)
-        diffs = config_differences(cell_config(base, cell), have)
+        if cell_state(cell.run_dir) not in ("fresh", "busy"):
+            _check_cell_alike(cell, cell_config(base, cell))
+
+
+def _check_cell_alike(cell: GridRun, want: TrainConfig) -> None:
+    """:func:`check_cells_alike` for one cell that is there, as the grid plans it (``want``)."""
+    if cell.defense.startswith("random-") and "counts" not in want.defense_params:
+        raise InputError(cell.run_dir, "trained, but its EPIC twin is not finished: the twin will "
+                                       "be trained again and this cell's drops would not match it; "
+                                       "remove this cell too")
+    stored = []
+    if (cell.run_dir / RUN_JSON).is_file():
+        stored.append((cell.run_dir, open_run(cell.run_dir).config))
+    if cell_state(cell.run_dir) == "finished" and cell_records.has_record(cell.run_dir):
+        stored.append((cell_records.record_path(cell.run_dir),
+                       cell_records.read_record(cell.run_dir, _identity(cell))["config"]))
+    for where, have in stored:
+        diffs = config_differences(want, have)
         if diffs:
             more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-            raise InputError(where, f"trained with {diffs[0]}{more}; a grid's cells are trained alike: "
-                                    "choose another --out, or remove this cell")
+            raise InputError(where, f"trained with {diffs[0]}{more}; a grid's cells are trained "
+                                    "alike: choose another --out, or remove this cell")
 
 
 def run_cells(
@@ -661,6 +608,9 @@ def ensure_pretrained(
 ) -> dict[int, Path]:
     """Train (or reuse) the clean pretrained model for each seed; {seed: model.pt}."""
     jobs = [pretrain_cell(base, out, s, epochs) for s in sorted(set(seeds))]
+    for cell, config in jobs:  # a model pretrained otherwise (--pretrain-epochs) is not this one
+        if cell_state(cell.run_dir) not in ("fresh", "busy"):
+            _check_cell_alike(cell, config)
     run_cells(jobs, n_jobs=n_jobs, show_progress=show_progress)
     return {cell.seed: pretrained_model(cell.run_dir) for cell, _ in jobs}
 

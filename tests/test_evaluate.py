@@ -80,7 +80,8 @@ def test_the_clean_control_is_one_run_per_seed_whatever_the_poison_sets(poison_d
     assert not run.examples()["is_poison"].any()
     assert run.examples()["label"].tolist() == load_dataset("digits").y_train.tolist()
     assert run.config["tags"] == {"grid": "evaluate", "scenario": "scratch", "poison_set": "",
-                                  "defense": "clean", "defense_params": {}, "seed": 0, "twin": None}
+                                  "defense": "clean", "defense_params": {}, "seed": 0, "twin": None,
+                                  "inputs": {"poisons": None, "pretrained": None, "exclude": None}}
 
 
 def test_the_pretraining_split_is_the_first_half_of_every_class():
@@ -366,5 +367,75 @@ def test_options_that_do_not_change_a_cell_are_not_a_different_grid(one_set, tmp
     assert config_differences(cell_config(base, epic), stored[epic]) == []
     assert config_differences(cell_config(moved, epic), stored[epic]) == [
         "snapshot_every 2, this grid 5", "stop_after 100, this grid 27"]
+    assert config_differences(cell_config(base, none), {**stored[none], "lr": 0.1}) == []  # its default
+    assert config_differences(cell_config(base, none), {**stored[none], "nesterov": 1}) == [
+        "nesterov 1, this grid True"]  # 1 == True in Python, not here
     assert config_differences(cell_config(base, none), {**stored[none], "dataset": "imagefolder:/data/cifar100"}) == [
         "dataset 'imagefolder:cifar100', this grid 'imagefolder:cifar10'"]
+
+
+def _grid(one_set, out, *extra, defenses="none,epic-0.2"):
+    return main(["evaluate", "--quiet", "--poisons", str(one_set), "--defenses", defenses, "--seeds", "0",
+                 "--width", "4", "--drop-after", "0", "--epochs", "1", "--out", str(out), *extra])
+
+
+def test_what_the_tables_read_and_what_a_cell_read_are_checked_too(one_set, tmp_path, capsys):
+    # an attacker's review: with the run folder there, only run.json was compared, but the
+    # tables read the record (edited to epochs 40, test_acc 0.999: reported as this grid's);
+    # and a poison set re-crafted under the same name, or an --exclude file, went unseen
+    out = tmp_path / "out"
+    assert _grid(one_set, out) == 0
+    record = out / "runs" / "scratch" / "a__epic-0.2__seed0.cell.json"
+    kept = json.loads(record.read_text())
+    kept["config"]["epochs"] = 40
+    kept["summary"]["test_acc"] = 0.999
+    record.write_text(json.dumps(kept))
+    capsys.readouterr()
+    assert _grid(one_set, out, "--finished-only") == 2
+    assert "a__epic-0.2__seed0.cell.json: trained with epochs 40, this grid 1;" in capsys.readouterr().err
+    record.unlink()  # the run folder alone: its run.json is compared
+
+    excluded = tmp_path / "exclude.csv"
+    excluded.write_text("index\n0\n1\n")
+    assert _grid(one_set, out, "--exclude", str(excluded)) == 2
+    assert "a__none__seed0: trained with another exclude file than this grid's" in capsys.readouterr().err
+    label_flip_set(one_set / "a.npz", 5, 3)  # re-crafted under the same name: another target, 5 poisons
+    assert _grid(one_set, out) == 2
+    assert "a__none__seed0: trained with another poisons file than this grid's" in capsys.readouterr().err
+
+
+def test_a_finished_random_drop_must_match_its_twin_as_it_is_now(one_set, tmp_path, capsys):
+    # its counts were never compared: the EPIC twin deleted and asked for at subset 0.5 was
+    # retrained (355 drops) while the finished random cell kept its 18
+    out = tmp_path / "out"
+    assert _grid(one_set, out, defenses="epic-0.2,random-0.2") == 0
+    scratch = out / "runs" / "scratch"
+    shutil.rmtree(scratch / "a__epic-0.2__seed0")
+    (scratch / "a__epic-0.2__seed0.cell.json").unlink()
+    capsys.readouterr()
+    assert _grid(one_set, out, "--defense-param", "subset_size=0.5", defenses="epic-0.2,random-0.2") == 2
+    err = capsys.readouterr().err
+    assert "a__random-0.2__seed0: trained, but its EPIC twin is not finished" in err and err.count("\n") == 1
+    assert not (scratch / "a__epic-0.2__seed0").exists()  # refused before anything trained
+
+
+def test_a_random_drops_own_parameter_reaches_it_beside_the_copied_counts(one_set, tmp_path):
+    # --defense-param random_state=3 was dropped when the counts were copied, while the tags
+    # said random_state 3
+    from poisonlens.evaluate import plan_grid
+
+    epic, rand = plan_grid([one_set / "a.npz"], ["epic-0.2", "random-0.2"], [0], tmp_path / "out",
+                           defense_params={"random_state": 3})
+    train(cell_config(tiny_config(epochs=1), epic), epic.run_dir, show_progress=False)
+    params = cell_config(tiny_config(epochs=1), rand).defense_params
+    assert params["random_state"] == 3 and "counts" in params
+
+
+def test_a_model_pretrained_otherwise_is_not_the_grids(one_set, tmp_path, capsys):
+    # --pretrain-epochs 2 reused the model pretrained for 1 epoch
+    out = tmp_path / "out"
+    transfer = ("--scenarios", "transfer", "--pretrain-epochs")
+    assert _grid(one_set, out, *transfer, "1", defenses="none") == 0
+    capsys.readouterr()
+    assert _grid(one_set, out, *transfer, "2", defenses="none") == 2
+    assert "seed0: trained with epochs 1, this grid 2;" in capsys.readouterr().err
