@@ -455,10 +455,6 @@ def check_cells_alike(base: TrainConfig, grid: list[GridRun]) -> None:
 
 def _check_cell_alike(cell: GridRun, want: TrainConfig) -> None:
     """:func:`check_cells_alike` for one cell that is there, as the grid plans it (``want``)."""
-    if cell.defense.startswith("random-") and "counts" not in want.defense_params:
-        raise InputError(cell.run_dir, "trained, but its EPIC twin is not finished: the twin will "
-                                       "be trained again and this cell's drops would not match it; "
-                                       "remove this cell too")
     stored = []
     if (cell.run_dir / RUN_JSON).is_file():
         stored.append((cell.run_dir, open_run(cell.run_dir).config))
@@ -466,6 +462,11 @@ def _check_cell_alike(cell: GridRun, want: TrainConfig) -> None:
         stored.append((cell_records.record_path(cell.run_dir),
                        cell_records.read_record(cell.run_dir, _identity(cell))["config"]))
     for where, have in stored:
+        copied = isinstance(have.get("defense_params"), dict) and "counts" in have["defense_params"]
+        if cell.defense.startswith("random-") and copied and "counts" not in want.defense_params:
+            raise InputError(where, "trained with its EPIC twin's drops, but the twin is not finished: "
+                                    "it will be trained again and this cell's drops would not match "
+                                    "it; remove this cell too")
         diffs = config_differences(want, have)
         if diffs:
             more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""

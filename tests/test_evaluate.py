@@ -415,8 +415,12 @@ def test_a_finished_random_drop_must_match_its_twin_as_it_is_now(one_set, tmp_pa
     capsys.readouterr()
     assert _grid(one_set, out, "--defense-param", "subset_size=0.5", defenses="epic-0.2,random-0.2") == 2
     err = capsys.readouterr().err
-    assert "a__random-0.2__seed0: trained, but its EPIC twin is not finished" in err and err.count("\n") == 1
+    assert "a__random-0.2__seed0: trained with its EPIC twin's drops, but the twin is not finished" in err
+    assert err.count("\n") == 1
     assert not (scratch / "a__epic-0.2__seed0").exists()  # refused before anything trained
+    # a random drop alone in its grid (no twin to copy: it matches EPIC's size itself) is alike
+    assert _grid(one_set, tmp_path / "alone", defenses="random-0.2") == 0
+    assert _grid(one_set, tmp_path / "alone", "--finished-only", defenses="random-0.2") == 0
 
 
 def test_a_random_drops_own_parameter_reaches_it_beside_the_copied_counts(one_set, tmp_path):
