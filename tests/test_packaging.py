@@ -43,7 +43,7 @@ def build_wheel(out: Path) -> Path:
     setuptools when no index can be reached."""
     src = out / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(REPO / name, src / name)
     for folder in MAPPED:
         shutil.copytree(REPO / folder, src / folder,
@@ -70,6 +70,15 @@ def test_the_wheel_installs_one_top_level_package(wheel):
     assert {t for t in top if not t.endswith(".dist-info")} == {"poisonlens"}
     top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["poisonlens"]
+
+
+def test_the_wheel_carries_the_license(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        license_files = [n for n in zf.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+        assert license_files, "no LICENSE in the wheel"
+        assert zf.read(license_files[0]) == (REPO / "LICENSE").read_bytes()
+        metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA")))
+    assert b"License-Expression: MIT" in metadata
 
 
 def test_the_wheel_carries_every_file_of_the_package_folders(wheel):
